@@ -1,0 +1,130 @@
+"""SentimentRNN on its own: Keras' parameter counts, padding behaviour, summary, Keras-style init."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from rnnsent.models import (
+    CELLS, KERAS_CELL_NAMES, KERAS_GATE_ORDER, SentimentRNN, canonical_cell, count_parameters, permute_gates,
+)
+
+# Keras' model.summary() for Embedding(5000, 32) -> cell(100) -> Dense(1).
+KERAS_COUNTS = {"lstm": (160_000, 53_200, 101), "gru": (160_000, 40_200, 101), "rnn": (160_000, 13_300, 101)}
+KERAS_TOTALS = {"lstm": 213_301, "gru": 200_301, "rnn": 173_401}
+
+
+def keras_layout(model, w):
+    """A stacked PyTorch weight (G*H, in) or bias back in Keras' gate order."""
+    order = KERAS_GATE_ORDER[model.cell]
+    return permute_gates(w.detach(), tuple(order.index(k) for k in range(len(order))))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_parameter_counts_are_keras(cell):
+    model = SentimentRNN(cell)
+    counts = tuple(count_parameters(m) for m in (model.embedding, model.rnn, model.fc))
+    assert counts == KERAS_COUNTS[cell]
+    assert count_parameters(model) == KERAS_TOTALS[cell] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_dict_holds_exactly_the_keras_weights(cell):
+    model = SentimentRNN(cell, vocab_size=20, embed_dim=4, hidden_size=3)
+    keys = {"embedding.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "fc.weight", "fc.bias"}
+    if cell == "gru":
+        keys.add("rnn.bias_hh_l0")  # Keras' GRU (reset_after=True) has a recurrent bias too
+    assert set(model.state_dict()) == keys
+    other = SentimentRNN(cell, vocab_size=20, embed_dim=4, hidden_size=3)
+    other.load_state_dict(model.state_dict())  # strict: the zero bias buffer is not expected
+    x = torch.randint(0, 20, (2, 5))
+    torch.testing.assert_close(other(x), model(x))
+
+
+def test_cell_names_and_unknown_cells():
+    assert [canonical_cell(n) for n in ("LSTM", "gru", "SimpleRNN", " rnn ")] == ["lstm", "gru", "rnn", "rnn"]
+    assert SentimentRNN("SimpleRNN", vocab_size=10, embed_dim=2, hidden_size=2).cell == "rnn"
+    with pytest.raises(ValueError, match="unknown cell 'transformer': choose one of lstm, gru, rnn"):
+        SentimentRNN("transformer")
+    for bad in (dict(vocab_size=0), dict(hidden_size=2.5), dict(embed_dropout=1.0), dict(init="xavier")):
+        with pytest.raises(ValueError):
+            SentimentRNN("gru", **bad)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_ignore_right_padding(cell):
+    torch.manual_seed(0)
+    model = SentimentRNN(cell, vocab_size=30, embed_dim=6, hidden_size=5).eval()
+    rows = [torch.randint(1, 30, (n,)) for n in (7, 3, 1)]
+    padded = torch.zeros(3, 9, dtype=torch.long)  # right-padded with 0 up to 9 steps
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    lengths = torch.tensor([len(r) for r in rows])
+    with torch.no_grad():
+        batched = model(padded, lengths)  # (3,)
+        alone = torch.stack([model(row.view(1, -1))[0] for row in rows])  # each sequence without padding
+        full = model(padded)  # no lengths: the last column's state, padding included
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-6)
+    assert batched.shape == (3,)
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, torch.full((3,), 9)), full)  # full lengths = pre-padded path
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_summary_reads_like_keras(cell):
+    text = SentimentRNN(cell).summary()
+    emb, rnn, dense = KERAS_COUNTS[cell]
+    assert f'Model: "sentiment_{cell}"' in text
+    assert "embedding (Embedding)" in text and "(None, 500, 32)" in text and f"{emb:,}" in text
+    assert f"{cell} ({KERAS_CELL_NAMES[cell]})" in text and "(None, 100)" in text and f"{rnn:,}" in text
+    assert "dense (Dense)" in text and "(None, 1)" in text
+    assert f"Total params: {KERAS_TOTALS[cell]:,}" in text and f"Trainable params: {KERAS_TOTALS[cell]:,}" in text
+    assert "Non-trainable params: 0" in text
+    assert "(None, None, 32)" in SentimentRNN(cell).summary(time_steps=None)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_init(cell):
+    torch.manual_seed(0)
+    model = SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100, init="keras")
+    g, h = model.gates, 100
+    emb = model.embedding.weight.detach()
+    assert emb.abs().max() <= 0.05 and abs(emb.std().item() - 0.05 / np.sqrt(3)) < 1e-3  # uniform(-0.05, 0.05)
+    kernel = keras_layout(model, model.rnn.weight_ih_l0).t()  # (E, G*H), Keras layout
+    limit = np.sqrt(6 / (32 + g * h))
+    assert kernel.abs().max() <= limit and abs(kernel.std().item() / (limit / np.sqrt(3)) - 1) < 0.05
+    recurrent = keras_layout(model, model.rnn.weight_hh_l0).t()  # (H, G*H): orthonormal rows
+    torch.testing.assert_close(recurrent @ recurrent.t(), torch.eye(h), rtol=0, atol=1e-5)
+    bias = keras_layout(model, model.rnn.bias_ih_l0)
+    expected = torch.zeros(g * h)
+    if cell == "lstm":
+        expected[h: 2 * h] = 1.0  # unit_forget_bias: Keras blocks are i, f, c, o
+    assert torch.equal(bias, expected)
+    assert torch.equal(model.rnn.bias_hh_l0, torch.zeros(g * h))
+    assert model.fc.weight.abs().max() <= np.sqrt(6 / 101) and torch.equal(model.fc.bias, torch.zeros(1))
+
+
+def test_gru_gate_order_is_keras_z_r_h():
+    # Keras' update gate z is block 0 in Keras and block 1 in PyTorch (r, z, n).
+    w = torch.arange(6.0)  # 3 gates of 2 units, in Keras order z z r r h h
+    assert permute_gates(w, KERAS_GATE_ORDER["gru"]).tolist() == [2, 3, 0, 1, 4, 5]
+
+
+def test_torch_init_keeps_the_single_keras_bias():
+    model = SentimentRNN("lstm", vocab_size=20, embed_dim=4, hidden_size=3, init="torch")
+    assert torch.equal(model.rnn.bias_hh_l0, torch.zeros(12))
+    assert count_parameters(model) == 20 * 4 + 4 * (3 * (4 + 3) + 3) + 4
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_runs_and_trains_on_cpu(cell):
+    model = SentimentRNN(cell, vocab_size=20, embed_dim=4, hidden_size=3, embed_dropout=0.1, output_dropout=0.1)
+    model = copy.deepcopy(model).to("cpu")
+    x = torch.randint(0, 20, (4, 6))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.ones(4))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert next(model.parameters()).device.type == "cpu"
+    double = SentimentRNN(cell, vocab_size=20, embed_dim=4, hidden_size=3).double()
+    assert double(x).dtype == torch.float64  # the zero bias buffer follows the dtype
+    assert SentimentRNN(**model.config()).config() == model.config()
