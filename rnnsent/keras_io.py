@@ -1,0 +1,418 @@
+"""Keras <-> rnnsent weights: live Keras models, Keras 3 `.keras` files and `.h5` files.
+
+Files are read with h5py, zipfile and json alone, so importing a model needs neither Keras nor
+TensorFlow. Three layouts exist in the wild and all are read:
+
+- HDF5 `model.save("x.h5")` by Keras 2 (tf.keras) or Keras 3: the root attribute `model_config`
+  (JSON) and `model_weights/<layer name>/...` with each layer's `weight_names` attribute.
+- Keras 3 (and Keras 2.13+) `.keras`: a zip of `config.json` and `model.weights.h5`, whose groups
+  are `layers/<snake_case class name>[_n]/vars/<i>` (`.../cell/vars/<i>` for recurrent layers).
+- A live Keras model: `layer.get_config()` and `layer.get_weights()`, whatever the backend.
+
+The accepted architecture is rnnsent's: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid),
+with an optional Dropout after the Embedding and after the recurrent layer (they become
+`embed_dropout` and `output_dropout`). Anything else is refused with a KerasFormatError that names
+the difference. The recurrent layer's own `dropout` / `recurrent_dropout` only act in training and
+rnnsent has no per-gate dropout, so they are not carried over; predictions are unaffected.
+
+Gate layout: Keras stores a kernel as (input, gates * units) with its blocks in Keras' order;
+PyTorch stores weight_ih as (gates * units, input) in its own order, hence a transpose and
+`permute_gates`. Keras' GRU bias (reset_after=True) is (2, 3 * units): input bias, recurrent bias.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnnsent.models import KERAS_CELL_NAMES, KERAS_GATE_ORDER, SentimentRNN, canonical_cell, permute_gates
+
+__all__ = ["KerasFormatError", "from_keras", "to_keras", "save_keras", "keras_weights"]
+
+ARCHITECTURE = "Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid)"
+_RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}
+_WRAPPERS = ("Bidirectional", "TimeDistributed", "RNN")  # an RNN(cell) wrapper is not a fused layer either
+_MODEL_ARGS = ("cell", "vocab_size", "embed_dim", "hidden_size", "embed_dropout", "output_dropout", "init")
+
+
+class KerasFormatError(ValueError):
+    """A Keras model or file that rnnsent cannot represent exactly; the message says what differs."""
+
+
+@dataclass
+class _Layer:
+    """One Keras layer as read from a file or a live model."""
+
+    kind: str  # Keras class name, e.g. "GRU"
+    name: str
+    config: dict
+    weights: list[np.ndarray] | None = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------- Keras -> rnnsent
+
+
+def from_keras(source, **overrides) -> SentimentRNN:
+    """Build a SentimentRNN holding the weights of a Keras model.
+
+    source: a live Keras model, or the path of a `.keras` or `.h5` file (Keras 2 or 3).
+    overrides: SentimentRNN arguments. embed_dropout, output_dropout and init may be set freely;
+    cell, vocab_size, embed_dim and hidden_size must agree with the Keras model if given.
+    Raises KerasFormatError (a ValueError) for a model rnnsent cannot represent exactly and
+    FileNotFoundError for a missing file.
+    """
+    unknown = sorted(set(overrides) - set(_MODEL_ARGS))
+    if unknown:
+        raise TypeError(f"from_keras() got unknown arguments {', '.join(unknown)}; valid: {', '.join(_MODEL_ARGS)}")
+    if hasattr(source, "layers") and hasattr(source, "get_weights"):
+        where = f"Keras model {getattr(source, 'name', '')!r}"
+        layers = _layers_from_live(source, where)
+    else:
+        where = str(source)
+        layers = _layers_from_file(source)
+    args, weights = _parse(layers, where)
+    for key, value in overrides.items():
+        if key in ("vocab_size", "embed_dim", "hidden_size") and value != args[key]:
+            raise KerasFormatError(f"{where}: {key}={value!r} was asked for but the model has {key}={args[key]}")
+        if key == "cell" and canonical_cell(value) != args["cell"]:
+            raise KerasFormatError(f"{where}: cell={value!r} was asked for but the model's recurrent layer is "
+                                   f"{KERAS_CELL_NAMES[args['cell']]}")
+    args.update({k: v for k, v in overrides.items() if k not in ("cell",)})
+    model = SentimentRNN(**args)
+    _load_keras_weights(model, *weights)
+    return model
+
+
+def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
+    """Check the layer chain against rnnsent's architecture; return model arguments and weights."""
+
+    def refuse(what: str):
+        raise KerasFormatError(f"{where}: {what}; rnnsent reads only {ARCHITECTURE}")
+
+    layers = [layer for layer in layers if layer.kind != "InputLayer"]
+    for layer in layers:
+        if layer.kind in _WRAPPERS:
+            refuse(f"layer {layer.name!r} is a {layer.kind} wrapper")
+    recurrent = [layer for layer in layers if layer.kind in _RECURRENT]
+    if len(recurrent) > 1:
+        names = ", ".join(f"{layer.name} ({layer.kind})" for layer in recurrent)
+        refuse(f"{len(recurrent)} stacked recurrent layers ({names}); rnnsent has exactly one")
+    # The recurrent layer's options first: they explain most foreign models best.
+    for rnn in recurrent:
+        cell = _RECURRENT[rnn.kind]
+        checks = [
+            ("return_sequences", False), ("return_state", False), ("go_backwards", False),
+            ("time_major", False), ("use_bias", True), ("activation", "tanh"),
+        ]
+        if cell != "rnn":
+            checks.append(("recurrent_activation", "sigmoid"))
+        if cell == "gru":
+            checks.append(("reset_after", True))
+        for key, want in checks:
+            got = rnn.config.get(key, want)
+            if key.endswith("activation"):
+                got = _activation_name(got)
+            if got != want:
+                refuse(f"{rnn.kind} {rnn.name!r} has {key}={got!r} (rnnsent needs {key}={want!r})")
+    for layer in layers:
+        if layer.kind not in ("Embedding", "Dropout", "Dense") and layer.kind not in _RECURRENT:
+            refuse(f"extra layer {layer.name!r} ({layer.kind})")
+    kinds = [layer.kind for layer in layers]
+    chain_text = " -> ".join(kinds) or "no layers"
+    # Expected chain, dropouts optional: Embedding [Dropout] RNN [Dropout] Dense.
+    chain, i = {}, 0
+    for slot, want, optional in (("Embedding", "Embedding", False), ("drop_in", "Dropout", True),
+                                 ("RNN", "RNN", False), ("drop_out", "Dropout", True), ("Dense", "Dense", False)):
+        kind = layers[i].kind if i < len(layers) else None
+        if kind is not None and (kind in _RECURRENT if want == "RNN" else kind == want):
+            chain[slot] = layers[i]
+            i += 1
+        elif not optional:
+            found = f"layer {layers[i].name!r} ({kind})" if kind else "the end of the model"
+            refuse(f"expected {want if want != 'RNN' else 'LSTM|GRU|SimpleRNN'} at position {i + 1} but found {found} "
+                   f"(layers: {chain_text})")
+    if i != len(layers):
+        refuse(f"extra layer {layers[i].name!r} ({layers[i].kind}) after the Dense output (layers: {chain_text})")
+
+    emb, rnn, dense = chain["Embedding"], chain["RNN"], chain["Dense"]
+    ec, rc, dc = emb.config, rnn.config, dense.config
+    cell = _RECURRENT[rnn.kind]
+    if ec.get("mask_zero"):
+        refuse(f"Embedding {emb.name!r} has mask_zero=True (rnnsent runs every padded step, as Keras does without a mask)")
+    if dc.get("units") != 1:
+        refuse(f"Dense {dense.name!r} has units={dc.get('units')!r} (rnnsent needs units=1)")
+    if _activation_name(dc.get("activation")) != "sigmoid":
+        refuse(f"Dense {dense.name!r} has activation={_activation_name(dc.get('activation'))!r} (rnnsent needs sigmoid)")
+    if not dc.get("use_bias", True):
+        refuse(f"Dense {dense.name!r} has use_bias=False")
+    rates = {}
+    for slot in ("drop_in", "drop_out"):
+        if slot in chain:
+            if chain[slot].config.get("noise_shape") is not None:
+                refuse(f"Dropout {chain[slot].name!r} has a noise_shape")
+            rates[slot] = float(chain[slot].config.get("rate", 0.0))
+
+    args = dict(
+        cell=cell, vocab_size=int(ec["input_dim"]), embed_dim=int(ec["output_dim"]), hidden_size=int(rc["units"]),
+        embed_dropout=rates.get("drop_in", 0.0), output_dropout=rates.get("drop_out", 0.0),
+    )
+    # Every weight's shape must be what the config implies.
+    v, e, h = args["vocab_size"], args["embed_dim"], args["hidden_size"]
+    g = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    expected = [
+        (emb, [("embeddings", (v, e))]),
+        (rnn, [("kernel", (e, g * h)), ("recurrent_kernel", (h, g * h)),
+               ("bias", (2, g * h) if cell == "gru" else (g * h,))]),
+        (dense, [("kernel", (h, 1)), ("bias", (1,))]),
+    ]
+    arrays = []
+    for layer, specs in expected:
+        got = layer.weights or []
+        if len(got) != len(specs):
+            raise KerasFormatError(f"{where}: layer {layer.name!r} has {len(got)} weight arrays, expected "
+                                   f"{len(specs)} ({', '.join(n for n, _ in specs)})")
+        for (wname, want), arr in zip(specs, got):
+            if tuple(arr.shape) != want:
+                raise KerasFormatError(
+                    f"{where}: {layer.name}/{wname} has shape {tuple(arr.shape)} but the config "
+                    f"(vocab {v}, embed {e}, units {h}) says {want}: the weights have other sizes than the file says")
+            arrays.append(np.asarray(arr, dtype=np.float32))
+    return args, tuple(arrays)
+
+
+def _activation_name(act) -> str | None:
+    if isinstance(act, dict):  # a serialized activation object
+        cfg = act.get("config")
+        return cfg.get("name", act.get("class_name")) if isinstance(cfg, dict) else act.get("class_name")
+    return act
+
+
+@torch.no_grad()
+def _load_keras_weights(model: SentimentRNN, emb, kernel, recurrent, bias, dense_kernel, dense_bias) -> None:
+    order = KERAS_GATE_ORDER[model.cell]
+    t = torch.from_numpy
+    state = {
+        "embedding.weight": t(emb),  # (V, E)
+        "rnn.weight_ih_l0": permute_gates(t(kernel).t(), order),  # (G*H, E)
+        "rnn.weight_hh_l0": permute_gates(t(recurrent).t(), order),  # (G*H, H)
+        "fc.weight": t(dense_kernel).t(),  # (1, H)
+        "fc.bias": t(dense_bias),  # (1,)
+    }
+    if model.cell == "gru":
+        state["rnn.bias_ih_l0"] = permute_gates(t(bias[0]), order)
+        state["rnn.bias_hh_l0"] = permute_gates(t(bias[1]), order)
+    else:
+        state["rnn.bias_ih_l0"] = permute_gates(t(bias), order)
+        model.rnn.bias_hh_l0.zero_()  # Keras' single bias lives in bias_ih
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True)
+
+
+# ----------------------------------------------------------------------------- reading sources
+
+
+def _layers_from_live(model, where: str) -> list[_Layer]:
+    layers = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        try:
+            config = layer.get_config()
+        except NotImplementedError:
+            config = {}
+        if kind in ("Sequential", "Functional", "Model"):
+            raise KerasFormatError(f"{where}: nested model {layer.name!r}; rnnsent reads only {ARCHITECTURE}")
+        layers.append(_Layer(kind, layer.name, config, [np.asarray(w) for w in layer.get_weights()]))
+    return layers
+
+
+def _layers_from_file(path) -> list[_Layer]:
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise FileNotFoundError(f"no Keras model file at {path}")
+    if path.is_dir():
+        raise KerasFormatError(f"{path} is a directory (a TensorFlow SavedModel?); rnnsent reads .keras and .h5 files")
+    h5py = _h5py()
+    if zipfile.is_zipfile(path):
+        return _read_keras_zip(path, h5py)
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            return _read_legacy_h5(f, str(path))
+    raise KerasFormatError(f"{path} is neither an HDF5 (.h5) nor a Keras zip (.keras) file")
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # h5py is an optional dependency
+        raise ImportError("reading Keras files needs h5py: pip install 'rnnsent[keras]'") from e
+    return h5py
+
+
+def _config_layers(config: dict, where: str) -> list[_Layer]:
+    """The layer list of a Sequential or Functional model config (Keras 2 or 3)."""
+    kind = config.get("class_name")
+    inner = config.get("config")
+    if kind not in ("Sequential", "Functional", "Model"):
+        raise KerasFormatError(f"{where}: the saved model is a {kind!r}, not a Sequential model; "
+                               f"rnnsent reads only {ARCHITECTURE}")
+    entries = inner if isinstance(inner, list) else (inner or {}).get("layers", [])  # Keras <= 2.2: a bare list
+    layers = []
+    for entry in entries:
+        cfg = entry.get("config", {})
+        name = cfg.get("name", entry.get("name", "?"))
+        if entry.get("class_name") in ("Sequential", "Functional", "Model"):
+            raise KerasFormatError(f"{where}: nested model {name!r}; rnnsent reads only {ARCHITECTURE}")
+        layers.append(_Layer(entry.get("class_name", "?"), name, cfg))
+    return layers
+
+
+def _read_legacy_h5(f, where: str) -> list[_Layer]:
+    """`model.save("x.h5")` by Keras 2 or Keras 3: JSON config in attrs, weights under model_weights/."""
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        what = "a weights-only file" if ("layer_names" in f.attrs or "layers" in f) else "an HDF5 file without a Keras model"
+        raise KerasFormatError(f"{where} is {what} (no model_config); save the whole model with model.save()")
+    layers = _config_layers(json.loads(_text(raw)), where)
+    root = f["model_weights"] if "model_weights" in f else f
+    for layer in layers:
+        if layer.kind == "InputLayer":
+            continue
+        if layer.name not in root:
+            layer.weights = []
+            continue
+        group = root[layer.name]
+        names = [_text(n) for n in group.attrs.get("weight_names", [])]
+        layer.weights = [group[n][()] for n in names]
+    return layers
+
+
+def _read_keras_zip(path: Path, h5py) -> list[_Layer]:
+    where = str(path)
+    with zipfile.ZipFile(path) as z:
+        members = set(z.namelist())
+        if "config.json" not in members or "model.weights.h5" not in members:
+            raise KerasFormatError(f"{where} is a zip file but not a Keras .keras file (no config.json / model.weights.h5)")
+        config = json.loads(z.read("config.json"))
+        blob = z.read("model.weights.h5")
+    layers = _config_layers(config, where)
+    with h5py.File(io.BytesIO(blob), "r") as f:
+        root = f["layers"] if "layers" in f else f.get("_layer_checkpoint_dependencies", {})
+        # Keras 3 records each layer's name on its vars group; Keras 2.13-2.15 does not, and both name
+        # the groups after the class (snake_case, _1, _2 ... for repeats), in layer order.
+        by_name = {}
+        for key in root:
+            vars_ = root[key].get("vars")
+            if vars_ is not None and "name" in vars_.attrs:
+                by_name[_text(vars_.attrs["name"])] = root[key]
+        used: dict[str, int] = {}
+        for layer in layers:
+            if layer.kind == "InputLayer":
+                continue
+            base = _snake_case(layer.kind)
+            key = base if base not in used else f"{base}_{used[base] + 1}"
+            used[base] = used.get(base, -1) + 1
+            group = by_name.get(layer.name, root.get(key) if key in root else None)
+            layer.weights = [] if group is None else _group_vars(group)
+    return layers
+
+
+def _group_vars(group) -> list[np.ndarray]:
+    """A layer's arrays in Keras order: its own vars/0.., then its cell's (recurrent layers)."""
+    arrays = []
+    for sub in ("vars", "cell/vars"):
+        if sub in group:
+            vars_ = group[sub]
+            arrays += [vars_[k][()] for k in sorted(vars_, key=int)]
+    return arrays
+
+
+def _snake_case(name: str) -> str:
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ----------------------------------------------------------------------------- rnnsent -> Keras
+
+
+@torch.no_grad()
+def keras_weights(model: SentimentRNN) -> dict[str, list[np.ndarray]]:
+    """The model's weights in Keras' layout: {"embedding": [...], "rnn": [...], "dense": [...]},
+    each list in the order Keras' layer.get_weights() returns it."""
+    order = KERAS_GATE_ORDER[model.cell]
+    inverse = tuple(order.index(k) for k in range(len(order)))  # Keras block k <- PyTorch block inverse[k]
+    rnn = model.rnn
+
+    def keras_gates(w: torch.Tensor) -> torch.Tensor:
+        return permute_gates(w.detach().float().cpu(), inverse)
+
+    kernel = keras_gates(rnn.weight_ih_l0).t()  # (E, G*H)
+    recurrent = keras_gates(rnn.weight_hh_l0).t()  # (H, G*H)
+    if model.cell == "gru":
+        bias = torch.stack([keras_gates(rnn.bias_ih_l0), keras_gates(rnn.bias_hh_l0)])  # (2, 3H)
+    else:
+        # The zero bias_hh buffer is added in case someone filled it: the sum is what the kernel uses.
+        bias = keras_gates(rnn.bias_ih_l0 + rnn.bias_hh_l0)  # (G*H,)
+    as_np = lambda t: t.detach().float().cpu().contiguous().numpy()  # noqa: E731
+    return {
+        "embedding": [as_np(model.embedding.weight)],
+        "rnn": [as_np(kernel), as_np(recurrent), as_np(bias)],
+        "dense": [as_np(model.fc.weight.t()), as_np(model.fc.bias)],
+    }
+
+
+def to_keras(model: SentimentRNN):
+    """A live Keras 3 Sequential model with the same architecture and weights, for any input length.
+
+    Keras is imported here, not at module import. If no backend was chosen (no KERAS_BACKEND,
+    no keras.json) and TensorFlow is absent, the torch backend is selected.
+    """
+    _default_backend()
+    import keras
+
+    w = keras_weights(model)
+    rnn_cls = getattr(keras.layers, KERAS_CELL_NAMES[model.cell])
+    rnn_kwargs = {"reset_after": True} if model.cell == "gru" else {}
+    embedding = keras.layers.Embedding(model.vocab_size, model.embed_dim)
+    rnn = rnn_cls(model.hidden_size, **rnn_kwargs)
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    layers = [keras.Input(shape=(None,), dtype="int32"), embedding]
+    if model.embed_dropout:
+        layers.append(keras.layers.Dropout(model.embed_dropout))
+    layers.append(rnn)
+    if model.output_dropout:
+        layers.append(keras.layers.Dropout(model.output_dropout))
+    layers.append(dense)
+    k = keras.Sequential(layers, name=f"sentiment_{model.cell}")
+    embedding.set_weights(w["embedding"])
+    rnn.set_weights(w["rnn"])
+    dense.set_weights(w["dense"])
+    return k
+
+
+def save_keras(model: SentimentRNN, path) -> None:
+    """Save the model as a Keras file; the suffix picks the format (.keras, or legacy .h5)."""
+    if Path(path).suffix not in (".keras", ".h5"):
+        raise ValueError(f"save_keras writes .keras or .h5 files, got {path}")
+    to_keras(model).save(os.fspath(path))
+
+
+def _default_backend() -> None:
+    import importlib.util
+    import sys
+
+    if "keras" in sys.modules or "KERAS_BACKEND" in os.environ:
+        return
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    if importlib.util.find_spec("tensorflow") is None and not os.path.exists(os.path.join(home, "keras.json")):
+        os.environ["KERAS_BACKEND"] = "torch"

@@ -1,0 +1,312 @@
+"""Keras interop checked against Keras itself: live Keras 3 models built here (torch backend, see
+conftest.py) and small files written by real Keras 2 and Keras 3 (scripts/make_keras_fixtures.py)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from rnnsent.keras_io import KerasFormatError, from_keras, keras_weights, save_keras, to_keras
+from rnnsent.models import SentimentRNN, count_parameters
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+KERAS_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+CELLS = tuple(KERAS_NAMES)
+TOL = 1e-5
+
+# Keras 3 on numpy 2 warns about __array__ inside its own code; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def keras():
+    return pytest.importorskip("keras")
+
+
+def build_keras(keras, cell, vocab=50, embed=8, units=6, seed=0, middle=None, randomize=True):
+    """Keras' Sequential Embedding -> cell -> Dense(1, sigmoid); random weights, biases included."""
+    layers = middle if middle is not None else [getattr(keras.layers, KERAS_NAMES[cell])(units)]
+    k = keras.Sequential([keras.Input(shape=(None,), dtype="int32"), keras.layers.Embedding(vocab, embed), *layers,
+                          keras.layers.Dense(1, activation="sigmoid")])
+    if randomize:
+        rng = np.random.default_rng(seed)
+        k.set_weights([rng.normal(0.0, 0.3, size=w.shape).astype("float32") for w in k.get_weights()])
+    return k
+
+
+def prepadded(vocab, batch=4, steps=500, seed=0):
+    """Token ids pre-padded with zeros like keras.utils.pad_sequences, rows of different lengths."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, vocab, size=(batch, steps)).astype("int32")
+    for row in range(batch):
+        x[row, : rng.integers(0, steps - 1)] = 0
+    return x
+
+
+def torch_probs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(x).long())).numpy()
+
+
+def keras_probs(k, x):
+    return np.asarray(k.predict(x, verbose=0)).reshape(-1)
+
+
+def keras_logits(keras, k, x):
+    """Keras' Dense input run through the Dense weights by hand: the logit before the sigmoid."""
+    rnn = next(layer for layer in k.layers if type(layer).__name__ in KERAS_NAMES.values())
+    dense = k.layers[-1]
+    h = np.asarray(keras.Model(k.inputs, rnn.output).predict(x, verbose=0))  # (B, H)
+    kernel, bias = dense.get_weights()
+    return (h.astype(np.float64) @ kernel + bias).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- live Keras 3 models
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_parameter_counts_match_keras_layer_by_layer(keras, cell):
+    k = build_keras(keras, cell, vocab=5000, embed=32, units=100, randomize=False)
+    model = SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100)
+    ours = [count_parameters(m) for m in (model.embedding, model.rnn, model.fc)]
+    assert ours == [layer.count_params() for layer in k.layers]
+    assert sum(ours) == k.count_params() == count_parameters(model)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_from_keras_matches_keras_predictions(keras, cell):
+    k = build_keras(keras, cell, seed=1)
+    model = from_keras(k)
+    assert (model.cell, model.vocab_size, model.embed_dim, model.hidden_size) == (cell, 50, 8, 6)
+    x = prepadded(50)
+    assert np.abs(torch_probs(model, x) - keras_probs(k, x)).max() <= TOL
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).long()).double().numpy()
+    assert np.abs(logits - keras_logits(keras, k, x)).max() <= TOL
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_from_keras_full_size(keras, cell):
+    # The exercise's size: 5000 words, 32-d embeddings, 100 units, 500 pre-padded steps.
+    k = build_keras(keras, cell, vocab=5000, embed=32, units=100, seed=2)
+    for w in k.layers[1].weights:  # keep 100 units of N(0, 0.3) from saturating every gate
+        w.assign(w.numpy() * 0.3)
+    model = from_keras(k)
+    x = prepadded(5000, seed=3)
+    diff = np.abs(torch_probs(model, x) - keras_probs(k, x)).max()
+    assert diff <= TOL, diff
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_to_keras_round_trip(keras, cell):
+    k = build_keras(keras, cell, seed=4)
+    back = to_keras(from_keras(k))
+    for a, b in zip(k.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = prepadded(50, steps=40, seed=5)
+    assert np.abs(keras_probs(back, x) - keras_probs(k, x)).max() <= TOL
+    # And from rnnsent's side: a fresh PyTorch model survives torch -> Keras -> torch unchanged.
+    model = SentimentRNN(cell, vocab_size=30, embed_dim=5, hidden_size=7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    again = from_keras(to_keras(model))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0)
+    xs = prepadded(30, steps=40, seed=6)
+    assert np.abs(keras_probs(to_keras(model), xs) - torch_probs(model, xs)).max() <= TOL
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_from_keras_reads_files_saved_by_keras3(keras, cell, tmp_path):
+    k = build_keras(keras, cell, seed=7)
+    x = prepadded(50, steps=60, seed=8)
+    expected = keras_probs(k, x)
+    for name in ("m.keras", "m.h5"):
+        k.save(tmp_path / name)
+        assert np.abs(torch_probs(from_keras(tmp_path / name), x) - expected).max() <= TOL
+
+
+def test_save_keras_writes_a_file_keras_loads(keras, tmp_path):
+    model = SentimentRNN("gru", vocab_size=30, embed_dim=5, hidden_size=7)
+    save_keras(model, tmp_path / "m.keras")
+    x = prepadded(30, steps=20)
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert np.abs(keras_probs(loaded, x) - torch_probs(model, x)).max() <= TOL
+    with pytest.raises(ValueError, match=".keras or .h5"):
+        save_keras(model, tmp_path / "m.pt")
+
+
+def test_dropout_layers_become_dropout_rates(keras):
+    L = keras.layers
+    k = build_keras(keras, "lstm", middle=[L.Dropout(0.25), L.LSTM(6), L.Dropout(0.5)], seed=9)
+    model = from_keras(k)
+    assert (model.embed_dropout, model.output_dropout) == (0.25, 0.5)
+    x = prepadded(50, steps=30)
+    assert np.abs(torch_probs(model, x) - keras_probs(k, x)).max() <= TOL
+    assert [type(layer).__name__ for layer in to_keras(model).layers] == ["Embedding", "Dropout", "LSTM", "Dropout", "Dense"]
+    assert from_keras(k, embed_dropout=0.0).embed_dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda L: [L.Bidirectional(L.GRU(6))], "Bidirectional wrapper"),
+        (lambda L: [L.GRU(6, return_sequences=True), L.GRU(6)], "2 stacked recurrent layers"),
+        (lambda L: [L.GRU(6, reset_after=False)], "reset_after=False"),
+        (lambda L: [L.LSTM(6, return_sequences=True), L.GlobalMaxPooling1D()], "return_sequences=True"),
+        (lambda L: [L.LSTM(6, go_backwards=True)], "go_backwards=True"),
+        (lambda L: [L.SimpleRNN(6, activation="relu")], "activation='relu'"),
+        (lambda L: [L.GRU(6), L.Dense(4)], "extra layer"),
+        (lambda L: [L.Conv1D(8, 3, padding="same"), L.GRU(6)], "extra layer .conv1d. \\(Conv1D\\)"),
+    ],
+)
+def test_refuses_other_architectures(keras, make, message):
+    k = build_keras(keras, "gru", middle=make(keras.layers), randomize=False)
+    with pytest.raises(KerasFormatError, match=message):
+        from_keras(k)
+
+
+def test_refuses_other_dense_heads_and_masking(keras):
+    L = keras.layers
+    seq = lambda *layers: keras.Sequential([keras.Input(shape=(None,), dtype="int32"), *layers])  # noqa: E731
+    cases = [
+        (seq(L.Embedding(50, 8), L.GRU(6), L.Dense(2, activation="sigmoid")), "units=2"),
+        (seq(L.Embedding(50, 8), L.GRU(6), L.Dense(1)), "activation='linear'"),
+        (seq(L.Embedding(50, 8), L.GRU(6), L.Dense(1, activation="softmax")), "activation='softmax'"),
+        (seq(L.Embedding(50, 8, mask_zero=True), L.GRU(6), L.Dense(1, activation="sigmoid")), "mask_zero=True"),
+        (seq(L.Embedding(50, 8), L.GRU(6)), "expected Dense at position 3"),
+    ]
+    for k, message in cases:
+        with pytest.raises(KerasFormatError, match=message):
+            from_keras(k)
+
+
+def test_overrides_must_agree_with_the_model(keras):
+    k = build_keras(keras, "gru", randomize=False)
+    with pytest.raises(KerasFormatError, match="vocab_size=5000 was asked for but the model has vocab_size=50"):
+        from_keras(k, vocab_size=5000)
+    with pytest.raises(KerasFormatError, match="recurrent layer is GRU"):
+        from_keras(k, cell="lstm")
+    with pytest.raises(ValueError, match="choose one of lstm, gru, rnn"):
+        from_keras(k, cell="transformer")
+    with pytest.raises(TypeError, match="units"):
+        from_keras(k, units=6)
+    assert from_keras(k, cell="GRU", hidden_size=6).hidden_size == 6
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_init_statistics_match_a_fresh_keras_model(keras, cell):
+    """init="keras" draws from Keras' distributions: compare with a fresh Keras 3 model's weights."""
+    keras.utils.set_random_seed(0)
+    torch.manual_seed(0)
+    k = build_keras(keras, cell, vocab=5000, embed=32, units=100, randomize=False)
+    theirs = [layer.get_weights() for layer in k.layers]
+    w = keras_weights(SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100, init="keras"))
+    ours = [w["embedding"], w["rnn"], w["dense"]]
+    for layer_ours, layer_theirs in zip(ours, theirs):
+        for a, b in zip(layer_ours, layer_theirs):
+            assert a.shape == b.shape and a.dtype == b.dtype
+    (emb,), (emb_k,) = ours[0], theirs[0]
+    assert abs(emb.std() / emb_k.std() - 1) < 0.02 and np.abs(emb).max() <= 0.05
+    kernel, recurrent, bias = ours[1]
+    kernel_k, recurrent_k, bias_k = theirs[1]
+    limit = np.sqrt(6 / (kernel.shape[0] + kernel.shape[1]))  # glorot_uniform over the whole (E, G*H) kernel
+    assert np.abs(kernel).max() <= limit and np.abs(kernel_k).max() <= limit
+    assert abs(kernel.std() / kernel_k.std() - 1) < 0.06
+    assert abs(recurrent.std() / recurrent_k.std() - 1) < 0.02
+    for r in (recurrent, recurrent_k):  # (H, G*H) with orthonormal rows in Keras' layout
+        np.testing.assert_allclose(r @ r.T, np.eye(100), atol=1e-5)
+    np.testing.assert_array_equal(bias, bias_k)  # zeros, and LSTM's forget-gate ones
+    dense, dense_bias = ours[2]
+    dense_k, dense_bias_k = theirs[2]
+    limit = np.sqrt(6 / 101)  # glorot_uniform for (100, 1)
+    assert np.abs(dense).max() <= limit and np.abs(dense_k).max() <= limit
+    assert abs(dense.std() / dense_k.std() - 1) < 0.4  # 100 draws each
+    np.testing.assert_array_equal(dense_bias, dense_bias_k)
+
+
+# ----------------------------------------------------------------------------- committed fixture files
+
+
+FIXTURE_MODELS = [(v, cell, ext) for v in (2, 3) for cell in CELLS for ext in ("h5", "keras")]
+
+
+@pytest.mark.parametrize("version, cell, ext", FIXTURE_MODELS)
+def test_fixture_files_reproduce_keras_predictions(version, cell, ext):
+    ref = np.load(FIXTURES / f"k{version}_{cell}.npz")
+    assert str(ref["keras_version"]).startswith(f"{version}.")
+    model = from_keras(FIXTURES / f"k{version}_{cell}.{ext}")
+    assert (model.cell, model.vocab_size, model.embed_dim, model.hidden_size) == (cell, 20, 4, 3)
+    assert np.abs(torch_probs(model, ref["x"]) - ref["y"]).max() <= TOL
+
+
+def test_keras2_file_without_input_layer():
+    # Keras 2 tutorials' form, as in the exercise: Embedding(..., input_length=T) and no Input layer.
+    ref = np.load(FIXTURES / "k2_gru_input_length.npz")
+    model = from_keras(FIXTURES / "k2_gru_input_length.h5")
+    assert np.abs(torch_probs(model, ref["x"]) - ref["y"]).max() <= TOL
+
+
+@pytest.mark.parametrize("version", (2, 3))
+@pytest.mark.parametrize(
+    "name, message",
+    [("gru_reset_before", "reset_after=False"), ("bidirectional", "Bidirectional wrapper"),
+     ("stacked", "2 stacked recurrent layers")],
+)
+def test_fixture_files_refused(version, name, message):
+    with pytest.raises(KerasFormatError, match=message):
+        from_keras(FIXTURES / f"k{version}_{name}.h5")
+
+
+def test_reading_files_needs_neither_keras_nor_tensorflow():
+    code = (
+        "import sys; from rnnsent.keras_io import from_keras; "
+        f"m = from_keras({str(FIXTURES / 'k2_gru.h5')!r}); m = from_keras({str(FIXTURES / 'k3_lstm.keras')!r}); "
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'keras was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def _edit_config(path, edit):
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        edit([layer["config"] for layer in config["config"]["layers"]])
+        f.attrs["model_config"] = json.dumps(config)
+
+
+def test_weights_of_other_sizes_than_the_config_says(tmp_path):
+    path = tmp_path / "m.h5"
+    shutil.copy(FIXTURES / "k2_gru.h5", path)
+    _edit_config(path, lambda layers: layers[2].update(units=5))  # InputLayer, Embedding, GRU, Dense
+    with pytest.raises(KerasFormatError, match="other sizes than the file says"):
+        from_keras(path)
+    shutil.copy(FIXTURES / "k3_lstm.h5", path)
+    _edit_config(path, lambda layers: layers[1].update(input_dim=21))
+    with pytest.raises(KerasFormatError, match=r"embeddings has shape \(20, 4\) .* says \(21, 4\)"):
+        from_keras(path)
+
+
+def test_missing_and_foreign_files_give_one_line_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Keras model file"):
+        from_keras(tmp_path / "nothing.h5")
+    text = tmp_path / "x.h5"
+    text.write_text("this is not HDF5\n")
+    zipped = tmp_path / "x.keras"
+    shutil.make_archive(str(tmp_path / "x"), "zip", root_dir=tmp_path, base_dir="x.h5")
+    (tmp_path / "x.zip").rename(zipped)
+    weights_only = tmp_path / "w.h5"
+    with h5py.File(weights_only, "w") as f:
+        f.attrs["layer_names"] = [b"gru"]
+    cases = [(text, "neither an HDF5"), (zipped, "not a Keras .keras file"), (weights_only, "weights-only"),
+             (tmp_path, "is a directory")]
+    for path, message in cases:
+        with pytest.raises(KerasFormatError, match=message) as info:
+            from_keras(path)
+        assert "\n" not in str(info.value)
