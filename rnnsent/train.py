@@ -1,0 +1,558 @@
+"""TrainConfig and the training loop: one readable loop for CPU and CUDA.
+
+The loop resolves the device once, keeps the whole encoded data set on it, and keeps running sums on
+the device so a step never waits for the host. Checkpoints (`last.pt`, `best.pt`) hold everything
+needed to continue bit for bit: model, optimizer, RNG state, the position inside the epoch and the
+running sums. The data order of an epoch is a function of (seed, epoch) alone (see Batcher), so a
+resumed run skips the batches it has done and sees the rest in the same order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
+from rnnsent.data import Batcher, prepare_imdb
+from rnnsent.evaluate import autocast_context, evaluate
+from rnnsent.models import SentimentRNN, canonical_cell
+
+ENCODINGS = ("keras", "fast")
+AMPS = ("none", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
+
+# Named, documented sets of training settings (scripts/train.py --recipe NAME). Explicit flags win.
+RECIPES: dict[str, dict] = {
+    "keras": {
+        "doc": "the Keras exercise as it was: 500-token pre-padded input, Keras initialisation, Adam 1e-3, "
+               "batch 64, constant learning rate, no clipping or dropout, 1 epoch",
+        "encoding": "keras", "init": "keras", "epochs": 1, "batch_size": 64, "lr": 1e-3, "schedule": "constant",
+        "warmup_steps": 0, "clip": None, "embed_dropout": 0.0, "output_dropout": 0.0, "weight_decay": 0.0,
+    },
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model: the Keras exercise's architecture
+    cell: str = "gru"  # lstm | gru | rnn (Keras names LSTM, GRU, SimpleRNN accepted)
+    vocab_size: int = 5000  # ids 0..vocab_size-1, counting pad, start and out-of-vocabulary
+    embed_dim: int = 32
+    hidden_size: int = 100
+    init: str = "keras"  # keras: Keras' initializers; torch: PyTorch's defaults
+    embed_dropout: float = 0.0  # dropout on embeddings (no parameters, counts unchanged)
+    output_dropout: float = 0.0  # dropout on the last hidden state
+    # data
+    max_len: int = 500  # reviews keep their last max_len ids, as Keras' pad_sequences does
+    encoding: str = "fast"  # keras: pre-padded to max_len; fast: true lengths, length-bucketed batches
+    limit: int | None = None  # use only this many reviews per split (smoke runs)
+    val_fraction: float = 0.1  # carved from train; test is never used for model selection
+    split_seed: int = 0  # fixed, so every training seed sees the same validation split
+    data_root: str | None = None  # a path holding the data (see rnnsent.data.fetch)
+    cache_dir: str | None = None
+    # optimisation
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    schedule: str = "constant"  # constant | cosine (per step, with warmup_steps of linear warm-up)
+    warmup_steps: int = 0
+    clip: float | None = None  # max gradient norm; RNN gradients can explode on long reviews
+    patience: int | None = None  # stop after this many epochs without a better validation accuracy
+    seed: int = 0
+    # machinery
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only; fp16 uses a grad scaler)
+    deterministic: bool = False
+    flush_denormal: bool = True  # CPU: vanishing gradients produce denormals that are 10-100x slower
+    threads: int | None = None  # CPU threads; default: all cores
+    eval_batch_size: int = 512
+    ckpt_every: int | None = None  # also save last.pt every N steps inside an epoch
+    log_every: int = 20  # steps between progress updates (and NaN checks on CUDA)
+    out: str = "runs/gru"
+    resume: str | None = None  # a checkpoint file or run folder to continue from
+    quiet: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "cell", canonical_cell(self.cell))
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.vocab_size >= 4, f"vocab_size must be at least 4 (pad, start, unknown and one word), got {self.vocab_size}"),
+            (self.max_len >= 1, f"max_len must be at least 1, got {self.max_len}"),
+            (self.embed_dim >= 1 and self.hidden_size >= 1, "embed_dim and hidden_size must be at least 1"),
+            (self.encoding in ENCODINGS, f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}"),
+            (self.amp in AMPS, f"amp must be one of {', '.join(AMPS)}, got {self.amp!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.limit is None or self.limit >= 2, f"limit must be at least 2 (one review per label), got {self.limit}"),
+            (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.clip is None or self.clip > 0, f"clip must be positive, got {self.clip}"),
+            (self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be at least 1, got {self.ckpt_every}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
+            (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def model_args(self) -> dict:
+        return dict(cell=self.cell, vocab_size=self.vocab_size, embed_dim=self.embed_dim,
+                    hidden_size=self.hidden_size, embed_dropout=self.embed_dropout,
+                    output_dropout=self.output_dropout, init=self.init)
+
+    def data_args(self) -> dict:
+        return dict(vocab_size=self.vocab_size, max_len=self.max_len, encoding=self.encoding,
+                    val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Settings that must agree between a checkpoint and the run that resumes it: changing any of them
+# would silently train a different model or on different data. epochs, patience, device, amp and
+# the machinery may change.
+RESUME_MUST_MATCH = (
+    "cell", "vocab_size", "embed_dim", "hidden_size", "init", "embed_dropout", "output_dropout",
+    "max_len", "encoding", "limit", "val_fraction", "split_seed", "batch_size", "lr", "weight_decay",
+    "schedule", "warmup_steps", "clip", "seed",
+)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or Inf loss or gradient; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU. An explicit CUDA request without CUDA is an error."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name} was asked for, but this PyTorch sees no CUDA device "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Learning rate for a global step: a pure function of the step, so resuming needs no scheduler state."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Holds a run's state; `fit()` trains, validates, checkpoints, and returns the final metrics.
+
+    Research code can subclass it or call the pieces (`train_epoch`, `validate`, `save`) directly.
+    """
+
+    def __init__(self, config: TrainConfig, data=None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.is_main = self.rank == 0
+        self._setup_backend()
+
+        resume_state = None
+        if config.resume:
+            resume_state = load_checkpoint_state(config.resume)
+            self._check_resume(resume_state)
+            if "optimizer" not in resume_state:
+                raise CheckpointError(
+                    f"{config.resume} holds weights only (a best or released checkpoint), not a resumable run; "
+                    "resume from the run's last.pt"
+                )
+
+        torch.manual_seed(config.seed)
+        self.data = data if data is not None else prepare_imdb(
+            **config.data_args(), root=config.data_root, cache_dir=config.cache_dir)
+        if resume_state is not None and resume_state.get("vocab") != self.data.vocab.to_dict():
+            raise CheckpointError(
+                f"{config.resume} was trained with another vocabulary than the data prepared now; "
+                "resume with the same data source and --vocab-size"
+            )
+        self.model = SentimentRNN(**config.model_args()).to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+        self.train_batches = Batcher(self.data.train, batch_size=config.batch_size, shuffle=True,
+                                     seed=config.seed, bucket=config.encoding == "fast", device=self.device)
+        self.val_batches = Batcher(self.data.val, batch_size=config.eval_batch_size, shuffle=False,
+                                   seed=0, bucket=True, device=self.device)
+        self.total_steps = config.epochs * len(self.train_batches)
+        # Position and history: everything a resumed run needs besides weights and optimizer.
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * samples, correct
+        self.seen = 0  # samples this epoch (known on the host: batch shapes need no sync)
+        self.best_val, self.epochs_since_best = -1.0, 0
+        self.history: list[dict] = []
+        self.epoch_seconds = 0.0
+        self._interrupt = _StopFlag()
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _setup_backend(self) -> None:
+        c = self.config
+        if self.device.type == "cpu":
+            torch.set_num_threads(c.threads or os.cpu_count() or 1)
+            torch.set_flush_denormal(c.flush_denormal)
+        if c.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        if c.weight_decay > 0:
+            return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **fused)
+        return torch.optim.Adam(self.model.parameters(), lr=c.lr, **fused)
+
+    def _check_resume(self, state: dict) -> None:
+        saved = state.get("config", {})
+        diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(self.config, k)!r}"
+                 for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(self.config, k)]
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume from {self.config.resume}: it was trained with other settings ({'; '.join(diffs)}). "
+                "Resume with the original command line, or start a new run with another --out"
+            )
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        p = state["progress"]
+        self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
+        self.sums = p["sums"].to(self.device, torch.float64)
+        self.seen = p["seen"]
+        self.best_val, self.epochs_since_best = p["best_val"], p["epochs_since_best"]
+        self.epoch_seconds = p.get("epoch_seconds", 0.0)
+        self.history = list(state.get("history", []))
+        set_rng_state(state["rng"], self.device)
+        self.log(f"resumed from {self.config.resume}: epoch {self.epoch + 1}, step {self.step_in_epoch} "
+                 f"of {len(self.train_batches)} (global step {self.global_step})")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self, full: bool = True) -> dict:
+        state = {
+            "model_config": self.model.config(),
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "vocab": self.data.vocab.to_dict(),
+            "data": {"max_len": self.config.max_len, "encoding": self.config.encoding,
+                     "vocab_size": self.config.vocab_size, "source": str(self.data.meta.get("source", ""))},
+            "config": self.config.to_dict(),
+            "metrics": self.history[-1] if self.history else {},
+            "history": self.history,
+            "rnnsent_version": _version(),
+        }
+        if full:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                rng=rng_state(self.device),
+                progress={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                          "global_step": self.global_step, "sums": self.sums.cpu(), "seen": self.seen,
+                          "best_val": self.best_val, "epochs_since_best": self.epochs_since_best,
+                          "epoch_seconds": self.epoch_seconds},
+            )
+        return state
+
+    def save(self, name: str, full: bool = True) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.out / name, self.state(full))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.is_main and not self.config.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    def fit(self) -> dict:
+        """Train to the configured number of epochs (or early stop), then report test metrics."""
+        c = self.config
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+            (self.out / "command.txt").write_text(" ".join(sys.argv) + "\n")
+        self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
+        self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
+                 f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
+        stopped_early = False
+        while self.epoch < c.epochs and not stopped_early:
+            epoch_metrics = self.train_epoch()
+            stopped_early = self.end_epoch(epoch_metrics)
+        return self.finish()
+
+    def train_epoch(self) -> dict:
+        """Run (the rest of) the current epoch; return its training loss, accuracy and throughput."""
+        c, model = self.config, self.model
+        model.train()
+        n_batches = len(self.train_batches)
+        start_step = self.step_in_epoch
+        lengths_needed = self.data.train.padding == "post"
+        # First non-finite step seen, kept on the device so the check costs no sync per step.
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        bar = _progress(n_batches, start_step, f"epoch {self.epoch + 1}/{c.epochs}", disable=not self.is_main or c.quiet)
+        t0, samples_done = time.perf_counter(), 0
+        with self._interrupt:
+            return self._train_steps(bar, bad_step, t0, samples_done, n_batches, start_step, lengths_needed)
+
+    def _train_steps(self, bar, bad_step, t0, samples_done, n_batches, start_step, lengths_needed) -> dict:
+        c, model = self.config, self.model
+        try:
+            for x, lengths, y in self.train_batches.iterate(self.epoch, start=start_step):
+                lr = lr_at(self.global_step, self.total_steps, c)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast_context(self.device, c.amp):
+                    logits = model(x, lengths if lengths_needed else None)  # (B,)
+                    loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                self.scaler.scale(loss).backward()
+                finite = torch.isfinite(loss)
+                if c.clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
+                    if not self.scaler.is_enabled():  # with fp16 the scaler skips inf steps by design
+                        finite = finite & torch.isfinite(norm)
+                bad_step = torch.where((bad_step < 0) & ~finite, self.global_step, bad_step)
+                if c.amp == "fp16" or self.device.type == "cuda":
+                    self.scaler.step(self.optimizer)
+                else:
+                    # On CPU, a non-finite step must not touch the weights: checking costs nothing here.
+                    if not bool(finite):
+                        self._raise_non_finite(self.global_step)
+                    self.optimizer.step()
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    self.sums += torch.stack([loss.detach().double() * y.numel(),
+                                              ((logits.detach() > 0) == (y > 0.5)).sum().double()])
+                self.step_in_epoch += 1
+                self.global_step += 1
+                self.seen += y.numel()
+                samples_done += y.numel()
+                if self.step_in_epoch % c.log_every == 0 or self.step_in_epoch == n_batches:
+                    if int(bad_step) >= 0:
+                        self._raise_non_finite(int(bad_step))
+                    loss_sum, correct = self.sums.tolist()
+                    bar.set_postfix(loss=f"{loss_sum / self.seen:.4f}", acc=f"{correct / self.seen:.4f}",
+                                    sps=f"{samples_done / (time.perf_counter() - t0):.0f}", refresh=False)
+                bar.update(1)
+                if self._interrupt.requested:
+                    raise KeyboardInterrupt
+                if c.ckpt_every and self.global_step % c.ckpt_every == 0 and self.step_in_epoch < n_batches:
+                    if int(bad_step) >= 0:
+                        self._raise_non_finite(int(bad_step))
+                    self.epoch_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save("last.pt")
+        except KeyboardInterrupt:
+            bar.close()
+            self.epoch_seconds += time.perf_counter() - t0
+            # The first Ctrl-C only sets a flag that is read between steps (see _StopFlag), so the weights,
+            # optimizer, RNG and counters saved here all describe the same finished step.
+            path = self.save("last.pt")
+            raise TrainingInterrupted(
+                f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path}. "
+                f"Continue with the same command and --resume {path}"
+            ) from None
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.epoch_seconds += time.perf_counter() - t0
+        loss_sum, correct = self.sums.tolist()
+        seen = self.seen
+        return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                "epoch_seconds": self.epoch_seconds,
+                "samples_per_second": seen / self.epoch_seconds if self.epoch_seconds > 0 else float("nan")}
+
+    def _raise_non_finite(self, step: int) -> None:
+        raise NonFiniteLoss(
+            f"non-finite loss or gradient at global step {step} (epoch {self.epoch + 1}); training stopped and "
+            f"{self.out / 'last.pt'} keeps the last good state. Lower --lr, set --clip 1.0, or with --amp fp16 "
+            "keep the grad scaler (bf16 needs none)"
+        )
+
+    def end_epoch(self, train_metrics: dict) -> bool:
+        """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
+        c = self.config
+        val = evaluate(self.model, self.data.val, device=self.device, amp=c.amp, batcher=self.val_batches)
+        row = {"epoch": self.epoch + 1, "global_step": self.global_step, **train_metrics,
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(self.global_step - 1, self.total_steps, c)}
+        self.history.append(row)
+        improved = val["accuracy"] > self.best_val
+        if improved:
+            self.best_val, self.epochs_since_best = val["accuracy"], 0
+        else:
+            self.epochs_since_best += 1
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sums.zero_()
+        self.seen = 0
+        self.epoch_seconds = 0.0
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if improved:
+                self.save("best.pt", full=False)
+            self.save("last.pt")
+        self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                 f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['epoch_seconds']:.1f} s, "
+                 f"{row['samples_per_second']:.0f} samples/s" + (" (best)" if improved else ""))
+        if c.patience is not None and self.epochs_since_best >= c.patience:
+            self.log(f"early stop: validation accuracy has not improved for {c.patience} epoch(s)")
+            return True
+        return False
+
+    def finish(self) -> dict:
+        """Test the best checkpoint, write the plot and summary; return the final report."""
+        c = self.config
+        best_path = self.out / "best.pt"
+        if best_path.exists():
+            self.model.load_state_dict(load_checkpoint_state(best_path)["model_state"])
+        test = evaluate(self.model, self.data.test, batch_size=c.eval_batch_size, device=self.device, amp=c.amp)
+        epoch_times = [r["epoch_seconds"] for r in self.history]
+        report = {
+            "cell": c.cell, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+            "confusion": {k: test[k] for k in ("tp", "fp", "tn", "fn")},
+            "best_val_accuracy": self.best_val, "epochs_run": len(self.history),
+            "mean_epoch_seconds": sum(epoch_times) / len(epoch_times) if epoch_times else 0.0,
+            "device": str(self.device), "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+        }
+        if self.is_main:
+            (self.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            plot = plot_curves(self.history, self.out / "curves.png")
+            summary = "\n".join([
+                self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None), "",
+                f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+                f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']})",
+                f"best validation accuracy {self.best_val:.4f}; {len(self.history)} epoch(s), "
+                f"{report['mean_epoch_seconds']:.1f} s per epoch on {self.device}",
+                f"checkpoints: {best_path} (best), {self.out / 'last.pt'} (resumable); metrics: {self.out / 'metrics.jsonl'}"
+                + (f"; curves: {plot}" if plot else ""),
+            ])
+            (self.out / "summary.txt").write_text(summary + "\n")
+            self.log(summary)
+        return report
+
+
+class _StopFlag:
+    """While active, the first SIGINT (Ctrl-C) only sets `requested`; the loop stops at the next step
+    boundary and saves. A second Ctrl-C interrupts at once, as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+
+def train(config: TrainConfig, data=None) -> dict:
+    """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
+    return Trainer(config, data).fit()
+
+
+def plot_curves(history: list[dict], path: Path) -> Path | None:
+    """Training and validation loss/accuracy per epoch as a PNG; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _progress(total: int, initial: int, desc: str, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=disable, leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def _version() -> str:
+    from rnnsent import __version__
+
+    return __version__
