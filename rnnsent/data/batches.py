@@ -1,0 +1,129 @@
+"""Device-resident batching with reproducible order and optional length bucketing.
+
+The whole encoded split is moved to the device once; a batch is an index tensor and the tensors it
+selects, so each step costs one gather on the device and nothing on the host. The order of an
+epoch is a pure function of (seed, epoch) through a private torch.Generator: a run resumed at step
+k of epoch e calls iterate(e, start=k) and sees exactly the batches it would have seen.
+
+Bucketing (right-padded splits only): shuffle all indices, cut them into chunks of
+batch_size * BUCKET_BATCHES, sort each chunk by length, cut it into batches and shuffle the batch
+order. Each batch is then cut to its own longest row, so short reviews are not run through hundreds
+of padding steps. Chunks are whole multiples of batch_size, so, exactly as without bucketing, every
+batch has batch_size rows except at most one (the last of the last chunk, dropped by drop_last).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from rnnsent.data.text import EncodedSplit
+
+BUCKET_BATCHES = 50  # batches per sorting chunk: wide enough to group lengths, small enough to stay random
+
+
+@dataclass(frozen=True)
+class _Batch:
+    index: torch.Tensor  # (B,) int64 row ids, on the batcher's device
+    width: int  # columns to keep: max_len for pre-padding, the batch's longest row for post-padding
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch) alone. Hashing keeps nearby pairs such as (0, 1) and
+    (1, 0) from sharing a stream, which seed + epoch would not."""
+    digest = hashlib.sha256(f"rnnsent:{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+class Batcher:
+    """Batches of an EncodedSplit: `for tokens, lengths, labels in batcher.iterate(epoch)`.
+
+    tokens is (B, T): T = max_len for padding="pre" (Keras parity keeps every column, because the
+    recurrent layer runs through the leading zeros there), and the batch's longest row for "post".
+    lengths (B,) and labels (B,) come with every batch.
+    """
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        bucket: bool = False,
+        device: torch.device | str | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if bucket and split.padding != "post":
+            raise ValueError(
+                "bucket=True needs right-padded data (encoding='fast', padding='post'): Keras-parity "
+                "pre-padded rows must keep all max_len columns, so there is nothing to cut"
+            )
+        if len(split) == 0:
+            raise ValueError("the split has no reviews; there is nothing to batch")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.bucket = bucket
+        self.drop_last = drop_last
+        self.padding = split.padding
+        self.device = torch.device(device) if device is not None else split.tokens.device
+        self.tokens = split.tokens.to(self.device)  # (N, L)
+        self.lengths = split.lengths.to(self.device)  # (N,)
+        self.labels = split.labels.to(self.device)  # (N,)
+        self._host_lengths = split.lengths.cpu()  # planning happens on the host, without device syncs
+
+    @property
+    def num_samples(self) -> int:
+        """Reviews seen per epoch (all of them unless drop_last drops the one short batch)."""
+        n = len(self._host_lengths)
+        return n - n % self.batch_size if self.drop_last else n
+
+    def __len__(self) -> int:
+        n = len(self._host_lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _plan(self, epoch: int) -> list[_Batch]:
+        n, b = len(self._host_lengths), self.batch_size
+        g = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        full_width = self.tokens.shape[1]
+        if not self.bucket:
+            spans = [(i, min(i + b, n)) for i in range(0, n, b)]
+            widths = [full_width if self.padding == "pre" else int(self._host_lengths[order[s:e]].max()) for s, e in spans]
+        else:
+            chunk = b * BUCKET_BATCHES
+            pieces = []
+            for c in range(0, n, chunk):
+                part = order[c : c + chunk]
+                # Stable sort keeps equal lengths in their shuffled order, so ties stay random.
+                pieces.append(part[torch.sort(self._host_lengths[part], stable=True).indices])
+            order = torch.cat(pieces)
+            spans = [(i, min(i + b, n)) for i in range(0, n, b)]  # chunks are multiples of b: batches never straddle two
+            if self.shuffle:
+                spans = [spans[i] for i in torch.randperm(len(spans), generator=g).tolist()]
+            widths = [int(self._host_lengths[order[s:e]].max()) for s, e in spans]
+        if self.drop_last:
+            keep = [k for k, (s, e) in enumerate(spans) if e - s == b]
+            spans, widths = [spans[k] for k in keep], [widths[k] for k in keep]
+        device_order = order.to(self.device)  # one transfer per epoch; batches are views of it
+        return [_Batch(device_order[s:e], w) for (s, e), w in zip(spans, widths)]
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """The index tensor of every batch of `epoch`, in order; depends only on (seed, epoch)."""
+        return [batch.index for batch in self._plan(epoch)]
+
+    def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (tokens (B, T), lengths (B,), labels (B,)) for batches start, start+1, ... of `epoch`."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start={start} is outside 0..{len(self)} (batches per epoch)")
+        for batch in self._plan(epoch)[start:]:
+            idx = batch.index
+            if self.padding == "pre":
+                tokens = self.tokens[idx]  # (B, max_len)
+            else:
+                tokens = self.tokens[idx, : batch.width]  # (B, T)
+            yield tokens, self.lengths[idx], self.labels[idx]

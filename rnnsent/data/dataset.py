@@ -1,0 +1,207 @@
+"""prepare_imdb: source -> verified split -> vocabulary -> encoded tensors, cached on disk.
+
+The vocabulary is built from the whole canonical training split (validation rows included, test
+rows never): it then depends on the data and vocab_size alone, not on how validation was carved,
+and validation rows contribute only word frequencies, never labels. For Keras' imdb.npz the
+vocabulary is Keras' own word index, so the ids equal imdb.load_data(num_words=vocab_size).
+
+The prepared result is cached as a .pt file keyed by a hash of every parameter that changes it and
+of the source's identity. It holds only tensors, lists, dicts, str and int, so it loads with
+torch.load(weights_only=True); rows are stored unpadded (flat ids + lengths) to keep it small.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnnsent.data.fetch import PER_BLOCK, Source, cache_root, find_imdb, read_blocks, read_keras_word_index
+from rnnsent.data.text import EncodedSplit, Vocab, check_max_len, check_vocab_size, encode_fast, encode_keras, pad_flat, tokenize
+
+ENCODINGS = ("keras", "fast")
+CACHE_VERSION = 1  # bump when the stored layout or the preparation itself changes
+
+
+@dataclass(frozen=True)
+class ImdbData:
+    """Encoded train/val/test splits, the vocabulary that made them, and what they came from."""
+
+    train: EncodedSplit
+    val: EncodedSplit
+    test: EncodedSplit
+    vocab: Vocab
+    meta: dict[str, Any]  # source, parameters, counts per split and label, cache file
+
+
+def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx), each sorted, partitioning range(n); a function of (n, val_fraction, seed, labels).
+
+    With labels, each label gives round(count * val_fraction) rows to validation, so both halves keep
+    the label balance (the total can differ by one per label from round(n * val_fraction)).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(int(seed))
+    groups = [torch.arange(n)] if labels is None else [torch.nonzero(labels == y).flatten() for y in torch.unique(torch.as_tensor(labels))]
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} entries for n={n}")
+    val = []
+    for rows in groups:
+        k = int(round(len(rows) * val_fraction))
+        val.append(rows[torch.randperm(len(rows), generator=g)[:k]])
+    val_idx = torch.sort(torch.cat(val)).values if val else torch.zeros(0, dtype=torch.long)
+    in_val = torch.zeros(n, dtype=torch.bool)
+    in_val[val_idx] = True
+    return torch.nonzero(~in_val).flatten(), val_idx
+
+
+class _Index(dict):
+    """word -> provisional id in order of first appearance; new words get the next id."""
+
+    def __missing__(self, word: str) -> int:
+        i = self[word] = len(self)
+        return i
+
+
+def _index_texts(texts: list[str], index: _Index) -> list[np.ndarray]:
+    # The hot loop of preparation: one regex pass per review, dictionary lookups in C via map.
+    get = index.__getitem__
+    out = []
+    for text in texts:
+        tokens = tokenize(text)
+        out.append(np.fromiter(map(get, tokens), dtype=np.int64, count=len(tokens)))
+    return out
+
+
+def _limited(rows: list, limit: int | None, label: int) -> list:
+    # limit N keeps N // 2 negatives and N - N // 2 positives, the first ones in canonical order.
+    if limit is None:
+        return rows
+    return rows[: limit // 2 if label == 0 else limit - limit // 2]
+
+
+def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fraction: float, seed: int,
+           limit: int | None, expected_per_block: int | None) -> tuple[dict[str, EncodedSplit], Vocab, dict]:
+    blocks = read_blocks(source, expected_per_block)
+    rows: dict[str, list] = {}
+    labels: dict[str, list[int]] = {}
+    for split in ("train", "test"):
+        neg, pos = _limited(blocks[(split, 0)], limit, 0), _limited(blocks[(split, 1)], limit, 1)
+        rows[split], labels[split] = neg + pos, [0] * len(neg) + [1] * len(pos)
+
+    if source.kind == "keras_npz":
+        vocab = Vocab.from_keras_word_index(read_keras_word_index(source), vocab_size)
+        # Keras: rank r -> id r + 3, and every id >= num_words becomes the out-of-vocabulary id.
+        ids = {s: [np.where(r + 3 < vocab_size, r + 3, 2) for r in rows[s]] for s in rows}
+    else:
+        index = _Index()
+        provisional = {s: _index_texts(rows[s], index) for s in ("train", "test")}  # train first: its first appearances rank ties
+        words = list(index)
+        train_flat = np.concatenate(provisional["train"]) if provisional["train"] else np.zeros(0, np.int64)
+        counts = np.bincount(train_flat, minlength=len(words))  # test words get count 0 and are left out
+        vocab = Vocab.from_counts(words, counts, vocab_size)
+        to_id = np.full(len(words), 2, dtype=np.int64)
+        kept = np.array([index[w] for w in vocab.words], dtype=np.int64)
+        to_id[kept] = np.arange(3, 3 + len(kept))
+        ids = {s: [to_id[p] for p in provisional[s]] for s in provisional}
+
+    encode = encode_keras if encoding == "keras" else encode_fast
+    train_all = encode(ids["train"], labels["train"], max_len)
+    test = encode(ids["test"], labels["test"], max_len)
+    train_idx, val_idx = train_val_split(len(train_all), val_fraction, seed, train_all.labels)
+    splits = {"train": train_all.select(train_idx), "val": train_all.select(val_idx), "test": test}
+    return splits, vocab, {"vocab_words": len(vocab.words)}
+
+
+def _counts(split: EncodedSplit) -> dict[str, int]:
+    pos = int(split.labels.sum())
+    return {"total": len(split), "pos": pos, "neg": len(split) - pos}
+
+
+def _pack(split: EncodedSplit) -> dict[str, Any]:
+    flat, lengths = split.unpadded()
+    # Ids fit int16 for any vocabulary below 32768 words: a quarter of the int64 size on disk.
+    small = torch.int16 if len(flat) == 0 or int(flat.max()) < 2**15 else torch.int32
+    return {"flat": flat.to(small), "lengths": lengths, "labels": split.labels, "padding": split.padding, "width": split.tokens.shape[1]}
+
+
+def _unpack(d: dict[str, Any]) -> EncodedSplit:
+    return pad_flat(d["flat"], d["lengths"], d["labels"], int(d["width"]), str(d["padding"]))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(name, path)  # same folder, so atomic: readers never see a half-written cache
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def prepare_imdb(
+    vocab_size: int = 5000,
+    max_len: int = 500,
+    encoding: str = "keras",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    expected_per_block: int | None = PER_BLOCK,
+    download: bool = True,
+    use_cache: bool = True,
+) -> ImdbData:
+    """Load, verify, tokenize, build the vocabulary, encode and split IMDB, or read all that from the cache.
+
+    encoding "keras" gives Keras-parity pre-padded rows of width max_len; "fast" gives the same ids
+    right-padded to the longest row, for length bucketing. `limit` keeps that many reviews per split
+    (half of each label, the first in canonical order) for smoke runs. `expected_per_block` is
+    passed to the source's layout check (12,500 for the full set; a fixture's size in tests).
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be 'keras' or 'fast', got {encoding!r}")
+    check_vocab_size(vocab_size)  # fail before any reading
+    check_max_len(max_len)
+    if limit is not None and (not isinstance(limit, int) or limit < 2):
+        raise ValueError(f"limit={limit!r} must be None or an int >= 2 (it is split between the two labels)")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+    source = find_imdb(root, cache_dir, download)
+    params = {
+        "version": CACHE_VERSION, "source": source.identity(), "vocab_size": vocab_size, "max_len": max_len,
+        "encoding": encoding, "val_fraction": val_fraction, "seed": seed, "limit": limit,
+        "expected_per_block": expected_per_block, "tokenizer": "rnnsent-v1",
+    }
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_root(cache_dir) / "prepared" / f"imdb-{encoding}-{vocab_size}-{max_len}-{key}.pt"
+
+    if use_cache and path.is_file():
+        try:
+            stored = torch.load(path, weights_only=True)
+            meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
+            return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
+        except Exception as e:  # any unreadable cache is rebuilt; the data itself is still there
+            warnings.warn(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {e}); rebuilding it", stacklevel=2)
+
+    t0 = time.perf_counter()
+    splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit, expected_per_block)
+    meta = {
+        "source": source.kind, "source_path": str(source.path), "params": {k: v for k, v in params.items() if k != "source"},
+        "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3), **extra,
+    }
+    if use_cache:
+        payload = {s: _pack(splits[s]) for s in splits}
+        _atomic_save({**payload, "vocab": vocab.to_dict(), "meta": meta}, path)
+    return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if use_cache else None, cache_hit=False))
