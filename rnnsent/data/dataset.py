@@ -25,7 +25,17 @@ import numpy as np
 import torch
 
 from rnnsent.data.fetch import PER_BLOCK, Source, cache_root, find_imdb, read_blocks, read_keras_word_index
-from rnnsent.data.text import EncodedSplit, Vocab, check_max_len, check_vocab_size, encode_fast, encode_keras, pad_flat, tokenize
+from rnnsent.data.text import (
+    TOKENIZER_NAME,
+    EncodedSplit,
+    Vocab,
+    check_max_len,
+    check_vocab_size,
+    encode_fast,
+    encode_keras,
+    pad_flat,
+    tokenize,
+)
 
 ENCODINGS = ("keras", "fast")
 CACHE_VERSION = 1  # bump when the stored layout or the preparation itself changes
@@ -182,7 +192,7 @@ def prepare_imdb(
     params = {
         "version": CACHE_VERSION, "source": source.identity(), "vocab_size": vocab_size, "max_len": max_len,
         "encoding": encoding, "val_fraction": val_fraction, "seed": seed, "limit": limit,
-        "expected_per_block": expected_per_block, "tokenizer": "rnnsent-v1",
+        "expected_per_block": expected_per_block, "tokenizer": TOKENIZER_NAME,
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / "prepared" / f"imdb-{encoding}-{vocab_size}-{max_len}-{key}.pt"
