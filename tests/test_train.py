@@ -1,0 +1,185 @@
+"""The trainer as a library: tiny real-data runs, exact resume, early stopping, device resolution."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.train import RECIPES, NonFiniteLoss, Trainer, TrainConfig, TrainingInterrupted, lr_at, resolve_device
+
+FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
+PER_BLOCK = 6  # the fixture holds the first 6 reviews of each of the four blocks
+
+
+def tiny(tmp_path, **overrides) -> TrainConfig:
+    values = dict(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4,
+                  data_root=str(FIXTURE), expected_per_block=PER_BLOCK, cache_dir=str(tmp_path / "cache"),
+                  out=str(tmp_path / "run"), quiet=True, val_fraction=0.25)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def weights(path) -> dict:
+    return load_checkpoint_state(path)["model_state"]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("encoding", ["fast", "keras"])
+def test_tiny_run_writes_everything(tmp_path, cell, encoding):
+    report = Trainer(tiny(tmp_path, cell=cell, encoding=encoding)).fit()
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json", "summary.txt", "report.json", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["train_loss"] > 0 for r in rows)
+    # The test split of the fixture: 6 negative and 6 positive reviews, every one scored once.
+    c = report["confusion"]
+    assert c["tp"] + c["fn"] == PER_BLOCK and c["tn"] + c["fp"] == PER_BLOCK
+    assert report["test_accuracy"] == pytest.approx((c["tp"] + c["tn"]) / (2 * PER_BLOCK))
+    summary = (run / "summary.txt").read_text()
+    expected_params = {"lstm": 4 * (6 * 8 + 6 * 6 + 6), "gru": 3 * (6 * 8 + 6 * 6 + 2 * 6), "rnn": 6 * 8 + 6 * 6 + 6}[cell]
+    assert f"{expected_params:,}" in summary and "test accuracy" in summary
+    best = load_checkpoint_state(run / "best.pt")
+    assert "optimizer" not in best, "best.pt is weights + vocabulary + config only"
+    last = load_checkpoint_state(run / "last.pt")
+    assert last["progress"]["epoch"] == 2 and last["progress"]["step_in_epoch"] == 0
+    assert last["vocab"] == best["vocab"] and len(last["vocab"]["words"] if "words" in last["vocab"] else last["vocab"]) > 0
+
+
+def test_training_learns_on_real_reviews(tmp_path):
+    """On 12 real reviews the model must at least fit its training set: the loop really optimises."""
+    t = Trainer(tiny(tmp_path, epochs=15, lr=2e-2))
+    t.fit()
+    first, last = t.history[0], t.history[-1]
+    assert last["train_loss"] < 0.5 * first["train_loss"]
+    assert last["train_accuracy"] == 1.0
+
+
+def _interrupt_at(trainer: Trainer, global_step: int):
+    """Make the trainer see a Ctrl-C while it runs step `global_step`, as the SIGINT handler reports it."""
+    original = trainer.train_batches.iterate
+
+    def iterate(epoch, start=0):
+        for batch in original(epoch, start):
+            if trainer.global_step == global_step - 1:
+                trainer._interrupt.requested = True
+            yield batch
+
+    trainer.train_batches.iterate = iterate
+
+
+@pytest.mark.parametrize("where", ["inside epoch 1", "end of epoch 1", "inside epoch 2"])
+def test_resume_after_interrupt_reproduces_uninterrupted_weights(tmp_path, where):
+    common = dict(epochs=3, embed_dropout=0.2, output_dropout=0.1, seed=7)  # dropout: RNG state must be restored too
+    Trainer(tiny(tmp_path / "a", **common)).fit()
+    reference = weights(tmp_path / "a" / "run" / "last.pt")
+
+    first = Trainer(tiny(tmp_path / "b", **common))
+    n = len(first.train_batches)
+    assert n >= 2
+    stop_at = {"inside epoch 1": 1, "end of epoch 1": n, "inside epoch 2": n + 1}[where]
+    _interrupt_at(first, stop_at)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        first.fit()
+    last = tmp_path / "b" / "run" / "last.pt"
+    assert load_checkpoint_state(last)["progress"]["global_step"] == stop_at
+    with pytest.raises(AssertionError):
+        assert_same_weights(weights(last), reference)  # really stopped early
+
+    Trainer(tiny(tmp_path / "b", resume=str(last), **common)).fit()
+    assert_same_weights(weights(last), reference)
+    rows_a = (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if "second" not in k} for r in rows]  # noqa: E731
+    assert strip(rows_a) == strip(rows_b), "the resumed run's metrics equal the uninterrupted run's"
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    Trainer(tiny(tmp_path, epochs=1)).fit()
+    last = str(tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match="cell: checkpoint 'gru', now 'lstm'"):
+        Trainer(tiny(tmp_path, cell="lstm", resume=last))
+    with pytest.raises(CheckpointError, match="vocab_size: checkpoint 300, now 200"):
+        Trainer(tiny(tmp_path, vocab_size=200, resume=last))
+    with pytest.raises(CheckpointError, match="weights only"):
+        Trainer(tiny(tmp_path, resume=str(tmp_path / "run" / "best.pt")))
+    # More epochs is the normal way to continue a finished run.
+    t = Trainer(tiny(tmp_path, epochs=2, resume=last))
+    assert t.epoch == 1
+    t.fit()
+    assert len(t.history) == 2
+
+
+def test_early_stopping_stops_and_keeps_best(tmp_path):
+    t = Trainer(tiny(tmp_path, epochs=40, lr=3e-2, patience=2))
+    t.fit()
+    accs = [r["val_accuracy"] for r in t.history]
+    assert len(accs) < 40
+    best_epoch = max(range(len(accs)), key=lambda i: (accs[i], -i))
+    assert len(accs) == best_epoch + 1 + 2, "stops exactly `patience` epochs after the best one"
+    assert load_checkpoint_state(tmp_path / "run" / "best.pt")["metrics"]["epoch"] == best_epoch + 1
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
+    t = Trainer(tiny(tmp_path, epochs=2))
+    t.fit()  # leaves a good last.pt
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+    t2 = Trainer(tiny(tmp_path, epochs=3, resume=str(tmp_path / "run" / "last.pt")))
+    forward, bad = t2.model.forward, t2.global_step + 1
+
+    def poisoned(x, lengths=None):
+        out = forward(x, lengths)
+        return out * float("nan") if t2.global_step == bad else out
+
+    monkeypatch.setattr(t2.model, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss, match=f"global step {bad} .*Lower --lr"):
+        t2.fit()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good
+
+
+def test_lr_schedule_is_a_function_of_the_step():
+    c = TrainConfig(lr=1e-3, schedule="cosine", warmup_steps=10)
+    assert lr_at(0, 110, c) == pytest.approx(1e-4)
+    assert lr_at(9, 110, c) == pytest.approx(1e-3)
+    assert lr_at(60, 110, c) == pytest.approx(5e-4)
+    assert lr_at(110, 110, c) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(50, 110, TrainConfig(lr=2e-3)) == 2e-3
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=0), "epochs must be at least 1"),
+    (dict(batch_size=-1), "batch_size must be at least 1"),
+    (dict(cell="transformer"), "unknown cell 'transformer'"),
+    (dict(vocab_size=3), "vocab_size must be at least 4"),
+    (dict(max_len=0), "max_len must be at least 1"),
+    (dict(lr=float("nan")), "lr must be a positive number"),
+    (dict(encoding="bert"), "encoding must be one of keras, fast"),
+    (dict(amp="fp8"), "amp must be one of"),
+])
+def test_config_rejects_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**bad)
+
+
+def test_recipes_are_valid_configs():
+    for name, recipe in RECIPES.items():
+        assert recipe["doc"]
+        TrainConfig(**{k: v for k, v in recipe.items() if k != "doc"})
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu:zero")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")
