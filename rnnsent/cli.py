@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
-from rnnsent.checkpoint import CheckpointError
+from rnnsent.checkpoint import CheckpointError, CheckpointWriteError
 from rnnsent.train import AMPS, ENCODINGS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig, TrainingInterrupted
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -43,8 +45,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (what was wrong and where to look), not a usage dump."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train.py",
         description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
                     "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
@@ -135,17 +144,17 @@ def train_main(argv: list[str] | None = None) -> int:
         report = train(config)
     except TrainingInterrupted as e:
         return _fail(str(e), EXIT_INTERRUPTED)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
     except _user_errors() as e:
         return _fail(str(e))
-    if config.quiet:
+    if config.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(report))
     return 0
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="evaluate.py", description="Test accuracy, loss and confusion counts of a checkpoint.")
+    p = _Parser(prog="evaluate.py", description="Test accuracy, loss and confusion counts of a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
     p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
@@ -189,7 +198,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="predict.py", description="Sentiment of review texts with a trained checkpoint.")
+    p = _Parser(prog="predict.py", description="Sentiment of review texts with a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
     p.add_argument("texts", nargs="*", help="review texts")
     p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
@@ -220,7 +229,8 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def _read_lines(path: str) -> list[str]:
-    """One review per line; bytes that are not UTF-8 are replaced, never fatal."""
+    """One review per line. UTF-8 (a BOM is dropped) or UTF-16 with its BOM; bytes that do not decode are
+    replaced and NUL bytes dropped, never fatal."""
     if path == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -228,4 +238,6 @@ def _read_lines(path: str) -> list[str]:
         if not p.is_file():
             raise FileNotFoundError(f"--file {path}: no such file")
         data = p.read_bytes()
-    return [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    text = data.decode(encoding, errors="replace").replace("\0", "")
+    return [line for line in text.splitlines() if line.strip()]

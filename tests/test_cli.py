@@ -1,0 +1,154 @@
+"""The command lines as a user runs them: fresh processes, real (tiny) data, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
+TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+        "--hidden-size", "6", "--max-len", "60", "--batch-size", "4", "--threads", "1", "--quiet"]
+
+
+def run(script: str, *args, cwd=None, env_extra=None, input_bytes=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], capture_output=True,
+                          cwd=cwd, env=env, input=input_bytes, timeout=300)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, f"expected a one-line error, got:\n{err}"
+    assert "error" in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny GRU run through the command line, shared by the tests that need a checkpoint."""
+    base = tmp_path_factory.mktemp("cli")
+    proc = run("train.py", "--cell", "gru", "--epochs", "2", "--out", base / "run", "--cache-dir", base / "cache", *TINY)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return base
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "SimpleRNN"])
+def test_train_each_cell_end_to_end(tmp_path, cell):
+    proc = run("train.py", "--cell", cell, "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c", *TINY)
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert report["cell"] == ("rnn" if cell == "SimpleRNN" else cell)
+    assert 0.0 <= report["test_accuracy"] <= 1.0
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "curves.png", "summary.txt", "config.json", "command.txt"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_train_shows_progress_and_summary(trained, tmp_path):
+    args = [a for a in TINY if a != "--quiet"]
+    proc = run("train.py", "--cell", "gru", "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", trained / "cache", *args)
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert "Total params: 2,695" in err  # 8*300 embedding + 3*(6*8+6*6+2*6) GRU + 7 dense
+    assert "epoch 1: train loss" in err and "samples/s" in err and "test accuracy" in err
+
+
+def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
+    ckpt = trained / "run" / "best.pt"
+    proc = run("predict.py", "--checkpoint", ckpt, "--json", "A wonderful, moving film.", "Dull and far too long.")
+    assert proc.returncode == 0, proc.stderr.decode()
+    rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert [r["text"] for r in rows] == ["A wonderful, moving film.", "Dull and far too long."]
+    assert all(0.0 <= r["probability"] <= 1.0 and r["label"] in ("positive", "negative") for r in rows)
+    assert all((r["probability"] >= 0.5) == (r["label"] == "positive") for r in rows)
+
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_bytes(b"great acting\n\n\xff\xfe broken bytes \x00 here\nterrible plot\n")
+    proc = run("predict.py", "--checkpoint", trained / "run", "--file", reviews)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(proc.stdout.decode().splitlines()) == 3  # the empty line is skipped
+
+    proc = run("evaluate.py", "--checkpoint", ckpt, "--data", FIXTURE, "--cache-dir", trained / "cache", "--json",
+               "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr.decode()
+    result = json.loads(proc.stdout.decode())
+    report = json.loads((trained / "run" / "report.json").read_text())
+    assert result["n"] == 12 and result["accuracy"] == pytest.approx(report["test_accuracy"])
+
+
+def test_library_calls_match_the_command_line(trained):
+    import rnnsent
+
+    loaded = rnnsent.load_checkpoint(trained / "run")
+    texts = ["A wonderful, moving film.", ""]
+    preds = rnnsent.predict(loaded, texts)
+    proc = run("predict.py", "--checkpoint", trained / "run", "--json", *texts[:1])
+    assert json.loads(proc.stdout.decode())["probability"] == pytest.approx(preds[0].probability, abs=1e-6)
+    assert preds[1].tokens == 1, "an empty review is the start token alone"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["--batch-size", "-1"], "--batch-size: must be at least 1, got -1"),
+    (["--cell", "transformer"], "unknown cell 'transformer': choose one of lstm, gru, rnn"),
+    (["--lr", "abc"], "--lr: expected a number"),
+    (["--encoding", "bert"], "--encoding: invalid choice"),
+    (["--data", "/no/such/place"], "/no/such/place"),
+])
+def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, message):
+    out = trained / "run"
+    before = {p.name: p.read_bytes() for p in out.glob("*.pt")}
+    base = [a for a in TINY if a not in ("--data", str(FIXTURE))]
+    proc = run("train.py", "--out", out, "--cache-dir", trained / "cache",
+               *(base if "--data" in flags else TINY), *flags)
+    assert message in one_line_error(proc)
+    assert {p.name: p.read_bytes() for p in out.glob("*.pt")} == before
+
+
+def test_resume_with_other_cell_or_vocab_is_refused(trained, tmp_path):
+    out = trained / "run"
+    before = (out / "last.pt").read_bytes()
+    proc = run("train.py", "--cell", "lstm", "--epochs", "3", "--out", out, "--cache-dir", trained / "cache", "--resume", *TINY)
+    assert "cell: checkpoint 'gru', now 'lstm'" in one_line_error(proc)
+    tiny_other_vocab = [a if a != "300" else "200" for a in TINY]
+    proc = run("train.py", "--epochs", "3", "--out", out, "--cache-dir", trained / "cache", "--resume", *tiny_other_vocab)
+    assert "vocab_size: checkpoint 300, now 200" in one_line_error(proc)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_truncated_checkpoint_is_a_one_line_error(trained, tmp_path):
+    broken = tmp_path / "last.pt"
+    data = (trained / "run" / "last.pt").read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    proc = run("train.py", "--epochs", "3", "--out", tmp_path, "--cache-dir", trained / "cache", "--resume", *TINY)
+    assert "truncated, corrupt" in one_line_error(proc)
+    assert broken.read_bytes() == data[: len(data) // 3], "the damaged file is left for the user to inspect"
+    for script in ("predict.py", "evaluate.py"):
+        assert "truncated, corrupt" in one_line_error(run(script, "--checkpoint", broken, "some text"
+                                                          if script == "predict.py" else "--json"))
+
+
+def test_predict_usage_errors(trained, tmp_path):
+    assert "no review given" in one_line_error(run("predict.py", "--checkpoint", trained / "run"))
+    assert "no such file" in one_line_error(run("predict.py", "--checkpoint", trained / "run", "--file", tmp_path / "x"))
+    assert "does not exist" in one_line_error(run("predict.py", "--checkpoint", tmp_path / "nope.pt", "hi"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tmp_path):
+    proc = run("train.py", "--device", "cuda", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c", *TINY)
+    assert "sees no CUDA device" in one_line_error(proc)
+
+
+def test_help_explains_every_flag():
+    proc = run("train.py", "--help")
+    assert proc.returncode == 0
+    text = proc.stdout.decode()
+    for flag in ("--cell", "--epochs", "--batch-size", "--lr", "--vocab-size", "--max-len", "--embed-dim",
+                 "--hidden-size", "--encoding", "--device", "--amp", "--seed", "--out", "--resume", "--limit",
+                 "--patience", "--recipe"):
+        assert flag in text, flag
