@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,10 +26,23 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, foreign, or does not fit the run it is given to."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous file is untouched."""
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where save_checkpoint(keep_previous=True) keeps the file it replaces: last.pt -> last.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = False) -> Path:
     """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename.
 
-    If anything fails (disk full, interrupted), the previous file at `path` is left untouched.
+    If anything fails (disk full, interrupted), the previous file at `path` is left untouched and
+    CheckpointWriteError says so. With keep_previous, the file being replaced is first kept as
+    previous_path(path) (hard link + rename, so `path` exists at every moment): if the new file is
+    later found damaged, load_resume_state falls back to it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,14 +61,57 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
             torch.save(envelope, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.is_file():
+            _link_or_copy(path, previous_path(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
+            ) from None
         raise
     return path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` a complete copy of `src`, atomically: `dst` is the old or the new file, never half of one."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_resume_state(path: str | os.PathLike) -> tuple[dict, str | None]:
+    """Load a checkpoint to resume from; if it is unreadable, fall back to the one it replaced.
+
+    Returns (state, note): note is None, or says which file was damaged, which one is used instead
+    and at which step the run continues. Raises CheckpointError when neither file is readable.
+    """
+    path = Path(path)
+    try:
+        return load_checkpoint_state(path), None
+    except CheckpointError as e:
+        first = str(e)  # `e` is unbound after the except block
+        prev = previous_path(path)
+        if path.is_dir() or not prev.is_file():
+            raise
+        try:
+            state = load_checkpoint_state(prev)
+        except CheckpointError as second:
+            raise CheckpointError(f"{first}; the fallback {prev.name} is unusable too: {second}") from None
+    p = state.get("progress", {})
+    return state, (
+        f"warning: {first}. Falling back to the previous checkpoint {prev} (epoch {p.get('epoch', 0) + 1}, "
+        f"step {p.get('step_in_epoch')}, global step {p.get('global_step')}): the steps done after it are lost "
+        "and will be trained again"
+    )
 
 
 def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -116,25 +173,39 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     from rnnsent.models import SentimentRNN
 
     state = load_checkpoint_state(path)
+    # Everything below comes from the file: check it before it can reach a constructor or an index.
+    config = state["model_config"]
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{path} has a model_config that is not a dict of named settings")
+    weights = state["model_state"]
     try:
-        model = SentimentRNN(**state["model_config"])
+        with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
+            expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} describes a model this rnnsent cannot build: {e}") from None
-    missing, unexpected = model.load_state_dict(state["model_state"], strict=False)
-    if missing or unexpected:
+        raise CheckpointError(f"{path} describes a model this rnnsent cannot build: {_first_line(e)}") from None
+    found = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)} if isinstance(weights, dict) else {}
+    if found != expected:
         raise CheckpointError(
-            f"{path} does not fit its own model description: missing {missing}, unexpected {unexpected}"
+            f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of {expected}"
         )
-    if "vocab" not in state:
-        raise CheckpointError(f"{path} has no vocabulary; it cannot encode text")
+    model = SentimentRNN(**config)
+    model.load_state_dict(weights)
+    try:
+        vocab = Vocab.from_dict(state["vocab"])
+        if not all(isinstance(w, str) for w in vocab.words):
+            raise ValueError("its words are not all strings")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has no usable vocabulary: {_first_line(e)}") from None
+    if len(vocab) > model.vocab_size:
+        raise CheckpointError(
+            f"{path} has a vocabulary of {len(vocab)} ids but an embedding of {model.vocab_size} rows; "
+            "its ids would fall outside the model"
+        )
     data = state.get("data", {})
-    return LoadedModel(
-        model=model.to(device).eval(),
-        vocab=Vocab.from_dict(state["vocab"]),
-        max_len=int(data.get("max_len", 500)),
-        encoding=str(data.get("encoding", "keras")),
-        state=state,
-    )
+    max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
+    if type(max_len) is not int or max_len < 1 or encoding not in ("keras", "fast"):
+        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r})")
+    return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state)
 
 
 class LoadedModel:

