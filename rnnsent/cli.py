@@ -77,6 +77,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--init", choices=("keras", "torch"), default=None, help=f"weight initialisation [{d.init}]")
     a("--embed-dropout", type=_fraction, default=None, help=f"dropout on embeddings [{d.embed_dropout}]")
     a("--output-dropout", type=_fraction, default=None, help=f"dropout on the last hidden state [{d.output_dropout}]")
+    a("--word-dropout", type=_fraction, default=None,
+      help=f"training only: replace a word by the unknown id with this probability [{d.word_dropout}]")
     a("--weight-decay", type=float, default=None, help=f"decoupled weight decay (AdamW) [{d.weight_decay}]")
     a("--schedule", choices=SCHEDULES, default=None, help=f"learning-rate schedule per step [{d.schedule}]")
     a("--warmup-steps", type=int, default=None, help=f"linear warm-up steps [{d.warmup_steps}]")

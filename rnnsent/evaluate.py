@@ -33,8 +33,9 @@ def evaluate(
     length-bucketed batches. Sums stay on the device; one host sync at the end.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    batcher = batcher or Batcher(split, batch_size=batch_size, shuffle=False, seed=0,
-                                 bucket=split.padding == "post", device=device)
+    if batcher is None:  # (an empty shard is a falsy Batcher, so no `or` here)
+        batcher = Batcher(split, batch_size=batch_size, shuffle=False, seed=0,
+                          bucket=split.padding == "post", device=device)
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, tp, fp, tn, fn

@@ -70,19 +70,22 @@ class SentimentRNN(nn.Module):
         embed_dropout: float = 0.0,
         output_dropout: float = 0.0,
         init: str = "keras",
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         self.cell = canonical_cell(cell)
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("embed_dropout", embed_dropout), ("output_dropout", output_dropout)):
+        for name, value in (("embed_dropout", embed_dropout), ("output_dropout", output_dropout),
+                            ("word_dropout", word_dropout)):
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
         self.vocab_size, self.embed_dim, self.hidden_size = vocab_size, embed_dim, hidden_size
         self.embed_dropout, self.output_dropout, self.init = float(embed_dropout), float(output_dropout), init
+        self.word_dropout = float(word_dropout)
 
         _, layer, self.gates = _CELLS[self.cell]
         self.embedding = nn.Embedding(vocab_size, embed_dim)
@@ -103,7 +106,7 @@ class SentimentRNN(nn.Module):
         return dict(
             cell=self.cell, vocab_size=self.vocab_size, embed_dim=self.embed_dim,
             hidden_size=self.hidden_size, embed_dropout=self.embed_dropout,
-            output_dropout=self.output_dropout, init=self.init,
+            output_dropout=self.output_dropout, init=self.init, word_dropout=self.word_dropout,
         )
 
     @torch.no_grad()
@@ -133,6 +136,11 @@ class SentimentRNN(nn.Module):
         self.fc.bias.zero_()
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self.word_dropout > 0:
+            # Word dropout: in training, a word becomes "unknown" (id 2) with this probability, so the
+            # model cannot lean on a few strong words. Padding (0) and the start token (1) stay.
+            drop = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout  # (B, T)
+            tokens = tokens.masked_fill(drop & (tokens > 2), 2)
         x = self.drop_in(self.embedding(tokens))  # (B, T, E)
         out, _ = self.rnn(x)  # (B, T, H)
         if lengths is None:

@@ -60,6 +60,7 @@ class TrainConfig:
     init: str = "keras"  # keras: Keras' initializers; torch: PyTorch's defaults
     embed_dropout: float = 0.0  # dropout on embeddings (no parameters, counts unchanged)
     output_dropout: float = 0.0  # dropout on the last hidden state
+    word_dropout: float = 0.0  # training only: a word becomes out-of-vocabulary with this probability
     # data
     max_len: int = 500  # reviews keep their last max_len ids, as Keras' pad_sequences does
     encoding: str = "fast"  # keras: pre-padded to max_len; fast: true lengths, length-bucketed batches
@@ -121,7 +122,7 @@ class TrainConfig:
     def model_args(self) -> dict:
         return dict(cell=self.cell, vocab_size=self.vocab_size, embed_dim=self.embed_dim,
                     hidden_size=self.hidden_size, embed_dropout=self.embed_dropout,
-                    output_dropout=self.output_dropout, init=self.init)
+                    output_dropout=self.output_dropout, init=self.init, word_dropout=self.word_dropout)
 
     def data_args(self) -> dict:
         return dict(vocab_size=self.vocab_size, max_len=self.max_len, encoding=self.encoding,
@@ -136,7 +137,7 @@ class TrainConfig:
 # would silently train a different model or on different data. epochs, patience, device, amp and
 # the machinery may change.
 RESUME_MUST_MATCH = (
-    "cell", "vocab_size", "embed_dim", "hidden_size", "init", "embed_dropout", "output_dropout",
+    "cell", "vocab_size", "embed_dim", "hidden_size", "init", "embed_dropout", "output_dropout", "word_dropout",
     "max_len", "encoding", "limit", "expected_per_block", "val_fraction", "split_seed", "batch_size", "lr", "weight_decay",
     "schedule", "warmup_steps", "clip", "seed",
 )

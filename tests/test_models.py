@@ -128,3 +128,23 @@ def test_runs_and_trains_on_cpu(cell):
     double = SentimentRNN(cell, vocab_size=20, embed_dim=4, hidden_size=3).double()
     assert double(x).dtype == torch.float64  # the zero bias buffer follows the dtype
     assert SentimentRNN(**model.config()).config() == model.config()
+
+
+def test_word_dropout_masks_words_in_training_only():
+    torch.manual_seed(0)
+    m = SentimentRNN("gru", vocab_size=50, embed_dim=4, hidden_size=3, word_dropout=0.5)
+    seen = []
+    m.embedding.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    tokens = torch.tensor([[0, 0, 1, 7, 8, 9, 10, 11, 12, 13]] * 20)  # pre-padded: pad, start, words
+    m.train()
+    m(tokens)
+    fed = seen[-1]
+    assert torch.equal(fed[:, :3], tokens[:, :3]), "padding and the start token are never dropped"
+    dropped = (fed[:, 3:] == 2).float().mean().item()
+    assert 0.35 < dropped < 0.65 and set(fed[:, 3:].unique().tolist()) <= {2, 7, 8, 9, 10, 11, 12, 13}
+    m.eval()
+    m(tokens)
+    assert torch.equal(seen[-1], tokens), "no word dropout at evaluation"
+    assert SentimentRNN(**m.config()).word_dropout == 0.5
+    with pytest.raises(ValueError, match="word_dropout must be in"):
+        SentimentRNN("gru", word_dropout=1.0)
