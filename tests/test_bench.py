@@ -1,0 +1,47 @@
+"""scripts/bench.py --smoke: every system and cell runs end to end on the fixture and reports a throughput."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+def test_bench_smoke_reports_every_system_and_cell(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    systems = ["rnnsent", "plain", "plain+ftz"]
+    if importlib.util.find_spec("keras") is not None:
+        systems.append("keras")
+    rows = {(r.get("system_key", r["system"]), r["cell"]): r for r in result["rows"]}
+    for cell in ("gru", "lstm", "rnn"):
+        for system in systems:
+            row = rows.get((system, cell))
+            assert row is not None, f"no row for {system} / {cell}"
+            assert row["samples_per_second"] > 0 and row["timed_steps"] >= 1, row
+            assert 0.0 <= row["test_accuracy"] <= 1.0 and row["test_reviews"] == 12, row
+            assert row["peak_memory_mb"] > 0, row
+    assert {e["cell"] for e in result["ratios"]} == {"gru", "lstm", "rnn"}
+    assert result["machine"]["torch"] and result["machine"]["cores"] >= 1
+    assert "training throughput" in proc.stdout
+
+
+def test_bench_large_batch_is_labelled_and_runs_isolated(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--batch-size", "5", "--cells", "rnn",
+                           "--systems", "rnnsent", "plain+ftz", "--isolation", "process", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "smoke, LARGE-BATCH MODE: batch 5"
+    assert {r["system"] for r in result["rows"]} == {"rnnsent", "plain+ftz"}
+    assert all(r["samples_per_second"] > 0 and r["flush_denormal"] for r in result["rows"])
+    assert "LARGE-BATCH MODE" in proc.stdout
