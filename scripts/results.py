@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Reproduce the README's results table: real training runs, several seeds, one table.
+
+    python scripts/results.py --recipe best --cells gru lstm rnn --seeds 0 1 2 --jobs 2 --release
+
+Each (cell, seed) is one ordinary `scripts/train.py` run in its own process (so a run here is exactly
+what a user gets from the command shown in the table), `--jobs` of them at a time. The script then
+reads each run's report.json and metrics.jsonl and writes `<out>/results.md` and `<out>/results.json`.
+`--release` copies each cell's best run (highest validation accuracy; the test split never picks)
+to checkpoints/<cell>.pt. `--check-released` re-evaluates checkpoints/*.pt on the full test split and
+compares with checkpoints/RESULTS.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_name()}, {os.cpu_count()} cores"
+
+
+def train_command(args, cell: str, seed: int, out: Path) -> list[str]:
+    cmd = ["scripts/train.py", "--recipe", args.recipe, "--cell", cell, "--seed", str(seed), "--out", str(out),
+           "--device", args.device, "--quiet"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.data:
+        cmd += ["--data", args.data]
+    cmd += args.extra
+    return cmd
+
+
+def run_one(args, cell: str, seed: int) -> dict:
+    out = Path(args.out) / f"{args.recipe}-{cell}-seed{seed}"
+    cmd = train_command(args, cell, seed, out)
+    if (out / "report.json").is_file() and not args.rerun:
+        print(f"[results] reusing {out}", file=sys.stderr)
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        print(f"[results] {' '.join(cmd)}", file=sys.stderr)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed ({cell}, seed {seed}): {proc.stderr.strip().splitlines()[-1:]}")
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    report = json.loads((out / "report.json").read_text())
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "cell": cell, "seed": seed, "run": str(out), "command": "python " + " ".join(cmd),
+        "test_accuracy": report["test_accuracy"], "best_val_accuracy": report["best_val_accuracy"],
+        "epochs_run": report["epochs_run"], "best_epoch": max(history, key=lambda r: r["val_accuracy"])["epoch"],
+        "train_seconds": sum(r["epoch_seconds"] for r in history),
+        "wall_seconds": float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").is_file() else None,
+        "device": report["device"],
+    }
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    table = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        runs = [r for r in rows if r["cell"] == cell]
+        accs = [r["test_accuracy"] for r in runs]
+        table.append({
+            "cell": cell, "runs": len(runs), "test_mean": statistics.mean(accs),
+            "test_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_each": accs,
+            "val_mean": statistics.mean(r["best_val_accuracy"] for r in runs),
+            "epochs": max(r["epochs_run"] for r in runs),
+            "train_minutes": statistics.mean(r["train_seconds"] for r in runs) / 60,
+            "best_run": max(runs, key=lambda r: r["best_val_accuracy"])["run"],
+        })
+    return table
+
+
+def markdown(args, table: list[dict], rows: list[dict], machine: str) -> str:
+    lines = [
+        f"Recipe `{args.recipe}`, seeds {', '.join(map(str, args.seeds))}, on {machine}, {date.today().isoformat()}; "
+        f"`{args.threads or 'all'}` thread(s) per run, {args.jobs} run(s) at a time.",
+        "",
+        "| cell | test accuracy (mean ± std) | each seed | best val. accuracy (mean) | epochs | training min/run |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in table:
+        lines.append(f"| {t['cell']} | {t['test_mean']:.4f} ± {t['test_std']:.4f} | "
+                     f"{', '.join(f'{a:.4f}' for a in t['test_each'])} | {t['val_mean']:.4f} | {t['epochs']} | "
+                     f"{t['train_minutes']:.1f} |")
+    lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def release(table: list[dict], dest: Path) -> None:
+    """Copy each cell's best run (by validation accuracy) to checkpoints/<cell>.pt; best.pt has no optimizer state."""
+    dest.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for t in table:
+        src = Path(t["best_run"]) / "best.pt"
+        shutil.copyfile(src, dest / f"{t['cell']}.pt")
+        report = json.loads((Path(t["best_run"]) / "report.json").read_text())
+        index[t["cell"]] = {"file": f"{t['cell']}.pt", "test_accuracy": report["test_accuracy"],
+                            "command": (Path(t["best_run"]) / "command.txt").read_text().strip()}
+    (dest / "RESULTS.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def check_released(args) -> int:
+    """Re-evaluate checkpoints/*.pt on the full test split; fail if any differs from RESULTS.json."""
+    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.data import prepare_imdb
+    from rnnsent.evaluate import evaluate
+
+    index = json.loads((ROOT / "checkpoints" / "RESULTS.json").read_text())
+    failed = 0
+    for cell, entry in index.items():
+        loaded = load_checkpoint(ROOT / "checkpoints" / entry["file"])
+        cfg = loaded.config
+        data = prepare_imdb(vocab_size=loaded.model.vocab_size, max_len=loaded.max_len, encoding=loaded.encoding,
+                            val_fraction=cfg["val_fraction"], seed=cfg["split_seed"], root=args.data)
+        acc = evaluate(loaded.model, data.test)["accuracy"]
+        ok = abs(acc - entry["test_accuracy"]) < 1e-6
+        failed += not ok
+        print(f"{cell}: test accuracy {acc:.4f}, table {entry['test_accuracy']:.4f} {'ok' if ok else 'MISMATCH'}")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="best")
+    p.add_argument("--cells", nargs="+", default=["gru", "lstm", "rnn"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: cores // threads)")
+    p.add_argument("--data", default=None, help="where the IMDB data is (see train.py --help)")
+    p.add_argument("--out", default="runs/results")
+    p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--release", action="store_true", help="copy each cell's best run to checkpoints/")
+    p.add_argument("--check-released", action="store_true", help="only re-evaluate checkpoints/*.pt")
+    p.add_argument("extra", nargs="*", help="more train.py flags, after --")
+    args = p.parse_args()
+    if args.check_released:
+        return check_released(args)
+    jobs = [(c, s) for c in args.cells for s in args.seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda job: run_one(args, *job), jobs))
+    table = summarise(rows)
+    machine = device_name(args.device)
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps({"machine": machine, "date": date.today().isoformat(),
+                                                  "recipe": args.recipe, "table": table, "runs": rows}, indent=2) + "\n")
+    text = markdown(args, table, rows, machine)
+    (out / "results.md").write_text(text)
+    print(text)
+    if args.release:
+        release(table, ROOT / "checkpoints")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
