@@ -17,6 +17,7 @@ import torch
 
 from rnnsent.checkpoint import load_checkpoint_state, previous_path
 from rnnsent.cli import train_main
+from helpers import assert_same_weights, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
@@ -29,16 +30,6 @@ STEPS_PER_EPOCH = 3
 
 def args(base: Path, *extra) -> list[str]:
     return [*ARGS, "--out", str(base / "run"), "--cache-dir", str(base / "cache"), *map(str, extra)]
-
-
-def weights(path) -> dict:
-    return load_checkpoint_state(path)["model_state"]
-
-
-def assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
 def saved_step(path) -> int:

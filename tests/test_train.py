@@ -7,6 +7,7 @@ import torch
 
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.train import RECIPES, NonFiniteLoss, Trainer, TrainConfig, TrainingInterrupted, lr_at, resolve_device
+from helpers import assert_same_weights, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
 PER_BLOCK = 6  # the fixture holds the first 6 reviews of each of the four blocks
@@ -18,16 +19,6 @@ def tiny(tmp_path, **overrides) -> TrainConfig:
                   out=str(tmp_path / "run"), quiet=True, val_fraction=0.25)
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def weights(path) -> dict:
-    return load_checkpoint_state(path)["model_state"]
-
-
-def assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
