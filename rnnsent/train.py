@@ -275,6 +275,9 @@ class Trainer:
     def _setup_backend(self) -> None:
         c = self.config
         if self.device.type == "cpu":
+            # set_flush_denormal reaches only this thread and OpenMP workers started after it: the command
+            # line gets here before any parallel op; code that ran torch work before building a Trainer
+            # should call torch.set_flush_denormal(True) first thing.
             torch.set_num_threads(c.threads or os.cpu_count() or 1)
             torch.set_flush_denormal(c.flush_denormal)
         if c.deterministic:
