@@ -205,14 +205,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
     if type(max_len) is not int or max_len < 1 or encoding not in ("keras", "fast"):
         raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r})")
-    return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state)
+    return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
+                       path=Path(path))
 
 
 class LoadedModel:
     """A model rebuilt from a checkpoint, with what it needs to read raw text."""
 
-    def __init__(self, model, vocab, max_len: int, encoding: str, state: dict):
+    def __init__(self, model, vocab, max_len: int, encoding: str, state: dict, path: Path | None = None):
         self.model, self.vocab, self.max_len, self.encoding, self.state = model, vocab, max_len, encoding, state
+        self.path = path
 
     @property
     def metrics(self) -> dict:
@@ -226,3 +228,21 @@ class LoadedModel:
         from rnnsent.evaluate import predict
 
         return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size)
+
+    def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):
+        """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,
+        encoding, validation carve and limit, unless given). Raises CheckpointError if the vocabulary
+        built from that data is not the model's: scores on other ids would mean nothing."""
+        from rnnsent.data import prepare_imdb
+
+        cfg = self.config
+        data = prepare_imdb(vocab_size=self.model.vocab_size, max_len=self.max_len, encoding=self.encoding,
+                            val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
+                            limit=limit if limit is not None else cfg.get("limit"),
+                            expected_per_block=expected_per_block or cfg.get("expected_per_block", 12500),
+                            root=root if root is not None else cfg.get("data_root"), cache_dir=cache_dir)
+        if data.vocab.to_dict() != self.vocab.to_dict():
+            raise CheckpointError(
+                f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this data "
+                "(another source, --vocab-size or --limit); pass the data the model was trained on")
+        return data

@@ -169,23 +169,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         from rnnsent.checkpoint import load_checkpoint
-        from rnnsent.data import prepare_imdb
         from rnnsent.evaluate import evaluate
         from rnnsent.train import resolve_device
 
         device = resolve_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
-        cfg = loaded.config
-        data = prepare_imdb(vocab_size=loaded.model.vocab_size, max_len=loaded.max_len, encoding=loaded.encoding,
-                            val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
-                            limit=args.limit if args.limit is not None else cfg.get("limit"),
-                            expected_per_block=args.expected_per_block or cfg.get("expected_per_block", 12500),
-                            root=args.data_root if args.data_root is not None else cfg.get("data_root"),
-                            cache_dir=args.cache_dir)
-        if data.vocab.to_dict() != loaded.vocab.to_dict():
-            raise CheckpointError(
-                f"{args.checkpoint} was trained with another vocabulary than the one built from this data "
-                "(another source, --vocab-size or --limit); pass the data the model was trained on")
+        data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit,
+                                   expected_per_block=args.expected_per_block)
         result = evaluate(loaded.model, getattr(data, args.split), batch_size=args.batch_size, device=device)
     except _user_errors() as e:
         return _fail(str(e))

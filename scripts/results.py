@@ -132,16 +132,13 @@ def release(table: list[dict], dest: Path) -> None:
 def check_released(args) -> int:
     """Re-evaluate checkpoints/*.pt on the full test split; fail if any differs from RESULTS.json."""
     from rnnsent.checkpoint import load_checkpoint
-    from rnnsent.data import prepare_imdb
     from rnnsent.evaluate import evaluate
 
     index = json.loads((ROOT / "checkpoints" / "RESULTS.json").read_text())
     failed = 0
     for cell, entry in index.items():
         loaded = load_checkpoint(ROOT / "checkpoints" / entry["file"])
-        cfg = loaded.config
-        data = prepare_imdb(vocab_size=loaded.model.vocab_size, max_len=loaded.max_len, encoding=loaded.encoding,
-                            val_fraction=cfg["val_fraction"], seed=cfg["split_seed"], root=args.data)
+        data = loaded.prepare_data(root=args.data)
         acc = evaluate(loaded.model, data.test)["accuracy"]
         ok = abs(acc - entry["test_accuracy"]) < 1e-6
         failed += not ok

@@ -80,6 +80,14 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
     assert result["n"] == 12 and result["accuracy"] == pytest.approx(report["test_accuracy"])
 
 
+def test_evaluate_refuses_data_with_another_vocabulary(trained):
+    # Half the fixture gives other word counts, so another vocabulary: scores would mean nothing.
+    proc = run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--data", FIXTURE, "--limit", "4",
+               "--cache-dir", trained / "cache", "--device", "cpu")
+    err = one_line_error(proc)
+    assert "best.pt was trained with another vocabulary" in err
+
+
 def test_library_calls_match_the_command_line(trained):
     import rnnsent
 

@@ -35,11 +35,8 @@ def test_released_checkpoint_loads_and_predicts(cell):
 @pytest.mark.parametrize("cell", sorted(INDEX))
 def test_released_checkpoint_matches_the_table_on_the_full_test_split(cell):
     """Not in CI: needs the full IMDB data (RNNSENT_DATA or the cache)."""
-    from rnnsent.data import prepare_imdb
     from rnnsent.evaluate import evaluate
 
     loaded = rnnsent.load_checkpoint(CHECKPOINTS / INDEX[cell]["file"])
-    cfg = loaded.config
-    data = prepare_imdb(vocab_size=5000, max_len=loaded.max_len, encoding=loaded.encoding,
-                        val_fraction=cfg["val_fraction"], seed=cfg["split_seed"])
+    data = loaded.prepare_data()
     assert evaluate(loaded.model, data.test)["accuracy"] == pytest.approx(INDEX[cell]["test_accuracy"], abs=1e-6)
