@@ -89,6 +89,11 @@ def train_parser() -> argparse.ArgumentParser:
     a("--no-flush-denormal", dest="flush_denormal", action="store_false", default=None,
       help="keep denormal floats on CPU (slower; flushing them is the default)")
     a("--threads", type=_positive_int, default=None, help="CPU threads [all cores]")
+    a("--rnn-impl", choices=("auto", "fused", "torch"), default=None,
+      help="CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
+           f"back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{d.rnn_impl}]")
+    a("--no-retain-memory", dest="retain_memory", action="store_false", default=None,
+      help="CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults)")
     a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs)")
     a("--val-fraction", type=float, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
     a("--data", dest="data_root", default=None,

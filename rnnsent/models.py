@@ -1,7 +1,9 @@
 """SentimentRNN: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1), parameterised exactly as Keras.
 
-The recurrent layer is PyTorch's own nn.LSTM / nn.GRU / nn.RNN so that the fused cuDNN and
-oneDNN kernels run; there is no Python loop over time steps.
+The recurrent layer's weights live in PyTorch's own nn.LSTM / nn.GRU / nn.RNN. On GPUs those run
+(cuDNN). On the CPU, in float32, forward uses rnnsent's fused kernel (rnnsent/fused.py) where it can
+be built, because the stock CPU layers are dominated by per-step dispatch; `impl="torch"` forces the
+stock layers. Either way there is no Python loop over time steps.
 
 Keras and PyTorch differ in one place that changes the parameter count: PyTorch's LSTM and
 Elman RNN carry two bias vectors (input and recurrent) where Keras has one. The two are only
@@ -16,6 +18,9 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from rnnsent import fused
 
 # One mapping from every accepted name to (canonical name, PyTorch layer, gates per unit).
 _CELLS = {
@@ -71,6 +76,7 @@ class SentimentRNN(nn.Module):
         output_dropout: float = 0.0,
         init: str = "keras",
         word_dropout: float = 0.0,
+        impl: str = "auto",
     ):
         super().__init__()
         self.cell = canonical_cell(cell)
@@ -86,6 +92,8 @@ class SentimentRNN(nn.Module):
         self.vocab_size, self.embed_dim, self.hidden_size = vocab_size, embed_dim, hidden_size
         self.embed_dropout, self.output_dropout, self.init = float(embed_dropout), float(output_dropout), init
         self.word_dropout = float(word_dropout)
+        # How the recurrent layer runs, not what it computes: not part of config() or checkpoints.
+        self.impl = impl
 
         _, layer, self.gates = _CELLS[self.cell]
         self.embedding = nn.Embedding(vocab_size, embed_dim)
@@ -100,6 +108,34 @@ class SentimentRNN(nn.Module):
         self.drop_out = nn.Dropout(self.output_dropout)
         self.fc = nn.Linear(hidden_size, 1)
         self.reset_parameters()
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in fused.IMPLS:
+            raise ValueError(f"unknown impl {value!r}: choose one of {', '.join(fused.IMPLS)}")
+        self._impl = value
+
+    def uses_fused(self, tokens: torch.Tensor) -> bool:
+        """Whether forward(tokens) takes the fused CPU kernel: impl "auto" or "fused", CPU, float32,
+        no CPU autocast. impl="fused" raises where that is impossible instead of falling back."""
+        if self._impl == "torch":
+            return False
+        reasons = []
+        if tokens.device.type != "cpu":
+            reasons.append(f"input is on {tokens.device.type}")
+        if self.embedding.weight.dtype != torch.float32:
+            reasons.append(f"weights are {self.embedding.weight.dtype}")
+        if torch.is_autocast_enabled("cpu"):
+            reasons.append("CPU autocast is on")
+        if not reasons and not fused.available():
+            reasons.append(fused.status())
+        if reasons and self._impl == "fused":
+            raise RuntimeError(f"impl='fused' cannot run here: {'; '.join(reasons)}. Use impl='auto' or 'torch'.")
+        return not reasons
 
     def config(self) -> dict:
         """The plain arguments that rebuild this model: SentimentRNN(**model.config())."""
@@ -141,6 +177,8 @@ class SentimentRNN(nn.Module):
             # model cannot lean on a few strong words. Padding (0) and the start token (1) stay.
             drop = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout  # (B, T)
             tokens = tokens.masked_fill(drop & (tokens > 2), 2)
+        if self.uses_fused(tokens):
+            return self.fc(self.drop_out(self._fused_last(tokens, lengths))).squeeze(-1)
         x = self.drop_in(self.embedding(tokens))  # (B, T, E)
         out, _ = self.rnn(x)  # (B, T, H)
         if lengths is None:
@@ -150,6 +188,28 @@ class SentimentRNN(nn.Module):
             idx = (lengths.to(out.device).long().clamp(min=1) - 1).view(-1, 1, 1).expand(-1, 1, out.size(-1))
             last = out.gather(1, idx).squeeze(1)  # (B, H)
         return self.fc(self.drop_out(last)).squeeze(-1)  # (B,)
+
+    def _fused_last(self, tokens: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """The recurrent layer's last real state through the fused CPU kernel (time-major inside)."""
+        steps = tokens.size(1)
+        w_ih, b_ih = self.rnn.weight_ih_l0, self.rnn.bias_ih_l0
+        hooked = bool(self.embedding._forward_hooks or self.embedding._forward_pre_hooks)
+        if (self.drop_in.p == 0 or not self.training) and self.vocab_size <= tokens.numel() and not hooked:
+            # Embedding then projection is linear in the one-hot tokens, so project the vocabulary's table
+            # once and gather its rows: (V x E x G*H) multiply-adds instead of (B*T x E x G*H), and the
+            # backward pass sums rows per word. Dropout between the two would break this, and the
+            # embedding module is not called, so hooks on it send the tokens through it instead.
+            table = F.linear(self.embedding.weight, w_ih, b_ih)  # (V, G*H)
+            x_proj = F.embedding(tokens.t(), table)  # (T, B, G*H)
+        else:
+            # Dropout in the (B, T, E) layout of the stock path, so that a seed gives the same masks in both.
+            x = self.drop_in(self.embedding(tokens)).transpose(0, 1)  # (T, B, E)
+            x_proj = F.linear(x, w_ih, b_ih)  # all steps in one GEMM
+        if lengths is None:
+            lengths = torch.full((tokens.size(0),), steps, dtype=torch.long)
+        else:
+            lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, steps)
+        return fused.last_state(self.cell, x_proj, self.rnn.weight_hh_l0, self.rnn.bias_hh_l0, lengths)
 
     def summary(self, time_steps: int | None = 500) -> str:
         """A Keras-style table: layer, output shape, trainable parameters, and the totals."""

@@ -1,0 +1,306 @@
+// Fused single-layer GRU / LSTM / Elman-RNN training kernels for the CPU (float32).
+//
+// Why this exists: at rnnsent's size (batch 64, 100 units) a time step is ~4 MFLOP of matrix work,
+// and PyTorch's stock CPU layers spend more time than that dispatching the dozen small autograd ops
+// of each step (forward and backward). Here one call runs the whole sequence:
+//   * the input projection x @ W_ih^T + b_ih for all steps is done outside, as one large GEMM;
+//   * each step is one small GEMM (h @ W_hh^T) plus one vectorised loop for the gates;
+//   * the backward pass accumulates nothing per step: dW_hh is one large GEMM after the loop;
+//   * the batch is split into one contiguous slice per thread, and each thread runs its slice
+//     through all time steps alone, so threads never wait for each other inside the time loop.
+// Gate order and equations are PyTorch's (and so Keras', after rnnsent's gate permutation):
+//   GRU  r, z, n:   n = tanh(x_n + r * (h W_hn + b_hn)),  h' = n + z * (h - n)
+//   LSTM i, f, g, o: c' = f c + i g,  h' = o tanh(c')
+//   RNN:            h' = tanh(x + h W + b)
+// The initial state is zero. Each sequence's state after its last real step (lengths[b]) is returned;
+// the steps after it are computed (the batch is length-bucketed, so they are few) but receive no gradient.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// exp for float32, branch-free so that the gate loops vectorise (Cephes' polynomial, ~2 ulp). The clamps
+// need -fno-trapping-math to become vector min/max without AVX-512 (fused.py passes it).
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const float k = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + fast_exp(2.0f * x)); }
+
+// ---- per-step gate loops: plain pointers with __restrict__ so that GCC vectorises them ----------
+
+// x: input projections [nb, 3H]; g: h W_hh^T [nb, 3H]; bias: b_hh [3H]; h: state [nb, H].
+// Saves r, z, n into act [nb, 3H] and (h W_hn + b_hn) into hn [nb, H]; writes h' into out.
+void gru_step_forward(int64_t nb, int64_t H, const float* __restrict__ x, const float* __restrict__ g,
+                      const float* __restrict__ bias, const float* __restrict__ h, float* __restrict__ act, float* __restrict__ hn,
+                      float* __restrict__ out) {
+  for (int64_t b = 0; b < nb; ++b, x += 3 * H, g += 3 * H, h += H, act += 3 * H, hn += H, out += H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const float r = sigmoid(x[j] + g[j] + bias[j]);
+      const float z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
+      const float ghn = g[2 * H + j] + bias[2 * H + j];
+      const float n = tanh_(x[2 * H + j] + r * ghn);
+      act[j] = r;
+      act[H + j] = z;
+      act[2 * H + j] = n;
+      hn[j] = ghn;
+      out[j] = n + z * (h[j] - n);
+    }
+  }
+}
+
+// dL/dh' arrives in two parts, d (through W_hh, plus any output gradient) and dh (through z).
+// Writes dL/d(input projection) into dx [nb, 3H], dL/d(h W_hh^T + b_hh) into dg [nb, 3H] (it differs
+// from dx only in the n block, which the reset gate scales), and replaces dh by the part of dL/dh that
+// bypasses W_hh (through z).
+void gru_step_backward(int64_t nb, int64_t H, const float* __restrict__ act, const float* __restrict__ hn,
+                       const float* __restrict__ h, const float* __restrict__ d, float* __restrict__ dx,
+                       float* __restrict__ dg, float* __restrict__ dh) {
+  for (int64_t b = 0; b < nb; ++b, act += 3 * H, hn += H, h += H, d += H, dx += 3 * H, dg += 3 * H, dh += H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const float r = act[j], z = act[H + j], n = act[2 * H + j], dj = d[j] + dh[j];
+      const float dn = dj * (1.0f - z) * (1.0f - n * n);
+      const float dz = dj * (h[j] - n) * z * (1.0f - z);
+      const float dr = dn * hn[j] * r * (1.0f - r);
+      dx[j] = dr;
+      dx[H + j] = dz;
+      dx[2 * H + j] = dn;
+      dg[j] = dr;
+      dg[H + j] = dz;
+      dg[2 * H + j] = dn * r;
+      dh[j] = dj * z;
+    }
+  }
+}
+
+// x: input projections [nb, 4H]; g: h W_hh^T [nb, 4H]; bias: b_hh [4H]; c: cell state [nb, H].
+// Saves i, f, g, o into act [nb, 4H]; writes c' and h'.
+void lstm_step_forward(int64_t nb, int64_t H, const float* __restrict__ x, const float* __restrict__ g,
+                       const float* __restrict__ bias, const float* __restrict__ c, float* __restrict__ act, float* __restrict__ c_out,
+                       float* __restrict__ h_out) {
+  for (int64_t b = 0; b < nb; ++b, x += 4 * H, g += 4 * H, c += H, act += 4 * H, c_out += H, h_out += H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const float i = sigmoid(x[j] + g[j] + bias[j]);
+      const float f = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
+      const float gg = tanh_(x[2 * H + j] + g[2 * H + j] + bias[2 * H + j]);
+      const float o = sigmoid(x[3 * H + j] + g[3 * H + j] + bias[3 * H + j]);
+      const float cn = f * c[j] + i * gg;
+      act[j] = i;
+      act[H + j] = f;
+      act[2 * H + j] = gg;
+      act[3 * H + j] = o;
+      c_out[j] = cn;
+      h_out[j] = o * tanh_(cn);
+    }
+  }
+}
+
+// dh: dL/dh' [nb, H]; dc: dL/dc' carried from the next step [nb, H], replaced by dL/dc.
+// Writes dL/d(gate pre-activations) into dx [nb, 4H] (the same for the input and recurrent sides).
+void lstm_step_backward(int64_t nb, int64_t H, const float* __restrict__ act, const float* __restrict__ c_prev,
+                        const float* __restrict__ c, const float* __restrict__ dh, float* __restrict__ dc,
+                        float* __restrict__ dx) {
+  for (int64_t b = 0; b < nb; ++b, act += 4 * H, c_prev += H, c += H, dh += H, dc += H, dx += 4 * H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const float i = act[j], f = act[H + j], gg = act[2 * H + j], o = act[3 * H + j];
+      const float tc = tanh_(c[j]);
+      const float dcj = dc[j] + dh[j] * o * (1.0f - tc * tc);
+      dx[j] = dcj * gg * i * (1.0f - i);
+      dx[H + j] = dcj * c_prev[j] * f * (1.0f - f);
+      dx[2 * H + j] = dcj * i * (1.0f - gg * gg);
+      dx[3 * H + j] = dh[j] * tc * o * (1.0f - o);
+      dc[j] = dcj * f;
+    }
+  }
+}
+
+void rnn_step_forward(int64_t nb, int64_t H, const float* __restrict__ x, const float* __restrict__ g,
+                      const float* __restrict__ bias, float* __restrict__ out) {
+  for (int64_t b = 0; b < nb; ++b, x += H, g += H, out += H)
+    for (int64_t j = 0; j < H; ++j) out[j] = tanh_(x[j] + g[j] + bias[j]);
+}
+
+void rnn_step_backward(int64_t n, const float* __restrict__ h, const float* __restrict__ d, float* __restrict__ dx) {
+  for (int64_t k = 0; k < n; ++k) dx[k] = d[k] * (1.0f - h[k] * h[k]);
+}
+
+// ---- sequence drivers ---------------------------------------------------------------------------
+
+int64_t gates_of(int64_t cell) { return cell == 0 ? 4 : (cell == 1 ? 3 : 1); }  // 0 lstm, 1 gru, 2 rnn
+
+void check_inputs(const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& lengths,
+                  int64_t gates) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "rnnsent fused kernel: input projections must be a contiguous float32 CPU tensor [T, B, G*H]");
+  const int64_t H = w_hh.size(1);
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H && x.size(2) == gates * H && b_hh.numel() == gates * H,
+              "rnnsent fused kernel: weight shapes do not match the input projections");
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == x.size(1) && lengths.scalar_type() == at::kLong,
+              "rnnsent fused kernel: lengths must be an int64 tensor [B]");
+}
+
+// One chunk of the batch per thread, the chunks as even as the thread count allows.
+template <typename F>
+void for_batch_chunks(int64_t B, F&& fn) {
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+  at::parallel_for(0, B, (B + threads - 1) / threads, fn);
+}
+
+// Returns {last state [B, H], hs, act, extra}. With save (training) the last three hold every step for
+// backward: hs [T+1, B, H] the states (hs[t] before step t), act [T, B, G*H] the gate activations, and
+// extra the LSTM's cell states [T+1, B, H] or the GRU's h W_hn + b_hn [T, B, H]. Without save
+// (inference) they are two-slot and one-slot scratch, so memory does not grow with the review length.
+std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, const at::Tensor& w_hh,
+                                         const at::Tensor& b_hh, const at::Tensor& lengths, bool save) {
+  const int64_t G = gates_of(cell);
+  check_inputs(x, w_hh, b_hh, lengths, G);
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(len[b] >= 1 && len[b] <= T, "rnnsent fused kernel: lengths must lie in [1, T]");
+  const int64_t state_slots = save ? T + 1 : 2, step_slots = save ? T : 1;
+  auto opts = x.options();
+  auto hs = at::empty({state_slots, B, H}, opts);
+  hs[0].zero_();
+  at::Tensor act = at::empty({0}, opts), extra = at::empty({0}, opts);  // the Elman RNN needs only hs
+  if (cell == 0) {
+    act = at::empty({step_slots, B, 4 * H}, opts);
+    extra = at::empty({state_slots, B, H}, opts);
+    extra[0].zero_();
+  } else if (cell == 1) {
+    act = at::empty({step_slots, B, 3 * H}, opts);
+    extra = at::empty({step_slots, B, H}, opts);
+  }
+  auto last = at::empty({B, H}, opts);
+  const auto wt = w_hh.t();
+  const auto bias = b_hh.contiguous();
+  const float* bp = bias.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  float* hsp = hs.data_ptr<float>();
+  float* lastp = last.data_ptr<float>();
+  for_batch_chunks(B, [&](int64_t b0, int64_t b1) {
+    const int64_t nb = b1 - b0;
+    auto g = at::empty({nb, G * H}, opts);
+    float* gp = g.data_ptr<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t s0 = save ? t : (t & 1), s1 = save ? t + 1 : ((t + 1) & 1), a = save ? t : 0;
+      at::mm_out(g, hs[s0].narrow(0, b0, nb), wt);  // the bias is added in the gate loop: no broadcast copy
+      const float* xt = xp + (t * B + b0) * G * H;
+      float* h_next = hsp + (s1 * B + b0) * H;
+      if (cell == 0) {
+        float* cp = extra.data_ptr<float>();
+        lstm_step_forward(nb, H, xt, gp, bp, cp + (s0 * B + b0) * H, act.data_ptr<float>() + (a * B + b0) * 4 * H,
+                          cp + (s1 * B + b0) * H, h_next);
+      } else if (cell == 1) {
+        gru_step_forward(nb, H, xt, gp, bp, hsp + (s0 * B + b0) * H, act.data_ptr<float>() + (a * B + b0) * 3 * H,
+                         extra.data_ptr<float>() + (a * B + b0) * H, h_next);
+      } else {
+        rnn_step_forward(nb, H, xt, gp, bp, h_next);
+      }
+      for (int64_t b = b0; b < b1; ++b)  // the state after each sequence's last real step
+        if (len[b] == t + 1) std::memcpy(lastp + b * H, h_next + (b - b0) * H, H * sizeof(float));
+    }
+  });
+  return {last, hs, act, extra};
+}
+
+// grad_last: dL/d(last state) [B, H]. Returns {dL/dx [T, B, G*H], dL/dW_hh, dL/db_hh}.
+std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_last_in, const at::Tensor& w_hh,
+                                          const at::Tensor& lengths, const at::Tensor& hs, const at::Tensor& act,
+                                          const at::Tensor& extra) {
+  const int64_t G = gates_of(cell);
+  const int64_t T = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
+  const auto grad_last = grad_last_in.contiguous();
+  auto opts = hs.options();
+  auto dx = at::empty({T, B, G * H}, opts);
+  // GRU only: the n block of dL/d(h W_hh^T), which differs from dx's n block.
+  auto dgn = cell == 1 ? at::empty({T, B, H}, opts) : at::Tensor();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  const float* hsp = hs.data_ptr<float>();
+  const float* glp = grad_last.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  for_batch_chunks(B, [&](int64_t b0, int64_t b1) {
+    const int64_t nb = b1 - b0;
+    auto dh = at::zeros({nb, H}, opts);         // dL/dh_{t+1} entering step t (GRU: the part through W_hh)
+    auto dh_direct = at::zeros({nb, H}, opts);  // GRU: the part that bypasses W_hh
+    auto dc = cell == 0 ? at::zeros({nb, H}, opts) : at::Tensor();
+    auto dg = cell == 1 ? at::empty({nb, 3 * H}, opts) : at::Tensor();
+    float* dhp = dh.data_ptr<float>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      // A sequence whose last real step is t receives its output gradient here.
+      for (int64_t b = b0; b < b1; ++b)
+        if (len[b] == t + 1) {
+          float* d = dhp + (b - b0) * H;
+          const float* gl = glp + b * H;
+          for (int64_t j = 0; j < H; ++j) d[j] += gl[j];
+        }
+      float* dxt = dxp + (t * B + b0) * G * H;
+      if (cell == 0) {
+        const float* cp = extra.data_ptr<float>();
+        lstm_step_backward(nb, H, act.data_ptr<float>() + (t * B + b0) * 4 * H, cp + (t * B + b0) * H,
+                           cp + ((t + 1) * B + b0) * H, dhp, dc.data_ptr<float>(), dxt);
+        at::mm_out(dh, dx[t].narrow(0, b0, nb), w_hh);  // LSTM and RNN: dL/d(h W_hh^T) = dL/dx
+      } else if (cell == 1) {
+        float* dgp = dg.data_ptr<float>();
+        gru_step_backward(nb, H, act.data_ptr<float>() + (t * B + b0) * 3 * H,
+                          extra.data_ptr<float>() + (t * B + b0) * H, hsp + (t * B + b0) * H, dhp, dxt, dgp,
+                          dh_direct.data_ptr<float>());
+        float* dgn_t = dgn.data_ptr<float>() + (t * B + b0) * H;
+        for (int64_t b = 0; b < nb; ++b) std::memcpy(dgn_t + b * H, dgp + b * 3 * H + 2 * H, H * sizeof(float));
+        at::mm_out(dh, dg, w_hh);
+      } else {
+        rnn_step_backward(nb * H, hsp + ((t + 1) * B + b0) * H, dhp, dxt);
+        at::mm_out(dh, dx[t].narrow(0, b0, nb), w_hh);  // LSTM and RNN: dL/d(h W_hh^T) = dL/dx
+      }
+    }
+  });
+  // dW_hh = sum over steps of dL/d(h_t W_hh^T)^T h_t: one large GEMM instead of T small ones.
+  const auto h_prev = hs.narrow(0, 0, T).reshape({T * B, H});
+  const auto dx2 = dx.view({T * B, G * H});
+  at::Tensor dw, db;
+  if (cell == 1) {
+    dw = at::empty({3 * H, H}, opts);
+    db = at::empty({3 * H}, opts);
+    const auto dgn2 = dgn.view({T * B, H});
+    auto dw_rz = dw.narrow(0, 0, 2 * H), dw_n = dw.narrow(0, 2 * H, H);
+    auto db_rz = db.narrow(0, 0, 2 * H), db_n = db.narrow(0, 2 * H, H);
+    at::mm_out(dw_rz, dx2.narrow(1, 0, 2 * H).t(), h_prev);
+    at::mm_out(dw_n, dgn2.t(), h_prev);
+    at::sum_out(db_rz, dx2.narrow(1, 0, 2 * H), {0});
+    at::sum_out(db_n, dgn2, {0});
+  } else {
+    dw = at::mm(dx2.t(), h_prev);
+    db = dx2.sum(0);
+  }
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnsent_cpu, m) {
+  m.def("sequence_forward(int cell, Tensor x, Tensor w_hh, Tensor b_hh, Tensor lengths, bool save) -> Tensor[]",
+        sequence_forward);
+  m.def("sequence_backward(int cell, Tensor grad_last, Tensor w_hh, Tensor lengths, Tensor hs, Tensor act, "
+        "Tensor extra) -> Tensor[]",
+        sequence_backward);
+}

@@ -1,0 +1,212 @@
+"""The fused CPU kernel (rnnsent/fused.py, rnnsent/csrc/recurrent_cpu.cpp) against PyTorch's own layers."""
+from __future__ import annotations
+
+import platform
+import shutil
+
+import pytest
+import torch
+
+from rnnsent import fused
+from rnnsent.models import CELLS, SentimentRNN
+from rnnsent.train import retain_freed_memory
+
+HAVE_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+needs_kernel = pytest.mark.skipif(not fused.available(), reason=f"fused kernel unavailable: {fused.status()}")
+
+
+def test_kernel_builds_where_a_compiler_is():
+    # CI machines have gcc: a silent fallback to the slow path there is a regression, not a skip.
+    if not HAVE_COMPILER:
+        pytest.skip("no C++ compiler on this machine")
+    assert fused.available(), fused.status()
+    assert "fused CPU kernel" in fused.status()
+
+
+def _model(cell: str, **kwargs) -> SentimentRNN:
+    torch.manual_seed(0)
+    model = SentimentRNN(cell, init="torch", **kwargs)
+    with torch.no_grad():  # a non-zero recurrent bias, so that its path through the kernel is checked too
+        model.rnn.bias_hh_l0.uniform_(-0.3, 0.3)
+    return model
+
+
+def _run(model: SentimentRNN, impl: str, tokens, lengths, seed: int = 1):
+    """Logits in training mode, their gradients, and logits in eval mode under no_grad."""
+    model.impl = impl
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout masks for both implementations
+    logits = model(tokens, lengths)
+    weights = torch.linspace(-1, 1, logits.numel())
+    (torch.sigmoid(logits) * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.eval()
+    with torch.no_grad():
+        eval_logits = model(tokens, lengths)
+    return logits.detach(), grads, eval_logits
+
+
+def _assert_close(a, b, what, rtol=2e-5):
+    scale = a.abs().max().clamp(min=1e-6)
+    assert (a - b).abs().max() <= rtol * scale, f"{what}: max |diff| {(a - b).abs().max():.3g} vs scale {scale:.3g}"
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", [(8, 30), (64, 120)])  # below and above the vocabulary-table threshold
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_fused_matches_pytorch_layers(cell, shape, with_lengths):
+    model = _model(cell)
+    batch, steps = shape
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, model.vocab_size, shape, generator=g)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=g) if with_lengths else None
+    ref_logits, ref_grads, ref_eval = _run(model, "torch", tokens, lengths)
+    logits, grads, eval_logits = _run(model, "fused", tokens, lengths)
+    _assert_close(ref_logits, logits, "training logits")
+    _assert_close(ref_eval, eval_logits, "eval logits")
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        _assert_close(ref_grads[name], grads[name], f"gradient of {name}", rtol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_with_dropout_matches(cell):
+    # Embedding dropout rules out the vocabulary-table shortcut: the per-token projection path runs.
+    model = _model(cell, embed_dropout=0.3, output_dropout=0.2, word_dropout=0.1)
+    tokens = torch.randint(0, model.vocab_size, (64, 100), generator=torch.Generator().manual_seed(3))
+    lengths = torch.randint(1, 101, (64,), generator=torch.Generator().manual_seed(4))
+    ref_logits, ref_grads, _ = _run(model, "torch", tokens, lengths)
+    logits, grads, _ = _run(model, "fused", tokens, lengths)
+    _assert_close(ref_logits, logits, "training logits")
+    for name in ref_grads:
+        _assert_close(ref_grads[name], grads[name], f"gradient of {name}", rtol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", CELLS)
+def test_saturated_gates_stay_finite_and_exact(cell):
+    # Pre-activations far outside exp's range: the kernel's clamped exp must saturate, not overflow.
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    torch.manual_seed(5)
+    # PyTorch's layer with W_ih = I, so that its input projection is the input itself
+    ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](gates * 8, 8)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(torch.eye(gates * 8))
+        ref.bias_ih_l0.zero_()
+        ref.weight_hh_l0.mul_(30)
+    x = torch.randn(40, 6, gates * 8) * 200
+    lengths = torch.tensor([40, 1, 17, 40, 2, 39])
+    x_f = x.clone().requires_grad_()
+    last = fused.last_state(cell, x_f, ref.weight_hh_l0, ref.bias_hh_l0, lengths)
+    last.sum().backward()
+    w_grad = ref.weight_hh_l0.grad.clone()
+    assert torch.isfinite(last).all() and torch.isfinite(x_f.grad).all() and torch.isfinite(w_grad).all()
+    ref.zero_grad()
+    x_r = x.clone().requires_grad_()
+    out, _ = ref(x_r)
+    expected = out[lengths - 1, torch.arange(6)]
+    expected.sum().backward()
+    assert (last.detach() - expected.detach()).abs().max() < 1e-5
+    assert (x_f.grad - x_r.grad).abs().max() < 1e-4
+    assert (w_grad - ref.weight_hh_l0.grad).abs().max() < 1e-3 * max(1.0, ref.weight_hh_l0.grad.abs().max().item())
+
+
+@needs_kernel
+def test_thread_count_changes_nothing_but_rounding():
+    model = _model("gru")
+    tokens = torch.randint(0, 5000, (64, 90), generator=torch.Generator().manual_seed(6))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(model, "fused", tokens, None)
+        torch.set_num_threads(2)
+        two = _run(model, "fused", tokens, None)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_close(one[0], two[0], "logits", rtol=1e-6)
+    for name in one[1]:
+        _assert_close(one[1][name], two[1][name], f"gradient of {name}", rtol=1e-5)
+
+
+@needs_kernel
+def test_single_step_and_single_sequence():
+    model = _model("lstm")
+    for shape in [(1, 1), (1, 7), (5, 1)]:
+        tokens = torch.randint(3, 5000, shape, generator=torch.Generator().manual_seed(7))
+        ref = _run(model, "torch", tokens, None)
+        got = _run(model, "fused", tokens, None)
+        _assert_close(ref[0], got[0], f"logits {shape}")
+        _assert_close(ref[1]["rnn.weight_hh_l0"], got[1]["rnn.weight_hh_l0"], f"dW_hh {shape}", rtol=1e-4)
+
+
+@needs_kernel
+def test_bad_lengths_are_refused_with_a_message():
+    x = torch.zeros(5, 2, 3 * 4)
+    w, b = torch.zeros(12, 4), torch.zeros(12)
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\]"):
+        fused.last_state("gru", x, w, b, torch.tensor([0, 5]))
+    with pytest.raises(RuntimeError, match="weight shapes do not match"):
+        fused.last_state("gru", x, torch.zeros(8, 4), b, torch.tensor([1, 5]))
+
+
+def test_impl_is_validated_and_not_part_of_the_config():
+    with pytest.raises(ValueError, match="unknown impl 'cuda'.*auto, fused, torch"):
+        SentimentRNN("gru", impl="cuda")
+    model = SentimentRNN("gru", impl="torch")
+    assert "impl" not in model.config()
+    assert not model.uses_fused(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_unavailable_kernel_falls_back_or_says_why(monkeypatch):
+    monkeypatch.setattr(fused, "_loaded", False)
+    monkeypatch.setattr(fused, "_error", "RuntimeError: no compiler here")
+    tokens = torch.randint(0, 5000, (4, 9), generator=torch.Generator().manual_seed(8))
+    model = _model("gru")
+    assert not model.uses_fused(tokens)  # auto: PyTorch's layers
+    model.eval()
+    with torch.no_grad():
+        model(tokens)
+    model.impl = "fused"
+    with pytest.raises(RuntimeError, match="impl='fused' cannot run here: .*no compiler here.*pip install ninja"):
+        model(tokens)
+    assert "no compiler here" in fused.status()
+
+
+def test_fused_is_cpu_float32_only():
+    model = _model("rnn").double()
+    tokens = torch.zeros(2, 3, dtype=torch.long)
+    assert not model.uses_fused(tokens)
+    model.impl = "fused"
+    with pytest.raises(RuntimeError, match="weights are torch.float64"):
+        model.uses_fused(tokens)
+    model = _model("rnn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model.uses_fused(tokens)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(fused, "_loaded", None)
+    monkeypatch.setenv("RNNSENT_FUSED", "0")
+    assert not fused.available()
+    assert "RNNSENT_FUSED=0" in fused.status()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_retain_freed_memory_on_glibc():
+    assert retain_freed_memory() is True
+
+
+@needs_kernel
+def test_hooks_on_the_embedding_still_fire():
+    # The vocabulary-table shortcut skips the embedding module; a hook on it must turn the shortcut off.
+    model = _model("gru")
+    tokens = torch.randint(0, 5000, (64, 100), generator=torch.Generator().manual_seed(9))
+    ref = _run(model, "torch", tokens, None)
+    seen = []
+    model.embedding.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    got = _run(model, "fused", tokens, None)
+    assert seen == [(64, 100, 32), (64, 100, 32)]  # training and eval forward
+    _assert_close(ref[0], got[0], "logits")
