@@ -60,11 +60,13 @@ def available() -> bool:
             # shared by different machines keeps one build per instruction set. -fno-trapping-math lets GCC
             # turn the exp clamps into vector min/max (without it AVX2 builds do not vectorise the gates).
             name = f"rnnsent_cpu_{_cpu_key()}"
+            # -fopenmp: at::parallel_for is inline OpenMP, serial without it (it then binds to the libgomp
+            # that PyTorch already loaded).
             flags = ["-O3", "-fno-trapping-math"]
             try:
-                load(name=name, sources=[str(SOURCE)], extra_cflags=flags + ["-march=native"],
+                load(name=name, sources=[str(SOURCE)], extra_cflags=flags + ["-march=native", "-fopenmp"],
                      is_python_module=False, verbose=False)
-            except Exception:  # a compiler without -march=native (some clang targets): portable build
+            except Exception:  # a compiler without -march=native or OpenMP (Apple's clang): portable, serial build
                 load(name=name + "_portable", sources=[str(SOURCE)], extra_cflags=flags, is_python_module=False,
                      verbose=False)
             torch.ops.rnnsent_cpu.sequence_forward  # noqa: B018 (raises if the library did not register)

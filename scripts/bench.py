@@ -3,7 +3,8 @@
 
 For each cell (GRU, LSTM, SimpleRNN) it trains, on the same reviews and at batch 64 with Adam 1e-3:
 
-  rnnsent     rnnsent.train.Trainer's own loop (encoding "fast": true lengths, length-bucketed batches)
+  rnnsent     rnnsent.train.Trainer's own loop (encoding "fast": true lengths, length-bucketed batches; on
+              CPU the fused recurrent kernel of rnnsent/fused.py, on CUDA PyTorch's cuDNN layers)
   plain       an ordinary PyTorch loop: DataLoader(TensorDataset) over the 500-token pre-padded tensors,
               stock nn.Embedding + nn.GRU/LSTM/RNN + nn.Linear, BCEWithLogitsLoss, Adam; no flush-to-zero
   plain+ftz   the same loop with torch.set_flush_denormal(True) (the issue quotes both)
@@ -212,7 +213,8 @@ def run_rnnsent(args, config, data, system="rnnsent", save_checkpoint=False, pat
         raise SystemExit(f"--warmup {args.warmup} leaves no timed step: the epoch has {len(trainer.train_batches)} batches")
     test = _timed(lambda: evaluate(trainer.model, data.test, batch_size=config.eval_batch_size, device=trainer.device))
     extra = {"train_loss": metrics["train_loss"], "encoding": config.encoding, "flush_denormal": config.flush_denormal,
-             "threads": config.threads or os.cpu_count(), "eval_batch_size": config.eval_batch_size}
+             "threads": config.threads or os.cpu_count(), "eval_batch_size": config.eval_batch_size,
+             "rnn_implementation": trainer.rnn_implementation(), "retain_memory": config.retain_memory}
     if save_checkpoint:  # what --ckpt-every N would add: one save per N steps
         trainer.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -439,94 +441,6 @@ def _fused_adam(trainer) -> None:
     trainer.optimizer.load_state_dict(state)
 
 
-def _prototype_gru(trainer) -> None:
-    """Swap nn.GRU's autograd for _GRUSequence (same weights, same results to rounding)."""
-    from torch import nn
-
-    class PrototypeGRU(nn.Module):
-        def __init__(self, rnn):
-            super().__init__()
-            self.inner = rnn  # the same parameters the optimizer holds
-
-        def forward(self, x):
-            r = self.inner
-            return _GRUSequence.apply(x, r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0), None
-
-    trainer.model.rnn = PrototypeGRU(trainer.model.rnn)
-
-
-def _gru_and_fused_adam(trainer) -> None:
-    _prototype_gru(trainer)
-    _fused_adam(trainer)
-
-
-def _gru_sequence():
-    import torch
-
-    class GRUSequence(torch.autograd.Function):
-        """One GRU layer (PyTorch's gate order r, z, n) with a hand-written backward through time: per
-        step one small matmul for dh; the weight gradients are one large matmul after the loop, where
-        autograd does one small matmul per step for each."""
-
-        @staticmethod
-        def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
-            B, T, _ = x.shape
-            H = w_hh.shape[1]
-            xp = torch.addmm(b_ih, x.reshape(B * T, -1), w_ih.t()).view(B, T, 3 * H).transpose(0, 1).contiguous()  # (T, B, 3H)
-            hs = x.new_zeros(T + 1, B, H)  # hs[t + 1] is the state after step t
-            gates = x.new_empty(T, B, 3 * H)  # r, z, n
-            hns = x.new_empty(T, B, H)  # W_hn h + b_hn
-            w_hh_t = w_hh.t()
-            for t in range(T):
-                hp = torch.addmm(b_hh, hs[t], w_hh_t)  # (B, 3H)
-                g = gates[t]
-                torch.sigmoid(xp[t, :, : 2 * H] + hp[:, : 2 * H], out=g[:, : 2 * H])
-                hns[t].copy_(hp[:, 2 * H:])
-                torch.tanh(torch.addcmul(xp[t, :, 2 * H:], g[:, :H], hns[t]), out=g[:, 2 * H:])
-                torch.lerp(g[:, 2 * H:], hs[t], g[:, H: 2 * H], out=hs[t + 1])  # n + z (h - n)
-            ctx.save_for_backward(x, w_ih, w_hh, hs, gates, hns)
-            return hs[1:].transpose(0, 1)  # (B, T, H)
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            x, w_ih, w_hh, hs, gates, hns = ctx.saved_tensors
-            B, T, _ = x.shape
-            H = w_hh.shape[1]
-            go = grad_out.transpose(0, 1)  # (T, B, H)
-            d_xp = x.new_empty(T, B, 3 * H)  # d(input projections): r, z, n pre-activations
-            d_hp = x.new_empty(T, B, 3 * H)  # d(W_hh h + b_hh)
-            dh = x.new_zeros(B, H)
-            for t in range(T - 1, -1, -1):
-                dh = dh + go[t]
-                r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
-                dn = dh * (1 - z) * (1 - n * n)
-                d_xp[t, :, :H] = dn * hns[t] * r * (1 - r)
-                d_xp[t, :, H:2 * H] = dh * (hs[t] - n) * z * (1 - z)
-                d_xp[t, :, 2 * H:] = dn
-                d_hp[t, :, : 2 * H] = d_xp[t, :, : 2 * H]
-                torch.mul(dn, r, out=d_hp[t, :, 2 * H:])
-                dh = torch.addmm(dh * z, d_hp[t], w_hh)
-            d_xp_flat = d_xp.transpose(0, 1).reshape(B * T, 3 * H)
-            d_hp_flat = d_hp.reshape(T * B, 3 * H)
-            d_x = (d_xp_flat @ w_ih).view(B, T, -1)
-            return (d_x, d_xp_flat.t() @ x.reshape(B * T, -1), d_hp_flat.t() @ hs[:-1].reshape(T * B, H),
-                    d_xp_flat.sum(0), d_hp_flat.sum(0))
-
-    return GRUSequence
-
-
-class _LazyFunction:
-    def __init__(self, build):
-        self.build, self.fn = build, None
-
-    def apply(self, *inputs):
-        self.fn = self.fn or self.build()
-        return self.fn.apply(*inputs)
-
-
-_GRUSequence = _LazyFunction(_gru_sequence)  # built on first use: this module loads torch lazily
-
-
 # -- profile ------------------------------------------------------------------------------------
 def profile_step(args, cell: str, data) -> str:
     """torch.profiler over a few rnnsent training steps of one bucketed batch: where a step's time goes."""
@@ -565,7 +479,7 @@ def profile_step(args, cell: str, data) -> str:
 # and OpenMP workers copy the setting of the thread that starts them, at the process' first parallel op.
 # Set later, half the work of a 2-thread run keeps its denormals. So every timed torch run gets its own
 # process whose first act is to set threads and flush-to-zero, as a training script would.
-PATCHES = {None: None, "fused_adam": "_fused_adam", "gru": "_prototype_gru", "gru+fused_adam": "_gru_and_fused_adam"}
+PATCHES = {None: None, "fused_adam": "_fused_adam"}
 
 
 def run_job(args, job: dict, data=None) -> dict:
@@ -672,18 +586,16 @@ def ablations(args, cell: str, data) -> list[dict]:
     """rnnsent with one CPU lever changed at a time, through TrainConfig fields alone."""
     variants = [
         ("rnnsent", {}, None),
+        ("rnnsent rnn_impl=torch", {"rnn_impl": "torch"}, None),
+        ("rnnsent retain_memory=0", {"retain_memory": False}, None),
         ("rnnsent encoding=keras", {"encoding": "keras"}, None),
         ("rnnsent flush_denormal=0", {"flush_denormal": False}, None),
         ("rnnsent threads=1", {"threads": 1}, None),
         ("rnnsent eval_batch=64", {"eval_batch_size": 64}, None),
         ("rnnsent eval_batch=2048", {"eval_batch_size": 2048}, None),
-        # Not TrainConfig fields: prototypes patched into the trainer, to see whether they would pay.
+        # Not a TrainConfig field: a prototype patched into the trainer, to see whether it would pay.
         ("proto: fused Adam", {}, "fused_adam"),
-        ("proto: fused Adam threads=1", {"threads": 1}, "fused_adam"),
     ]
-    if cell == "gru":
-        variants += [("proto: GRU backward", {}, "gru"),
-                     ("proto: GRU bwd+fused Adam t=1", {"threads": 1}, "gru+fused_adam")]
     rows = []
     for name, overrides, patch in variants:
         rows.append(run_job(args, rnnsent_job(args, cell, name, overrides, patch,

@@ -124,11 +124,14 @@ def test_thread_count_changes_nothing_but_rounding():
         one = _run(model, "fused", tokens, None)
         torch.set_num_threads(2)
         two = _run(model, "fused", tokens, None)
+        again = _run(model, "fused", tokens, None)
     finally:
         torch.set_num_threads(threads)
+    # the same thread count gives the same bits (resumed runs rely on it)
+    assert torch.equal(two[0], again[0]) and all(torch.equal(two[1][k], again[1][k]) for k in two[1])
     _assert_close(one[0], two[0], "logits", rtol=1e-6)
     for name in one[1]:
-        _assert_close(one[1][name], two[1][name], f"gradient of {name}", rtol=1e-5)
+        _assert_close(one[1][name], two[1][name], f"gradient of {name}", rtol=1e-4)  # per-thread partial sums
 
 
 @needs_kernel
