@@ -3,7 +3,8 @@
 PyTorch's stock CPU GRU/LSTM/RNN run a dozen small autograd ops per time step, forward and backward;
 at rnnsent's size (batch 64, 100 units) dispatching them costs more than the arithmetic. The C++
 kernel runs a whole sequence per call: per step one small GEMM and one vectorised gate loop, the batch
-split across threads, and dW_hh as a single GEMM after the backward loop. See the .cpp for the maths.
+split across threads, and dW_hh and db_hh summed per thread inside the backward loop. See the .cpp
+for the maths.
 
 The kernel is built with torch.utils.cpp_extension (a C++ compiler and ninja; ~15 s once per machine,
 then cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Where it cannot be built the

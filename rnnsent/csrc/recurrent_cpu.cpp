@@ -3,11 +3,12 @@
 // Why this exists: at rnnsent's size (batch 64, 100 units) a time step is ~4 MFLOP of matrix work,
 // and PyTorch's stock CPU layers spend more time than that dispatching the dozen small autograd ops
 // of each step (forward and backward). Here one call runs the whole sequence:
-//   * the input projection x @ W_ih^T + b_ih for all steps is done outside, as one large GEMM;
+//   * the input projection x @ W_ih^T + b_ih for all steps is done outside, in one large product;
 //   * each step is one small GEMM (h @ W_hh^T) plus one vectorised loop for the gates;
-//   * the backward pass accumulates nothing per step: dW_hh is one large GEMM after the loop;
 //   * the batch is split into one contiguous slice per thread, and each thread runs its slice
-//     through all time steps alone, so threads never wait for each other inside the time loop.
+//     through all time steps alone, so threads never wait for each other inside the time loop;
+//   * backward adds each step's share of dW_hh and db_hh into per-thread sums while that step's
+//     gradients are still in cache, instead of a pass over all of them afterwards.
 // Gate order and equations are PyTorch's (and so Keras', after rnnsent's gate permutation):
 //   GRU  r, z, n:   n = tanh(x_n + r * (h W_hn + b_hn)),  h' = n + z * (h - n)
 //   LSTM i, f, g, o: c' = f c + i g,  h' = o tanh(c')
@@ -23,7 +24,7 @@
 #include <vector>
 
 // The BLAS that PyTorch links (MKL in the x86 wheels) exports the Fortran sgemm_. Called directly, the
-// per-step products in a thread's time loop ran ~30% faster than through at::mm (measured). Weak, so
+// per-step products in a thread's time loop ran ~25% faster than through at::mm (measured). Weak, so
 // that a PyTorch built without it still loads this file and takes at::mm instead.
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -185,22 +186,27 @@ void add_column_sums(int64_t rows, int64_t cols, const float* __restrict__ d, fl
 
 int64_t gates_of(int64_t cell) { return cell == 0 ? 4 : (cell == 1 ? 3 : 1); }  // 0 lstm, 1 gru, 2 rnn
 
+bool cpu_float_contiguous(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& lengths,
                   int64_t gates) {
-  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+  TORCH_CHECK(x.dim() == 3 && cpu_float_contiguous(x),
               "rnnsent fused kernel: input projections must be a contiguous float32 CPU tensor [T, B, G*H]");
+  TORCH_CHECK(w_hh.dim() == 2 && cpu_float_contiguous(w_hh) && cpu_float_contiguous(b_hh),
+              "rnnsent fused kernel: W_hh and b_hh must be contiguous float32 CPU tensors");
   const int64_t H = w_hh.size(1);
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H && x.size(2) == gates * H && b_hh.numel() == gates * H,
+  TORCH_CHECK(w_hh.size(0) == gates * H && x.size(2) == gates * H && b_hh.numel() == gates * H,
               "rnnsent fused kernel: weight shapes do not match the input projections");
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == x.size(1) && lengths.scalar_type() == at::kLong,
               "rnnsent fused kernel: lengths must be an int64 tensor [B]");
 }
 
-// One chunk of the batch per thread, the chunks as even as the thread count allows.
-template <typename F>
-void for_batch_chunks(int64_t B, F&& fn) {
+// Rows per thread: one contiguous chunk of the batch each, as even as the thread count allows.
+int64_t chunk_rows(int64_t B) {
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
-  at::parallel_for(0, B, (B + threads - 1) / threads, fn);
+  return (B + threads - 1) / threads;
 }
 
 // Returns {last state [B, H], hs, act, extra}. With save (training) the last three hold every step for
@@ -235,7 +241,7 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
   float* hsp = hs.data_ptr<float>();
   float* lastp = last.data_ptr<float>();
   const float* wp = w_hh.data_ptr<float>();
-  for_batch_chunks(B, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, chunk_rows(B), [&](int64_t b0, int64_t b1) {
     const int64_t nb = b1 - b0;
     auto g = at::empty({nb, G * H}, opts);
     float* gp = g.data_ptr<float>();
@@ -268,22 +274,25 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
                                           const at::Tensor& extra) {
   const int64_t G = gates_of(cell), GH = gates_of(cell) * hs.size(2);
   const int64_t T = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
-  const auto grad_last = grad_last_in.contiguous();
+  TORCH_CHECK(cpu_float_contiguous(w_hh) && w_hh.size(0) == GH && w_hh.size(1) == H &&
+                  grad_last_in.size(0) == B && grad_last_in.size(1) == H && lengths.size(0) == B,
+              "rnnsent fused kernel: backward inputs do not match the saved forward state");
+  const auto grad_last = grad_last_in.to(at::kFloat).contiguous();
   auto opts = hs.options();
   auto dx = at::empty({T, B, GH}, opts);
   // Each thread sums its rows' dW_hh and db_hh while their gradients are still in cache; the partial
   // sums are added at the end (a [GH, H] matrix per thread, not a pass over every step's gradients).
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
-  const int64_t chunk = (B + threads - 1) / threads;
-  auto dw_part = at::zeros({threads, GH, H}, opts);
-  auto db_part = at::zeros({threads, GH}, opts);
+  const int64_t chunk = chunk_rows(B), parts = (B + chunk - 1) / chunk;
+  auto dw_part = at::zeros({parts, GH, H}, opts);
+  auto db_part = at::zeros({parts, GH}, opts);
   const int64_t* len = lengths.data_ptr<int64_t>();
   const float* hsp = hs.data_ptr<float>();
   const float* glp = grad_last.data_ptr<float>();
   const float* wp = w_hh.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   at::parallel_for(0, B, chunk, [&](int64_t b0, int64_t b1) {
-    const int64_t nb = b1 - b0, part = b0 / chunk;
+    const int64_t nb = b1 - b0, part = b0 / chunk;  // chunks start at multiples of chunk (or run inline from 0)
+    TORCH_CHECK(part < parts, "rnnsent fused kernel: unexpected batch split");
     float* dwp = dw_part[part].data_ptr<float>();
     float* dbp = db_part[part].data_ptr<float>();
     auto dh = at::zeros({nb, H}, opts);         // dL/dh_{t+1} entering step t (GRU: the part through W_hh)
