@@ -17,6 +17,7 @@ import hashlib
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ import torch
 CELL_IDS = {"lstm": 0, "gru": 1, "rnn": 2}  # the kernel's cell numbers
 IMPLS = ("auto", "fused", "torch")
 SOURCE = Path(__file__).resolve().parent / "csrc" / "recurrent_cpu.cpp"
+STALE_LOCK_S = 600.0  # a build lock older than this belongs to a build that died
 
 _lock = threading.Lock()
 _loaded: bool | None = None  # None: not tried yet
@@ -43,6 +45,40 @@ def _cpu_key() -> str:
     return hashlib.sha256(f"{flags}|{torch.__version__}".encode()).hexdigest()[:10]
 
 
+def build_directory(name: str) -> Path:
+    """Where the build of `name` lives: TORCH_EXTENSIONS_DIR or PyTorch's default root, per torch version."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return Path(root) / f"torch-{torch.__version__}" / name
+
+
+def clear_stale_lock(directory: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove a build lock left by a build that was killed (Ctrl-C, OOM) before it finished.
+
+    PyTorch's extension builder waits, without a timeout, for the lock file of a concurrent build to go
+    away; one left by a dead build would hang every later run. A build takes seconds, so a lock older
+    than max_age_s has no live owner."""
+    lock = directory / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def _build(name: str, cflags: list[str]) -> None:
+    from torch.utils.cpp_extension import load
+
+    directory = build_directory(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(directory)
+    load(name=name, sources=[str(SOURCE)], extra_cflags=cflags, build_directory=str(directory),
+         is_python_module=False, verbose=False)
+
+
 def available() -> bool:
     """Build (once per machine) and load the kernel; False, with the reason in status(), where that fails."""
     global _loaded, _error
@@ -55,21 +91,17 @@ def available() -> bool:
             _loaded, _error = False, "disabled by RNNSENT_FUSED=0"
             return False
         try:
-            from torch.utils.cpp_extension import load
-
             # -march=native: built where it runs. The CPU's flags are in the name, so a home directory
             # shared by different machines keeps one build per instruction set. -fno-trapping-math lets GCC
             # turn the exp clamps into vector min/max (without it AVX2 builds do not vectorise the gates).
-            name = f"rnnsent_cpu_{_cpu_key()}"
             # -fopenmp: at::parallel_for is inline OpenMP, serial without it (it then binds to the libgomp
             # that PyTorch already loaded).
+            name = f"rnnsent_cpu_{_cpu_key()}"
             flags = ["-O3", "-fno-trapping-math"]
             try:
-                load(name=name, sources=[str(SOURCE)], extra_cflags=flags + ["-march=native", "-fopenmp"],
-                     is_python_module=False, verbose=False)
+                _build(name, flags + ["-march=native", "-fopenmp"])
             except Exception:  # a compiler without -march=native or OpenMP (Apple's clang): portable, serial build
-                load(name=name + "_portable", sources=[str(SOURCE)], extra_cflags=flags, is_python_module=False,
-                     verbose=False)
+                _build(name + "_portable", flags)
             torch.ops.rnnsent_cpu.sequence_forward  # noqa: B018 (raises if the library did not register)
             _loaded = True
         except Exception as e:  # no compiler, no ninja, read-only cache...: fall back, remember why

@@ -1,8 +1,12 @@
 """The fused CPU kernel (rnnsent/fused.py, rnnsent/csrc/recurrent_cpu.cpp) against PyTorch's own layers."""
 from __future__ import annotations
 
+import os
 import platform
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -213,3 +217,32 @@ def test_hooks_on_the_embedding_still_fire():
     got = _run(model, "fused", tokens, None)
     assert seen == [(64, 100, 32), (64, 100, 32)]  # training and eval forward
     _assert_close(ref[0], got[0], "logits")
+
+
+def test_a_dead_builds_lock_is_cleared_but_a_live_one_is_kept(tmp_path):
+    # PyTorch's builder waits forever for another build's lock file: one left by a killed build must go.
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    assert not fused.clear_stale_lock(tmp_path) and lock.exists()  # fresh: a build may be running
+    old = time.time() - fused.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    assert fused.clear_stale_lock(tmp_path) and not lock.exists()
+    assert not fused.clear_stale_lock(tmp_path)  # nothing there: nothing to do
+
+
+def test_build_directory_follows_torch_extensions_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    d = fused.build_directory("rnnsent_cpu_x")
+    assert d.parent.parent == tmp_path and d.name == "rnnsent_cpu_x" and torch.__version__ in d.parent.name
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
+def test_first_build_after_a_killed_build_does_not_hang(tmp_path):
+    # A fresh extensions folder holding only the lock of a build that died long ago: the next run builds.
+    code = ("import os, sys, time; from rnnsent import fused\n"
+            "d = fused.build_directory(f'rnnsent_cpu_{fused._cpu_key()}'); d.mkdir(parents=True)\n"
+            "(d / 'lock').write_text(''); old = time.time() - 3600; os.utime(d / 'lock', (old, old))\n"
+            "sys.exit(0 if fused.available() else fused.status())")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
