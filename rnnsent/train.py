@@ -643,10 +643,16 @@ class _StopFlag:
 
 def train(config: TrainConfig, data=None) -> dict:
     """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
+    agreed = False  # did every rank stop here together?
     try:
-        return Trainer(config, data).fit()
+        report = Trainer(config, data).fit()
+        agreed = True
+        return report
+    except TrainingInterrupted:
+        agreed = True  # Ctrl-C is shared across ranks: all of them stop at the same step
+        raise
     finally:
-        shutdown()  # leave the process group torchrun set up, if any
+        shutdown(wait_for_peers=agreed)  # leave the process group torchrun set up, if any
 
 
 def plot_curves(history: list[dict], path: Path) -> Path | None:

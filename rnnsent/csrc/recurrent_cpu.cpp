@@ -60,8 +60,8 @@ inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + fast_exp(2.0f * x)); 
 // x: input projections [nb, 3H]; g: h W_hh^T [nb, 3H]; bias: b_hh [3H]; h: state [nb, H].
 // Saves r, z, n into act [nb, 3H] and (h W_hn + b_hn) into hn [nb, H]; writes h' into out.
 void gru_step_forward(int64_t nb, int64_t H, const float* __restrict__ x, const float* __restrict__ g,
-                      const float* __restrict__ bias, const float* __restrict__ h, float* __restrict__ act, float* __restrict__ hn,
-                      float* __restrict__ out) {
+                      const float* __restrict__ bias, const float* __restrict__ h, float* __restrict__ act,
+                      float* __restrict__ hn, float* __restrict__ out) {
   for (int64_t b = 0; b < nb; ++b, x += 3 * H, g += 3 * H, h += H, act += 3 * H, hn += H, out += H) {
     for (int64_t j = 0; j < H; ++j) {
       const float r = sigmoid(x[j] + g[j] + bias[j]);
@@ -104,8 +104,8 @@ void gru_step_backward(int64_t nb, int64_t H, const float* __restrict__ act, con
 // x: input projections [nb, 4H]; g: h W_hh^T [nb, 4H]; bias: b_hh [4H]; c: cell state [nb, H].
 // Saves i, f, g, o into act [nb, 4H]; writes c' and h'.
 void lstm_step_forward(int64_t nb, int64_t H, const float* __restrict__ x, const float* __restrict__ g,
-                       const float* __restrict__ bias, const float* __restrict__ c, float* __restrict__ act, float* __restrict__ c_out,
-                       float* __restrict__ h_out) {
+                       const float* __restrict__ bias, const float* __restrict__ c, float* __restrict__ act,
+                       float* __restrict__ c_out, float* __restrict__ h_out) {
   for (int64_t b = 0; b < nb; ++b, x += 4 * H, g += 4 * H, c += H, act += 4 * H, c_out += H, h_out += H) {
     for (int64_t j = 0; j < H; ++j) {
       const float i = sigmoid(x[j] + g[j] + bias[j]);
