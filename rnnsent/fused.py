@@ -69,6 +69,14 @@ def clear_stale_lock(directory: Path, max_age_s: float = STALE_LOCK_S) -> bool:
     return False
 
 
+def needs_build() -> bool:
+    """True when available() would compile first (nothing loaded yet and no build on disk): worth a log line."""
+    if _loaded is not None or os.environ.get("RNNSENT_FUSED", "1") == "0":
+        return False
+    name = f"rnnsent_cpu_{_cpu_key()}"
+    return not (build_directory(name) / f"{name}.so").exists()
+
+
 def _build(name: str, cflags: list[str]) -> None:
     from torch.utils.cpp_extension import load
 

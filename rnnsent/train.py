@@ -414,9 +414,11 @@ class Trainer:
             return "PyTorch's layers (cuDNN on CUDA)"
         if self.config.rnn_impl == "torch":
             return "PyTorch's stock layers (rnn_impl=torch)"
-        self.model.uses_fused(torch.zeros(1, 1, dtype=torch.long))  # impl=fused: raise now, not mid-epoch
         from rnnsent import fused
 
+        if fused.needs_build():
+            self.log("compiling rnnsent's fused CPU kernel (once per machine, about 15 s)")
+        self.model.uses_fused(torch.zeros(1, 1, dtype=torch.long))  # impl=fused: raise now, not mid-epoch
         return fused.status()
 
     def fit(self) -> dict:

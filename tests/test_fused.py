@@ -246,3 +246,16 @@ def test_first_build_after_a_killed_build_does_not_hang(tmp_path):
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_needs_build_says_whether_a_compile_is_coming(monkeypatch, tmp_path):
+    monkeypatch.setattr(fused, "_loaded", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert fused.needs_build()  # an empty extensions folder: the first run compiles
+    name = f"rnnsent_cpu_{fused._cpu_key()}"
+    fused.build_directory(name).mkdir(parents=True)
+    (fused.build_directory(name) / f"{name}.so").write_bytes(b"")
+    assert not fused.needs_build()
+    monkeypatch.setattr(fused, "_loaded", True)  # already loaded in this process: nothing to say
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "elsewhere"))
+    assert not fused.needs_build()
