@@ -148,6 +148,7 @@ class _Sequence(torch.autograd.Function):
         return None, dx, dw, db, None, None
 
 
+@torch.compiler.disable  # an opaque C++ call: torch.compile runs it as it is, between compiled graphs
 def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                lengths: torch.Tensor) -> torch.Tensor:
     """The recurrent layer's state after each sequence's last real step, [B, H], from time-major input

@@ -259,3 +259,19 @@ def test_needs_build_says_whether_a_compile_is_coming(monkeypatch, tmp_path):
     monkeypatch.setattr(fused, "_loaded", True)  # already loaded in this process: nothing to say
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "elsewhere"))
     assert not fused.needs_build()
+
+
+@needs_kernel
+def test_torch_compile_runs_the_kernel_between_graphs():
+    # Dynamo cannot trace into the C++ call; it must leave it opaque rather than fail on fake tensors.
+    model = _model("gru")
+    tokens = torch.randint(0, 5000, (64, 80), generator=torch.Generator().manual_seed(10))
+    ref = _run(model, "torch", tokens, None)
+    model.impl = "fused"
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    logits = torch.compile(model, backend="eager")(tokens, None)
+    (torch.sigmoid(logits) * torch.linspace(-1, 1, logits.numel())).sum().backward()
+    _assert_close(ref[0], logits.detach(), "compiled logits")
+    _assert_close(ref[1]["rnn.weight_hh_l0"], model.rnn.weight_hh_l0.grad, "compiled dW_hh", rtol=1e-4)
