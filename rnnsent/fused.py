@@ -142,6 +142,7 @@ class _Sequence(torch.autograd.Function):
         return last
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises instead of coming out wrong
     def backward(ctx, grad_last: torch.Tensor):
         w_hh, lengths, hs, act, extra = ctx.saved_tensors
         dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(ctx.cell_id, grad_last, w_hh, lengths, hs, act, extra)

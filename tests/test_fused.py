@@ -275,3 +275,13 @@ def test_torch_compile_runs_the_kernel_between_graphs():
     (torch.sigmoid(logits) * torch.linspace(-1, 1, logits.numel())).sum().backward()
     _assert_close(ref[0], logits.detach(), "compiled logits")
     _assert_close(ref[1]["rnn.weight_hh_l0"], model.rnn.weight_hh_l0.grad, "compiled dW_hh", rtol=1e-4)
+
+
+@needs_kernel
+def test_second_derivatives_are_refused_not_wrong():
+    model = _model("rnn")
+    model.impl = "fused"
+    tokens = torch.randint(0, 5000, (4, 12), generator=torch.Generator().manual_seed(11))
+    (g,) = torch.autograd.grad(model(tokens).sum(), model.rnn.weight_hh_l0, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
