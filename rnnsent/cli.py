@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from rnnsent.checkpoint import CheckpointError, CheckpointWriteError
-from rnnsent.train import AMPS, ENCODINGS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig, TrainingInterrupted
+from rnnsent.train import (AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig,
+                           TrainingInterrupted)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -89,7 +90,7 @@ def train_parser() -> argparse.ArgumentParser:
     a("--no-flush-denormal", dest="flush_denormal", action="store_false", default=None,
       help="keep denormal floats on CPU (slower; flushing them is the default)")
     a("--threads", type=_positive_int, default=None, help="CPU threads [all cores]")
-    a("--rnn-impl", choices=("auto", "fused", "torch"), default=None,
+    a("--rnn-impl", choices=IMPLS, default=None,
       help="CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
            f"back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{d.rnn_impl}]")
     a("--no-retain-memory", dest="retain_memory", action="store_false", default=None,

@@ -45,6 +45,14 @@ def _cpu_key() -> str:
     return hashlib.sha256(f"{flags}|{torch.__version__}".encode()).hexdigest()[:10]
 
 
+def _disabled() -> bool:
+    return os.environ.get("RNNSENT_FUSED", "1") == "0"
+
+
+def _build_name() -> str:
+    return f"rnnsent_cpu_{_cpu_key()}"
+
+
 def build_directory(name: str) -> Path:
     """Where the build of `name` lives: TORCH_EXTENSIONS_DIR or PyTorch's default root, per torch version."""
     from torch.utils.cpp_extension import get_default_build_root
@@ -71,9 +79,9 @@ def clear_stale_lock(directory: Path, max_age_s: float = STALE_LOCK_S) -> bool:
 
 def needs_build() -> bool:
     """True when available() would compile first (nothing loaded yet and no build on disk): worth a log line."""
-    if _loaded is not None or os.environ.get("RNNSENT_FUSED", "1") == "0":
+    if _loaded is not None or _disabled():
         return False
-    name = f"rnnsent_cpu_{_cpu_key()}"
+    name = _build_name()
     return not (build_directory(name) / f"{name}.so").exists()
 
 
@@ -95,7 +103,7 @@ def available() -> bool:
     with _lock:
         if _loaded is not None:
             return _loaded
-        if os.environ.get("RNNSENT_FUSED", "1") == "0":
+        if _disabled():
             _loaded, _error = False, "disabled by RNNSENT_FUSED=0"
             return False
         try:
@@ -104,7 +112,7 @@ def available() -> bool:
             # turn the exp clamps into vector min/max (without it AVX2 builds do not vectorise the gates).
             # -fopenmp: at::parallel_for is inline OpenMP, serial without it (it then binds to the libgomp
             # that PyTorch already loaded).
-            name = f"rnnsent_cpu_{_cpu_key()}"
+            name = _build_name()
             flags = ["-O3", "-fno-trapping-math"]
             try:
                 _build(name, flags + ["-march=native", "-fopenmp"])

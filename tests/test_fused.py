@@ -240,7 +240,7 @@ def test_build_directory_follows_torch_extensions_dir(monkeypatch, tmp_path):
 def test_first_build_after_a_killed_build_does_not_hang(tmp_path):
     # A fresh extensions folder holding only the lock of a build that died long ago: the next run builds.
     code = ("import os, sys, time; from rnnsent import fused\n"
-            "d = fused.build_directory(f'rnnsent_cpu_{fused._cpu_key()}'); d.mkdir(parents=True)\n"
+            "d = fused.build_directory(fused._build_name()); d.mkdir(parents=True)\n"
             "(d / 'lock').write_text(''); old = time.time() - 3600; os.utime(d / 'lock', (old, old))\n"
             "sys.exit(0 if fused.available() else fused.status())")
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
@@ -252,7 +252,7 @@ def test_needs_build_says_whether_a_compile_is_coming(monkeypatch, tmp_path):
     monkeypatch.setattr(fused, "_loaded", None)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert fused.needs_build()  # an empty extensions folder: the first run compiles
-    name = f"rnnsent_cpu_{fused._cpu_key()}"
+    name = fused._build_name()
     fused.build_directory(name).mkdir(parents=True)
     (fused.build_directory(name) / f"{name}.so").write_bytes(b"")
     assert not fused.needs_build()

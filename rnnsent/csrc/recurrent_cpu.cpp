@@ -235,10 +235,11 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
     extra = at::empty({step_slots, B, H}, opts);
   }
   auto last = at::empty({B, H}, opts);
-  const auto bias = b_hh.contiguous();
-  const float* bp = bias.data_ptr<float>();
+  const float* bp = b_hh.data_ptr<float>();  // contiguous: check_inputs says so
   const float* xp = x.data_ptr<float>();
   float* hsp = hs.data_ptr<float>();
+  float* actp = act.data_ptr<float>();
+  float* extrap = extra.data_ptr<float>();
   float* lastp = last.data_ptr<float>();
   const float* wp = w_hh.data_ptr<float>();
   at::parallel_for(0, B, chunk_rows(B), [&](int64_t b0, int64_t b1) {
@@ -252,12 +253,11 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
       const float* xt = xp + (t * B + b0) * G * H;
       float* h_next = hsp + (s1 * B + b0) * H;
       if (cell == 0) {
-        float* cp = extra.data_ptr<float>();
-        lstm_step_forward(nb, H, xt, gp, bp, cp + (s0 * B + b0) * H, act.data_ptr<float>() + (a * B + b0) * 4 * H,
-                          cp + (s1 * B + b0) * H, h_next);
+        lstm_step_forward(nb, H, xt, gp, bp, extrap + (s0 * B + b0) * H, actp + (a * B + b0) * 4 * H,
+                          extrap + (s1 * B + b0) * H, h_next);
       } else if (cell == 1) {
-        gru_step_forward(nb, H, xt, gp, bp, hsp + (s0 * B + b0) * H, act.data_ptr<float>() + (a * B + b0) * 3 * H,
-                         extra.data_ptr<float>() + (a * B + b0) * H, h_next);
+        gru_step_forward(nb, H, xt, gp, bp, hsp + (s0 * B + b0) * H, actp + (a * B + b0) * 3 * H,
+                         extrap + (a * B + b0) * H, h_next);
       } else {
         rnn_step_forward(nb, H, xt, gp, bp, h_next);
       }
@@ -272,8 +272,7 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
 std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_last_in, const at::Tensor& w_hh,
                                           const at::Tensor& lengths, const at::Tensor& hs, const at::Tensor& act,
                                           const at::Tensor& extra) {
-  const int64_t G = gates_of(cell), GH = gates_of(cell) * hs.size(2);
-  const int64_t T = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
+  const int64_t T = hs.size(0) - 1, B = hs.size(1), H = hs.size(2), GH = gates_of(cell) * H;
   TORCH_CHECK(cpu_float_contiguous(w_hh) && w_hh.size(0) == GH && w_hh.size(1) == H &&
                   grad_last_in.size(0) == B && grad_last_in.size(1) == H && lengths.size(0) == B,
               "rnnsent fused kernel: backward inputs do not match the saved forward state");
@@ -289,6 +288,8 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
   const float* hsp = hs.data_ptr<float>();
   const float* glp = grad_last.data_ptr<float>();
   const float* wp = w_hh.data_ptr<float>();
+  const float* actp = act.data_ptr<float>();
+  const float* extrap = extra.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   at::parallel_for(0, B, chunk, [&](int64_t b0, int64_t b1) {
     const int64_t nb = b1 - b0, part = b0 / chunk;  // chunks start at multiples of chunk (or run inline from 0)
@@ -300,6 +301,9 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
     auto dc = cell == 0 ? at::zeros({nb, H}, opts) : at::Tensor();
     auto dg = cell == 1 ? at::empty({nb, 3 * H}, opts) : at::Tensor();
     float* dhp = dh.data_ptr<float>();
+    float* dh_directp = dh_direct.data_ptr<float>();
+    float* dcp = cell == 0 ? dc.data_ptr<float>() : nullptr;
+    float* dgp = cell == 1 ? dg.data_ptr<float>() : nullptr;
     for (int64_t t = T - 1; t >= 0; --t) {
       // A sequence whose last real step is t receives its output gradient here.
       for (int64_t b = b0; b < b1; ++b)
@@ -312,14 +316,12 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
       const float* h_prev = hsp + (t * B + b0) * H;
       float* drec = dxt;  // dL/d(h W_hh^T + b_hh): dL/dx itself, except for the GRU
       if (cell == 0) {
-        const float* cp = extra.data_ptr<float>();
-        lstm_step_backward(nb, H, act.data_ptr<float>() + (t * B + b0) * 4 * H, cp + (t * B + b0) * H,
-                           cp + ((t + 1) * B + b0) * H, dhp, dc.data_ptr<float>(), dxt);
+        lstm_step_backward(nb, H, actp + (t * B + b0) * 4 * H, extrap + (t * B + b0) * H,
+                           extrap + ((t + 1) * B + b0) * H, dhp, dcp, dxt);
       } else if (cell == 1) {
-        drec = dg.data_ptr<float>();
-        gru_step_backward(nb, H, act.data_ptr<float>() + (t * B + b0) * 3 * H,
-                          extra.data_ptr<float>() + (t * B + b0) * H, h_prev, dhp, dxt, drec,
-                          dh_direct.data_ptr<float>());
+        drec = dgp;
+        gru_step_backward(nb, H, actp + (t * B + b0) * 3 * H, extrap + (t * B + b0) * H, h_prev, dhp, dxt, drec,
+                          dh_directp);
       } else {
         rnn_step_backward(nb * H, hsp + ((t + 1) * B + b0) * H, dhp, dxt);
       }
