@@ -2,8 +2,10 @@
 
 torchrun starts N copies of the script with RANK, LOCAL_RANK and WORLD_SIZE set. Each copy builds
 the same model from the same seed, DDP averages the gradients so the weights stay equal, and each
-rank trains on its own share of every epoch's batches. Without WORLD_SIZE (or with 1) every method
-here is a no-op, so the trainer has one code path. The choices, in one place:
+rank trains on its own share of every epoch's batches. Outside torchrun (no WORLD_SIZE) every method
+here is a no-op, so the trainer has one code path. Under torchrun a process joins the group even when
+it is the only one (--nproc_per_node=1), as torchrun scripts usually do: the same collectives and DDP
+then run with one rank, which is how one GPU tests the NCCL path. The choices, in one place:
 
 - Backend: NCCL when the device is CUDA (rank r uses cuda:LOCAL_RANK), gloo on CPU.
 - Batches: the global batch is --batch-size, as in a one-process run; each rank takes
@@ -31,13 +33,15 @@ import torch.distributed as dist
 class Distributed:
     """This process's place in the job (rank, world_size) and the few collectives the trainer needs."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, cpu_group=None):
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, cpu_group=None, joined: bool = False):
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self._cpu_group = cpu_group  # gloo group for host-side flags (the default group if it is gloo)
+        self._joined = joined or world_size > 1
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """In a process group: under torchrun, whatever the number of processes."""
+        return self._joined
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +51,7 @@ class Distributed:
     def from_env(cls, device: torch.device) -> tuple["Distributed", torch.device]:
         """Join the process group torchrun describes; returns (context, this rank's device)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, even for one process
             return cls(), device
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
@@ -56,7 +60,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
         cpu_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-        return cls(rank, world, local_rank, cpu_group), device
+        return cls(rank, world, local_rank, cpu_group, joined=True), device
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The module to train: DDP around `model` when distributed (the plain model is what gets saved)."""

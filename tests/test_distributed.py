@@ -59,12 +59,12 @@ def test_evaluation_shards_partition_the_split():
     assert len(Batcher(split, 30, shuffle=False, rank=1, world_size=2, even_shards=False)) == 0
 
 
-def _torchrun(base: Path, *extra, kill_at: int | None = None) -> subprocess.CompletedProcess:
+def _torchrun(base: Path, *extra, kill_at: int | None = None, nproc: int = 2) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     env.pop("RNNSENT_FAULT_KILL_AT_STEP", None)
     if kill_at is not None:
         env["RNNSENT_FAULT_KILL_AT_STEP"] = str(kill_at)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / "scripts" / "train.py"), *ARGS, "--out", str(base / "run"), "--cache-dir", str(base / "cache"),
            *extra]
     # A session of its own, so that a hung run is killed with all its workers.
@@ -110,6 +110,21 @@ def test_two_process_run_is_killed_resumed_and_matches_an_uninterrupted_one(tmp_
                             "epochs": 4})
     with pytest.raises(CheckpointError, match=r"2 process\(es\); resume it with the same number"):
         Trainer(config)
+
+
+@needs_gloo
+def test_one_process_torchrun_joins_the_group_and_trains_exactly_like_a_plain_run(tmp_path):
+    proc = _torchrun(tmp_path / "torchrun", nproc=1)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    joined = load_checkpoint_state(tmp_path / "torchrun" / "run" / "last.pt")
+    assert len(joined["rng_ranks"]) == 1, "under torchrun the process joins a group (DDP of one rank)"
+    from rnnsent.cli import train_main
+
+    assert train_main([*ARGS, "--out", str(tmp_path / "plain" / "run"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    plain = load_checkpoint_state(tmp_path / "plain" / "run" / "last.pt")
+    assert "rng_ranks" not in plain
+    for k, v in plain["model_state"].items():
+        assert torch.equal(joined["model_state"][k], v), f"{k} differs"
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.device_count() >= 2 and dist.is_nccl_available()),

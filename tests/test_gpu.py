@@ -140,7 +140,7 @@ def test_cuda_run_killed_then_resumed_ends_like_an_uninterrupted_one(tmp_path):
     assert abs(resumed_report["test_loss"] - ref_report["test_loss"]) < 1e-5
 
 
-def test_one_process_torchrun_on_cuda_trains_and_writes_one_checkpoint_set(tmp_path):
+def test_one_process_nccl_torchrun_on_cuda_trains_and_writes_one_checkpoint_set(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29531",
                            str(ROOT / "scripts" / "train.py"), *TINY, "--cell", "gru", "--epochs", "1",
@@ -148,6 +148,8 @@ def test_one_process_torchrun_on_cuda_trains_and_writes_one_checkpoint_set(tmp_p
                           env=env, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["best.pt", "last.pt"]
-    assert load_checkpoint_state(tmp_path / "run" / "last.pt")["progress"]["world_size"] == 1
+    state = load_checkpoint_state(tmp_path / "run" / "last.pt")
+    assert state["progress"]["world_size"] == 1
+    assert len(state["rng_ranks"]) == 1 and "cuda" in state["rng_ranks"][0], "joined the (NCCL) group as rank 0"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["device"].startswith("cuda")
