@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding
+
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
 
@@ -203,8 +205,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     data = state.get("data", {})
     max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
-    if type(max_len) is not int or max_len < 1 or encoding not in ("keras", "fast"):
+    if type(max_len) is not int or max_len < 1 or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
         raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r})")
+    encoding = canonical_encoding(encoding, warn=False)  # "fast" in checkpoints from before the rename
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
                        path=Path(path))
 
@@ -235,12 +238,16 @@ class LoadedModel:
         built from that data is not the model's: scores on other ids would mean nothing."""
         from rnnsent.data import prepare_imdb
 
-        cfg = self.config
-        data = prepare_imdb(vocab_size=self.model.vocab_size, max_len=self.max_len, encoding=self.encoding,
-                            val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
-                            limit=limit if limit is not None else cfg.get("limit"),
-                            expected_per_block=expected_per_block or cfg.get("expected_per_block", 12500),
-                            root=root if root is not None else cfg.get("data_root"), cache_dir=cache_dir)
+        saved = {k: v for k, v in self.config.items() if k in DataConfig.__dataclass_fields__}
+        saved.update(max_len=self.max_len, encoding=self.encoding)
+        if limit is not None:
+            saved["limit"] = limit
+        if expected_per_block:
+            saved["expected_per_block"] = expected_per_block
+        if root is not None:
+            saved["data_root"] = root
+        settings = DataConfig(**saved)
+        data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
         if data.vocab.to_dict() != self.vocab.to_dict():
             raise CheckpointError(
                 f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this data "

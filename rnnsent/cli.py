@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from rnnsent.checkpoint import CheckpointError, CheckpointWriteError
-from rnnsent.train import (AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig,
-                           TrainingInterrupted)
+from rnnsent.config import AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES, TrainConfig, canonical_cell
+from rnnsent.train import NonFiniteLoss, TrainingInterrupted
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -122,8 +122,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if "out" not in values:
-        from rnnsent.models import canonical_cell
-
         values["out"] = str(Path("runs") / canonical_cell(values.get("cell", TrainConfig.cell)))
     if values.get("resume") == "":
         values["resume"] = str(Path(values["out"]) / "last.pt")
@@ -176,7 +174,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         from rnnsent.checkpoint import load_checkpoint
         from rnnsent.evaluate import evaluate
-        from rnnsent.train import resolve_device
+        from rnnsent.runtime import resolve_device
 
         device = resolve_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
@@ -203,7 +201,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         from rnnsent.checkpoint import load_checkpoint
-        from rnnsent.train import resolve_device
+        from rnnsent.runtime import resolve_device
 
         texts = list(args.texts)
         if args.file:
