@@ -13,12 +13,12 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding
+from rnnsent.files import atomic_write
 
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
@@ -57,25 +57,17 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
         "sha256": hashlib.sha256(payload).hexdigest(),
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(envelope, f)
-            f.flush()
-            os.fsync(f.fileno())
+    def keep() -> None:  # just before the rename, so `path` exists at every moment
         if keep_previous and path.is_file():
             _link_or_copy(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointWriteError(
-                f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
-            ) from None
-        raise
+
+    try:
+        with atomic_write(path, before_replace=keep) as f:
+            torch.save(envelope, f)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
+        ) from None
     return path
 
 

@@ -99,13 +99,13 @@ def train_parser() -> argparse.ArgumentParser:
     a("--amp", choices=AMPS, default=None, help=f"mixed precision on CUDA; fp16 uses a grad scaler [{d.amp}]")
     a("--deterministic", action="store_true", default=None, help="deterministic kernels where the backend has them [off]")
     a("--no-flush-denormal", dest="flush_denormal", action="store_false", default=None,
-      help="keep denormal floats on CPU (slower; flushing them is the default)")
+      help="keep denormal floats on CPU instead of flushing them to zero (slower) [off]")
     a("--threads", type=_positive_int, default=None, help="CPU threads [all cores]")
     a("--rnn-impl", choices=IMPLS, default=None,
       help="CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
            f"back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{d.rnn_impl}]")
     a("--no-retain-memory", dest="retain_memory", action="store_false", default=None,
-      help="CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults)")
+      help="CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults) [off]")
     a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs) [all]")
     a("--val-fraction", type=_val_fraction, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
     a("--data", dest="data_root", default=None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from rnnsent.config import canonical_encoding, check_val_fraction
+from rnnsent.files import atomic_write
 from rnnsent.data.fetch import PER_BLOCK, Source, cache_root, find_imdb, read_blocks, read_keras_word_index
 from rnnsent.data.text import (
     TOKENIZER_NAME,
@@ -149,17 +149,6 @@ def _unpack(d: dict[str, Any]) -> EncodedSplit:
     return pad_flat(d["flat"], d["lengths"], d["labels"], int(d["width"]), str(d["padding"]))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(name, path)  # same folder, so atomic: readers never see a half-written cache
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
 def prepare_imdb(
     vocab_size: int = 5000,
     max_len: int = 500,
@@ -212,5 +201,6 @@ def prepare_imdb(
     }
     if use_cache:
         payload = {s: _pack(splits[s]) for s in splits}
-        _atomic_save({**payload, "vocab": vocab.to_dict(), "meta": meta}, path)
+        with atomic_write(path, suffix=".partial") as f:  # readers never see a half-written cache
+            torch.save({**payload, "vocab": vocab.to_dict(), "meta": meta}, f)
     return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if use_cache else None, cache_hit=False))
