@@ -44,6 +44,7 @@ LEGACY_ENCODINGS = {"fast": "bucketed"}  # the old name, still read from checkpo
 AMPS = ("none", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 # auto: rnnsent's fused CPU kernel where it builds, else PyTorch's layers; fused: insist; torch: PyTorch's.
+# RNNSENT_FUSED=0 in the environment is the documented alias of "never the kernel" (read in rnnsent.fused only).
 IMPLS = ("auto", "fused", "torch")
 
 

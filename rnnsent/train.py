@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rnnsent import faults, recurrent, report
 from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, load_resume_state,
-                                save_checkpoint)
+                                restore_training_state, save_checkpoint, training_state)
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
                             TrainConfig, resume_differences)
 from rnnsent.data import Batcher, prepare_imdb
@@ -36,8 +36,7 @@ from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
-from rnnsent.runtime import (StopFlag, resolve_device, retain_freed_memory, rng_state,  # noqa: F401 (re-exported)
-                             set_rng_state)
+from rnnsent.runtime import StopFlag, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
 
 EVENTS = ("on_step_end", "on_epoch_end")
 
@@ -124,7 +123,7 @@ class Trainer:
         self.saved_step: int | None = None  # global step of the newest last.pt, named when training stops
         self._interrupt = StopFlag()
         if resume_state is not None:
-            self._restore(resume_state)
+            restore_training_state(self, resume_state)
         faults.install(self)
 
     def add_callback(self, event: str, callback) -> None:
@@ -153,58 +152,12 @@ class Trainer:
                 "Resume with the original command line, or start a new run with another --out"
             )
 
-    def _restore(self, state: dict) -> None:
-        p = state["progress"]
-        if p.get("world_size", 1) != self.dist.world_size:
-            raise CheckpointError(
-                f"{self.config.resume} was written by a run of {p.get('world_size', 1)} process(es); resume it with "
-                f"the same number (torchrun --nproc_per_node={p.get('world_size', 1)}), not {self.dist.world_size}")
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
-        self.saved_step = self.global_step
-        if self.is_main:  # the saved sums are over all ranks: one rank carries them on
-            self.sums, self.seen = p["sums"].to(self.device, torch.float64), p["seen"]
-        self.best_val, self.epochs_since_best = p["best_val"], p["epochs_since_best"]
-        self.epoch_seconds = p.get("epoch_seconds", 0.0)
-        self.history = list(state.get("history", []))
-        set_rng_state(state.get("rng_ranks", [state["rng"]])[self.dist.rank], self.device)
-        self.log(f"resumed from {self.config.resume}: epoch {self.epoch + 1}, step {self.step_in_epoch} "
-                 f"of {len(self.train_batches)} (global step {self.global_step})")
-
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self, full: bool = True) -> dict:
-        """Everything a checkpoint holds. Distributed: every rank must call it (it gathers from all)."""
-        state = {
-            "model_config": self.model.config(),
-            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "vocab": self.data.vocab.to_dict(),
-            "data": {"max_len": self.config.max_len, "encoding": self.config.encoding,
-                     "vocab_size": self.config.vocab_size, "source": str(self.data.meta.get("source", ""))},
-            "config": self.config.to_dict(),
-            "metrics": self.history[-1] if self.history else {},
-            "history": self.history,
-            "rnnsent_version": _version(),
-        }
-        if full:
-            *sums, seen = self._global_sums()
-            rngs = self.dist.gather(rng_state(self.device))
-            state.update(
-                optimizer=self.optimizer.state_dict(),
-                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                rng=rngs[0],
-                progress={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                          "global_step": self.global_step, "sums": torch.tensor(sums, dtype=torch.float64), "seen": seen,
-                          "best_val": self.best_val, "epochs_since_best": self.epochs_since_best,
-                          "epoch_seconds": self.epoch_seconds, "world_size": self.dist.world_size},
-            )
-            if self.dist.enabled:
-                state["rng_ranks"] = rngs
-        return state
+        """Everything a checkpoint holds (see checkpoint.training_state). Distributed: every rank must call it."""
+        return training_state(self, full)
 
-    def _global_sums(self) -> tuple[float, float, int]:
+    def global_sums(self) -> tuple[float, float, int]:
         """This epoch's running training sums over all ranks: (loss * samples, correct, samples)."""
         loss_sum, correct, seen = self.dist.sum(torch.cat([self.sums, self.sums.new_tensor([self.seen])])).tolist()
         return loss_sum, correct, int(seen)
@@ -301,21 +254,24 @@ class Trainer:
                         self.save("last.pt")
                     self._trigger("on_step_end")
             except KeyboardInterrupt:
-                bar.close()
-                self.epoch_seconds += time.perf_counter() - t0
-                # The first Ctrl-C only sets a flag that is read between steps (see runtime.StopFlag), so the weights,
-                # optimizer, RNG and counters saved here all describe the same finished step.
-                path = self.save("last.pt")
-                raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved "
-                                          f"{path}. Continue with the same command and --resume {path}") from None
+                self._save_and_stop(bar, t0)
             bar.close()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.epoch_seconds += time.perf_counter() - t0
-        loss_sum, correct, seen = self._global_sums()
+        loss_sum, correct, seen = self.global_sums()
         return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                 "epoch_seconds": self.epoch_seconds,
                 "samples_per_second": seen / self.epoch_seconds if self.epoch_seconds > 0 else float("nan")}
+
+    def _save_and_stop(self, bar, t0: float) -> None:
+        bar.close()
+        self.epoch_seconds += time.perf_counter() - t0
+        # The first Ctrl-C only sets a flag that is read between steps (see runtime.StopFlag), so the weights,
+        # optimizer, RNG and counters saved here all describe the same finished step.
+        path = self.save("last.pt")
+        raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path}. "
+                                  f"Continue with the same command and --resume {path}") from None
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         if int(bad_step) >= 0:
@@ -391,9 +347,3 @@ def train(config: TrainConfig, data=None) -> dict:
         raise
     finally:
         shutdown(wait_for_peers=agreed)  # leave the process group torchrun set up, if any
-
-
-def _version() -> str:
-    from rnnsent import __version__
-
-    return __version__
