@@ -207,12 +207,6 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, saved: dict) -> "TrainConfig":
-        """The config a checkpoint or config.json recorded; keys this version does not know are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in known})
-
 
 def field_names(group) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(group))
