@@ -13,10 +13,13 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding
+from rnnsent.files import atomic_write
+from rnnsent.runtime import rng_state, set_rng_state
 
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
@@ -55,25 +58,17 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
         "sha256": hashlib.sha256(payload).hexdigest(),
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(envelope, f)
-            f.flush()
-            os.fsync(f.fileno())
+    def keep() -> None:  # just before the rename, so `path` exists at every moment
         if keep_previous and path.is_file():
             _link_or_copy(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointWriteError(
-                f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
-            ) from None
-        raise
+
+    try:
+        with atomic_write(path, before_replace=keep) as f:
+            torch.save(envelope, f)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
+        ) from None
     return path
 
 
@@ -203,8 +198,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     data = state.get("data", {})
     max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
-    if type(max_len) is not int or max_len < 1 or encoding not in ("keras", "fast"):
+    if type(max_len) is not int or max_len < 1 or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
         raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r})")
+    encoding = canonical_encoding(encoding, warn=False)  # "fast" in checkpoints from before the rename
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
                        path=Path(path))
 
@@ -235,14 +231,79 @@ class LoadedModel:
         built from that data is not the model's: scores on other ids would mean nothing."""
         from rnnsent.data import prepare_imdb
 
-        cfg = self.config
-        data = prepare_imdb(vocab_size=self.model.vocab_size, max_len=self.max_len, encoding=self.encoding,
-                            val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
-                            limit=limit if limit is not None else cfg.get("limit"),
-                            expected_per_block=expected_per_block or cfg.get("expected_per_block", 12500),
-                            root=root if root is not None else cfg.get("data_root"), cache_dir=cache_dir)
+        saved = {k: v for k, v in self.config.items() if k in DataConfig.__dataclass_fields__}
+        saved.update(max_len=self.max_len, encoding=self.encoding)
+        if limit is not None:
+            saved["limit"] = limit
+        if expected_per_block:
+            saved["expected_per_block"] = expected_per_block
+        if root is not None:
+            saved["data_root"] = root
+        settings = DataConfig(**saved)
+        data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
         if data.vocab.to_dict() != self.vocab.to_dict():
             raise CheckpointError(
                 f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this data "
                 "(another source, --vocab-size or --limit); pass the data the model was trained on")
         return data
+
+
+def training_state(t, full: bool = True) -> dict:
+    """Everything a checkpoint of Trainer `t` holds: weights, vocabulary, config and history; with `full`
+    (last.pt) also optimizer, scaler, RNG states and the position in the epoch. Every rank must call it
+    when distributed (it gathers from all)."""
+    state = {
+        "model_config": t.model.config(),
+        "model_state": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
+        "vocab": t.data.vocab.to_dict(),
+        "data": {"max_len": t.config.max_len, "encoding": t.config.encoding,
+                 "vocab_size": t.config.vocab_size, "source": str(t.data.meta.get("source", ""))},
+        "config": t.config.to_dict(),
+        "metrics": t.history[-1] if t.history else {},
+        "history": t.history,
+        "rnnsent_version": _version(),
+    }
+    if full:
+        *sums, seen = t.global_sums()
+        rngs = t.dist.gather(rng_state(t.device))
+        state.update(
+            optimizer=t.optimizer.state_dict(),
+            scaler=t.scaler.state_dict() if t.scaler.is_enabled() else {},
+            rng=rngs[0],
+            progress={"epoch": t.epoch, "step_in_epoch": t.step_in_epoch,
+                      "global_step": t.global_step, "sums": torch.tensor(sums, dtype=torch.float64), "seen": seen,
+                      "best_val": t.best_val, "epochs_since_best": t.epochs_since_best,
+                      "epoch_seconds": t.epoch_seconds, "world_size": t.dist.world_size},
+        )
+        if t.dist.enabled:
+            state["rng_ranks"] = rngs
+    return state
+
+
+def restore_training_state(t, state: dict) -> None:
+    """Put Trainer `t` where the checkpoint `state` left off: weights, optimizer, RNG, position, history."""
+    p = state["progress"]
+    if p.get("world_size", 1) != t.dist.world_size:
+        raise CheckpointError(
+            f"{t.config.resume} was written by a run of {p.get('world_size', 1)} process(es); resume it with "
+            f"the same number (torchrun --nproc_per_node={p.get('world_size', 1)}), not {t.dist.world_size}")
+    t.model.load_state_dict(state["model_state"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    if "scaler" in state and t.scaler.is_enabled():
+        t.scaler.load_state_dict(state["scaler"])
+    t.epoch, t.step_in_epoch, t.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
+    t.saved_step = t.global_step
+    if t.is_main:  # the saved sums are over all ranks: one rank carries them on
+        t.sums, t.seen = p["sums"].to(t.device, torch.float64), p["seen"]
+    t.best_val, t.epochs_since_best = p["best_val"], p["epochs_since_best"]
+    t.epoch_seconds = p.get("epoch_seconds", 0.0)
+    t.history = list(state.get("history", []))
+    set_rng_state(state.get("rng_ranks", [state["rng"]])[t.dist.rank], t.device)
+    t.log(f"resumed from {t.config.resume}: epoch {t.epoch + 1}, step {t.step_in_epoch} "
+          f"of {len(t.train_batches)} (global step {t.global_step})")
+
+
+def _version() -> str:
+    from rnnsent import __version__
+
+    return __version__

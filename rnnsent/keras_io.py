@@ -32,14 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnsent.models import KERAS_CELL_NAMES, KERAS_GATE_ORDER, SentimentRNN, canonical_cell, permute_gates
+from rnnsent.config import KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig, canonical_cell, field_names
+from rnnsent.models import SentimentRNN, permute_gates
 
 __all__ = ["KerasFormatError", "from_keras", "to_keras", "save_keras", "keras_weights"]
 
 ARCHITECTURE = "Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid)"
-_RECURRENT = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}
+_RECURRENT = {keras_name: cell for cell, keras_name in KERAS_CELL_NAMES.items()}
 _WRAPPERS = ("Bidirectional", "TimeDistributed", "RNN")  # an RNN(cell) wrapper is not a fused layer either
-_MODEL_ARGS = ("cell", "vocab_size", "embed_dim", "hidden_size", "embed_dropout", "output_dropout", "init")
+_MODEL_ARGS = field_names(ModelConfig)
 
 
 class KerasFormatError(ValueError):
@@ -63,8 +64,8 @@ def from_keras(source, **overrides) -> SentimentRNN:
     """Build a SentimentRNN holding the weights of a Keras model.
 
     source: a live Keras model, or the path of a `.keras` or `.h5` file (Keras 2 or 3).
-    overrides: SentimentRNN arguments. embed_dropout, output_dropout and init may be set freely;
-    cell, vocab_size, embed_dim and hidden_size must agree with the Keras model if given.
+    overrides: SentimentRNN arguments (ModelConfig's fields). The shape settings (cell, vocab_size,
+    embed_dim, hidden_size) must agree with the Keras model if given; the others may be set freely.
     Raises KerasFormatError (a ValueError) for a model rnnsent cannot represent exactly and
     FileNotFoundError for a missing file.
     """

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS  # noqa: E402
 from rnnsent.data import load_imdb_reviews, prepare_imdb, tokenize  # noqa: E402
 from rnnsent.data.fetch import find_imdb  # noqa: E402
 from rnnsent.data.text import OOV_ID  # noqa: E402
@@ -27,7 +28,7 @@ def main() -> None:
     ap.add_argument("path", nargs="?", help="where the data is (default: the normal search)")
     ap.add_argument("--vocab-size", type=int, default=5000)
     ap.add_argument("--max-len", type=int, default=500)
-    ap.add_argument("--encoding", choices=("keras", "fast"), default="keras")
+    ap.add_argument("--encoding", choices=(*ENCODINGS, *LEGACY_ENCODINGS), default="keras")
     ap.add_argument("--cache", help="cache folder to use (default: a fresh temporary one)")
     args = ap.parse_args()
 

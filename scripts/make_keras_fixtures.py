@@ -18,7 +18,9 @@ Files, with v the Keras major version (2 or 3):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 only; Keras 2 ignores it
@@ -27,7 +29,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 VOCAB, EMBED, UNITS, SEED = 20, 4, 3, 1234
-CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+
+
+def _keras_cell_names() -> dict[str, str]:
+    """rnnsent.config's cell table, read without importing the package (a Keras 2 venv may have no PyTorch)."""
+    spec = importlib.util.spec_from_file_location("rnnsent_config", Path(__file__).resolve().parents[1] / "rnnsent" / "config.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.KERAS_CELL_NAMES
+
+
+CELLS = _keras_cell_names()  # {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
 
 
 def fixed_input() -> np.ndarray:

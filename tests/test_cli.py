@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from rnnsent.checkpoint import load_checkpoint
+from rnnsent.cli import train_parser
+from rnnsent.config import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
 TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
@@ -63,8 +67,9 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert [r["text"] for r in rows] == ["A wonderful, moving film.", "Dull and far too long."]
-    assert all(0.0 <= r["probability"] <= 1.0 and r["label"] in ("positive", "negative") for r in rows)
-    assert all((r["probability"] >= 0.5) == (r["label"] == "positive") for r in rows)
+    reference = load_checkpoint(ckpt).predict([r["text"] for r in rows])  # the same checkpoint, in this process
+    assert [r["probability"] for r in rows] == pytest.approx([p.probability for p in reference], abs=1e-6)
+    assert [r["label"] for r in rows] == [p.label for p in reference]
 
     reviews = tmp_path / "reviews.txt"
     reviews.write_bytes(b"great acting\n\n\xff\xfe broken bytes \x00 here\nterrible plot\n")
@@ -160,3 +165,17 @@ def test_help_explains_every_flag():
                  "--hidden-size", "--encoding", "--device", "--amp", "--seed", "--out", "--resume", "--limit",
                  "--patience", "--recipe"):
         assert flag in text, flag
+
+
+def test_help_shows_each_default_once_and_as_trainconfig_says():
+    parser = train_parser()
+    text = parser.format_help()
+    assert "(default:" not in text and "None" not in text
+    defaults = TrainConfig()
+    for action in parser._actions:
+        if action.help in (None, "==SUPPRESS==") or action.dest == "help":
+            continue
+        assert action.help.count("[") == 1 and action.help.endswith("]"), action.option_strings
+        value = getattr(defaults, action.dest, None)
+        if value is not None and not isinstance(value, bool) and action.dest != "out":
+            assert action.help.endswith(f"[{value}]"), (action.option_strings, action.help)

@@ -90,7 +90,7 @@ def test_vocab_comes_from_training_texts_only(tmp_path):
 
 def test_ids_match_the_vocab_and_both_encodings_agree(tmp_path):
     keras = prep(tmp_path, encoding="keras", val_fraction=0.0)
-    fast = prep(tmp_path, encoding="fast", val_fraction=0.0)
+    fast = prep(tmp_path, encoding="bucketed", val_fraction=0.0)
     assert fast.test.padding == "post" and keras.test.padding == "pre"
     texts = load_imdb_reviews("test", root=FIXTURES / "reviews.json", expected_per_block=K)
     for i, (text, label) in enumerate(texts):
@@ -102,7 +102,7 @@ def test_ids_match_the_vocab_and_both_encodings_agree(tmp_path):
 
 
 def test_limit_keeps_the_first_reviews_of_each_label(tmp_path):
-    data = prep(tmp_path, limit=4, val_fraction=0.0, max_len=500, encoding="fast")
+    data = prep(tmp_path, limit=4, val_fraction=0.0, max_len=500, encoding="bucketed")
     texts = load_imdb_reviews("test", root=FIXTURES / "reviews.json", expected_per_block=K)
     keep = texts[:2] + texts[K : K + 2]
     assert data.test.labels.tolist() == [0, 0, 1, 1]
@@ -156,7 +156,7 @@ def test_cache_hit_skips_all_work_and_miss_on_any_parameter(tmp_path, monkeypatc
     for s in ("train", "val", "test"):
         a, b = getattr(first, s), getattr(again, s)
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths) and torch.equal(a.labels, b.labels)
-    for change in ({"max_len": 49}, {"vocab_size": 199}, {"seed": 1}, {"encoding": "fast"}, {"limit": 4}, {"val_fraction": 0.5}):
+    for change in ({"max_len": 49}, {"vocab_size": 199}, {"seed": 1}, {"encoding": "bucketed"}, {"limit": 4}, {"val_fraction": 0.5}):
         with pytest.raises(AssertionError, match="must not read"):
             prep(tmp_path, **change)
 
@@ -199,7 +199,7 @@ def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_prepared_splits_feed_the_batcher(tmp_path):
-    data = prep(tmp_path, encoding="fast")
+    data = prep(tmp_path, encoding="bucketed")
     batcher = Batcher(data.train, 4, seed=0, bucket=True)
     seen = torch.cat(batcher.batches(0))
     assert sorted(seen.tolist()) == list(range(len(data.train)))
@@ -218,3 +218,12 @@ def test_full_data_set(tmp_path):
     assert len(data.train) + len(data.val) == 2 * PER_BLOCK and len(data.vocab) == 5000
     assert data.vocab.words[:3] == ("the", ".", ",")
     assert np.isclose(float(data.train.labels.mean()), 0.5)
+
+
+def test_caches_written_before_the_encoding_rename_still_hit(tmp_path):
+    # The cache key keeps the old name "fast", so a cache prepared by earlier versions is found again.
+    first = prep(tmp_path, encoding="bucketed")
+    assert Path(first.meta["cache_file"]).name.startswith("imdb-fast-") and first.meta["params"]["encoding"] == "fast"
+    with pytest.warns(FutureWarning, match='"fast" is now called "bucketed"'):
+        again = prep(tmp_path, encoding="fast")
+    assert again.meta["cache_hit"] and again.meta["cache_file"] == first.meta["cache_file"]

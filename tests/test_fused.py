@@ -11,9 +11,10 @@ import time
 import pytest
 import torch
 
-from rnnsent import fused
-from rnnsent.models import CELLS, SentimentRNN
-from rnnsent.train import retain_freed_memory
+from rnnsent import fused, recurrent
+from rnnsent.config import CELL_TABLE, CELLS
+from rnnsent.models import SentimentRNN
+from rnnsent.runtime import retain_freed_memory
 
 HAVE_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
 needs_kernel = pytest.mark.skipif(not fused.available(), reason=f"fused kernel unavailable: {fused.status()}")
@@ -33,6 +34,10 @@ def _model(cell: str, **kwargs) -> SentimentRNN:
     with torch.no_grad():  # a non-zero recurrent bias, so that its path through the kernel is checked too
         model.rnn.bias_hh_l0.uniform_(-0.3, 0.3)
     return model
+
+
+def _uses_fused(model: SentimentRNN, tokens) -> bool:
+    return recurrent.uses_fused(model.impl, tokens, model.embedding.weight.dtype)
 
 
 def _run(model: SentimentRNN, impl: str, tokens, lengths, seed: int = 1):
@@ -93,10 +98,10 @@ def test_fused_with_dropout_matches(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_saturated_gates_stay_finite_and_exact(cell):
     # Pre-activations far outside exp's range: the kernel's clamped exp must saturate, not overflow.
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    gates = CELL_TABLE[cell].gates
     torch.manual_seed(5)
     # PyTorch's layer with W_ih = I, so that its input projection is the input itself
-    ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](gates * 8, 8)
+    ref = recurrent.LAYERS[cell](gates * 8, 8)
     with torch.no_grad():
         ref.weight_ih_l0.copy_(torch.eye(gates * 8))
         ref.bias_ih_l0.zero_()
@@ -164,7 +169,7 @@ def test_impl_is_validated_and_not_part_of_the_config():
         SentimentRNN("gru", impl="cuda")
     model = SentimentRNN("gru", impl="torch")
     assert "impl" not in model.config()
-    assert not model.uses_fused(torch.zeros(2, 3, dtype=torch.long))
+    assert not _uses_fused(model, torch.zeros(2, 3, dtype=torch.long))
 
 
 def test_unavailable_kernel_falls_back_or_says_why(monkeypatch):
@@ -172,7 +177,7 @@ def test_unavailable_kernel_falls_back_or_says_why(monkeypatch):
     monkeypatch.setattr(fused, "_error", "RuntimeError: no compiler here")
     tokens = torch.randint(0, 5000, (4, 9), generator=torch.Generator().manual_seed(8))
     model = _model("gru")
-    assert not model.uses_fused(tokens)  # auto: PyTorch's layers
+    assert not _uses_fused(model, tokens)  # auto: PyTorch's layers
     model.eval()
     with torch.no_grad():
         model(tokens)
@@ -185,13 +190,13 @@ def test_unavailable_kernel_falls_back_or_says_why(monkeypatch):
 def test_fused_is_cpu_float32_only():
     model = _model("rnn").double()
     tokens = torch.zeros(2, 3, dtype=torch.long)
-    assert not model.uses_fused(tokens)
+    assert not _uses_fused(model, tokens)
     model.impl = "fused"
     with pytest.raises(RuntimeError, match="weights are torch.float64"):
-        model.uses_fused(tokens)
+        _uses_fused(model, tokens)
     model = _model("rnn")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not model.uses_fused(tokens)
+        assert not _uses_fused(model, tokens)
 
 
 def test_disabled_by_environment(monkeypatch):

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from rnnsent.config import CELLS, KERAS_CELL_NAMES as KERAS_NAMES
 from rnnsent.keras_io import KerasFormatError, from_keras, keras_weights, save_keras, to_keras
 from rnnsent.models import SentimentRNN, count_parameters
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
-KERAS_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
-CELLS = tuple(KERAS_NAMES)
 TOL = 1e-5
 
 # Keras 3 on numpy 2 warns about __array__ inside its own code; not ours to fix.

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
+from rnnsent.evaluate import evaluate
 from rnnsent.train import RECIPES, NonFiniteLoss, Trainer, TrainConfig, TrainingInterrupted, lr_at, resolve_device
 from helpers import assert_same_weights, weights
 
@@ -22,15 +23,20 @@ def tiny(tmp_path, **overrides) -> TrainConfig:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("encoding", ["fast", "keras"])
+@pytest.mark.parametrize("encoding", ["bucketed", "keras"])
 def test_tiny_run_writes_everything(tmp_path, cell, encoding):
-    report = Trainer(tiny(tmp_path, cell=cell, encoding=encoding)).fit()
+    trainer = Trainer(tiny(tmp_path, cell=cell, encoding=encoding))
+    report = trainer.fit()
     run = tmp_path / "run"
     for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json", "summary.txt", "report.json", "curves.png"):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["train_loss"] > 0 for r in rows)
+    assert all(r["train_loss"] > 0 for r in rows)
+    # The recorded validation scores are those of the saved weights, scored afresh on the validation split.
+    reloaded = load_checkpoint(run / "last.pt")
+    val = evaluate(reloaded.model, trainer.data.val, batch_size=5)
+    assert rows[-1]["val_accuracy"] == pytest.approx(val["accuracy"]) and rows[-1]["val_loss"] == pytest.approx(val["loss"])
     # The test split of the fixture: 6 negative and 6 positive reviews, every one scored once.
     c = report["confusion"]
     assert c["tp"] + c["fn"] == PER_BLOCK and c["tn"] + c["fp"] == PER_BLOCK
@@ -42,7 +48,8 @@ def test_tiny_run_writes_everything(tmp_path, cell, encoding):
     assert "optimizer" not in best, "best.pt is weights + vocabulary + config only"
     last = load_checkpoint_state(run / "last.pt")
     assert last["progress"]["epoch"] == 2 and last["progress"]["step_in_epoch"] == 0
-    assert last["vocab"] == best["vocab"] and len(last["vocab"]["words"] if "words" in last["vocab"] else last["vocab"]) > 0
+    assert last["vocab"] == best["vocab"] == trainer.data.vocab.to_dict()
+    assert reloaded.vocab.words == trainer.data.vocab.words
 
 
 def test_training_learns_on_real_reviews(tmp_path):
@@ -55,16 +62,12 @@ def test_training_learns_on_real_reviews(tmp_path):
 
 
 def _interrupt_at(trainer: Trainer, global_step: int):
-    """Make the trainer see a Ctrl-C while it runs step `global_step`, as the SIGINT handler reports it."""
-    original = trainer.train_batches.iterate
+    """A Ctrl-C once step `global_step` is done, as the trainer's callbacks may raise it."""
+    def stop(t: Trainer):
+        if t.global_step == global_step:
+            raise KeyboardInterrupt
 
-    def iterate(epoch, start=0):
-        for batch in original(epoch, start):
-            if trainer.global_step == global_step - 1:
-                trainer._interrupt.requested = True
-            yield batch
-
-    trainer.train_batches.iterate = iterate
+    trainer.add_callback("on_step_end", stop)
 
 
 @pytest.mark.parametrize("where", ["inside epoch 1", "end of epoch 1", "inside epoch 2"])
@@ -123,14 +126,9 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
     t = Trainer(tiny(tmp_path, epochs=2))
     t.fit()  # leaves a good last.pt
     good = (tmp_path / "run" / "last.pt").read_bytes()
+    bad = t.global_step + 1
+    monkeypatch.setenv("RNNSENT_FAULT_NAN_AT_STEP", str(bad))  # rnnsent.faults poisons that step's logits
     t2 = Trainer(tiny(tmp_path, epochs=3, resume=str(tmp_path / "run" / "last.pt")))
-    forward, bad = t2.model.forward, t2.global_step + 1
-
-    def poisoned(x, lengths=None):
-        out = forward(x, lengths)
-        return out * float("nan") if t2.global_step == bad else out
-
-    monkeypatch.setattr(t2.model, "forward", poisoned)
     with pytest.raises(NonFiniteLoss, match=f"global step {bad} .*Lower --lr"):
         t2.fit()
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
@@ -152,7 +150,10 @@ def test_lr_schedule_is_a_function_of_the_step():
     (dict(vocab_size=3), "vocab_size must be at least 4"),
     (dict(max_len=0), "max_len must be at least 1"),
     (dict(lr=float("nan")), "lr must be a positive number"),
-    (dict(encoding="bert"), "encoding must be one of keras, fast"),
+    (dict(encoding="bert"), "encoding must be one of keras, bucketed"),
+    (dict(val_fraction=0.0), "val_fraction must be above 0 for training"),
+    (dict(val_fraction=1.0), "val_fraction must be in \\[0, 1\\)"),
+    (dict(embed_dropout=1.0), "embed_dropout must be in"),
     (dict(amp="fp8"), "amp must be one of"),
 ])
 def test_config_rejects_bad_values(bad, message):
@@ -174,3 +175,24 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA device"):
             resolve_device("cuda")
+
+
+def test_step_and_epoch_callbacks_see_every_step_in_order(tmp_path):
+    t = Trainer(tiny(tmp_path, epochs=2))
+    seen = []
+    t.add_callback("on_step_end", lambda tr: seen.append(("step", tr.epoch, tr.global_step)))
+    t.add_callback("on_epoch_end", lambda tr: seen.append(("epoch", tr.epoch, len(tr.history))))
+    t.fit()
+    n = len(t.train_batches)
+    expected = []
+    for e in range(2):
+        expected += [("step", e, e * n + s) for s in range(1, n + 1)] + [("epoch", e + 1, e + 1)]
+    assert seen == expected
+    with pytest.raises(ValueError, match="unknown event"):
+        t.add_callback("on_batch", print)
+
+
+def test_the_old_encoding_name_still_works_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match='"fast" is now called "bucketed"'):
+        c = tiny(tmp_path, encoding="fast")
+    assert c.encoding == "bucketed"

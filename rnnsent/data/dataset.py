@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnsent.config import canonical_encoding, check_val_fraction
+from rnnsent.files import atomic_write
 from rnnsent.data.fetch import PER_BLOCK, Source, cache_root, find_imdb, read_blocks, read_keras_word_index
 from rnnsent.data.text import (
     TOKENIZER_NAME,
@@ -37,7 +38,8 @@ from rnnsent.data.text import (
     tokenize,
 )
 
-ENCODINGS = ("keras", "fast")
+# Caches are keyed by the encoding's name from before "fast" became "bucketed", so they keep hitting.
+_CACHE_NAMES = {"keras": "keras", "bucketed": "fast"}
 CACHE_VERSION = 1  # bump when the stored layout or the preparation itself changes
 
 
@@ -58,8 +60,7 @@ def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor
     With labels, each label gives round(count * val_fraction) rows to validation, so both halves keep
     the label balance (the total can differ by one per label from round(n * val_fraction)).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     g = torch.Generator().manual_seed(int(seed))
     groups = [torch.arange(n)] if labels is None else [torch.nonzero(labels == y).flatten() for y in torch.unique(torch.as_tensor(labels))]
     if labels is not None and len(labels) != n:
@@ -148,17 +149,6 @@ def _unpack(d: dict[str, Any]) -> EncodedSplit:
     return pad_flat(d["flat"], d["lengths"], d["labels"], int(d["width"]), str(d["padding"]))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(name, path)  # same folder, so atomic: readers never see a half-written cache
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
 def prepare_imdb(
     vocab_size: int = 5000,
     max_len: int = 500,
@@ -174,28 +164,26 @@ def prepare_imdb(
 ) -> ImdbData:
     """Load, verify, tokenize, build the vocabulary, encode and split IMDB, or read all that from the cache.
 
-    encoding "keras" gives Keras-parity pre-padded rows of width max_len; "fast" gives the same ids
+    encoding "keras" gives Keras-parity pre-padded rows of width max_len; "bucketed" (once "fast") gives the same ids
     right-padded to the longest row, for length bucketing. `limit` keeps that many reviews per split
     (half of each label, the first in canonical order) for smoke runs. `expected_per_block` is
     passed to the source's layout check (12,500 for the full set; a fixture's size in tests).
     """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be 'keras' or 'fast', got {encoding!r}")
+    encoding = canonical_encoding(encoding)
     check_vocab_size(vocab_size)  # fail before any reading
     check_max_len(max_len)
     if limit is not None and (not isinstance(limit, int) or limit < 2):
         raise ValueError(f"limit={limit!r} must be None or an int >= 2 (it is split between the two labels)")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
 
     source = find_imdb(root, cache_dir, download)
     params = {
         "version": CACHE_VERSION, "source": source.identity(), "vocab_size": vocab_size, "max_len": max_len,
-        "encoding": encoding, "val_fraction": val_fraction, "seed": seed, "limit": limit,
+        "encoding": _CACHE_NAMES[encoding], "val_fraction": val_fraction, "seed": seed, "limit": limit,
         "expected_per_block": expected_per_block, "tokenizer": TOKENIZER_NAME,
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_root(cache_dir) / "prepared" / f"imdb-{encoding}-{vocab_size}-{max_len}-{key}.pt"
+    path = cache_root(cache_dir) / "prepared" / f"imdb-{_CACHE_NAMES[encoding]}-{vocab_size}-{max_len}-{key}.pt"
 
     if use_cache and path.is_file():
         try:
@@ -213,5 +201,6 @@ def prepare_imdb(
     }
     if use_cache:
         payload = {s: _pack(splits[s]) for s in splits}
-        _atomic_save({**payload, "vocab": vocab.to_dict(), "meta": meta}, path)
+        with atomic_write(path, suffix=".partial") as f:  # readers never see a half-written cache
+            torch.save({**payload, "vocab": vocab.to_dict(), "meta": meta}, f)
     return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if use_cache else None, cache_hit=False))

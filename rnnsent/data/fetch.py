@@ -42,6 +42,8 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npformat
 
+from rnnsent.files import atomic_write
+
 STANFORD_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 STANFORD_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 STANFORD_FILENAME = "aclImdb_v1.tar.gz"
@@ -187,22 +189,17 @@ def download_stanford(
     timeout = DOWNLOAD_TIMEOUT_S if timeout is None else timeout
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=cache, prefix=f".{STANFORD_FILENAME}.", suffix=".partial")
-    tmp = Path(name)
-    try:
-        h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-        if h.hexdigest() != md5.lower():
+    h = hashlib.md5()
+    with atomic_write(cache / STANFORD_FILENAME, suffix=".partial") as out, opener(url, timeout=timeout) as response:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            h.update(chunk)
+            out.write(chunk)
+        if h.hexdigest() != md5.lower():  # raised inside the block: nothing replaces the file
             raise ChecksumError(
                 f"{url}: downloaded file has MD5 {h.hexdigest()}, expected {md5}; "
                 "the download was cut short or the server sent something else. Nothing was kept"
             )
-        return _move_into_place(tmp, cache / STANFORD_FILENAME)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return cache / STANFORD_FILENAME
 
 
 def npm_pack_imdb(

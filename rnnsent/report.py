@@ -1,0 +1,93 @@
+"""What a run writes besides checkpoints: config.json and command.txt, metrics.jsonl, report.json,
+summary.txt and curves.png; and the progress bar and log lines on stderr."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def start_run_folder(out: Path, config: dict) -> None:
+    """The resolved settings and the command line that produced the run, beside its checkpoints."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "command.txt").write_text(" ".join(sys.argv) + "\n")
+
+
+def append_metrics(out: Path, row: dict) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def epoch_line(row: dict, improved: bool) -> str:
+    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['epoch_seconds']:.1f} s, "
+            f"{row['samples_per_second']:.0f} samples/s" + (" (best)" if improved else ""))
+
+
+def final_report(cell: str, test: dict, best_val: float, history: list[dict], device, rnn_implementation: str,
+                 trainable_params: int) -> dict:
+    """report.json's content: test metrics of the best checkpoint and how the run went."""
+    epoch_times = [r["epoch_seconds"] for r in history]
+    return {
+        "cell": cell, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "confusion": {k: test[k] for k in ("tp", "fp", "tn", "fn")},
+        "best_val_accuracy": best_val, "epochs_run": len(history),
+        "mean_epoch_seconds": sum(epoch_times) / len(epoch_times) if epoch_times else 0.0,
+        "device": str(device), "rnn_implementation": rnn_implementation, "trainable_params": trainable_params,
+    }
+
+
+def write_report(out: Path, report: dict, test: dict, history: list[dict], model_summary: str) -> str:
+    """Write report.json, curves.png and summary.txt into the run folder; return the summary."""
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot = plot_curves(history, out / "curves.png")
+    summary = "\n".join([
+        model_summary, "",
+        f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+        f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']})",
+        f"best validation accuracy {report['best_val_accuracy']:.4f}; {len(history)} epoch(s), "
+        f"{report['mean_epoch_seconds']:.1f} s per epoch on {report['device']}",
+        f"checkpoints: {out / 'best.pt'} (best), {out / 'last.pt'} (resumable); metrics: {out / 'metrics.jsonl'}"
+        + (f"; curves: {plot}" if plot else ""),
+    ])
+    (out / "summary.txt").write_text(summary + "\n")
+    return summary
+
+
+def plot_curves(history: list[dict], path: Path) -> Path | None:
+    """Training and validation loss/accuracy per epoch as a PNG; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def progress(total: int, initial: int, desc: str, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=disable, leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def log(message: str) -> None:
+    """A line on stderr that does not tear the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)

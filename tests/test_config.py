@@ -1,0 +1,121 @@
+"""One definition per setting: every model option and data setting reaches every entry point, and runs
+written by the code before the restructuring (commit 08ac52f, encoding then called "fast") still load and resume."""
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnsent
+from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
+from rnnsent.cli import config_from_args, train_parser
+from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RESUME_MUST_MATCH, DataConfig, ModelConfig, OptimConfig,
+                            TrainConfig, field_names)
+from rnnsent.models import SentimentRNN
+from rnnsent.train import Trainer
+from helpers import assert_same_weights, weights
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "imdb" / "reviews.json"
+OLD = FIXTURES / "checkpoints_08ac52f"  # best.pt and last.pt written by 08ac52f (see test_runs_of_the_old_code...)
+
+# A valid value other than the default for every model option. A new ModelConfig field fails the first test
+# until it is added here, and then has to pass every entry point below.
+NON_DEFAULT = {"cell": "lstm", "vocab_size": 301, "embed_dim": 7, "hidden_size": 5, "embed_dropout": 0.25,
+               "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375}
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size")  # what a Keras file fixes
+
+
+def fixture_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(max_len=60, epochs=1, batch_size=4, data_root=str(FIXTURE), expected_per_block=6,
+                  cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"), quiet=True, val_fraction=0.25)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_every_model_option_has_a_non_default_value_here():
+    assert set(NON_DEFAULT) == set(field_names(ModelConfig))
+    assert all(getattr(ModelConfig(), k) != v for k, v in NON_DEFAULT.items())
+
+
+def test_every_model_option_passes_through_every_entry_point(tmp_path):
+    assert SentimentRNN(**NON_DEFAULT).config() == NON_DEFAULT
+    assert SentimentRNN(*NON_DEFAULT.values()).config() == NON_DEFAULT  # positional, in ModelConfig's order
+    assert SentimentRNN(ModelConfig(**NON_DEFAULT)).config() == NON_DEFAULT
+
+    flags = [a for k, v in NON_DEFAULT.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    assert config_from_args(train_parser().parse_args(flags)).model_args() == NON_DEFAULT
+
+    config = fixture_config(tmp_path, **NON_DEFAULT)
+    trainer = Trainer(config)
+    assert trainer.model.config() == NON_DEFAULT
+    trainer.fit()
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(tmp_path / "run" / name).model.config() == NON_DEFAULT
+
+    last = str(tmp_path / "run" / "last.pt")
+    for key in NON_DEFAULT:  # resuming with any model option changed is refused, naming it
+        with pytest.raises(CheckpointError, match=f"{key}: checkpoint {NON_DEFAULT[key]!r}"):
+            Trainer(dataclasses.replace(config, resume=last, **{key: getattr(ModelConfig(), key)}))
+
+
+@pytest.mark.parametrize("cell", sorted(CELL_TABLE))
+def test_every_free_model_option_passes_through_keras_import(cell):
+    path = FIXTURES / "keras" / f"k3_{cell}.h5"
+    shape = {k: v for k, v in rnnsent.from_keras(path).config().items() if k in SHAPE}
+    free = {k: v for k, v in NON_DEFAULT.items() if k not in SHAPE}
+    model = rnnsent.from_keras(path, **shape, **free)
+    assert model.config() == {**NON_DEFAULT, **shape}
+    assert rnnsent.from_keras(path, word_dropout=0.2).word_dropout == 0.2
+    with pytest.raises(rnnsent.KerasFormatError, match="hidden_size"):
+        rnnsent.from_keras(path, hidden_size=shape["hidden_size"] + 1)
+    with pytest.raises(TypeError, match="unknown arguments units"):
+        rnnsent.from_keras(path, units=3)
+
+
+def test_data_settings_reach_prepare_data_from_the_checkpoint(tmp_path):
+    data_settings = dict(max_len=37, encoding="keras", limit=10, val_fraction=0.4, split_seed=3)
+    assert all(getattr(DataConfig(), k) != v for k, v in data_settings.items())
+    trainer = Trainer(fixture_config(tmp_path, vocab_size=200, embed_dim=4, hidden_size=3, **data_settings))
+    trainer.fit()
+    data = load_checkpoint(tmp_path / "run" / "best.pt").prepare_data(cache_dir=tmp_path / "cache2")
+    for split in ("train", "val", "test"):
+        a, b = getattr(data, split), getattr(trainer.data, split)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels), split
+
+
+def test_resume_checks_cover_every_setting_that_changes_what_is_learned():
+    groups = set(field_names(ModelConfig)) | set(field_names(DataConfig)) | set(field_names(OptimConfig))
+    assert set(RESUME_MUST_MATCH) == groups - {"data_root", "cache_dir", "epochs", "patience"}
+
+
+def test_one_cell_table():
+    assert rnnsent.CELLS == tuple(CELL_TABLE) and KERAS_CELL_NAMES == {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+    for name, cell in CELL_TABLE.items():
+        model = SentimentRNN(name, vocab_size=10, embed_dim=2, hidden_size=3)
+        assert model.rnn.weight_hh_l0.shape == (cell.gates * 3, 3)  # PyTorch's layer agrees on the gate count
+        assert sorted(cell.keras_gate_order) == list(range(cell.gates))
+
+
+def _old_config(tmp_path, **overrides) -> TrainConfig:
+    """The settings the fixture run was trained with (tests/fixtures/checkpoints_08ac52f)."""
+    return fixture_config(tmp_path, vocab_size=300, embed_dim=8, hidden_size=6, embed_dropout=0.2, seed=7, **overrides)
+
+
+def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
+    # Written at 08ac52f by Trainer(TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60,
+    # epochs=1, batch_size=4, embed_dropout=0.2, seed=7, data_root="tests/fixtures/imdb/reviews.json",
+    # expected_per_block=6, out="old-run", val_fraction=0.25, threads=1)).fit(), when the default encoding was "fast".
+    assert load_checkpoint_state(OLD / "last.pt")["config"]["encoding"] == "fast"
+    loaded = load_checkpoint(OLD / "best.pt")
+    assert loaded.encoding == "bucketed" and loaded.model.config()["hidden_size"] == 6
+    assert [p.label for p in loaded.predict(["a fine film", "dull"])]  # reads text as it was trained to
+
+    Trainer(_old_config(tmp_path / "a", epochs=2, threads=1)).fit()  # today's code, uninterrupted
+    run = tmp_path / "b" / "run"
+    run.mkdir(parents=True)
+    shutil.copy(OLD / "last.pt", run / "last.pt")
+    Trainer(_old_config(tmp_path / "b", epochs=2, threads=1, resume=str(run / "last.pt"))).fit()
+    assert_same_weights(weights(run / "last.pt"), weights(tmp_path / "a" / "run" / "last.pt"))
+    with pytest.raises(CheckpointError, match="encoding: checkpoint 'bucketed', now 'keras'"):
+        Trainer(_old_config(tmp_path / "c", epochs=2, encoding="keras", resume=str(OLD / "last.pt")))
