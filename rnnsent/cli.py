@@ -1,4 +1,5 @@
-"""Command lines for train / evaluate / predict. scripts/*.py call these; all work happens in the library."""
+"""Command lines for train / evaluate / predict. scripts/*.py and the `rnnsent` command call these; all work
+happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.checkpoint import CheckpointError, CheckpointWriteError
-from rnnsent.train import (AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES, NonFiniteLoss, TrainConfig,
-                           TrainingInterrupted)
+from rnnsent.config import AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES, TrainConfig
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -51,15 +50,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p = _Parser(
-        prog="train.py",
+        prog=prog,
         description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
                     "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
                     "--recipe picks a documented set of training settings, explicit flags override it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = TrainConfig()
+    # The defaults, read without making a TrainConfig (that checks the cell with rnnsent.models, importing torch).
+    d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(TrainConfig)})
     a = p.add_argument
     a("--recipe", choices=sorted(RECIPES), default=None,
       help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()))
@@ -137,12 +137,16 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def _user_errors():
     import rnnsent.data
+    from rnnsent.checkpoint import CheckpointError
 
     return (ValueError, OSError, CheckpointError, getattr(rnnsent.data, "DataError", ValueError))
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    args = train_parser(prog).parse_args(argv)
+    from rnnsent.checkpoint import CheckpointWriteError
+    from rnnsent.train import NonFiniteLoss, TrainingInterrupted
+
     try:
         config = config_from_args(args)
         from rnnsent.train import train
@@ -159,8 +163,8 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="evaluate.py", description="Test accuracy, loss and confusion counts of a checkpoint.")
+def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
+    p = _Parser(prog=prog, description="Test accuracy, loss and confusion counts of a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
     p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
@@ -193,8 +197,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def predict_main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="predict.py", description="Sentiment of review texts with a trained checkpoint.")
+def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
+    p = _Parser(prog=prog, description="Sentiment of review texts with a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
     p.add_argument("texts", nargs="*", help="review texts")
     p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
