@@ -6,6 +6,7 @@ import argparse
 import codecs
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -135,6 +136,30 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+class _StderrLines(logging.StreamHandler):
+    """rnnsent's log lines (which checkpoint was loaded, the fused kernel's first build) as plain lines on
+    whatever sys.stderr is at the time."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _show_log() -> None:
+    logger = logging.getLogger("rnnsent")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+        logger.setLevel(logging.INFO)
+
+
 def _user_errors():
     import rnnsent.data
     from rnnsent.checkpoint import CheckpointError
@@ -165,7 +190,8 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
 
 def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     p = _Parser(prog=prog, description="Test accuracy, loss and confusion counts of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
     p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
@@ -177,6 +203,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     p.add_argument("--batch-size", type=_positive_int, default=512)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    _show_log()
     try:
         from rnnsent.checkpoint import load_checkpoint
         from rnnsent.evaluate import evaluate
@@ -199,12 +226,14 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
 
 def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     p = _Parser(prog=prog, description="Sentiment of review texts with a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("texts", nargs="*", help="review texts")
     p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     args = p.parse_args(argv)
+    _show_log()
     try:
         from rnnsent.checkpoint import load_checkpoint
         from rnnsent.train import resolve_device

@@ -89,6 +89,15 @@ def test_bad_flag_through_the_command_names_the_command():
     assert proc.stderr.strip() == "rnnsent train: error: argument --epochs: must be at least 1, got 0 (see --help)"
 
 
+def test_predict_with_a_released_model_by_name_from_another_folder(tmp_path):
+    proc = python("-m", "rnnsent", "predict", "--checkpoint", "gru", "--json",
+                  "A moving, beautifully acted film. I loved it.", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line)["label"] == "positive"
+    assert f"the released gru model, {ROOT / 'rnnsent' / 'released' / 'gru.pt'}" in proc.stderr
+
+
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
 def test_ahead_of_time_build_says_where_the_kernel_is():
     proc = python("-m", "rnnsent.fused", "--build", timeout=600)
