@@ -1,38 +1,51 @@
 """rnnsent: Keras-exact recurrent sentiment classifiers on IMDB, trained fast in PyTorch.
 
     model = rnnsent.SentimentRNN("gru")                 # Embedding(5000, 32) -> GRU(100) -> Dense(1)
-    loaded = rnnsent.load_checkpoint("runs/gru")        # model + vocabulary + encoding settings
+    loaded = rnnsent.load_checkpoint("gru")             # a released model by name, or a file / run folder
     rnnsent.predict(loaded, ["A wonderful film."])      # probabilities and labels
     model = rnnsent.from_keras("gru_model.h5")          # a Keras 2 or 3 model, no TensorFlow needed
 """
-from rnnsent.models import CELLS, SentimentRNN, count_parameters
-from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CELLS", "SentimentRNN", "count_parameters", "KerasFormatError", "from_keras", "to_keras", "save_keras",
-    "load_checkpoint", "predict", "TrainConfig", "train", "__version__",
-]
+# Where each public name lives. Each module is imported on first use of one of its names, so that
+# `import rnnsent` (and with it the `rnnsent` command's --help) loads neither torch nor the data pipeline.
+_EXPORTS = {
+    "CELLS": "rnnsent.models", "SentimentRNN": "rnnsent.models", "count_parameters": "rnnsent.models",
+    "KerasFormatError": "rnnsent.keras_io", "from_keras": "rnnsent.keras_io", "to_keras": "rnnsent.keras_io",
+    "save_keras": "rnnsent.keras_io",
+    "load_checkpoint": "rnnsent.checkpoint",
+    "TrainConfig": "rnnsent.config",
+    "train": "rnnsent.train",
+}
+
+__all__ = [*_EXPORTS, "predict", "__version__"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below does this on demand
+    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.config import TrainConfig
+    from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
+    from rnnsent.models import CELLS, SentimentRNN, count_parameters
+    from rnnsent.train import train
 
 
-def __getattr__(name):
-    # The trainer, checkpoints and prediction pull in the data pipeline; import them on first use so
-    # `import rnnsent` stays light for code that only wants the model.
-    if name == "load_checkpoint":
-        from rnnsent.checkpoint import load_checkpoint
-
-        return load_checkpoint
-    if name == "predict":
-        return _predict
-    if name in ("TrainConfig", "train"):
-        import rnnsent.train as t
-
-        return getattr(t, name)
-    raise AttributeError(f"module 'rnnsent' has no attribute {name!r}")
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rnnsent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
-def _predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras", device=None, batch_size: int = 256):
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras", device=None, batch_size: int = 256):
     """Sentiment of raw review texts, from a loaded checkpoint or from a model plus its vocabulary."""
     from rnnsent.checkpoint import LoadedModel
     from rnnsent.evaluate import predict

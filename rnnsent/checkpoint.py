@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,10 @@ from rnnsent.runtime import rng_state, set_rng_state
 
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
+# The released models (README, Results), installed with the package: load_checkpoint("gru") finds them.
+RELEASED = Path(__file__).resolve().parent / "released"
+RELEASED_NAMES = ("gru", "lstm", "rnn")
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -158,8 +163,22 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """An existing file or folder as it is; otherwise a released model's name (gru, lstm, rnn) -> its file
+    in the package. A path always wins over a name; the log (logger rnnsent.checkpoint) says which."""
+    given, name = Path(path), str(path).strip().lower()
+    if name not in RELEASED_NAMES:
+        return given
+    if given.exists():
+        log.info(f"checkpoint {str(path)!r}: {given.resolve()} (a path here wins over the released model {name})")
+        return given
+    log.info(f"checkpoint {str(path)!r}: the released {name} model, {RELEASED / f'{name}.pt'}")
+    return RELEASED / f"{name}.pt"
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "LoadedModel":
-    """Rebuild the model from a checkpoint (a file, or a run folder holding best.pt/last.pt).
+    """Rebuild the model from a checkpoint (a file, a run folder holding best.pt/last.pt, or the name of a
+    released model: "gru", "lstm" or "rnn"; an existing path of that name wins).
 
     Returns a LoadedModel: the model in eval mode on `device`, its vocabulary and the encoding
     settings it was trained with, so `rnnsent.predict(loaded, texts)` needs nothing else.
@@ -167,6 +186,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     from rnnsent.data import Vocab
     from rnnsent.models import SentimentRNN
 
+    path = resolve_checkpoint(path)
     state = load_checkpoint_state(path)
     # Everything below comes from the file: check it before it can reach a constructor or an index.
     config = state["model_config"]

@@ -1,18 +1,18 @@
-"""Command lines for train / evaluate / predict. scripts/*.py call these; all work happens in the library."""
+"""Command lines for train / evaluate / predict. scripts/*.py and the `rnnsent` command call these; all work
+happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
 import argparse
 import codecs
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from rnnsent.checkpoint import CheckpointError, CheckpointWriteError
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, RECIPES, SCHEDULES, TrainConfig,
                             canonical_cell)
-from rnnsent.train import NonFiniteLoss, TrainingInterrupted
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -62,9 +62,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p = _Parser(
-        prog="train.py",
+        prog=prog,
         description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
                     "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
                     "--recipe picks a documented set of training settings, explicit flags override it.",
@@ -144,14 +144,42 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+class _StderrLines(logging.StreamHandler):
+    """rnnsent's log lines (which checkpoint was loaded, the fused kernel's first build) as plain lines on
+    whatever sys.stderr is at the time."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _show_log() -> None:
+    logger = logging.getLogger("rnnsent")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+        logger.setLevel(logging.INFO)
+
+
 def _user_errors():
     import rnnsent.data
+    from rnnsent.checkpoint import CheckpointError
 
     return (ValueError, OSError, CheckpointError, getattr(rnnsent.data, "DataError", ValueError))
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    args = train_parser(prog).parse_args(argv)
+    from rnnsent.checkpoint import CheckpointWriteError
+    from rnnsent.train import NonFiniteLoss, TrainingInterrupted
+
     try:
         config = config_from_args(args)
         from rnnsent.train import train
@@ -168,9 +196,10 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="evaluate.py", description="Test accuracy, loss and confusion counts of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
+def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
+    p = _Parser(prog=prog, description="Test accuracy, loss and confusion counts of a checkpoint.")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
     p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
@@ -182,6 +211,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=_positive_int, default=512, help="reviews per batch [512]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    _show_log()
     try:
         from rnnsent.checkpoint import load_checkpoint
         from rnnsent.evaluate import evaluate
@@ -202,14 +232,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def predict_main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="predict.py", description="Sentiment of review texts with a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder (its best.pt)")
+def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
+    p = _Parser(prog=prog, description="Sentiment of review texts with a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("texts", nargs="*", help="review texts")
     p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     args = p.parse_args(argv)
+    _show_log()
     try:
         from rnnsent.checkpoint import load_checkpoint
         from rnnsent.runtime import resolve_device

@@ -6,16 +6,22 @@ kernel runs a whole sequence per call: per step one small GEMM and one vectorise
 split across threads, and dW_hh and db_hh summed per thread inside the backward loop. See the .cpp
 for the maths.
 
-The kernel is built with torch.utils.cpp_extension (a C++ compiler and ninja; ~15 s once per machine,
-then cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Where it cannot be built the
-models fall back to PyTorch's layers and `status()` says why. Nothing here changes the model's
-parameters: the fused and stock paths compute the same function on the same weights.
+The kernel is built with torch.utils.cpp_extension (a C++ compiler and ninja; ~15-20 s once per
+machine, then cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). The first build says so
+in one log line (logger "rnnsent.fused", level WARNING so that it shows without any logging set up);
+`python -m rnnsent.fused --build` builds it ahead of time (a Dockerfile step). Where it cannot be built
+the models fall back to PyTorch's layers, say so once per process, and `status()` says why. Nothing
+here changes the model's parameters: the fused and stock paths compute the same function on the same
+weights.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import logging
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +37,7 @@ STALE_LOCK_S = 600.0  # a build lock older than this belongs to a build that die
 _lock = threading.Lock()
 _loaded: bool | None = None  # None: not tried yet
 _error: str | None = None
+log = logging.getLogger(__name__)
 
 
 def _cpu_key() -> str:
@@ -114,6 +121,9 @@ def available() -> bool:
             # -fopenmp: at::parallel_for is inline OpenMP, serial without it (it then binds to the libgomp
             # that PyTorch already loaded).
             name = _build_name()
+            if needs_build():  # a silent stall of 15-20 s looks like a hang: say what it is, once
+                log.warning(f"rnnsent: compiling the fused CPU kernel (once per machine, about 15-20 s; cached in "
+                            f"{build_directory(name)}; `python -m rnnsent.fused --build` does it ahead of time)")
             flags = ["-O3", "-fno-trapping-math"]
             try:
                 _build(name, flags + ["-march=native", "-fopenmp"])
@@ -125,6 +135,7 @@ def available() -> bool:
             lines = str(e).strip().splitlines()
             errors = [line for line in lines if "error" in line.lower()]  # the compiler's own words first
             _loaded, _error = False, f"{type(e).__name__}: {(errors or lines or [''])[0].strip()}"
+            log.warning(f"rnnsent: using {status()}")  # once: _loaded is settled for this process
     return _loaded
 
 
@@ -158,12 +169,43 @@ class _Sequence(torch.autograd.Function):
         return None, dx, dw, db, None, None
 
 
-@torch.compiler.disable  # an opaque C++ call: torch.compile runs it as it is, between compiled graphs
-def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-               lengths: torch.Tensor) -> torch.Tensor:
-    """The recurrent layer's state after each sequence's last real step, [B, H], from time-major input
-    projections x_proj = x @ W_ih^T + b_ih of shape [T, B, G*H] and lengths [B] in [1, T]."""
+def _last_state(cell, x_proj, w_hh, b_hh, lengths):
     # Keep every step for backward only when a gradient will be asked for (grad mode is off inside forward).
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, w_hh, b_hh))
     return _Sequence.apply(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
                            lengths.to(device="cpu", dtype=torch.long).contiguous(), save)
+
+
+# Under torch.compile the C++ call stays opaque: it runs as it is, between compiled graphs.
+# torch._disable_dynamo is torch.compiler.disable applied on first call; decorating with the latter
+# would import torch._dynamo (about a second) with rnnsent, for everyone, compiling or not.
+_opaque_last_state = torch._disable_dynamo(_last_state)
+
+
+def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
+               lengths: torch.Tensor) -> torch.Tensor:
+    """The recurrent layer's state after each sequence's last real step, [B, H], from time-major input
+    projections x_proj = x @ W_ih^T + b_ih of shape [T, B, G*H] and lengths [B] in [1, T]."""
+    if torch.compiler.is_compiling():  # True only while dynamo traces; eager calls never load it
+        return _opaque_last_state(cell, x_proj, w_hh, b_hh, lengths)
+    return _last_state(cell, x_proj, w_hh, b_hh, lengths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rnnsent.fused", description=(
+        "rnnsent's fused CPU kernel. --build compiles it now (once per machine, about 15-20 s) instead of on "
+        "first use, for example in a Dockerfile; the build is cached under TORCH_EXTENSIONS_DIR or "
+        "~/.cache/torch_extensions."))
+    p.add_argument("--build", action="store_true", help="compile (or load) the kernel now and say where it is")
+    if not p.parse_args(argv).build:
+        p.print_help()
+        return 0
+    ok = available()
+    print(status())
+    if ok:
+        print(f"cached in {build_directory(_build_name()).parent}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,15 +62,13 @@ def uses_fused(impl: str, tokens: torch.Tensor, dtype: torch.dtype) -> bool:
     return not reasons
 
 
-def describe(impl: str, device: torch.device, log=None) -> str:
+def describe(impl: str, device: torch.device) -> str:
     """What runs the recurrent layer on `device`, for logs and reports. impl="fused" raises here, where the
-    kernel cannot run, rather than mid-epoch; `log` hears about a first-time build."""
+    kernel cannot run, rather than mid-epoch; a first-time build announces itself (rnnsent.fused)."""
     if device.type != "cpu":
         return "PyTorch's layers (cuDNN on CUDA)"
     if impl == "torch":
         return "PyTorch's stock layers (rnn_impl=torch)"
-    if log is not None and fused.needs_build():
-        log("compiling rnnsent's fused CPU kernel (once per machine, about 15 s)")
     uses_fused(impl, torch.zeros(1, 1, dtype=torch.long), torch.float32)
     return fused.status()
 

@@ -184,7 +184,7 @@ class Trainer:
 
     def rnn_implementation(self) -> str:
         """What runs the recurrent layer in this run, for logs and reports."""
-        return recurrent.describe(self.config.rnn_impl, self.device, log=self.log)
+        return recurrent.describe(self.config.rnn_impl, self.device)
 
     def fit(self) -> dict:
         """Train to the configured number of epochs (or early stop), then report test metrics."""

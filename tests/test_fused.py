@@ -251,6 +251,9 @@ def test_first_build_after_a_killed_build_does_not_hang(tmp_path):
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # A first build says so, once, with where it goes (a 15-20 s silence looks like a hang).
+    assert proc.stderr.count("rnnsent: compiling the fused CPU kernel (once per machine") == 1, proc.stderr
+    assert str(tmp_path) in proc.stderr
 
 
 def test_needs_build_says_whether_a_compile_is_coming(monkeypatch, tmp_path):

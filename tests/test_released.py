@@ -1,15 +1,17 @@
-"""The released checkpoints under checkpoints/: they load, describe themselves, and read real reviews."""
+"""The released checkpoints (rnnsent/released/, package data): they load by name, describe themselves, and
+read real reviews; a path always wins over a released name."""
 import json
-from pathlib import Path
+import logging
+import shutil
 
 import pytest
 import torch
 
 import rnnsent
+from rnnsent.checkpoint import RELEASED, RELEASED_NAMES
 from rnnsent.models import count_parameters
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-INDEX = json.loads((CHECKPOINTS / "RESULTS.json").read_text())
+INDEX = json.loads((RELEASED / "RESULTS.json").read_text())
 RNN_PARAMS = {"lstm": 53_200, "gru": 40_200, "rnn": 13_300}
 
 POSITIVE = ("One of the best films I have seen in years. The acting is superb, the story is moving and "
@@ -21,7 +23,7 @@ NEGATIVE = ("This was a terrible movie. The plot made no sense, the acting was a
 @pytest.mark.parametrize("cell", sorted(INDEX))
 def test_released_checkpoint_loads_and_predicts(cell):
     entry = INDEX[cell]
-    loaded = rnnsent.load_checkpoint(CHECKPOINTS / entry["file"])
+    loaded = rnnsent.load_checkpoint(RELEASED / entry["file"])
     assert loaded.model.cell == cell
     assert count_parameters(loaded.model.rnn) == RNN_PARAMS[cell]
     assert loaded.model.vocab_size == 5000 and len(loaded.vocab) == 5000
@@ -33,12 +35,37 @@ def test_released_checkpoint_loads_and_predicts(cell):
         assert empty.probability == pytest.approx(torch.sigmoid(loaded.model(torch.tensor([[1]]))).item(), abs=1e-6)
 
 
+def test_released_names_are_the_indexed_files():
+    assert sorted(RELEASED_NAMES) == sorted(INDEX) and all(INDEX[n]["file"] == f"{n}.pt" for n in INDEX)
+
+
+@pytest.mark.parametrize("name", RELEASED_NAMES)
+def test_released_model_loads_by_name_from_any_folder(name, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # no repo around: the name alone finds the file in the package
+    caplog.set_level(logging.INFO, logger="rnnsent")
+    loaded = rnnsent.load_checkpoint(name)
+    assert loaded.path == RELEASED / f"{name}.pt" and loaded.model.cell == name
+    assert f"the released {name} model" in caplog.text and str(RELEASED / f"{name}.pt") in caplog.text
+
+
+def test_an_existing_path_wins_over_a_released_name(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gru").mkdir()
+    shutil.copyfile(RELEASED / "rnn.pt", tmp_path / "gru" / "best.pt")  # a run folder that happens to be called gru
+    caplog.set_level(logging.INFO, logger="rnnsent")
+    loaded = rnnsent.load_checkpoint("gru")
+    assert loaded.model.cell == "rnn"
+    assert "a path here wins over the released model gru" in caplog.text
+    ref = rnnsent.load_checkpoint(RELEASED / "rnn.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), ref.model.state_dict().values()))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", sorted(INDEX))
 def test_released_checkpoint_matches_the_table_on_the_full_test_split(cell):
     """Not in CI: needs the full IMDB data (RNNSENT_DATA or the cache)."""
     from rnnsent.evaluate import evaluate
 
-    loaded = rnnsent.load_checkpoint(CHECKPOINTS / INDEX[cell]["file"])
+    loaded = rnnsent.load_checkpoint(RELEASED / INDEX[cell]["file"])
     data = loaded.prepare_data()
     assert evaluate(loaded.model, data.test)["accuracy"] == pytest.approx(INDEX[cell]["test_accuracy"], abs=1e-6)

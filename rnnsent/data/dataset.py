@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from rnnsent.data.text import (
 # Caches are keyed by the encoding's name from before "fast" became "bucketed", so they keep hitting.
 _CACHE_NAMES = {"keras": "keras", "bucketed": "fast"}
 CACHE_VERSION = 1  # bump when the stored layout or the preparation itself changes
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def prepare_imdb(
             meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
             return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
         except Exception as e:  # any unreadable cache is rebuilt; the data itself is still there
-            warnings.warn(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {e}); rebuilding it", stacklevel=2)
+            log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {e}); rebuilding it")
 
     t0 = time.perf_counter()
     splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit, expected_per_block)

@@ -25,6 +25,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -33,7 +34,6 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.request
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,8 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from rnnsent.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 STANFORD_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 STANFORD_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
@@ -317,7 +319,8 @@ def find_imdb(root: str | os.PathLike | None = None, cache_dir: str | os.PathLik
                 path = fetch(cache)
             except (OSError, ChecksumError, subprocess.SubprocessError) as e:
                 failures.append(f"  - {what}: {e}")
-                warnings.warn(f"fetching IMDB by {what} failed ({e}); trying the next way", stacklevel=2)
+                # A line in the log, not a Python warning: the user needs what failed, not our source line.
+                log.warning(f"fetching IMDB by {what} failed ({' '.join(str(e).split())}); trying the next way")
                 continue
             src = probe(path)
             if src is not None:
