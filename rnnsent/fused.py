@@ -22,6 +22,12 @@ from pathlib import Path
 
 import torch
 
+# MKL's conditional numerical reproducibility, strict: its GEMMs (the input projection around the kernel and
+# its backward) give the same bits for any thread count, as the kernel does. MKL reads this at its first
+# call, so it is set on import; a value the user set wins, and code that ran MKL before importing rnnsent
+# keeps MKL's default (results then may differ in the last bits between thread counts).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 CELL_IDS = {"lstm": 0, "gru": 1, "rnn": 2}  # the kernel's cell numbers
 IMPLS = ("auto", "fused", "torch")
 SOURCE = Path(__file__).resolve().parent / "csrc" / "recurrent_cpu.cpp"
