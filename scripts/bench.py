@@ -23,6 +23,7 @@ are per-thread state that OpenMP workers copy when they start (see run_job).
         --data /work/data/package/reviews.json --limit 4978 --json /work/bench-results/cpu.json
     python scripts/bench.py --smoke --json /tmp/smoke.json          # seconds, fixture data (CI)
     python scripts/bench.py --ablation --cells gru ...              # the CPU levers, one at a time
+    python scripts/bench.py --busy --repeats 5 ...                  # idle vs beside a busy process (bench_busy.py)
 
 This module deliberately imports torch only inside functions: the Keras worker (the same file run
 with --keras-worker) must not load PyTorch into a TensorFlow process.
@@ -624,6 +625,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keras-backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"),
                    help="auto: tensorflow where importable, else torch")
     p.add_argument("--ablation", action="store_true", help="time rnnsent with each CPU lever toggled (TrainConfig fields)")
+    p.add_argument("--busy", type=int, nargs="?", const=1, default=0, metavar="N",
+                   help="rnnsent only: default threads and 1 thread, idle and beside N (default 1) busy processes "
+                        "of the bench's own, medians of --repeats interleaved runs (scripts/bench_busy.py)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per condition for --busy")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of rnnsent training steps per cell")
     p.add_argument("--isolation", choices=("process", "none"), default=None,
                    help="process: each timed torch run in a fresh process, flush-to-zero set before its first op "
@@ -689,7 +694,17 @@ def main(argv=None) -> int:
             result["profiles"][cell] = text
             print(text, flush=True)
 
-    if args.ablation:
+    if args.busy:
+        import bench_busy
+
+        def time_job(cell, threads):
+            overrides = {} if threads is None else {"threads": threads}
+            return run_job(args, rnnsent_job(args, cell, overrides=overrides), data)
+
+        result["busy"] = bench_busy.run(args.cells, args.repeats, args.busy, time_job,
+                                        log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(bench_busy.format_table(result["busy"], args.threads or os.cpu_count()), flush=True)
+    elif args.ablation:
         for cell in args.cells:
             result["ablation"] += ablations(args, cell, data)
         print(format_ablation(result["ablation"], f"ablation ({mode}; {scope})"), flush=True)
