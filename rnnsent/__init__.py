@@ -5,6 +5,17 @@
     rnnsent.predict(loaded, ["A wonderful film."])      # probabilities and labels
     model = rnnsent.from_keras("gru_model.h5")          # a Keras 2 or 3 model, no TensorFlow needed
 """
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    # OpenMP threads that finish their share of a parallel section sleep instead of spinning (libgomp spins
+    # ~300,000 rounds by default). On a busy machine a spinning thread holds the core that its descheduled
+    # partner needs: two threads ran at 0.3-0.6x of one thread beside a busy process (issue 17). libgomp
+    # reads this once, when PyTorch loads it, hence here and only before torch is imported; a value the
+    # user set wins.
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from rnnsent.models import CELLS, SentimentRNN, count_parameters
 from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
 

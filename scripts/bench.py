@@ -502,9 +502,11 @@ def run_job(args, job: dict, data=None) -> dict:
 
 
 def torch_worker(args, spec_path: str) -> None:
+    job = json.loads(Path(spec_path).read_text())
+    if job["kind"] != "plain":
+        import rnnsent  # noqa: F401 (before torch, as in rnnsent's command line: its OpenMP settings)
     import torch
 
-    job = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(job["threads"])
     torch.set_flush_denormal(job["ftz"])  # before the first op: every OpenMP worker inherits it
     result = execute_job(args, job, prepare(args))
