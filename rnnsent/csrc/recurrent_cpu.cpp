@@ -215,16 +215,17 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor&
 
 // Rows per chunk. Smaller chunks would let more threads share a batch of 64 and balance better, but each
 // chunk pays for its own per-step GEMMs (W_hh packed per call, dW_hh accumulated with K = rows): 16 rows
-// cost one thread 12-23% more kernel time than 64, 32 rows about 4% (measured, see README). Changing it
+// cost one thread 12-23% more kernel time than 64 for GRU and SimpleRNN, 32 rows a few percent, within
+// the shared machine's noise (in-process A/B, medians; see README). Changing it
 // changes the rounding of results (not the maths), so it is a constant, never derived from the thread
 // count or the load.
 constexpr int64_t kChunkRows = 32;
 
 int64_t chunk_count(int64_t B) { return (B + kChunkRows - 1) / kChunkRows; }
 
-// Runs body(chunk, b0, b1) for every chunk [b0, b1) of the batch. Each thread
-// takes the next untaken chunk until none is left (dynamic scheduling); which thread runs which chunk
-// changes nothing in the results, since a chunk's work depends on its rows only.
+// Runs body(chunk, b0, b1) for every chunk [b0, b1) of the batch. Each thread takes the next untaken chunk
+// until none is left (dynamic scheduling); which thread runs which chunk changes nothing in the results,
+// since a chunk's work depends on its rows only.
 template <typename Body>
 void for_each_chunk(int64_t B, const Body& body) {
   const int64_t chunks = chunk_count(B);
