@@ -8,7 +8,22 @@
 from __future__ import annotations
 
 import importlib
+import os as _os
+import sys as _sys
 from typing import TYPE_CHECKING
+
+if "torch" not in _sys.modules:
+    # OpenMP threads that finish their share of a parallel section sleep instead of spinning (libgomp spins
+    # ~300,000 rounds by default). On a busy machine a spinning thread holds the core that its descheduled
+    # partner needs: two threads ran at 0.3-0.6x of one thread beside a busy process (issue 17). libgomp
+    # reads this once, when PyTorch loads it, hence here and only before torch is imported; a value the
+    # user set wins.
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MKL's conditional numerical reproducibility, strict: its GEMMs (the input projection around the fused kernel
+# and its backward) give the same bits for any thread count, as the kernel does. MKL reads this at its first
+# call, so it is set on import; a value the user set wins, and code that ran MKL before importing rnnsent
+# keeps MKL's default (results then may differ in the last bits between thread counts).
+_os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

@@ -124,6 +124,11 @@ def _glorot_uniform(fan_in: int, fan_out: int) -> torch.Tensor:
 def _orthogonal(rows: int, cols: int) -> torch.Tensor:
     """Keras' Orthogonal initializer for a (rows, cols) kernel: orthonormal rows or columns."""
     a = torch.randn(max(rows, cols), min(rows, cols))
-    q, r = torch.linalg.qr(a)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # LAPACK's rounding depends on its thread count: the same weights for any --threads
+    try:
+        q, r = torch.linalg.qr(a)
+    finally:
+        torch.set_num_threads(threads)
     q = q * torch.sign(torch.diagonal(r))  # make the decomposition unique, as Keras does
     return q.t() if rows < cols else q

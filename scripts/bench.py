@@ -12,6 +12,7 @@ PyTorch run gets a fresh process that sets its threads and flush-to-zero before 
     RNNSENT_CACHE=/work/cache python scripts/bench.py --data /work/data/package/reviews.json --limit 4978 --json cpu.json
     python scripts/bench.py --smoke --json /tmp/smoke.json          # seconds, fixture data (CI)
     python scripts/bench.py --ablation --cells gru ...              # the CPU levers, one at a time
+    python scripts/bench.py --busy --repeats 5 ...                  # idle vs beside a busy process (bench_busy.py)
 """
 from __future__ import annotations
 
@@ -269,9 +270,11 @@ def run_job(args, job: dict, data=None) -> dict:
 
 
 def torch_worker(args, spec_path: str) -> None:
+    job = json.loads(Path(spec_path).read_text())
+    if job["kind"] != "plain":
+        import rnnsent  # noqa: F401 (before torch, as in rnnsent's command line: its OpenMP settings)
     import torch
 
-    job = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(job["threads"])
     torch.set_flush_denormal(job["ftz"])  # before the first op: every OpenMP worker inherits it
     Path(job["out"]).write_text(json.dumps(execute_job(args, job, prepare(args))))
@@ -371,6 +374,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keras-backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"),
                    help="auto: tensorflow where importable, else torch [auto]")
     p.add_argument("--ablation", action="store_true", help="time rnnsent with each CPU lever toggled (TrainConfig fields)")
+    p.add_argument("--busy", type=int, nargs="?", const=1, default=0, metavar="N",
+                   help="rnnsent only: default threads and 1 thread, idle and beside N busy processes of the "
+                        "bench's own, medians of --repeats interleaved runs (scripts/bench_busy.py) [off; N: 1]")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per condition for --busy [5]")
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # removed; main() says what to do instead
     p.add_argument("--isolation", choices=("process", "none"), default=None,
                    help="process: each timed torch run in a fresh process, flush-to-zero set before its first op; "
@@ -429,7 +436,17 @@ def main(argv=None) -> int:
     result = {"machine": info, "args": {k: v for k, v in vars(args).items() if k not in ("torch_worker", "argv")},
               "command": [sys.executable, str(Path(__file__).resolve()), *args.argv], "mode": mode,
               "train_reviews": n_train, "test_reviews": n_test, "rows": [], "ratios": [], "ablation": []}
-    if args.ablation:
+    if args.busy:
+        import bench_busy
+
+        def time_job(cell, threads):
+            overrides = {} if threads is None else {"threads": threads}
+            return run_job(args, rnnsent_job(args, cell, overrides=overrides), data)
+
+        result["busy"] = bench_busy.run(args.cells, args.repeats, args.busy, time_job,
+                                        log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(bench_busy.format_table(result["busy"], args.threads or os.cpu_count()), flush=True)
+    elif args.ablation:
         for cell in args.cells:
             result["ablation"] += ablations(args, cell, data)
         print(format_table(result["ablation"], [], f"ablation ({mode}; {scope})", ablation=True), flush=True)

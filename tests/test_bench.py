@@ -45,3 +45,20 @@ def test_bench_large_batch_is_labelled_and_runs_isolated(tmp_path):
     assert {r["system"] for r in result["rows"]} == {"rnnsent", "plain+ftz"}
     assert all(r["samples_per_second"] > 0 and r["flush_denormal"] for r in result["rows"])
     assert "LARGE-BATCH MODE" in proc.stdout
+
+
+def test_bench_busy_mode_reports_idle_and_busy_medians(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--busy", "--repeats", "2", "--cells", "rnn",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    busy = json.loads(out.read_text())["busy"]
+    assert busy["repeats"] == 2 and busy["neighbours"] == 1 and len(busy["runs"]) == 8
+    rows = {(e["state"], e["threads"]): e for e in busy["summary"]}
+    assert set(rows) == {("idle", "default"), ("idle", 1), ("busy", "default"), ("busy", 1)}
+    for (state, threads), e in rows.items():
+        runs = sorted(r["samples_per_second"] for r in busy["runs"] if (r["state"], r["threads"]) == (state, threads))
+        assert e["samples_per_second"] == (runs[0] + runs[1]) / 2  # the median of the two repeats
+        assert e["vs_one_thread"] == e["samples_per_second"] / rows[(state, 1)]["samples_per_second"]
+    assert "busy-machine comparison" in proc.stdout and "target >= 0.9x" in proc.stdout

@@ -5,10 +5,14 @@
 // of each step (forward and backward). Here one call runs the whole sequence:
 //   * the input projection x @ W_ih^T + b_ih for all steps is done outside, in one large product;
 //   * each step is one small GEMM (h @ W_hh^T) plus one vectorised loop for the gates;
-//   * the batch is split into one contiguous slice per thread, and each thread runs its slice
-//     through all time steps alone, so threads never wait for each other inside the time loop;
-//   * backward adds each step's share of dW_hh and db_hh into per-thread sums while that step's
-//     gradients are still in cache, instead of a pass over all of them afterwards.
+//   * the batch is cut into chunks of a fixed number of rows (kChunkRows, whatever the thread count), and
+//     a thread runs one chunk through all time steps alone, so threads never wait for each other inside
+//     the time loop. Threads take the next chunk as they free up (an atomic counter), so a thread that
+//     the OS deschedules on a busy machine delays only its own chunk, not a fixed share of the batch;
+//   * backward adds each step's share of dW_hh and db_hh into per-chunk sums while that step's
+//     gradients are still in cache, and adds the chunks' sums in chunk order at the end. Every float
+//     operation therefore happens in the same order for any thread count: results are bit-identical
+//     for 1, 2 or 64 threads (they depend on the batch and kChunkRows only).
 // Gate order and equations are PyTorch's (and so Keras', after rnnsent's gate permutation):
 //   GRU  r, z, n:   n = tanh(x_n + r * (h W_hn + b_hn)),  h' = n + z * (h - n)
 //   LSTM i, f, g, o: c' = f c + i g,  h' = o tanh(c')
@@ -19,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -29,6 +35,10 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL's per-thread thread count (0 restores the global one), Fortran interface (the one PyTorch's wheels
+// export; it takes a pointer). A chunk's small products must run on its own thread: a multi-threaded MKL
+// call opens a parallel region per time step, and its rounding may depend on how many threads it uses.
+extern "C" int mkl_set_num_threads_local_(const int* nt) __attribute__((weak));
 
 namespace {
 
@@ -203,10 +213,46 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor&
               "rnnsent fused kernel: lengths must be an int64 tensor [B]");
 }
 
-// Rows per thread: one contiguous chunk of the batch each, as even as the thread count allows.
-int64_t chunk_rows(int64_t B) {
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
-  return (B + threads - 1) / threads;
+// Rows per chunk. Smaller chunks would let more threads share a batch of 64 and balance better, but each
+// chunk pays for its own per-step GEMMs (W_hh packed per call, dW_hh accumulated with K = rows): 16 rows
+// cost one thread 12-23% more kernel time than 64 for GRU and SimpleRNN, 32 rows a few percent, within
+// the shared machine's noise (in-process A/B, medians; see README). Changing it
+// changes the rounding of results (not the maths), so it is a constant, never derived from the thread
+// count or the load.
+constexpr int64_t kChunkRows = 32;
+
+int64_t chunk_count(int64_t B) { return (B + kChunkRows - 1) / kChunkRows; }
+
+// Runs body(chunk, b0, b1) for every chunk [b0, b1) of the batch. Each thread takes the next untaken chunk
+// until none is left (dynamic scheduling); which thread runs which chunk changes nothing in the results,
+// since a chunk's work depends on its rows only.
+template <typename Body>
+void for_each_chunk(int64_t B, const Body& body) {
+  const int64_t chunks = chunk_count(B);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    const int one = 1;
+    const int saved = mkl_set_num_threads_local_ != nullptr ? mkl_set_num_threads_local_(&one) : 0;
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+      body(c, c * kChunkRows, std::min(B, (c + 1) * kChunkRows));
+    if (mkl_set_num_threads_local_ != nullptr) mkl_set_num_threads_local_(&saved);
+  });
+}
+
+// out = parts[0] + parts[1] + ... in that order, elementwise: the same bits whatever ran the parts.
+// Serial: a few hundred kB, not worth waking (or waiting for) other threads.
+at::Tensor sum_in_order(const at::Tensor& parts) {
+  const int64_t n = parts.size(0), m = parts[0].numel();
+  auto out = at::empty(parts.sizes().slice(1), parts.options());
+  float* o = out.data_ptr<float>();
+  const float* p = parts.data_ptr<float>();
+  std::memcpy(o, p, m * sizeof(float));
+  for (int64_t k = 1; k < n; ++k) {
+    const float* __restrict__ q = p + k * m;
+    for (int64_t j = 0; j < m; ++j) o[j] += q[j];
+  }
+  return out;
 }
 
 // Returns {last state [B, H], hs, act, extra}. With save (training) the last three hold every step for
@@ -242,7 +288,7 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
   float* extrap = extra.data_ptr<float>();
   float* lastp = last.data_ptr<float>();
   const float* wp = w_hh.data_ptr<float>();
-  at::parallel_for(0, B, chunk_rows(B), [&](int64_t b0, int64_t b1) {
+  for_each_chunk(B, [&](int64_t, int64_t b0, int64_t b1) {
     const int64_t nb = b1 - b0;
     auto g = at::empty({nb, G * H}, opts);
     float* gp = g.data_ptr<float>();
@@ -279,10 +325,10 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
   const auto grad_last = grad_last_in.to(at::kFloat).contiguous();
   auto opts = hs.options();
   auto dx = at::empty({T, B, GH}, opts);
-  // Each thread sums its rows' dW_hh and db_hh while their gradients are still in cache; the partial
-  // sums are added at the end (a [GH, H] matrix per thread, not a pass over every step's gradients).
-  const int64_t chunk = chunk_rows(B), parts = (B + chunk - 1) / chunk;
-  auto dw_part = at::zeros({parts, GH, H}, opts);
+  // Each chunk sums its rows' dW_hh and db_hh while their gradients are still in cache; the partial
+  // sums are added in chunk order at the end (a [GH, H] matrix per chunk, not a pass over every step).
+  const int64_t parts = chunk_count(B);
+  auto dw_part = at::empty({parts, GH, H}, opts);  // the first step's GEMM overwrites it (beta 0)
   auto db_part = at::zeros({parts, GH}, opts);
   const int64_t* len = lengths.data_ptr<int64_t>();
   const float* hsp = hs.data_ptr<float>();
@@ -291,9 +337,8 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
   const float* actp = act.data_ptr<float>();
   const float* extrap = extra.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
-  at::parallel_for(0, B, chunk, [&](int64_t b0, int64_t b1) {
-    const int64_t nb = b1 - b0, part = b0 / chunk;  // chunks start at multiples of chunk (or run inline from 0)
-    TORCH_CHECK(part < parts, "rnnsent fused kernel: unexpected batch split");
+  for_each_chunk(B, [&](int64_t part, int64_t b0, int64_t b1) {
+    const int64_t nb = b1 - b0;
     float* dwp = dw_part[part].data_ptr<float>();
     float* dbp = db_part[part].data_ptr<float>();
     auto dh = at::zeros({nb, H}, opts);         // dL/dh_{t+1} entering step t (GRU: the part through W_hh)
@@ -326,11 +371,11 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
         rnn_step_backward(nb * H, hsp + ((t + 1) * B + b0) * H, dhp, dxt);
       }
       gemm(false, false, nb, H, GH, drec, GH, wp, H, 0.0f, dhp, H);        // dL/dh_t = drec W_hh
-      gemm(true, false, GH, H, nb, drec, GH, h_prev, H, 1.0f, dwp, H);     // dW_hh += drec^T h_t
+      gemm(true, false, GH, H, nb, drec, GH, h_prev, H, t == T - 1 ? 0.0f : 1.0f, dwp, H);  // dW_hh += drec^T h_t
       add_column_sums(nb, GH, drec, dbp);                                  // db_hh += sum of drec
     }
   });
-  return {dx, dw_part.sum(0), db_part.sum(0)};
+  return {dx, sum_in_order(dw_part), sum_in_order(db_part)};
 }
 
 }  // namespace
