@@ -240,9 +240,40 @@ class LoadedModel:
                             val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("split_seed", 0),
                             limit=limit if limit is not None else cfg.get("limit"),
                             expected_per_block=expected_per_block or cfg.get("expected_per_block", 12500),
-                            root=root if root is not None else cfg.get("data_root"), cache_dir=cache_dir)
+                            root=data_root(root, cfg.get("data_root"), cache_dir), cache_dir=cache_dir)
         if data.vocab.to_dict() != self.vocab.to_dict():
             raise CheckpointError(
                 f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this data "
                 "(another source, --vocab-size or --limit); pass the data the model was trained on")
         return data
+
+
+def data_root(explicit, recorded, cache_dir=None):
+    """Where to read a checkpoint's data: `explicit` (--data), else RNNSENT_DATA, else the normal search
+    (the cache). The path `recorded` in the checkpoint is a path of the machine that trained it, so it
+    is only a hint, tried before a download when it exists here. Whatever is found is proved to be
+    the same data by the vocabulary check in LoadedModel.prepare_data, not by its path."""
+    from rnnsent.data.fetch import NoSourceError, find_imdb
+
+    if explicit is not None or os.environ.get("RNNSENT_DATA") or not recorded or not Path(str(recorded)).exists():
+        return explicit
+    try:
+        find_imdb(None, cache_dir, download=False)
+        return None
+    except NoSourceError:
+        return recorded
+
+
+# Config fields that name places on the machine that wrote a checkpoint: a released file must not carry them.
+MACHINE_PATHS = ("data_root", "cache_dir", "resume")
+
+
+def portable_state(state: dict) -> dict:
+    """`state` without the paths of the machine that wrote it, for files given to others (checkpoints/)."""
+    config = dict(state.get("config", {}))
+    for key in MACHINE_PATHS:
+        if key in config:
+            config[key] = None
+    if config.get("out"):
+        config["out"] = str(Path("runs") / Path(config["out"]).name)
+    return {**state, "config": config}

@@ -88,6 +88,44 @@ def test_evaluate_refuses_data_with_another_vocabulary(trained):
     assert "best.pt was trained with another vocabulary" in err
 
 
+def _moved(trained, tmp_path) -> Path:
+    """The run's best.pt as another machine sees it: the data path it recorded does not exist there."""
+    from rnnsent.checkpoint import load_checkpoint_state, save_checkpoint
+
+    state = load_checkpoint_state(trained / "run" / "best.pt")
+    assert state["config"]["data_root"] == str(FIXTURE)
+    state["config"]["data_root"] = "/machine/that/trained/it/reviews.json"
+    return save_checkpoint(tmp_path / "moved.pt", state)
+
+
+@pytest.mark.parametrize("where", ["RNNSENT_DATA", "--data", "cache"])
+def test_evaluate_ignores_a_recorded_data_path_that_is_not_here(trained, tmp_path, where):
+    """A checkpoint's recorded data path is a hint: --data, RNNSENT_DATA and the cache decide, and the
+    vocabulary check proves the data is the same."""
+    import shutil
+
+    ckpt, cache = _moved(trained, tmp_path), tmp_path / "cache"
+    cache.mkdir()
+    env, flags = {"RNNSENT_DATA": ""}, []
+    if where == "RNNSENT_DATA":
+        env["RNNSENT_DATA"] = str(FIXTURE)
+    elif where == "--data":
+        flags = ["--data", FIXTURE]
+    else:
+        shutil.copyfile(FIXTURE, cache / "reviews.json")
+    proc = run("evaluate.py", "--checkpoint", ckpt, "--cache-dir", cache, "--json", "--device", "cpu", *flags, env_extra=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads((trained / "run" / "report.json").read_text())
+    assert json.loads(proc.stdout.decode())["accuracy"] == pytest.approx(report["test_accuracy"])
+
+
+def test_evaluate_uses_the_recorded_path_when_nothing_else_has_data(trained, tmp_path):
+    proc = run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--cache-dir", tmp_path / "empty", "--json",
+               "--device", "cpu", env_extra={"RNNSENT_DATA": ""})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout.decode())["n"] == 12
+
+
 def test_library_calls_match_the_command_line(trained):
     import rnnsent
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import rnnsent
+from rnnsent.checkpoint import load_checkpoint_state
 from rnnsent.models import count_parameters
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -29,6 +30,44 @@ def test_released_checkpoint_loads_and_predicts(cell):
     assert pos.label == "positive" and pos.probability > 0.8
     assert neg.label == "negative" and neg.probability < 0.2
     assert 0.0 <= empty.probability <= 1.0
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def _absolute(text: str) -> bool:
+    return any(word.startswith(("/", "~")) or word[1:3] == ":\\" for word in text.split())
+
+
+@pytest.mark.parametrize("cell", sorted(INDEX))
+def test_released_files_hold_no_path_of_the_machine_that_made_them(cell):
+    state = load_checkpoint_state(CHECKPOINTS / INDEX[cell]["file"])
+    found = [s for s in _strings({k: v for k, v in state.items() if k != "vocab"}) if _absolute(s)]
+    assert not found, f"{cell}: {found}"
+    assert not _absolute(INDEX[cell]["command"]), INDEX[cell]["command"]
+
+
+@pytest.mark.parametrize("cell", sorted(INDEX))
+def test_released_command_gives_the_settings_the_file_holds(cell):
+    """Each recorded command, parsed as train.py parses it, asks for exactly the settings in its file,
+    PyTorch's layers included (the released models predate the fused kernel)."""
+    from rnnsent.cli import config_from_args, train_parser
+
+    argv = INDEX[cell]["command"].split()
+    assert argv[0] == "scripts/train.py"
+    asked = config_from_args(train_parser().parse_args(argv[1:])).to_dict()
+    saved = load_checkpoint_state(CHECKPOINTS / INDEX[cell]["file"])["config"]
+    assert asked["rnn_impl"] == "torch"
+    assert {k: v for k, v in saved.items()} == {k: asked[k] for k in saved}
 
 
 @pytest.mark.slow
