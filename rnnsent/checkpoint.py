@@ -57,11 +57,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             torch.save(envelope, f)
             f.flush()
             os.fsync(f.fileno())
-        if keep_previous and path.is_file():
+        # Never rotate a file that fails verification: after a fallback to last.prev.pt, the damaged last.pt
+        # must not replace the good file the run just resumed from.
+        if keep_previous and path.is_file() and _verifies(path):
             _link_or_copy(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException as e:
@@ -69,6 +72,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, RuntimeError) and not isinstance(e, NotImplementedError):
+            # torch's zip writer reports a failed write (disk full) as RuntimeError: it is an OSError here.
+            e = OSError(f"the write failed part-way (a full disk or a file-size limit?): {_first_line(e)}")
         if isinstance(e, OSError):
             raise CheckpointWriteError(
                 f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
@@ -79,13 +85,33 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make `dst` a complete copy of `src`, atomically: `dst` is the old or the new file, never half of one."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
+    # A name of our own (mkstemp's), not a fixed one another process could be using at the same moment.
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".link.tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        load_checkpoint_state(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_resume_state(path: str | os.PathLike) -> tuple[dict, str | None]:
