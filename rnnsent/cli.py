@@ -109,7 +109,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
     a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-      help="continue an interrupted run: a last.pt or run folder [the --out folder's last.pt]")
+      help="continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
+           "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]")
     a("--quiet", action="store_true", default=None, help="no progress bar or log lines")
     return p
 
@@ -149,7 +150,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
         report = train(config)
     except TrainingInterrupted as e:
-        return _fail(str(e), EXIT_INTERRUPTED)
+        return _fail(str(e), e.exit_code)
     except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
     except _user_errors() as e:

@@ -15,6 +15,7 @@ Fault injection, for tests only (read once per Trainer; unset in normal runs):
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -29,13 +30,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, load_resume_state,
-                                save_checkpoint)
+from rnnsent.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint_state, save_checkpoint
 from rnnsent.data import Batcher, prepare_imdb
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.fused import IMPLS
 from rnnsent.models import SentimentRNN, canonical_cell
+from rnnsent.runfolder import RunLock, load_resume, resume_path
 
 ENCODINGS = ("keras", "fast")
 AMPS = ("none", "bf16", "fp16")
@@ -181,7 +182,11 @@ def retain_freed_memory() -> bool:
 
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+    """Raised after Ctrl-C or SIGTERM; exit_code is what a shell reports for that signal (130, 143)."""
+
+    def __init__(self, message: str, exit_code: int = 128 + signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NonFiniteLoss(RuntimeError):
@@ -250,9 +255,14 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
                              "so that the global batch equals a one-process run's")
 
-        resume_state = None
+        resume, note = resume_path(config.resume, self.out)  # --resume auto / a run folder -> a file or None
+        if note:
+            self.log(note, always=True)
+        if resume != config.resume:
+            config = self.config = dataclasses.replace(config, resume=resume)
+        resume_state, self.resumed_from = None, None
         if config.resume:
-            resume_state, note = load_resume_state(config.resume)
+            resume_state, self.resumed_from, note = load_resume(config.resume)
             if note:
                 self.log(note, always=True)
             self._check_resume(resume_state)
@@ -348,7 +358,7 @@ class Trainer:
         self.epoch_seconds = p.get("epoch_seconds", 0.0)
         self.history = list(state.get("history", []))
         set_rng_state(state.get("rng_ranks", [state["rng"]])[self.dist.rank], self.device)
-        self.log(f"resumed from {self.config.resume}: epoch {self.epoch + 1}, step {self.step_in_epoch} "
+        self.log(f"resumed from {self.resumed_from}: epoch {self.epoch + 1}, step {self.step_in_epoch} "
                  f"of {len(self.train_batches)} (global step {self.global_step})")
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -418,25 +428,54 @@ class Trainer:
 
         if fused.needs_build():
             self.log("compiling rnnsent's fused CPU kernel (once per machine, about 15 s)")
-        self.model.uses_fused(torch.zeros(1, 1, dtype=torch.long))  # impl=fused: raise now, not mid-epoch
+        try:
+            self.model.uses_fused(torch.zeros(1, 1, dtype=torch.long))  # impl=fused: raise now, not mid-epoch
+        except RuntimeError as e:  # the kernel cannot run here: a usage error of one line, not a traceback
+            raise ValueError(str(e).replace("impl='fused'", "--rnn-impl fused")) from None
         return fused.status()
 
     def fit(self) -> dict:
         """Train to the configured number of epochs (or early stop), then report test metrics."""
         c = self.config
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
-            (self.out / "command.txt").write_text(" ".join(sys.argv) + "\n")
-        self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
-        self.log(f"recurrent layer: {self.rnn_implementation()}")
-        self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
-                 f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
-        stopped_early = False
-        while self.epoch < c.epochs and not stopped_early:
-            epoch_metrics = self.train_epoch()
-            stopped_early = self.end_epoch(epoch_metrics)
-        return self.finish()
+        with RunLock(self.out) if self.is_main else contextlib.nullcontext():  # one run at a time in --out
+            with self._interrupt:
+                try:
+                    self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
+                    self.log(f"recurrent layer: {self.rnn_implementation()}")  # may refuse: before anything is written
+                    if self.is_main:
+                        (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+                        (self.out / "command.txt").write_text(" ".join(sys.argv) + "\n")
+                    self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
+                             f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
+                    stopped_early = False
+                    while self.epoch < c.epochs and not stopped_early:
+                        epoch_metrics = self.train_epoch()
+                        stopped_early = self.end_epoch(epoch_metrics)
+                        if self.dist.any(self._interrupt.requested):  # a signal during validation: last.pt is saved
+                            raise self._interrupted(self.out / "last.pt")
+                except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is not whole, so nothing is saved
+                    raise TrainingInterrupted(
+                        f"stopped at once by a second Ctrl-C, in the middle of a step, without saving it; "
+                        f"{self._kept()}. Continue with the same command and --resume auto") from None
+            with _StopFlag(at_once=True) as flag:  # the final test: nothing to save, so any signal stops it now
+                try:
+                    return self.finish()
+                except KeyboardInterrupt:
+                    raise TrainingInterrupted(
+                        f"interrupted during the final test evaluation; training had finished and {self.out / 'best.pt'} "
+                        f"is saved: score it with scripts/evaluate.py --checkpoint {self.out / 'best.pt'}",
+                        128 + (flag.requested or signal.SIGINT)) from None
+
+    def _kept(self) -> str:
+        return (f"{self.out / 'last.pt'} keeps global step {self.saved_step}" if self.saved_step is not None
+                else "no checkpoint had been written yet")
+
+    def _interrupted(self, path) -> TrainingInterrupted:
+        signum = int(self._interrupt.requested) if self._interrupt.requested is not True else signal.SIGINT
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        return TrainingInterrupted(
+            f"stopped by {name}: interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path}. "
+            f"Continue with the same command and --resume {path} (or --resume auto)", 128 + signum)
 
     def train_epoch(self) -> dict:
         """Run (the rest of) the current epoch; return its training loss, accuracy and throughput."""
@@ -496,7 +535,7 @@ class Trainer:
                                     sps=f"{samples_done / (time.perf_counter() - t0):.0f}", refresh=False)
                 bar.update(1)
                 if self.dist.any(self._interrupt.requested):
-                    raise KeyboardInterrupt
+                    raise _StopRequested
                 if c.ckpt_every and self.global_step % c.ckpt_every == 0 and self.step_in_epoch < n_batches:
                     if int(bad_step) >= 0:
                         self._raise_non_finite(int(bad_step))
@@ -506,16 +545,13 @@ class Trainer:
                 if self._kill_at == self.global_step:  # fault injection (see the module docstring)
                     self.dist.barrier()
                     os.kill(os.getpid(), signal.SIGKILL)
-        except KeyboardInterrupt:
+        except _StopRequested:
             bar.close()
             self.epoch_seconds += time.perf_counter() - t0
-            # The first Ctrl-C only sets a flag that is read between steps (see _StopFlag), so the weights,
-            # optimizer, RNG and counters saved here all describe the same finished step.
+            # The first Ctrl-C or SIGTERM only sets a flag that is read between steps (see _StopFlag), so the
+            # weights, optimizer, RNG and counters saved here all describe the same finished step.
             path = self.save("last.pt")
-            raise TrainingInterrupted(
-                f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path}. "
-                f"Continue with the same command and --resume {path}"
-            ) from None
+            raise self._interrupted(path or self.out / "last.pt") from None
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -612,34 +648,47 @@ class Trainer:
         return report
 
 
-class _StopFlag:
-    """While active, the first SIGINT (Ctrl-C) only sets `requested`; the loop stops at the next step
-    boundary and saves. A second Ctrl-C interrupts at once, as usual."""
+class _StopRequested(Exception):
+    """Raised between steps once _StopFlag has seen a signal: the loop saves and stops."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+
+class _StopFlag:
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM (what schedulers send before they kill) only
+    sets `requested` to the signal's number; the loop stops at the next step boundary and saves. A
+    second Ctrl-C raises KeyboardInterrupt at once, and the trainer then saves nothing: the step in
+    progress is not whole. With at_once, every signal raises KeyboardInterrupt at once (nothing to
+    save). Re-entrant: the inner `with` of a nested pair changes nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, at_once: bool = False):
+        self.requested = 0
+        self.at_once = at_once
+        self._previous: dict = {}
+        self._depth = 0
 
     def _handler(self, signum, frame):
-        if self.requested:
+        first = not self.requested
+        self.requested = self.requested or signum
+        if self.at_once or (not first and signum == signal.SIGINT):
             raise KeyboardInterrupt
-        self.requested = True
 
     def __enter__(self):
-        import signal
         import threading
 
-        self.requested = False
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+        self._depth += 1
+        if self._depth == 1:
+            self.requested = 0
+            if threading.current_thread() is threading.main_thread():
+                self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._depth -= 1
+        if self._depth == 0:
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
+            self._previous = {}
         return False
 
 
