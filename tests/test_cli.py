@@ -70,7 +70,8 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
     reviews.write_bytes(b"great acting\n\n\xff\xfe broken bytes \x00 here\nterrible plot\n")
     proc = run("predict.py", "--checkpoint", trained / "run", "--file", reviews)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert len(proc.stdout.decode().splitlines()) == 3  # the empty line is skipped
+    rows = proc.stdout.decode().splitlines()
+    assert len(rows) == 4 and rows[1].endswith("[empty]")  # one row per input line, the blank one flagged
 
     proc = run("evaluate.py", "--checkpoint", ckpt, "--data", FIXTURE, "--cache-dir", trained / "cache", "--json",
                "--device", "cpu")
