@@ -20,6 +20,10 @@ import torch
 
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
+# The largest values a checkpoint's settings may carry: a forged file must not make predict allocate
+# without bound (max_len sizes every pre-padded row, vocab_size the embedding).
+MAX_LEN_LIMIT = 10_000_000
+VOCAB_LIMIT = 10_000_000
 
 
 class CheckpointError(ValueError):
@@ -204,6 +208,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise CheckpointError(f"{path} has a model_config that is not a dict of named settings")
     weights = state["model_state"]
+    if isinstance(config.get("vocab_size"), int) and not 0 < config["vocab_size"] <= VOCAB_LIMIT:
+        raise CheckpointError(f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}")
     try:
         with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
             expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
@@ -229,8 +235,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     data = state.get("data", {})
     max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
-    if type(max_len) is not int or max_len < 1 or encoding not in ("keras", "fast"):
-        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r})")
+    if type(max_len) is not int or not 1 <= max_len <= MAX_LEN_LIMIT or encoding not in ("keras", "fast"):
+        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r}; "
+                              f"max_len may be 1 to {MAX_LEN_LIMIT:,})")
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
                        path=Path(path))
 

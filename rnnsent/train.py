@@ -251,6 +251,9 @@ class Trainer:
         self.out = Path(config.out)
         self._setup_backend()
         self._kill_at, self._nan_at = _env_step("RNNSENT_FAULT_KILL_AT_STEP"), _env_step("RNNSENT_FAULT_NAN_AT_STEP")
+        if config.amp != "none" and self.device.type != "cuda":  # autocast is a no-op there: do not pretend
+            raise ValueError(f"--amp {config.amp} needs a CUDA device, but this run is on {self.device}, where it would "
+                             "silently do nothing; drop --amp (or --amp none), or train with --device cuda")
         if config.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
                              "so that the global batch equals a one-process run's")
@@ -280,7 +283,7 @@ class Trainer:
                 f"{config.resume} was trained with another vocabulary than the data prepared now; "
                 "resume with the same data source and --vocab-size"
             )
-        self.model = SentimentRNN(**config.model_args(), impl=config.rnn_impl).to(self.device)
+        self.model = _build_model(config, self.device)
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
         if self.dist.rank:
             torch.manual_seed(config.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
@@ -690,6 +693,29 @@ class _StopFlag:
                 signal.signal(s, previous)
             self._previous = {}
         return False
+
+
+def _build_model(config: TrainConfig, device: torch.device) -> SentimentRNN:
+    """The model, or one line when its weights, gradients and Adam's two moments cannot fit in memory
+    (--hidden-size 100000 is 30 billion GRU weights): checked on the meta device before allocating."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in SentimentRNN(**config.model_args(), impl="torch").parameters())
+    need = 16 * n  # float32 weights, gradients and two Adam moments
+    if device.type == "cpu":
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        have = torch.cuda.get_device_properties(device).total_memory
+    too_big = f"the model has {n:,} parameters and needs {need / 2**30:.1f} GiB for training"
+    if need > have:
+        raise ValueError(f"{too_big}, more than the {have / 2**30:.1f} GiB of {device}; lower --hidden-size, "
+                         "--embed-dim or --vocab-size")
+    try:
+        return SentimentRNN(**config.model_args(), impl=config.rnn_impl).to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "memory" not in str(e).lower():
+            raise
+        raise ValueError(f"{too_big} and does not fit in free memory; lower --hidden-size, --embed-dim or "
+                         "--vocab-size") from None
 
 
 def train(config: TrainConfig, data=None) -> dict:

@@ -145,6 +145,9 @@ def test_library_calls_match_the_command_line(trained):
     (["--lr", "abc"], "--lr: expected a number"),
     (["--encoding", "bert"], "--encoding: invalid choice"),
     (["--data", "/no/such/place"], "/no/such/place"),
+    (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+    (["--amp", "fp16", "--device", "cpu"], "drop --amp (or --amp none), or train with --device cuda"),
+    (["--hidden-size", "100000"], "lower --hidden-size"),
 ])
 def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, message):
     out = trained / "run"
