@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from rnnsent.checkpoint import CheckpointError, load_resume_state, previous_path
+from rnnsent.checkpoint import load_resume_state, previous_path
 
 LOCK_NAME = "run.lock"
 RESUME_AUTO = "auto"
