@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +29,10 @@ VERSION = 1
 RELEASED = Path(__file__).resolve().parent / "released"
 RELEASED_NAMES = ("gru", "lstm", "rnn")
 log = logging.getLogger(__name__)
+# The largest values a checkpoint's settings may carry: a forged file must not make predict allocate
+# without bound (max_len sizes every pre-padded row, vocab_size the embedding).
+MAX_LEN_LIMIT = 10_000_000
+VOCAB_LIMIT = 10_000_000
 
 
 class CheckpointError(ValueError):
@@ -64,13 +69,20 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     }
     def keep() -> None:  # just before the rename, so `path` exists at every moment
-        if keep_previous and path.is_file():
+        # Never rotate a file that fails verification: after a fallback to last.prev.pt, the damaged last.pt
+        # must not replace the good file the run just resumed from.
+        if keep_previous and path.is_file() and _verifies(path):
             _link_or_copy(path, previous_path(path))
 
     try:
         with atomic_write(path, before_replace=keep) as f:
             torch.save(envelope, f)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError):
+            if isinstance(e, NotImplementedError):
+                raise
+            # torch's zip writer reports a failed write (disk full) as RuntimeError: it is an OSError here.
+            e = OSError(f"the write failed part-way (a full disk or a file-size limit?): {_first_line(e)}")
         raise CheckpointWriteError(
             f"could not write checkpoint {path}: {e.strerror or e}; the previous {path.name} is left as it was"
         ) from None
@@ -79,13 +91,27 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make `dst` a complete copy of `src`, atomically: `dst` is the old or the new file, never half of one."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
+    # A name of our own (mkstemp's), not a fixed one another process could be using at the same moment.
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".link.tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        load_checkpoint_state(path)
+        return True
+    except CheckpointError:
+        return False
 
 
 def load_resume_state(path: str | os.PathLike) -> tuple[dict, str | None]:
@@ -193,6 +219,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise CheckpointError(f"{path} has a model_config that is not a dict of named settings")
     weights = state["model_state"]
+    if isinstance(config.get("vocab_size"), int) and not 0 < config["vocab_size"] <= VOCAB_LIMIT:
+        raise CheckpointError(f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}")
     try:
         with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
             expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
@@ -218,8 +246,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     data = state.get("data", {})
     max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
-    if type(max_len) is not int or max_len < 1 or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
-        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r})")
+    if type(max_len) is not int or not 1 <= max_len <= MAX_LEN_LIMIT or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
+        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r}; "
+                              f"max_len may be 1 to {MAX_LEN_LIMIT:,})")
     encoding = canonical_encoding(encoding, warn=False)  # "fast" in checkpoints from before the rename
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
                        path=Path(path))
@@ -257,8 +286,7 @@ class LoadedModel:
             saved["limit"] = limit
         if expected_per_block:
             saved["expected_per_block"] = expected_per_block
-        if root is not None:
-            saved["data_root"] = root
+        saved["data_root"] = data_root(root, saved.get("data_root"), cache_dir)
         settings = DataConfig(**saved)
         data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
         if data.vocab.to_dict() != self.vocab.to_dict():
@@ -319,7 +347,7 @@ def restore_training_state(t, state: dict) -> None:
     t.epoch_seconds = p.get("epoch_seconds", 0.0)
     t.history = list(state.get("history", []))
     set_rng_state(state.get("rng_ranks", [state["rng"]])[t.dist.rank], t.device)
-    t.log(f"resumed from {t.config.resume}: epoch {t.epoch + 1}, step {t.step_in_epoch} "
+    t.log(f"resumed from {getattr(t, 'resumed_from', None) or t.config.resume}: epoch {t.epoch + 1}, step {t.step_in_epoch} "
           f"of {len(t.train_batches)} (global step {t.global_step})")
 
 
@@ -327,3 +355,34 @@ def _version() -> str:
     from rnnsent import __version__
 
     return __version__
+
+
+def data_root(explicit, recorded, cache_dir=None):
+    """Where to read a checkpoint's data: `explicit` (--data), else RNNSENT_DATA, else the normal search
+    (the cache). The path `recorded` in the checkpoint is a path of the machine that trained it, so it
+    is only a hint, tried before a download when it exists here. Whatever is found is proved to be
+    the same data by the vocabulary check in LoadedModel.prepare_data, not by its path."""
+    from rnnsent.data.fetch import NoSourceError, find_imdb
+
+    if explicit is not None or os.environ.get("RNNSENT_DATA") or not recorded or not Path(str(recorded)).exists():
+        return explicit
+    try:
+        find_imdb(None, cache_dir, download=False)
+        return None
+    except NoSourceError:
+        return recorded
+
+
+# Config fields that name places on the machine that wrote a checkpoint: a released file must not carry them.
+MACHINE_PATHS = ("data_root", "cache_dir", "resume")
+
+
+def portable_state(state: dict) -> dict:
+    """`state` without the paths of the machine that wrote it, for files given to others (rnnsent/released/)."""
+    config = dict(state.get("config", {}))
+    for key in MACHINE_PATHS:
+        if key in config:
+            config[key] = None
+    if config.get("out"):
+        config["out"] = str(Path("runs") / Path(config["out"]).name)
+    return {**state, "config": config}

@@ -120,7 +120,8 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
     a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-      help="continue an interrupted run: a last.pt or run folder [the --out folder's last.pt]")
+      help="continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
+           "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]")
     a("--quiet", action="store_true", default=None, help="no progress bar or log lines [off]")
     return p
 
@@ -186,7 +187,7 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
 
         report = train(config)
     except TrainingInterrupted as e:
-        return _fail(str(e), EXIT_INTERRUPTED)
+        return _fail(str(e), e.exit_code)
     except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
     except _user_errors() as e:
@@ -256,25 +257,36 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
     except _user_errors() as e:
         return _fail(str(e))
     for text, pr in zip(texts, predictions):
-        if args.json:
-            print(json.dumps({"probability": pr.probability, "label": pr.label, "text": text}))
+        if args.json:  # today's keys first; words, oov_share and note were added
+            print(json.dumps({"probability": pr.probability, "label": pr.label, "text": text, "words": pr.words,
+                              "oov_share": pr.oov_share, "note": pr.note}))
         else:
             shown = " ".join(text.split())
             shown = shown[:70] + "..." if len(shown) > 73 else shown
-            print(f"{pr.probability:.4f}  {pr.label:<8}  {shown}")
+            print(f"{pr.probability:.4f}  {pr.label:<8}  {shown}" + (f"  [{pr.note}]" if pr.note else ""))
     return 0
 
 
 def _read_lines(path: str) -> list[str]:
-    """One review per line. UTF-8 (a BOM is dropped) or UTF-16 with its BOM; bytes that do not decode are
-    replaced and NUL bytes dropped, never fatal."""
+    """One review per line, every line (a blank one too), so output row i is input line i. Lines end at
+    \n or \r\n only: str.splitlines() would also split at U+2028, form feeds and other characters that
+    can sit inside a review. UTF-8 (a BOM is dropped) or UTF-16 with its BOM; bytes that do not decode
+    are replaced and NUL bytes dropped, never fatal. Named pipes and process substitution work."""
     if path == "-":
         data = sys.stdin.buffer.read()
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"--file {path}: no such file")
-        data = p.read_bytes()
+        try:
+            with open(path, "rb") as f:  # open(), not is_file(): a pipe (<(cmd), mkfifo) is not a regular file
+                data = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--file {path}: no such file") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"--file {path} is a folder; give a text file with one review per line") from None
+        except OSError as e:
+            raise OSError(f"--file {path}: {e.strerror or e}") from None
     encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
     text = data.decode(encoding, errors="replace").replace("\0", "")
-    return [line for line in text.splitlines() if line.strip()]
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return [line.removesuffix("\r") for line in lines]

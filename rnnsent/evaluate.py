@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_fast, encode_keras, tokenize
+from rnnsent.data.text import OOV_ID
 from rnnsent.models import SentimentRNN
 
 
@@ -64,6 +65,22 @@ class Prediction:
     probability: float  # P(positive)
     label: str  # "positive" or "negative"
     tokens: int  # tokens the model saw, start token included (after truncation to max_len)
+    words: int = 0  # words and punctuation marks in the text, before truncation
+    unknown: int = 0  # of those, how many are outside the vocabulary
+
+    @property
+    def oov_share(self) -> float:
+        """Share of the text's words the model does not know (1.0 for an empty text)."""
+        return self.unknown / self.words if self.words else 1.0
+
+    @property
+    def note(self) -> str | None:
+        """Why the probability says nothing about the text: the model saw only its start token and unknowns."""
+        if self.words == 0:
+            return "empty"
+        if self.unknown == self.words:
+            return "no known words"
+        return None
 
 
 @torch.no_grad()
@@ -76,9 +93,13 @@ def predict(
     device: torch.device | str | None = None,
     batch_size: int = 256,
 ) -> list[Prediction]:
-    """Sentiment of each raw review text. Empty or odd text is fine: it becomes the start token alone."""
-    if isinstance(texts, str):
+    """Sentiment of each raw review text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start
+    token alone, and its Prediction.note says so ("empty", "no known words")."""
+    if isinstance(texts, (str, bytes, bytearray)):
         texts = [texts]
+    for t in texts:
+        if not isinstance(t, (str, bytes, bytearray)):  # bytes(5) would be five NUL bytes, scored as a review
+            raise TypeError(f"predict takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
     texts = [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace") for t in texts]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ids = [vocab.encode(tokenize(t)) for t in texts]
@@ -97,6 +118,6 @@ def predict(
         probs[sl] = torch.sigmoid(logits.float()).cpu()
     model.train(was_training)
     return [
-        Prediction(float(p), "positive" if p >= 0.5 else "negative", int(n))
-        for p, n in zip(probs.tolist(), split.lengths.tolist())
+        Prediction(float(p), "positive" if p >= 0.5 else "negative", int(n), len(row), sum(i == OOV_ID for i in row))
+        for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids)
     ]

@@ -77,8 +77,14 @@ def from_keras(source, **overrides) -> SentimentRNN:
         layers = _layers_from_live(source, where)
     else:
         where = str(source)
-        layers = _layers_from_file(source)
-    args, weights = _parse(layers, where)
+        try:
+            layers = _layers_from_file(source)
+        except (AttributeError, KeyError, TypeError, IndexError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise KerasFormatError(f"{where}: malformed Keras model config ({type(e).__name__}: {e})") from None
+    try:
+        args, weights = _parse(layers, where)
+    except (AttributeError, KeyError, TypeError, IndexError) as e:  # a config missing fields or holding other types
+        raise KerasFormatError(f"{where}: malformed Keras layer config ({type(e).__name__}: {e})") from None
     for key, value in overrides.items():
         if key in ("vocab_size", "embed_dim", "hidden_size") and value != args[key]:
             raise KerasFormatError(f"{where}: {key}={value!r} was asked for but the model has {key}={args[key]}")
@@ -269,6 +275,12 @@ def _config_layers(config: dict, where: str) -> list[_Layer]:
         name = cfg.get("name", entry.get("name", "?"))
         if entry.get("class_name") in ("Sequential", "Functional", "Model"):
             raise KerasFormatError(f"{where}: nested model {name!r}; rnnsent reads only {ARCHITECTURE}")
+        # A custom class (registered under another name, or from a module outside Keras) only borrows a stock
+        # name: its code is not in the file, so what it computes is unknown, as with a Lambda layer.
+        registered, module = entry.get("registered_name"), entry.get("module")
+        if registered not in (None, entry.get("class_name")) or (module is not None and not str(module).startswith("keras")):
+            raise KerasFormatError(f"{where}: layer {name!r} is a custom class ({registered or module}), not Keras' own "
+                                   f"{entry.get('class_name')}; rnnsent reads only {ARCHITECTURE}")
         layers.append(_Layer(entry.get("class_name", "?"), name, cfg))
     return layers
 
@@ -289,7 +301,7 @@ def _read_legacy_h5(f, where: str) -> list[_Layer]:
             continue
         group = root[layer.name]
         names = [_text(n) for n in group.attrs.get("weight_names", [])]
-        layer.weights = [group[n][()] for n in names]
+        layer.weights = [_read_dataset(group[n], where) for n in names]
     return layers
 
 
@@ -329,8 +341,26 @@ def _group_vars(group) -> list[np.ndarray]:
     for sub in ("vars", "cell/vars"):
         if sub in group:
             vars_ = group[sub]
-            arrays += [vars_[k][()] for k in sorted(vars_, key=int)]
+            arrays += [_read_dataset(vars_[k], group.file.filename) for k in sorted(vars_, key=int)]
     return arrays
+
+
+# The most a weight array may hold, from its declared shape, before anything is read: a compressed
+# dataset would otherwise inflate without bound. rnnsent's largest sensible model is far below it.
+MAX_WEIGHT_BYTES = 1 << 30
+
+
+def _read_dataset(ds, where: str) -> np.ndarray:
+    """One weight array, read only after checking where its bytes live and how large it says it is."""
+    name = getattr(ds, "name", "?")
+    if not hasattr(ds, "shape") or not hasattr(ds, "dtype"):
+        raise KerasFormatError(f"{where}: {name} is not a weight array")
+    if ds.external or ds.is_virtual:  # its bytes would come from other files of this machine
+        raise KerasFormatError(f"{where}: {name} keeps its data in external files; refusing to read it")
+    if ds.size * ds.dtype.itemsize > MAX_WEIGHT_BYTES:
+        raise KerasFormatError(f"{where}: {name} declares shape {ds.shape}, over {MAX_WEIGHT_BYTES >> 30} GiB; "
+                               "no model rnnsent reads is that large")
+    return ds[()]
 
 
 def _snake_case(name: str) -> str:

@@ -63,13 +63,17 @@ def uses_fused(impl: str, tokens: torch.Tensor, dtype: torch.dtype) -> bool:
 
 
 def describe(impl: str, device: torch.device) -> str:
-    """What runs the recurrent layer on `device`, for logs and reports. impl="fused" raises here, where the
-    kernel cannot run, rather than mid-epoch; a first-time build announces itself (rnnsent.fused)."""
+    """What runs the recurrent layer on `device`, for logs and reports. impl="fused" where the kernel cannot
+    run is a ValueError here (a usage error of one line), rather than a failure mid-epoch; a first-time
+    build announces itself (rnnsent.fused)."""
     if device.type != "cpu":
         return "PyTorch's layers (cuDNN on CUDA)"
     if impl == "torch":
         return "PyTorch's stock layers (rnn_impl=torch)"
-    uses_fused(impl, torch.zeros(1, 1, dtype=torch.long), torch.float32)
+    try:
+        uses_fused(impl, torch.zeros(1, 1, dtype=torch.long), torch.float32)
+    except RuntimeError as e:
+        raise ValueError(str(e).replace("impl='fused'", "--rnn-impl fused").replace("impl=", "--rnn-impl ")) from None
     return fused.status()
 
 

@@ -83,27 +83,73 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class StopFlag:
-    """While active, the first SIGINT (Ctrl-C) only sets `requested`; the loop stops at the next step
-    boundary and saves. A second Ctrl-C interrupts at once, as usual."""
+class StopNow(KeyboardInterrupt):
+    """Raised by StopFlag's handler where stopping cannot wait for the step to end (a second Ctrl-C)."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+
+class StopFlag:
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM (what schedulers send before they kill) only
+    sets `requested` to the signal's number; the loop stops at the next step boundary and saves. A
+    second Ctrl-C raises StopNow at once, and the trainer then saves nothing: the step in progress is
+    not whole. With at_once, every signal raises StopNow at once (there is nothing to save).
+    Re-entrant: the inner `with` of a nested pair changes nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, at_once: bool = False):
+        self.requested = 0
+        self.at_once = at_once
+        self._previous: dict = {}
+        self._depth = 0
 
     def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        first = not self.requested
+        self.requested = self.requested or signum
+        if self.at_once or (not first and signum == signal.SIGINT):
+            raise StopNow
 
     def __enter__(self):
-        self.requested = False
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+        self._depth += 1
+        if self._depth == 1:
+            self.requested = 0
+            if threading.current_thread() is threading.main_thread():
+                self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._depth -= 1
+        if self._depth == 0:
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
+            self._previous = {}
         return False
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Mixed precision is CUDA's: on the CPU autocast would silently do nothing, so say so instead."""
+    if amp != "none" and device.type != "cuda":
+        raise ValueError(f"--amp {amp} needs a CUDA device, but this run is on {device}, where it would silently "
+                         "do nothing; drop --amp (or --amp none), or train with --device cuda")
+
+
+def build_in_memory(make, device: torch.device) -> torch.nn.Module:
+    """make() moved to `device`, or one line when its weights, gradients and Adam's two moments cannot
+    fit in memory (--hidden-size 100000 is 30 billion GRU weights): counted on the meta device first."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in make().parameters())
+    need = 16 * n  # float32 weights, gradients and two Adam moments
+    if device.type == "cpu":
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        have = torch.cuda.get_device_properties(device).total_memory
+    too_big = f"the model has {n:,} parameters and needs {need / 2**30:.1f} GiB for training"
+    if need > have:
+        raise ValueError(f"{too_big}, more than the {have / 2**30:.1f} GiB of {device}; lower --hidden-size, "
+                         "--embed-dim or --vocab-size")
+    try:
+        return make().to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "memory" not in str(e).lower():
+            raise
+        raise ValueError(f"{too_big} and does not fit in free memory; lower --hidden-size, --embed-dim or "
+                         "--vocab-size") from None

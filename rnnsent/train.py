@@ -16,6 +16,8 @@ Fault injection for tests: rnnsent.faults (environment variables, through the sa
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -27,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from rnnsent import faults, recurrent, report
-from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, load_resume_state,
-                                restore_training_state, save_checkpoint, training_state)
+from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, restore_training_state,
+                                save_checkpoint, training_state)
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
                             TrainConfig, resume_differences)
 from rnnsent.data import Batcher, prepare_imdb
@@ -36,13 +38,18 @@ from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
-from rnnsent.runtime import StopFlag, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
+from rnnsent.runfolder import RunLock, load_resume, resume_path
+from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
 
 EVENTS = ("on_step_end", "on_epoch_end")
 
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+    """Raised after Ctrl-C or SIGTERM; exit_code is what a shell reports for that signal (130, 143)."""
+
+    def __init__(self, message: str, exit_code: int = 128 + signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NonFiniteLoss(RuntimeError):
@@ -75,13 +82,19 @@ class Trainer:
         from rnnsent import runtime
 
         runtime.setup(self.device, config.threads, config.flush_denormal, config.retain_memory, config.deterministic)
+        runtime.check_amp(config.amp, self.device)
         if config.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
                              "so that the global batch equals a one-process run's")
 
-        resume_state = None
+        resume, note = resume_path(config.resume, self.out)  # --resume auto / a run folder -> a file or None
+        if note:
+            self.log(note, always=True)
+        if resume != config.resume:
+            config = self.config = dataclasses.replace(config, resume=resume)
+        resume_state, self.resumed_from = None, None
         if config.resume:
-            resume_state, note = load_resume_state(config.resume)
+            resume_state, self.resumed_from, note = load_resume(config.resume)
             if note:
                 self.log(note, always=True)
             self._check_resume(resume_state)
@@ -99,7 +112,7 @@ class Trainer:
                 f"{config.resume} was trained with another vocabulary than the data prepared now; "
                 "resume with the same data source and --vocab-size"
             )
-        self.model = SentimentRNN(**config.model_args(), impl=config.rnn_impl).to(self.device)
+        self.model = runtime.build_in_memory(lambda: SentimentRNN(**config.model_args(), impl=config.rnn_impl), self.device)
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
         if self.dist.rank:
             torch.manual_seed(config.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
@@ -189,16 +202,30 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the configured number of epochs (or early stop), then report test metrics."""
         c = self.config
-        if self.is_main:
-            report.start_run_folder(self.out, c.to_dict())
-        self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
-        self.log(f"recurrent layer: {self.rnn_implementation()}")
-        self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
-                 f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
-        stopped_early = False
-        while self.epoch < c.epochs and not stopped_early:
-            stopped_early = self.end_epoch(self.train_epoch())
-        return self.finish()
+        with RunLock(self.out) if self.is_main else contextlib.nullcontext(), self._interrupt:  # one run per --out
+            self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
+            self.log(f"recurrent layer: {self.rnn_implementation()}")  # may refuse: before anything is written
+            if self.is_main:
+                report.start_run_folder(self.out, c.to_dict())
+            self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
+                     f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
+            stopped_early = False
+            try:
+                while self.epoch < c.epochs and not stopped_early:
+                    stopped_early = self.end_epoch(self.train_epoch())
+                    if self.dist.any(self._interrupt.requested):  # a signal during validation: last.pt is saved
+                        raise self._interrupted(self.out / "last.pt")
+            except StopNow:  # a second Ctrl-C: the step in progress is not whole, so nothing is saved
+                raise TrainingInterrupted(f"stopped at once by a second Ctrl-C, in the middle of a step, without saving "
+                                          f"it; {self._kept()}. Continue with the same command and --resume auto") from None
+            with StopFlag(at_once=True) as flag:  # the final test: nothing to save, so any signal stops it now
+                try:
+                    return self.finish()
+                except StopNow:
+                    raise TrainingInterrupted(
+                        f"interrupted during the final test evaluation; training had finished and {self.out / 'best.pt'} "
+                        f"is saved: score it with scripts/evaluate.py --checkpoint {self.out / 'best.pt'}",
+                        128 + flag.requested) from None
 
     def train_epoch(self) -> dict:
         """Run (the rest of) the current epoch; return its training loss, accuracy and throughput."""
@@ -253,7 +280,9 @@ class Trainer:
                         self.epoch_seconds, t0 = self.epoch_seconds + time.perf_counter() - t0, time.perf_counter()
                         self.save("last.pt")
                     self._trigger("on_step_end")
-            except KeyboardInterrupt:
+            except StopNow:
+                raise  # a second Ctrl-C in the middle of a step: nothing of it may be saved (see fit)
+            except KeyboardInterrupt:  # the first Ctrl-C or SIGTERM, or a callback, between two steps
                 self._save_and_stop(bar, t0)
             bar.close()
             if self.device.type == "cuda":
@@ -267,22 +296,30 @@ class Trainer:
     def _save_and_stop(self, bar, t0: float) -> None:
         bar.close()
         self.epoch_seconds += time.perf_counter() - t0
-        # The first Ctrl-C only sets a flag that is read between steps (see runtime.StopFlag), so the weights,
-        # optimizer, RNG and counters saved here all describe the same finished step.
+        # The first Ctrl-C or SIGTERM only sets a flag that is read between steps (see runtime.StopFlag), so the
+        # weights, optimizer, RNG and counters saved here all describe the same finished step.
         path = self.save("last.pt")
-        raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path}. "
-                                  f"Continue with the same command and --resume {path}") from None
+        raise self._interrupted(path or self.out / "last.pt") from None
+
+    def _interrupted(self, path) -> TrainingInterrupted:
+        signum = self._interrupt.requested or signal.SIGINT  # none: a callback stopped the run
+        return TrainingInterrupted(
+            f"stopped by {'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}: interrupted at epoch {self.epoch + 1}, "
+            f"step {self.step_in_epoch}; saved {path}. Continue with the same command and --resume {path} "
+            "(or --resume auto)", 128 + signum)
+
+    def _kept(self) -> str:
+        return (f"{self.out / 'last.pt'} keeps the last good state (global step {self.saved_step})"
+                if self.saved_step is not None else "no checkpoint had been written yet")
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         if int(bad_step) >= 0:
             self._raise_non_finite(int(bad_step))
 
     def _raise_non_finite(self, step: int) -> None:
-        kept = (f"{self.out / 'last.pt'} keeps the last good state (global step {self.saved_step})"
-                if self.saved_step is not None else "no checkpoint had been written yet")
         raise NonFiniteLoss(
             f"non-finite loss or gradient at global step {step} (epoch {self.epoch + 1}); training stopped and "
-            f"{kept}. Lower --lr, set --clip 1.0, or with --amp fp16 keep the grad scaler (bf16 needs none), "
+            f"{self._kept()}. Lower --lr, set --clip 1.0, or with --amp fp16 keep the grad scaler (bf16 needs none), "
             "then resume"
         )
 

@@ -120,15 +120,38 @@ def markdown(args, table: list[dict], rows: list[dict], machine: str) -> str:
 
 def release(table: list[dict], dest: Path) -> None:
     """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt; best.pt has no optimizer state."""
+    from rnnsent.checkpoint import load_checkpoint_state, portable_state, save_checkpoint
+
     dest.mkdir(parents=True, exist_ok=True)
     index = {}
     for t in table:
-        src = Path(t["best_run"]) / "best.pt"
-        shutil.copyfile(src, dest / f"{t['cell']}.pt")
+        # Released files travel: no path of this machine goes in them (data_root, --out, --data).
+        state = portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt"))
+        save_checkpoint(dest / f"{t['cell']}.pt", state)
         report = json.loads((Path(t["best_run"]) / "report.json").read_text())
+        command = (Path(t["best_run"]) / "command.txt").read_text().split()
         index[t["cell"]] = {"file": f"{t['cell']}.pt", "test_accuracy": report["test_accuracy"],
-                            "command": (Path(t["best_run"]) / "command.txt").read_text().strip()}
+                            "command": " ".join(portable_command(command))}
     (dest / "RESULTS.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def portable_command(argv: list[str]) -> list[str]:
+    """A train.py command line without this machine's paths: --data goes (the data is found by the normal
+    search and proved by its vocabulary), --out becomes runs/<its folder name>."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--data":
+            skip = True
+            continue
+        if arg.startswith("--data="):
+            continue
+        if i > 0 and argv[i - 1] == "--out":
+            arg = str(Path("runs") / Path(arg).name)
+        out.append(arg)
+    return out
 
 
 def check_released(args) -> int:

@@ -101,3 +101,54 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert load_checkpoint_state(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "the temp file must be removed"
+
+
+def test_a_real_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path):
+    """A file-size limit makes the kernel refuse the write part-way, as a full disk does: torch's own zip writer
+    then fails, and that must be a CheckpointWriteError, with the previous file intact and no temp file left."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state())
+    before = path.read_bytes()
+    code = (
+        "import resource, signal, sys, torch\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from rnnsent.checkpoint import CheckpointWriteError, save_checkpoint\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "try:\n"
+        "    save_checkpoint(sys.argv[1], {'model_config': {}, 'model_state': {'w': torch.randn(100_000)}}, keep_previous=True)\n"
+        "except CheckpointWriteError as e:\n"
+        "    print(e)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "PATH": ""})
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    assert "could not write checkpoint" in proc.stdout and "left as it was" in proc.stdout
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "last.pt", _state())
+        save_checkpoint(path, _state(), keep_previous=True)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "last.prev.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_stale_temp_name_of_another_process_does_not_block_saving(tmp_path):
+    """Temporary names are unique: something already at a predictable name is never in the way."""
+    path = save_checkpoint(tmp_path / "last.pt", {**_state(), "epoch": 1})
+    (tmp_path / ".last.prev.pt.link.tmp").mkdir()  # what a fixed temporary name would collide with
+    save_checkpoint(path, {**_state(), "epoch": 2}, keep_previous=True)
+    assert load_checkpoint_state(tmp_path / "last.prev.pt")["epoch"] == 1
+    assert load_checkpoint_state(path)["epoch"] == 2

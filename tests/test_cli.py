@@ -75,7 +75,8 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
     reviews.write_bytes(b"great acting\n\n\xff\xfe broken bytes \x00 here\nterrible plot\n")
     proc = run("predict.py", "--checkpoint", trained / "run", "--file", reviews)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert len(proc.stdout.decode().splitlines()) == 3  # the empty line is skipped
+    rows = proc.stdout.decode().splitlines()
+    assert len(rows) == 4 and rows[1].endswith("[empty]")  # one row per input line, the blank one flagged
 
     proc = run("evaluate.py", "--checkpoint", ckpt, "--data", FIXTURE, "--cache-dir", trained / "cache", "--json",
                "--device", "cpu")
@@ -91,6 +92,44 @@ def test_evaluate_refuses_data_with_another_vocabulary(trained):
                "--cache-dir", trained / "cache", "--device", "cpu")
     err = one_line_error(proc)
     assert "best.pt was trained with another vocabulary" in err
+
+
+def _moved(trained, tmp_path) -> Path:
+    """The run's best.pt as another machine sees it: the data path it recorded does not exist there."""
+    from rnnsent.checkpoint import load_checkpoint_state, save_checkpoint
+
+    state = load_checkpoint_state(trained / "run" / "best.pt")
+    assert state["config"]["data_root"] == str(FIXTURE)
+    state["config"]["data_root"] = "/machine/that/trained/it/reviews.json"
+    return save_checkpoint(tmp_path / "moved.pt", state)
+
+
+@pytest.mark.parametrize("where", ["RNNSENT_DATA", "--data", "cache"])
+def test_evaluate_ignores_a_recorded_data_path_that_is_not_here(trained, tmp_path, where):
+    """A checkpoint's recorded data path is a hint: --data, RNNSENT_DATA and the cache decide, and the
+    vocabulary check proves the data is the same."""
+    import shutil
+
+    ckpt, cache = _moved(trained, tmp_path), tmp_path / "cache"
+    cache.mkdir()
+    env, flags = {"RNNSENT_DATA": ""}, []
+    if where == "RNNSENT_DATA":
+        env["RNNSENT_DATA"] = str(FIXTURE)
+    elif where == "--data":
+        flags = ["--data", FIXTURE]
+    else:
+        shutil.copyfile(FIXTURE, cache / "reviews.json")
+    proc = run("evaluate.py", "--checkpoint", ckpt, "--cache-dir", cache, "--json", "--device", "cpu", *flags, env_extra=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads((trained / "run" / "report.json").read_text())
+    assert json.loads(proc.stdout.decode())["accuracy"] == pytest.approx(report["test_accuracy"])
+
+
+def test_evaluate_uses_the_recorded_path_when_nothing_else_has_data(trained, tmp_path):
+    proc = run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--cache-dir", tmp_path / "empty", "--json",
+               "--device", "cpu", env_extra={"RNNSENT_DATA": ""})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout.decode())["n"] == 12
 
 
 def test_library_calls_match_the_command_line(trained):
@@ -111,6 +150,9 @@ def test_library_calls_match_the_command_line(trained):
     (["--lr", "abc"], "--lr: expected a number"),
     (["--encoding", "bert"], "--encoding: invalid choice"),
     (["--data", "/no/such/place"], "/no/such/place"),
+    (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+    (["--amp", "fp16", "--device", "cpu"], "drop --amp (or --amp none), or train with --device cuda"),
+    (["--hidden-size", "100000"], "lower --hidden-size"),
 ])
 def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, message):
     out = trained / "run"

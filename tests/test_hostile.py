@@ -1,6 +1,7 @@
 """Hostile input: arbitrary text and bytes, huge reviews, odd encodings and forged checkpoints never crash
 prediction or the data pipeline; at worst they are refused with a one-line message."""
 import codecs
+import json
 import shutil
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def test_data_pipeline_refuses_a_junk_reviews_json(tmp_path, data):
     (dict(model_config=["gru", 10]), "not a dict of named settings"),
     (dict(model_config={"cell": "transformer", "vocab_size": 13}), "unknown cell 'transformer'"),
     (dict(model_config={"cell": "gru", "vocab_size": "many"}), "cannot build"),
-    (dict(model_config={"cell": "gru", "vocab_size": 10**12, "embed_dim": 4, "hidden_size": 3}), "does not fit its own"),
+    (dict(model_config={"cell": "gru", "vocab_size": 10**12, "embed_dim": 4, "hidden_size": 3}), "may carry 1 to 10,000,000"),
+    (dict(model_config={"cell": "gru", "vocab_size": 10_000_001, "embed_dim": 4, "hidden_size": 3}), "may carry 1 to"),
+    (dict(data={"max_len": 10**11, "encoding": "keras"}), "max_len may be 1 to 10,000,000"),
     (dict(model_config={"cell": "gru", "vocab_size": 13, "embed_dim": 4, "hidden_size": 3, "sneaky": 1}), "cannot build"),
     (dict(model_state={"embedding.weight": torch.zeros(13, 4)}), "does not fit its own"),
     (dict(model_state="weights"), "does not fit its own"),
@@ -189,3 +192,51 @@ def test_forged_checkpoints_are_refused(tmp_path, model, capsys, changes, messag
 def test_a_real_checkpoint_still_loads(checkpoint):
     assert load_checkpoint(checkpoint).predict(["good film"])[0].tokens == 3
     assert load_checkpoint_state(checkpoint)["data"] == {"max_len": 8, "encoding": "fast"}
+
+
+def test_predict_file_gives_one_row_per_input_line_in_order(checkpoint, tmp_path, capsys):
+    """Blank lines, U+2028, form feeds and other characters str.splitlines() breaks at stay inside their line."""
+    lines = ["the film was good", "", "bad\u2028film", "good\x0cfilm\x1c!", "   ", "bad\rfilm", "é\u0085ü"]
+    (tmp_path / "reviews.txt").write_bytes("\n".join(lines).encode("utf-8") + b"\r\n")
+    code, out, err = _predict_file(checkpoint, tmp_path / "reviews.txt", capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out]
+    assert [r["text"] for r in rows] == lines
+    assert [r["note"] for r in rows] == [None, "empty", None, None, "empty", None, None]
+    alone = rnnsent.predict(rnnsent.load_checkpoint(checkpoint), lines)
+    assert [r["probability"] for r in rows] == [p.probability for p in alone]
+
+
+def test_predict_file_reads_a_named_pipe(checkpoint, tmp_path, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "reviews.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"the film was good\nbad film\n"))
+    writer.start()
+    try:
+        code, out, err = _predict_file(checkpoint, fifo, capsys)
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # a reader that never opened it must not hang the writer
+        writer.join()
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in out] == ["the film was good", "bad film"]
+
+
+def test_predict_flags_texts_with_no_known_words(checkpoint, capsys):
+    loaded = rnnsent.load_checkpoint(checkpoint)
+    known, foreign, empty, half = rnnsent.predict(loaded, ["the good film", "Это фильм", "", "the xyzzy"])
+    assert (known.note, foreign.note, empty.note, half.note) == (None, "no known words", "empty", None)
+    assert (known.oov_share, foreign.oov_share, half.oov_share) == (0.0, 1.0, 0.5)
+    assert predict_main(["--checkpoint", str(checkpoint), "Это фильм", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert {"text", "label", "probability"} <= set(row) and row["note"] == "no known words" and row["oov_share"] == 1.0
+    assert predict_main(["--checkpoint", str(checkpoint), "Это фильм"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("[no known words]")
+
+
+@pytest.mark.parametrize("bad", [[5], [None], [1.5], [["the", "film"]]])
+def test_predict_refuses_what_is_not_text(checkpoint, bad):
+    with pytest.raises(TypeError, match="predict takes review texts"):
+        rnnsent.predict(rnnsent.load_checkpoint(checkpoint), bad)

@@ -309,3 +309,80 @@ def test_missing_and_foreign_files_give_one_line_errors(tmp_path):
         with pytest.raises(KerasFormatError, match=message) as info:
             from_keras(path)
         assert "\n" not in str(info.value)
+
+
+def _edit_keras_zip(src, dst, edit_text):
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, edit_text(data.decode()).encode() if item.filename == "config.json" else data)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t[: len(t) // 2],  # cut short: not JSON
+    lambda t: json.dumps({"class_name": "Sequential", "config": {"layers": ["gru", "dense"]}}),  # entries not dicts
+    lambda t: json.dumps({"class_name": "Sequential", "config": {"layers": [{"class_name": "Embedding"}]}}),
+    lambda t: t.replace('"input_dim"', '"input_dimension"'),  # a field missing
+    lambda t: t.replace('"units": 1', '"units": [1]').replace('"output_dim": 4', '"output_dim": "four"'),
+    lambda t: json.dumps([1, 2, 3]),
+], ids=["truncated-json", "string-layers", "no-config", "missing-field", "wrong-types", "a-list"])
+def test_malformed_keras_configs_are_keras_format_errors(tmp_path, edit):
+    path = tmp_path / "m.keras"
+    _edit_keras_zip(FIXTURES / "k3_gru.keras", path, edit)
+    with pytest.raises(KerasFormatError) as info:
+        from_keras(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("entry", [{"registered_name": "Custom>GRU"}, {"registered_name": "mylib>GRU"},
+                                   {"module": "mylib.layers", "registered_name": "GRU"}])
+def test_custom_layer_classes_are_refused_like_lambda_layers(tmp_path, entry):
+    path = tmp_path / "m.keras"
+
+    def edit(text):
+        config = json.loads(text)
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "GRU":
+                layer.update(entry)
+        return json.dumps(config)
+
+    _edit_keras_zip(FIXTURES / "k3_gru.keras", path, edit)
+    with pytest.raises(KerasFormatError, match="is a custom class"):
+        from_keras(path)
+
+
+def test_h5_external_storage_is_refused(tmp_path):
+    """A dataset stored in another file would copy that file into the weights: refused, never read."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    path = tmp_path / "m.h5"
+    shutil.copy(FIXTURES / "k2_gru.h5", path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"]["dense_1"]
+        name = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]  # .../bias:0
+        del group[name]
+        group.create_dataset(name, shape=(1,), dtype="f4", external=[(str(secret), 0, 4)])
+    with pytest.raises(KerasFormatError, match="external"):
+        from_keras(path)
+
+
+def test_h5_shapes_are_checked_before_reading(tmp_path):
+    """A compressed dataset declaring a huge shape is refused from its declared shape, before it inflates."""
+    path = tmp_path / "m.h5"
+    shutil.copy(FIXTURES / "k2_gru.h5", path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"]["dense_1"]
+        name = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]
+        del group[name]
+        group.create_dataset(name, shape=(1 << 31,), dtype="f4", compression="gzip", chunks=(1 << 20,))  # 8 GiB of zeros
+    reads = []
+    original = h5py.Dataset.__getitem__
+    h5py.Dataset.__getitem__ = lambda self, key: reads.append(self.shape) or original(self, key)
+    try:
+        with pytest.raises(KerasFormatError, match="declares shape"):
+            from_keras(path)
+    finally:
+        h5py.Dataset.__getitem__ = original
+    assert (1 << 31,) not in reads

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnsent
-from rnnsent.checkpoint import RELEASED, RELEASED_NAMES
+from rnnsent.checkpoint import RELEASED, RELEASED_NAMES, load_checkpoint_state
 from rnnsent.models import count_parameters
 
 INDEX = json.loads((RELEASED / "RESULTS.json").read_text())
@@ -58,6 +58,46 @@ def test_an_existing_path_wins_over_a_released_name(tmp_path, monkeypatch, caplo
     assert "a path here wins over the released model gru" in caplog.text
     ref = rnnsent.load_checkpoint(RELEASED / "rnn.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), ref.model.state_dict().values()))
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def _absolute(text: str) -> bool:
+    return any(word.startswith(("/", "~")) or word[1:3] == ":\\" for word in text.split())
+
+
+@pytest.mark.parametrize("cell", sorted(INDEX))
+def test_released_files_hold_no_path_of_the_machine_that_made_them(cell):
+    state = load_checkpoint_state(RELEASED / INDEX[cell]["file"])
+    found = [s for s in _strings({k: v for k, v in state.items() if k != "vocab"}) if _absolute(s)]
+    assert not found, f"{cell}: {found}"
+    assert not _absolute(INDEX[cell]["command"]), INDEX[cell]["command"]
+
+
+@pytest.mark.parametrize("cell", sorted(INDEX))
+def test_released_command_gives_the_settings_the_file_holds(cell):
+    """Each recorded command, parsed as train.py parses it, asks for exactly the settings in its file,
+    PyTorch's layers included (the released models predate the fused kernel)."""
+    from rnnsent.cli import config_from_args, train_parser
+    from rnnsent.config import canonical_encoding
+
+    argv = INDEX[cell]["command"].split()
+    assert argv[0] == "scripts/train.py"
+    asked = config_from_args(train_parser().parse_args(argv[1:])).to_dict()
+    saved = load_checkpoint_state(RELEASED / INDEX[cell]["file"])["config"]
+    assert asked["rnn_impl"] == "torch"
+    saved["encoding"] = canonical_encoding(saved["encoding"], warn=False)  # the files predate "fast" -> "bucketed"
+    assert saved == {k: asked[k] for k in saved}
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -556,7 +557,11 @@ def read_blocks(source: Source, expected_per_block: int | None = PER_BLOCK) -> B
         "keras_npz": _read_keras_npz,
         "reviews_json": lambda p, n: _read_reviews_json(p.read_bytes(), str(p), n),
     }
-    return readers[source.kind](source.path, expected_per_block)
+    try:
+        return readers[source.kind](source.path, expected_per_block)
+    except (EOFError, tarfile.TarError, zlib.error, zipfile.BadZipFile) as e:  # a cut-short or damaged archive
+        raise LayoutError(f"{source.path}: the archive is truncated or damaged ({type(e).__name__}: {e}); "
+                          "fetch or copy it again") from None
 
 
 def load_imdb_reviews(

@@ -1,0 +1,121 @@
+"""A run folder (`--out`): one run at a time in it, and which of its checkpoints a resume means.
+
+The lock is an advisory `fcntl.flock` on `<out>/run.lock`: the kernel drops it when the process
+dies, however it dies, so a crashed run never leaves the folder locked. The file holds one line
+naming the holder (pid, host, start time, command) for the error a second run gets, and is removed
+when the run ends. A run that finds the folder locked has changed nothing in it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from rnnsent.checkpoint import load_resume_state, previous_path
+
+LOCK_NAME = "run.lock"
+RESUME_AUTO = "auto"
+
+
+class RunFolderBusy(ValueError):
+    """Another live process holds the run folder's lock."""
+
+
+class RunLock:
+    """`with RunLock(folder):` holds the folder for this process; a second holder gets RunFolderBusy.
+
+    A folder the lock had to create is removed again on release if the run left nothing else in it,
+    so a run rejected before it wrote anything leaves the disk as it found it.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by a live process
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunFolderBusy(
+                    f"run folder {self.folder} is in use by another run ({holder}); wait for it to end, "
+                    "or pass another --out") from None
+            # The holder may have ended and removed the file between our open and flock: then we hold a
+            # lock on a file nobody else can see. Lock the file that is at the path, or try again.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}: {' '.join(sys.argv)}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still held, so no other run can be holding this file
+        os.close(self._fd)
+        self._fd = None
+        if self._created:
+            try:
+                self.folder.rmdir()  # only if empty: a rejected run leaves no folder behind
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 500, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text.splitlines()[0] if text else "holder unknown"
+
+
+def resume_path(resume: str | None, out: str | os.PathLike) -> tuple[str | None, str | None]:
+    """What `--resume` means, as (checkpoint to load or None, note to log).
+
+    "auto": the run folder's last.pt (or its last.prev.pt) when there is one, else a fresh start with a
+    note, so a job script can always pass it. A folder: its last.pt, which falls back to last.prev.pt
+    (a folder's best.pt holds no optimizer state and cannot be resumed). Anything else is a file.
+    """
+    if resume is None:
+        return None, None
+    if resume == RESUME_AUTO:
+        last = Path(out) / "last.pt"
+        if last.is_file() or previous_path(last).is_file():
+            return str(last), None
+        return None, f"--resume auto: no last.pt in {out}, starting a new run"
+    if Path(resume).is_dir():
+        return str(Path(resume) / "last.pt"), None
+    return resume, None
+
+
+def load_resume(path: str) -> tuple[dict, str, str | None]:
+    """load_resume_state, also returning the file actually used (last.pt, or last.prev.pt after a fallback)."""
+    state, note = load_resume_state(path)
+    if note is None:
+        return state, path, None
+    return state, str(previous_path(path)), note
