@@ -14,7 +14,7 @@ from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RESUME_MUST_MATCH, Dat
                             TrainConfig, field_names)
 from rnnsent.models import SentimentRNN
 from rnnsent.train import Trainer
-from helpers import assert_same_weights, weights
+from helpers import weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "imdb" / "reviews.json"
@@ -116,6 +116,13 @@ def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
     run.mkdir(parents=True)
     shutil.copy(OLD / "last.pt", run / "last.pt")
     Trainer(_old_config(tmp_path / "b", epochs=2, threads=1, resume=str(run / "last.pt"))).fit()
-    assert_same_weights(weights(run / "last.pt"), weights(tmp_path / "a" / "run" / "last.pt"))
+    resumed, fresh = load_checkpoint_state(run / "last.pt"), load_checkpoint_state(tmp_path / "a" / "run" / "last.pt")
+    assert resumed["progress"]["global_step"] == fresh["progress"]["global_step"]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    # The fused kernel now sums its gradients per fixed chunk (issue 17), so today's first epoch rounds
+    # differently from the one 08ac52f wrote: equal up to rounding, where a wrong position, RNG state or
+    # optimizer state would put whole optimizer steps (about lr = 1e-3 per weight) between the two.
+    for k, v in fresh["model_state"].items():
+        assert torch.allclose(resumed["model_state"][k], v, rtol=1e-4, atol=1e-6), f"{k} differs"
     with pytest.raises(CheckpointError, match="encoding: checkpoint 'bucketed', now 'keras'"):
         Trainer(_old_config(tmp_path / "c", epochs=2, encoding="keras", resume=str(OLD / "last.pt")))
