@@ -1,4 +1,5 @@
-"""One way to write a file that readers see whole or not at all: checkpoints, data caches, downloads."""
+"""One way to write a file that readers see whole or not at all (checkpoints, data caches, downloads),
+and one way to read an archive member whose size an untrusted file declares."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+
+# The most any archive member (a tar member, a zip member of an .npz or .keras file) may inflate to.
+# rnnsent's largest input, the IMDB reviews.json, is about 130 MB; a compressed bomb stops here.
+MAX_MEMBER_BYTES = 1 << 30
 
 
 @contextmanager
@@ -35,3 +40,15 @@ def _umask() -> int:
     mask = os.umask(0)  # the only way to read it; set straight back
     os.umask(mask)
     return mask
+
+
+def read_bounded(f: BinaryIO, limit: int, where: str, error: Callable[[str], Exception] = ValueError,
+                 declared: int | None = None) -> bytes:
+    """All of `f`, or `error(message)` if it declares (`declared`) or holds more than `limit` bytes.
+    At most limit + 1 bytes are ever read, so a stream that inflates without end costs no more."""
+    if declared is not None and declared > limit:
+        raise error(f"{where} declares {declared:,} bytes, over the bound of {limit:,}; refusing to read it")
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{where} holds more than the bound of {limit:,} bytes; refusing to read it")
+    return data

