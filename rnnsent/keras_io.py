@@ -26,13 +26,16 @@ import json
 import os
 import re
 import zipfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from rnnsent.config import KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig, canonical_cell, field_names
+from rnnsent.files import MAX_MEMBER_BYTES, read_bounded
 from rnnsent.models import SentimentRNN, permute_gates
 
 __all__ = ["KerasFormatError", "from_keras", "to_keras", "save_keras", "keras_weights"]
@@ -54,7 +57,7 @@ class _Layer:
     kind: str  # Keras class name, e.g. "GRU"
     name: str
     config: dict
-    weights: list[np.ndarray] | None = field(default=None, repr=False)
+    weights: list | None = field(default=None, repr=False)  # arrays, or h5py datasets not read until _parse checks their shapes
 
 
 # ----------------------------------------------------------------------------- Keras -> rnnsent
@@ -72,19 +75,20 @@ def from_keras(source, **overrides) -> SentimentRNN:
     unknown = sorted(set(overrides) - set(_MODEL_ARGS))
     if unknown:
         raise TypeError(f"from_keras() got unknown arguments {', '.join(unknown)}; valid: {', '.join(_MODEL_ARGS)}")
-    if hasattr(source, "layers") and hasattr(source, "get_weights"):
-        where = f"Keras model {getattr(source, 'name', '')!r}"
-        layers = _layers_from_live(source, where)
-    else:
-        where = str(source)
+    with ExitStack() as stack:  # a file stays open until _parse has checked the weights' shapes and read them
+        if hasattr(source, "layers") and hasattr(source, "get_weights"):
+            where = f"Keras model {getattr(source, 'name', '')!r}"
+            layers = _layers_from_live(source, where)
+        else:
+            where = str(source)
+            try:
+                layers = stack.enter_context(_layers_from_file(source))
+            except (AttributeError, KeyError, TypeError, IndexError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise KerasFormatError(f"{where}: malformed Keras model config ({type(e).__name__}: {e})") from None
         try:
-            layers = _layers_from_file(source)
-        except (AttributeError, KeyError, TypeError, IndexError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise KerasFormatError(f"{where}: malformed Keras model config ({type(e).__name__}: {e})") from None
-    try:
-        args, weights = _parse(layers, where)
-    except (AttributeError, KeyError, TypeError, IndexError) as e:  # a config missing fields or holding other types
-        raise KerasFormatError(f"{where}: malformed Keras layer config ({type(e).__name__}: {e})") from None
+            args, weights = _parse(layers, where)
+        except (AttributeError, KeyError, TypeError, IndexError) as e:  # a config missing fields or holding other types
+            raise KerasFormatError(f"{where}: malformed Keras layer config ({type(e).__name__}: {e})") from None
     for key, value in overrides.items():
         if key in ("vocab_size", "embed_dim", "hidden_size") and value != args[key]:
             raise KerasFormatError(f"{where}: {key}={value!r} was asked for but the model has {key}={args[key]}")
@@ -190,7 +194,7 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                 raise KerasFormatError(
                     f"{where}: {layer.name}/{wname} has shape {tuple(arr.shape)} but the config "
                     f"(vocab {v}, embed {e}, units {h}) says {want}: the weights have other sizes than the file says")
-            arrays.append(np.asarray(arr, dtype=np.float32))
+            arrays.append(np.asarray(arr[()], dtype=np.float32))  # an h5py dataset is read here, its shape known good
     return args, tuple(arrays)
 
 
@@ -238,7 +242,9 @@ def _layers_from_live(model, where: str) -> list[_Layer]:
     return layers
 
 
-def _layers_from_file(path) -> list[_Layer]:
+@contextmanager
+def _layers_from_file(path) -> Iterator[list[_Layer]]:
+    """The file's layers, their weights h5py datasets of the open file, checked but not yet read."""
     path = Path(os.fspath(path))
     if not path.exists():
         raise FileNotFoundError(f"no Keras model file at {path}")
@@ -246,10 +252,14 @@ def _layers_from_file(path) -> list[_Layer]:
         raise KerasFormatError(f"{path} is a directory (a TensorFlow SavedModel?); rnnsent reads .keras and .h5 files")
     h5py = _h5py()
     if zipfile.is_zipfile(path):
-        return _read_keras_zip(path, h5py)
+        config, blob = _read_keras_zip(path)
+        with h5py.File(io.BytesIO(blob), "r") as f:
+            yield _keras_zip_layers(config, f, str(path))
+        return
     if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
-            return _read_legacy_h5(f, str(path))
+            yield _read_legacy_h5(f, str(path))
+        return
     raise KerasFormatError(f"{path} is neither an HDF5 (.h5) nor a Keras zip (.keras) file")
 
 
@@ -301,47 +311,59 @@ def _read_legacy_h5(f, where: str) -> list[_Layer]:
             continue
         group = root[layer.name]
         names = [_text(n) for n in group.attrs.get("weight_names", [])]
-        layer.weights = [_read_dataset(group[n], where) for n in names]
+        layer.weights = [_checked_dataset(group[n], where) for n in names]
     return layers
 
 
-def _read_keras_zip(path: Path, h5py) -> list[_Layer]:
+# A .keras config.json is a few kB; the weights member is bounded by files.MAX_MEMBER_BYTES.
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def _read_keras_zip(path: Path) -> tuple[dict, bytes]:
+    """config.json, parsed, and the bytes of model.weights.h5: each member bounded before it is read."""
     where = str(path)
     with zipfile.ZipFile(path) as z:
         members = set(z.namelist())
         if "config.json" not in members or "model.weights.h5" not in members:
             raise KerasFormatError(f"{where} is a zip file but not a Keras .keras file (no config.json / model.weights.h5)")
-        config = json.loads(z.read("config.json"))
-        blob = z.read("model.weights.h5")
+        read = {}
+        for name, bound in (("config.json", MAX_CONFIG_BYTES), ("model.weights.h5", MAX_MEMBER_BYTES)):
+            info = z.getinfo(name)
+            with z.open(info) as f:
+                read[name] = read_bounded(f, bound, f"{where}:{name}", KerasFormatError, info.file_size)
+    return json.loads(read["config.json"]), read["model.weights.h5"]
+
+
+def _keras_zip_layers(config: dict, f, where: str) -> list[_Layer]:
+    """The layers of a .keras config, their weights found in the open model.weights.h5 `f`."""
     layers = _config_layers(config, where)
-    with h5py.File(io.BytesIO(blob), "r") as f:
-        root = f["layers"] if "layers" in f else f.get("_layer_checkpoint_dependencies", {})
-        # Keras 3 records each layer's name on its vars group; Keras 2.13-2.15 does not, and both name
-        # the groups after the class (snake_case, _1, _2 ... for repeats), in layer order.
-        by_name = {}
-        for key in root:
-            vars_ = root[key].get("vars")
-            if vars_ is not None and "name" in vars_.attrs:
-                by_name[_text(vars_.attrs["name"])] = root[key]
-        used: dict[str, int] = {}
-        for layer in layers:
-            if layer.kind == "InputLayer":
-                continue
-            base = _snake_case(layer.kind)
-            key = base if base not in used else f"{base}_{used[base] + 1}"
-            used[base] = used.get(base, -1) + 1
-            group = by_name.get(layer.name, root.get(key) if key in root else None)
-            layer.weights = [] if group is None else _group_vars(group)
+    root = f["layers"] if "layers" in f else f.get("_layer_checkpoint_dependencies", {})
+    # Keras 3 records each layer's name on its vars group; Keras 2.13-2.15 does not, and both name
+    # the groups after the class (snake_case, _1, _2 ... for repeats), in layer order.
+    by_name = {}
+    for key in root:
+        vars_ = root[key].get("vars")
+        if vars_ is not None and "name" in vars_.attrs:
+            by_name[_text(vars_.attrs["name"])] = root[key]
+    used: dict[str, int] = {}
+    for layer in layers:
+        if layer.kind == "InputLayer":
+            continue
+        base = _snake_case(layer.kind)
+        key = base if base not in used else f"{base}_{used[base] + 1}"
+        used[base] = used.get(base, -1) + 1
+        group = by_name.get(layer.name, root.get(key) if key in root else None)
+        layer.weights = [] if group is None else _group_vars(group)
     return layers
 
 
-def _group_vars(group) -> list[np.ndarray]:
+def _group_vars(group) -> list:
     """A layer's arrays in Keras order: its own vars/0.., then its cell's (recurrent layers)."""
     arrays = []
     for sub in ("vars", "cell/vars"):
         if sub in group:
             vars_ = group[sub]
-            arrays += [_read_dataset(vars_[k], group.file.filename) for k in sorted(vars_, key=int)]
+            arrays += [_checked_dataset(vars_[k], group.file.filename) for k in sorted(vars_, key=int)]
     return arrays
 
 
@@ -350,8 +372,9 @@ def _group_vars(group) -> list[np.ndarray]:
 MAX_WEIGHT_BYTES = 1 << 30
 
 
-def _read_dataset(ds, where: str) -> np.ndarray:
-    """One weight array, read only after checking where its bytes live and how large it says it is."""
+def _checked_dataset(ds, where: str):
+    """One weight array, unread: refused if its bytes live elsewhere or it says it is too large.
+    _parse reads it once its shape matches the config."""
     name = getattr(ds, "name", "?")
     if not hasattr(ds, "shape") or not hasattr(ds, "dtype"):
         raise KerasFormatError(f"{where}: {name} is not a weight array")
@@ -360,7 +383,7 @@ def _read_dataset(ds, where: str) -> np.ndarray:
     if ds.size * ds.dtype.itemsize > MAX_WEIGHT_BYTES:
         raise KerasFormatError(f"{where}: {name} declares shape {ds.shape}, over {MAX_WEIGHT_BYTES >> 30} GiB; "
                                "no model rnnsent reads is that large")
-    return ds[()]
+    return ds
 
 
 def _snake_case(name: str) -> str:

@@ -386,3 +386,36 @@ def test_h5_shapes_are_checked_before_reading(tmp_path):
     finally:
         h5py.Dataset.__getitem__ = original
     assert (1 << 31,) not in reads
+
+
+def test_h5_shape_against_the_config_is_checked_before_reading(tmp_path):
+    """A weight whose declared shape differs from what the config implies is refused without being read."""
+    path = tmp_path / "m.h5"
+    shutil.copy(FIXTURES / "k2_gru.h5", path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"]["dense_1"]
+        name = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]  # .../kernel:0
+        del group[name]
+        group.create_dataset(name, shape=(12345,), dtype="f4", compression="gzip")
+    reads = []
+    original = h5py.Dataset.__getitem__
+    h5py.Dataset.__getitem__ = lambda self, key: reads.append(self.shape) or original(self, key)
+    try:
+        with pytest.raises(KerasFormatError, match=r"dense_1/kernel has shape \(12345,\) but the config"):
+            from_keras(path)
+    finally:
+        h5py.Dataset.__getitem__ = original
+    assert (12345,) not in reads
+
+
+@pytest.mark.parametrize("member,bound", [("config.json", "MAX_CONFIG_BYTES"), ("model.weights.h5", "MAX_MEMBER_BYTES")])
+def test_keras_zip_member_over_the_bound_is_refused_before_reading(tmp_path, monkeypatch, member, bound):
+    import rnnsent.keras_io as keras_io
+
+    monkeypatch.setattr(keras_io, bound, 100)
+    read = []
+    monkeypatch.setattr(keras_io.zipfile.ZipFile, "read", lambda self, name, pwd=None: read.append(name))  # never whole
+    path = FIXTURES / "k3_gru.keras"
+    with pytest.raises(KerasFormatError, match=rf"^{path}:{member} declares [\d,]+ bytes, over the bound of 100;") as e:
+        from_keras(path)
+    assert len(str(e.value).splitlines()) == 1 and read == []
