@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, checksummed and verified loads, no unpickling of arbitrary objects.
 
-A checkpoint file is a `torch.save` of a small envelope:
+A checkpoint file is a `torch.save` of rnnsent.envelope's checksummed envelope:
     {"format": "rnnsent-checkpoint", "version": 1, "sha256": hex, "payload": uint8 tensor}
 where the payload is itself a `torch.save` of plain data (tensors, dicts, lists, str, numbers).
 Both levels load with `weights_only=True`, so a file from another program can at worst be refused,
@@ -9,8 +9,6 @@ never executed. The checksum catches a file that was truncated or corrupted afte
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import shutil
@@ -20,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding
+from rnnsent.envelope import first_line as _first_line, seal, unseal
 from rnnsent.files import atomic_write
 from rnnsent.runtime import rng_state, set_rng_state
 
@@ -59,15 +58,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    payload = buf.getvalue()
-    envelope = {
-        "format": FORMAT,
-        "version": VERSION,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
-    }
+    envelope = seal(state, FORMAT, VERSION)
     def keep() -> None:  # just before the rename, so `path` exists at every moment
         # Never rotate a file that fails verification: after a fallback to last.prev.pt, the damaged last.pt
         # must not replace the good file the run just resumed from.
@@ -159,34 +150,10 @@ def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
             f"{path} is not a readable rnnsent checkpoint (truncated, corrupt, or written by another program): "
             f"{_first_line(e)}"
         ) from None
-    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an rnnsent checkpoint (no '{FORMAT}' marker); refusing to load it")
-    if envelope.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} is an rnnsent checkpoint of format version {envelope.get('version')!r}; "
-            f"this rnnsent reads version {VERSION}"
-        )
-    payload = envelope.get("payload")
-    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
-        raise CheckpointError(f"{path} is damaged: its payload is missing")
-    data = payload.numpy().tobytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != envelope.get("sha256"):
-        raise CheckpointError(
-            f"{path} is corrupt: checksum {actual[:16]}... does not match the recorded {str(envelope.get('sha256'))[:16]}..."
-        )
-    try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} has an unreadable payload: {_first_line(e)}") from None
+    state = unseal(envelope, str(path), FORMAT, VERSION, "rnnsent checkpoint", CheckpointError, map_location)
     if not isinstance(state, dict) or "model_config" not in state or "model_state" not in state:
         raise CheckpointError(f"{path} holds no model (missing model_config or model_state)")
     return state
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ import torch
 import rnnsent.data.dataset as dataset
 from rnnsent.data import Batcher, ImdbData, Vocab, load_imdb_reviews, prepare_imdb, tokenize, train_val_split
 from rnnsent.data.fetch import PER_BLOCK
+from rnnsent.envelope import unseal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
 K = 6
@@ -173,7 +174,9 @@ def test_source_change_is_a_cache_miss(tmp_path):
 
 def test_cache_file_loads_with_weights_only(tmp_path):
     data = prep(tmp_path)
-    stored = torch.load(data.meta["cache_file"], weights_only=True)
+    envelope = torch.load(data.meta["cache_file"], weights_only=True)
+    assert envelope["format"] == dataset.CACHE_FORMAT and envelope["version"] == dataset.CACHE_VERSION
+    stored = unseal(envelope, "cache", dataset.CACHE_FORMAT, dataset.CACHE_VERSION, "cache")  # its payload: weights_only too
     assert set(stored) == {"train", "val", "test", "vocab", "meta"}
     assert stored["train"]["flat"].dtype == torch.int16  # compact on disk
 
@@ -186,6 +189,43 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert record.levelname == "WARNING" and "unreadable prepared-data cache" in record.getMessage()
     assert rebuilt.meta["cache_hit"] is False
     assert prep(tmp_path).meta["cache_hit"] is True  # the rebuilt file is good
+
+
+def _same(a: ImdbData, b: ImdbData) -> bool:
+    splits = [(getattr(a, s), getattr(b, s)) for s in ("train", "val", "test")]
+    return a.vocab == b.vocab and all(torch.equal(x.tokens, y.tokens) and torch.equal(x.lengths, y.lengths)
+                                      and torch.equal(x.labels, y.labels) for x, y in splits)
+
+
+def test_flipped_bytes_in_the_cache_are_caught_and_rebuilt(tmp_path, caplog):
+    """Bytes flipped inside the stored tensors once loaded silently and changed the results: the checksum catches them."""
+    clean = prep(tmp_path)
+    path = Path(clean.meta["cache_file"])
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 8] = bytes(b ^ 0xFF for b in raw[mid : mid + 8])
+    path.write_bytes(raw)
+    rebuilt = prep(tmp_path)
+    (record,) = caplog.records
+    assert record.name.startswith("rnnsent.data") and record.levelname == "WARNING"
+    assert f"unreadable prepared-data cache {path}" in record.getMessage() and "checksum" in record.getMessage()
+    assert len(record.getMessage().splitlines()) == 1
+    assert rebuilt.meta["cache_hit"] is False and _same(rebuilt, clean)
+    again = prep(tmp_path)
+    assert again.meta["cache_hit"] is True and _same(again, clean)
+
+
+def test_a_cache_written_before_the_checksum_still_loads(tmp_path, monkeypatch, caplog):
+    """A cache from before the envelope (a bare dict, as torch.save wrote it) is a hit, read without a rebuild."""
+    clean = prep(tmp_path)
+    path = Path(clean.meta["cache_file"])
+    bare = unseal(torch.load(path, weights_only=True), str(path), dataset.CACHE_FORMAT, dataset.CACHE_VERSION, "cache")
+    path.unlink()
+    torch.save(bare, path)  # what prepare_imdb wrote before the envelope
+    monkeypatch.setattr(dataset, "read_blocks", lambda *a, **k: pytest.fail("an old cache must not be rebuilt"))
+    old = prep(tmp_path)
+    assert old.meta["cache_hit"] is True and _same(old, clean) and caplog.records == []
+    assert not isinstance(torch.load(path, weights_only=True).get("format"), str)  # kept as it was, not rewritten
 
 
 def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ vocabulary is Keras' own word index, so the ids equal imdb.load_data(num_words=v
 
 The prepared result is cached as a .pt file keyed by a hash of every parameter that changes it and
 of the source's identity. It holds only tensors, lists, dicts, str and int, so it loads with
-torch.load(weights_only=True); rows are stored unpadded (flat ids + lengths) to keep it small.
+torch.load(weights_only=True); rows are stored unpadded (flat ids + lengths) to keep it small. It is
+wrapped in rnnsent.envelope's checksummed envelope, like a checkpoint: a damaged cache is rebuilt.
+Caches written before the envelope (a bare dict) still load, unverified, and are kept as they are.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from rnnsent.config import canonical_encoding, check_val_fraction
+from rnnsent.envelope import first_line, seal, unseal
 from rnnsent.files import atomic_write
 from rnnsent.data.fetch import PER_BLOCK, Source, cache_root, find_imdb, read_blocks, read_keras_word_index
 from rnnsent.data.text import (
@@ -41,6 +44,7 @@ from rnnsent.data.text import (
 # Caches are keyed by the encoding's name from before "fast" became "bucketed", so they keep hitting.
 _CACHE_NAMES = {"keras": "keras", "bucketed": "fast"}
 CACHE_VERSION = 1  # bump when the stored layout or the preparation itself changes
+CACHE_FORMAT = "rnnsent-prepared-data"  # the envelope's marker; its version is CACHE_VERSION
 log = logging.getLogger(__name__)
 
 
@@ -189,10 +193,12 @@ def prepare_imdb(
     if use_cache and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)
+            if not (isinstance(stored, dict) and "meta" in stored and "format" not in stored):  # else a cache from before the envelope
+                stored = unseal(stored, str(path), CACHE_FORMAT, CACHE_VERSION, "rnnsent prepared-data cache")
             meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
             return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
         except Exception as e:  # any unreadable cache is rebuilt; the data itself is still there
-            log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {e}); rebuilding it")
+            log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {first_line(e)}); rebuilding it")
 
     t0 = time.perf_counter()
     splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit, expected_per_block)
@@ -203,5 +209,5 @@ def prepare_imdb(
     if use_cache:
         payload = {s: _pack(splits[s]) for s in splits}
         with atomic_write(path, suffix=".partial") as f:  # readers never see a half-written cache
-            torch.save({**payload, "vocab": vocab.to_dict(), "meta": meta}, f)
+            torch.save(seal({**payload, "vocab": vocab.to_dict(), "meta": meta}, CACHE_FORMAT, CACHE_VERSION), f)
     return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if use_cache else None, cache_hit=False))
