@@ -81,6 +81,8 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
     a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
     a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
+    a("--num-classes", type=_positive_int, default=None,
+      help="output classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax [your own data's classes, else 2]")
     a("--encoding", type=_encoding, choices=ENCODINGS, default=None,
       help="keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed batches "
            f"(its old name fast still works) [{d.encoding}]")

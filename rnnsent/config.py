@@ -98,7 +98,7 @@ class ModelConfig:
     output_dropout: float = 0.0  # dropout on the last hidden state
     init: str = "keras"  # keras: Keras' initializers; torch: PyTorch's defaults
     word_dropout: float = 0.0  # training only: a word becomes out-of-vocabulary with this probability
-    # 2: Dense(1) + sigmoid, as Keras' exercise; K > 2: Dense(K) + softmax. Set from the data's classes.
+    # 2: Dense(1) + sigmoid, as Keras' exercise; K > 2: Dense(K) + softmax. Your own data's classes set it.
     num_classes: int = 2
 
     def __post_init__(self):
@@ -244,8 +244,7 @@ def field_names(group) -> tuple[str, ...]:
 # Settings that must agree between a checkpoint and the run that resumes it: changing any of them would
 # silently train a different model or on different data. Where the data lies, epochs, patience and the
 # machinery may change.
-# num_classes follows the data (a resumed run checks its vocabulary and weights against the checkpoint's).
-MAY_CHANGE_ON_RESUME = ("data_root", "test_data", "cache_dir", "epochs", "patience", "num_classes")
+MAY_CHANGE_ON_RESUME = ("data_root", "cache_dir", "epochs", "patience")
 RESUME_MUST_MATCH = tuple(name for group in (ModelConfig, DataConfig, OptimConfig) for name in field_names(group)
                           if name not in MAY_CHANGE_ON_RESUME)
 

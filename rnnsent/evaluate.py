@@ -102,7 +102,8 @@ def predict(
     split = (encode_keras if encoding == "keras" else encode_fast)(ids, labels, max_len)
     was_training = model.training
     model.eval()
-    names = [str(c) for c in classes] if classes else list(IMDB_LABELS)
+    k = model.num_classes
+    names = [str(c) for c in classes] if classes else list(IMDB_LABELS) if k == 2 else [str(c) for c in range(k)]
     probs = torch.empty(len(texts), len(names))  # (N, K)
     for start in range(0, len(texts), batch_size):
         sl = slice(start, start + batch_size)

@@ -31,7 +31,7 @@ from rnnsent import faults, objective, recurrent, report
 from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, load_resume_state,
                                 restore_training_state, save_checkpoint, training_state)
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
-                            TrainConfig, resume_differences)
+                            ModelConfig, TrainConfig, resume_differences)
 from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
@@ -85,7 +85,6 @@ class Trainer:
             resume_state, note = load_resume_state(config.resume)
             if note:
                 self.log(note, always=True)
-            self._check_resume(resume_state)
             if "optimizer" not in resume_state:
                 raise CheckpointError(
                     f"{config.resume} holds weights only (a best or released checkpoint), not a resumable run; "
@@ -95,8 +94,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.data = data if data is not None else prepare_data(config, config.vocab_size)
         classes = self.data.meta.get("classes")
-        if classes and len(classes) != config.num_classes:  # the head follows the data's classes
+        if classes and len(classes) != config.num_classes:  # your own data's classes size the head
+            if config.num_classes != ModelConfig.num_classes:
+                raise ValueError(f"num_classes={config.num_classes} but the data has {len(classes)} classes; leave it unset")
             self.config = config = dataclasses.replace(config, num_classes=len(classes))
+        if resume_state is not None:  # checked once the data has sized the head
+            self._check_resume(resume_state)
         if resume_state is not None and resume_state.get("vocab") != self.data.vocab.to_dict():
             raise CheckpointError(
                 f"{config.resume} was trained with another vocabulary than the data prepared now; "
