@@ -192,3 +192,12 @@ def test_utf16_with_bom_and_utf8_bom_are_read(tmp_path):
     for encoding in ("utf-16", "utf-8-sig"):
         p = write(tmp_path, f"{encoding}.jsonl", json.dumps({"text": "café 東京", "label": "x"}) + "\n", encoding)
         assert [(r.text, r.label) for r in read_rows(p)] == [("café 東京", "x")]
+
+
+def test_first_appearance_equals_a_stable_unique():
+    import numpy as np
+
+    x = np.random.default_rng(0).integers(0, 500, 20000).astype(np.int32)
+    ids, first = np.unique(x, return_index=True)
+    for block in (7, 1000, 1 << 20):
+        assert np.array_equal(labelled._first_appearance(x, 500, block), ids[np.argsort(first)])

@@ -20,6 +20,7 @@ the number of processes. The cache is written only after every check has passed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from rnnsent.config import DataConfig, canonical_encoding, check_val_fraction
-from rnnsent.data.dataset import ImdbData, _pack, _unpack, train_val_split
+from rnnsent.data.dataset import ImdbData, _Index, _pack, _unpack, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import Columns, DataFileError, Row, class_order, label_kind, read_rows
 from rnnsent.data.text import SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast, encode_keras, tokenize_scripts
@@ -48,14 +49,27 @@ log = logging.getLogger(__name__)
 
 def _tokenize_chunk(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(words in first-appearance order, every row's provisional ids back to back, row lengths)."""
-    index: dict[str, int] = {}
-    rows = []
-    for text in texts:
-        tokens = tokenize_scripts(text)
-        rows.append([index.setdefault(t, len(index)) for t in tokens])
+    index = _Index()  # word -> id in order of first appearance
+    rows = [tokenize_scripts(text) for text in texts]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    flat = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(lengths.sum()))
+    flat = np.fromiter(map(index.__getitem__, itertools.chain.from_iterable(rows)), dtype=np.int32, count=int(lengths.sum()))
     return list(index), flat, lengths
+
+
+def _first_appearance(flat: np.ndarray, size: int, block: int = 1 << 20) -> np.ndarray:
+    """The distinct ids of `flat` in the order they first appear. Block by block, only ids not seen in an
+    earlier block are sorted, so the cost is about one pass instead of a sort of everything."""
+    seen = np.zeros(size, dtype=bool)
+    order = []
+    for start in range(0, len(flat), block):
+        part = flat[start:start + block]
+        new = part[~seen[part]]
+        if len(new):
+            ids, first = np.unique(new, return_index=True)
+            ids = ids[np.argsort(first, kind="stable")]
+            seen[ids] = True
+            order.append(ids)
+    return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -177,12 +191,11 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     # The vocabulary: counts over training (and validation) rows, ties in the order words first appear there.
     fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
     fit_flat = np.concatenate([flat[offsets[i]:offsets[i + 1]] for i in fit_rows]) if len(fit_rows) else np.zeros(0, np.int32)
-    uniq, first = np.unique(fit_flat, return_index=True)
-    order = uniq[np.argsort(first, kind="stable")]
+    order = _first_appearance(fit_flat, len(words))
     counts = np.bincount(fit_flat, minlength=len(words))
     vocab = Vocab.from_counts([words[i] for i in order], counts[order], vocab_size)
     vocab = Vocab(vocab.words, tokenizer=SCRIPT_TOKENIZER_NAME)
-    to_id = np.full(len(words), 2, dtype=np.int64)
+    to_id = np.full(len(words), 2, dtype=np.int32)
     kept = np.array([acc.index[w] for w in vocab.words], dtype=np.int64)
     to_id[kept] = np.arange(3, 3 + len(kept))
 
