@@ -82,7 +82,8 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
     a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
     a("--num-classes", type=_positive_int, default=None,
-      help="output classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax [your own data's classes, else 2]")
+      help="output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
+           f"[{d.num_classes}]")
     a("--encoding", type=_encoding, choices=ENCODINGS, default=None,
       help="keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed batches "
            f"(its old name fast still works) [{d.encoding}]")
