@@ -201,3 +201,57 @@ def test_first_appearance_equals_a_stable_unique():
     ids, first = np.unique(x, return_index=True)
     for block in (7, 1000, 1 << 20):
         assert np.array_equal(labelled._first_appearance(x, 500, block), ids[np.argsort(first)])
+
+
+# ----------------------------------------------------------------------------- the trainer on data from Python lists
+
+
+def test_trainer_on_lists_sizes_the_head_and_resumes_bit_for_bit(tmp_path):
+    """Four classes from Python lists: Dense(4), macro-F1 picks best.pt, and a run stopped after one epoch and
+    resumed equals an uninterrupted one (weights and history)."""
+    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.train import TrainConfig, Trainer
+    from helpers import assert_same_weights, weights
+
+    rows = list(read_rows(LABELLED / "debian_sections.csv", Columns("description", "section")))
+    data = prepare_texts([r.text for r in rows], [r.label for r in rows], vocab_size=200, max_len=30)
+    base = dict(vocab_size=200, max_len=30, embed_dim=4, hidden_size=5, batch_size=8, quiet=True, threads=1)
+    full = Trainer(TrainConfig(epochs=2, out=str(tmp_path / "full"), **base), data)
+    assert full.model.fc.out_features == 4 and full.config.num_classes == 4
+    report = full.fit()
+    assert report["classes"] == ["admin", "perl", "python", "science"] and report["monitor"] == "macro_f1"
+    assert len(report["confusion_matrix"]) == 4 and 0.0 <= report["test_macro_f1"] <= 1.0
+
+    Trainer(TrainConfig(epochs=1, out=str(tmp_path / "part"), **base), data).fit()
+    resumed = Trainer(TrainConfig(epochs=2, out=str(tmp_path / "part"), resume=str(tmp_path / "part" / "last.pt"), **base), data)
+    resumed.fit()
+    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt"))
+    assert [r["val_macro_f1"] for r in full.history] == [r["val_macro_f1"] for r in resumed.history]
+    assert load_checkpoint(tmp_path / "full").classes == ["admin", "perl", "python", "science"]
+
+
+def test_scores_macro_f1_and_confusion_against_counting_by_hand():
+    import random
+
+    from rnnsent.evaluate import scores
+    from rnnsent.report import _best_row
+
+    rng = random.Random(0)
+    for k in (2, 3, 5):
+        truth = [rng.randrange(k) for _ in range(200)]
+        pred = [t if rng.random() < 0.6 else rng.randrange(k) for t in truth]
+        matrix = [[sum(1 for t, p in zip(truth, pred) if (t, p) == (i, j)) for j in range(k)] for i in range(k)]
+        r = scores(50.0, matrix)
+        f1 = []
+        for c in range(k):
+            tp = sum(t == p == c for t, p in zip(truth, pred))
+            precision = tp / max(1, sum(p == c for p in pred))
+            recall = tp / max(1, sum(t == c for t in truth))
+            f1.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        assert r["macro_f1"] == pytest.approx(sum(f1) / k) and r["n"] == 200 and r["loss"] == 0.25
+        assert r["accuracy"] == sum(t == p for t, p in zip(truth, pred)) / 200
+        if k == 2:  # IMDB's counts, class 1 positive
+            assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (matrix[1][1], matrix[0][1], matrix[0][0], matrix[1][0])
+    history = [{"epoch": 1, "val_loss": 0.5, "val_macro_f1": 0.4}, {"epoch": 2, "val_loss": 0.6, "val_macro_f1": 0.7},
+               {"epoch": 3, "val_loss": 0.5, "val_macro_f1": 0.7}]
+    assert _best_row(history, "loss")["epoch"] == 1 and _best_row(history, "macro_f1")["epoch"] == 2
