@@ -227,7 +227,13 @@ def test_trainer_on_lists_sizes_the_head_and_resumes_bit_for_bit(tmp_path):
     resumed.fit()
     assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt"))
     assert [r["val_macro_f1"] for r in full.history] == [r["val_macro_f1"] for r in resumed.history]
-    assert load_checkpoint(tmp_path / "full").classes == ["admin", "perl", "python", "science"]
+    loaded = load_checkpoint(tmp_path / "full")
+    assert loaded.classes == ["admin", "perl", "python", "science"]
+    import rnnsent
+
+    (p,) = rnnsent.predict(loaded, ["a python module for parsing"])
+    assert p.label in loaded.classes and p.probability == max(p.probabilities.values())
+    assert list(p.probabilities) == loaded.classes
 
 
 def test_scores_macro_f1_and_confusion_against_counting_by_hand():
@@ -255,3 +261,18 @@ def test_scores_macro_f1_and_confusion_against_counting_by_hand():
     history = [{"epoch": 1, "val_loss": 0.5, "val_macro_f1": 0.4}, {"epoch": 2, "val_loss": 0.6, "val_macro_f1": 0.7},
                {"epoch": 3, "val_loss": 0.5, "val_macro_f1": 0.7}]
     assert _best_row(history, "loss")["epoch"] == 1 and _best_row(history, "macro_f1")["epoch"] == 2
+
+
+@pytest.mark.parametrize("encoding", ["keras", "bucketed"])
+def test_vectorised_encoding_equals_encode_keras_and_fast(encoding):
+    import numpy as np
+
+    from rnnsent.data.text import encode_fast, encode_keras
+
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(2, 50, size=n) for n in (0, 1, 5, 9, 10, 11, 30, 3)]
+    labels = torch.arange(len(rows), dtype=torch.float32)
+    for max_len in (1, 2, 10, 11, 40):
+        want = (encode_keras if encoding == "keras" else encode_fast)(rows, labels, max_len)
+        got = labelled._encode(np.concatenate(rows), np.array([len(r) for r in rows]), labels, max_len, encoding)
+        assert torch.equal(got.tokens, want.tokens) and torch.equal(got.lengths, want.lengths) and got.padding == want.padding

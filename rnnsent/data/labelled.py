@@ -37,7 +37,8 @@ from rnnsent.config import DataConfig, canonical_encoding, check_val_fraction
 from rnnsent.data.dataset import ImdbData, _Index, _pack, _unpack, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import Columns, DataFileError, Row, class_order, label_kind, read_rows
-from rnnsent.data.text import SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast, encode_keras, tokenize_scripts
+from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast,
+                               encode_keras, pad_flat, tokenize_scripts)
 from rnnsent.files import atomic_write
 
 CACHE_VERSION = 1
@@ -189,29 +190,52 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     flat = np.concatenate(acc.flats) if acc.flats else np.zeros(0, np.int32)
     words = list(acc.index)
     # The vocabulary: counts over training (and validation) rows, ties in the order words first appear there.
-    fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
-    fit_flat = np.concatenate([flat[offsets[i]:offsets[i + 1]] for i in fit_rows]) if len(fit_rows) else np.zeros(0, np.int32)
+    fit_flat, _ = _rows_flat(flat, offsets, lengths, np.sort(np.concatenate([rows["train"], rows["val"]])))
     order = _first_appearance(fit_flat, len(words))
     counts = np.bincount(fit_flat, minlength=len(words))
+    del fit_flat
     vocab = Vocab.from_counts([words[i] for i in order], counts[order], vocab_size)
     vocab = Vocab(vocab.words, tokenizer=SCRIPT_TOKENIZER_NAME)
     to_id = np.full(len(words), 2, dtype=np.int32)
     kept = np.array([acc.index[w] for w in vocab.words], dtype=np.int64)
     to_id[kept] = np.arange(3, 3 + len(kept))
 
-    encode = encode_keras if encoding == "keras" else encode_fast
+    if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
+        train_idx, val_idx = train_val_split(len(rows["train"]), val_fraction, seed, y[torch.from_numpy(rows["train"])])
+        rows["train"], rows["val"] = rows["train"][train_idx.numpy()], rows["train"][val_idx.numpy()]
     out = {}
     for s in ("train", "val", "test"):
-        id_lists = [to_id[flat[offsets[i]:offsets[i + 1]]] for i in rows[s]]
-        out[s] = encode(id_lists, y[torch.from_numpy(rows[s])], max_len)
-    if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
-        train_idx, val_idx = train_val_split(len(out["train"]), val_fraction, seed, out["train"].labels)
-        out["train"], out["val"] = out["train"].select(train_idx), out["train"].select(val_idx)
+        ids, row_lengths = _rows_flat(flat, offsets, lengths, rows[s])
+        out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
     for s in ("train", "test"):
         if len(out[s]) == 0:
             raise DataFileError(f"{test_where if s == 'test' and test_where else where}: no {s} rows are left; "
                                 "give more rows" + (" or a larger --limit" if limit else ""))
     return out, vocab, classes, notes
+
+
+def _rows_flat(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of rows `idx` back to back, and their lengths (no Python loop over rows)."""
+    n = lengths[idx]
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its row
+    return flat[np.repeat(offsets[idx], n) + within], n
+
+
+def _encode(ids: np.ndarray, lengths: np.ndarray, labels: torch.Tensor, max_len: int, encoding: str):
+    """encode_keras / encode_fast of rows given back to back, without a Python loop over rows: a row of L ids
+    becomes [1] + ids when L + 1 <= max_len, else its last max_len ids (pad_sequences' truncating="pre")."""
+    start = lengths + 1 <= max_len  # (N,) rows that keep their start token
+    out_len = np.where(start, lengths + 1, max_len)
+    kept = out_len - start  # ids kept per row
+    within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+    src = np.repeat(np.cumsum(lengths) - lengths + (lengths - kept), kept) + within
+    row_out = np.cumsum(out_len) - out_len
+    out = np.empty(int(out_len.sum()), dtype=np.int64)
+    out[row_out[start]] = START_ID
+    out[np.repeat(row_out + start, kept) + within] = ids[src]
+    padding = "pre" if encoding == "keras" else "post"
+    width = max_len if padding == "pre" else int(out_len.max()) if len(out_len) else 0
+    return pad_flat(torch.from_numpy(out), torch.from_numpy(out_len.astype(np.int64)), labels, width, padding)
 
 
 def _meta(out: dict, classes: list, notes: list[str], source: str, params: dict, seconds: float, vocab: Vocab) -> dict:
