@@ -21,7 +21,9 @@ def append_metrics(out: Path, row: dict) -> None:
 
 def epoch_line(row: dict, improved: bool) -> str:
     return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['epoch_seconds']:.1f} s, "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+            + (f" macro-F1 {row['val_macro_f1']:.4f}" if "val_macro_f1" in row else "")
+            + f" | {row['epoch_seconds']:.1f} s, "
             f"{row['samples_per_second']:.0f} samples/s" + (" (best)" if improved else ""))
 
 

@@ -16,14 +16,13 @@ Fault injection for tests: rnnsent.faults (environment variables, through the sa
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import time
 from collections import defaultdict
 from pathlib import Path
-
-import dataclasses
 
 import torch
 
