@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -133,13 +134,22 @@ def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: in
         if len(first) == PARALLEL_MIN_ROWS // CHUNK_ROWS:
             pool = multiprocessing.get_context("fork").Pool(procs)
         stream = (c for part in (first, stream) for c in part)
+    if pool is None:
+        for chunk in stream:
+            acc.merge(*_tokenize_chunk(chunk))
+        return acc
+    # At most two chunks per worker in flight: the file is read as fast as it is tokenized, never ahead of
+    # it into memory. Results are merged in submission order, so first appearances are the file's.
+    pending: deque = deque()
     try:
-        results = pool.imap(_tokenize_chunk, stream) if pool else map(_tokenize_chunk, stream)
-        for words, flat, lengths in results:  # in order: first appearances are the file's
-            acc.merge(words, flat, lengths)
+        for chunk in stream:
+            pending.append(pool.apply_async(_tokenize_chunk, (chunk,)))
+            if len(pending) >= 2 * procs:
+                acc.merge(*pending.popleft().get())
+        while pending:
+            acc.merge(*pending.popleft().get())
     finally:
-        if pool:
-            pool.terminate()
+        pool.terminate()
     return acc
 
 
@@ -297,6 +307,7 @@ def prepare_labelled(
         raise DataFileError(f"{test}: no row has any text; every text is empty or whitespace")
     out, vocab, classes, notes = _build(acc, vocab_size, max_len, encoding, val_fraction, test_fraction, seed, limit,
                                         str(path), str(test) if test else None)
+    del acc  # the provisional ids: free them before the cache is packed
     for note in notes:
         log.info(note)
     meta = _meta(out, classes, notes, str(path), params, time.perf_counter() - t0, vocab)
