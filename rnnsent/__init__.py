@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_checkpoint": "rnnsent.checkpoint",
     "TrainConfig": "rnnsent.config",
     "train": "rnnsent.train",
+    "prepare_texts": "rnnsent.data", "prepare_labelled": "rnnsent.data",
 }
 
 __all__ = [*_EXPORTS, "predict", "__version__"]
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     from rnnsent.config import TrainConfig
     from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
     from rnnsent.models import CELLS, SentimentRNN, count_parameters
+    from rnnsent.data import prepare_labelled, prepare_texts
     from rnnsent.train import train
 
 
@@ -61,12 +63,12 @@ def __dir__() -> list[str]:
 
 
 def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras", device=None, batch_size: int = 256):
-    """Sentiment of raw review texts, from a loaded checkpoint or from a model plus its vocabulary."""
+    """Sentiment (or your own classes) of raw texts, from a loaded checkpoint or from a model plus its vocabulary."""
     from rnnsent.checkpoint import LoadedModel
     from rnnsent.evaluate import predict
 
     if isinstance(model, LoadedModel):
-        return predict(model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size)
+        return predict(model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size, model.classes)
     if vocab is None:
         raise ValueError("predict() needs the vocabulary the model was trained with: pass vocab=, or a loaded checkpoint")
     return predict(model, texts, vocab, max_len, encoding, device, batch_size)

@@ -217,16 +217,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r}; "
                               f"max_len may be 1 to {MAX_LEN_LIMIT:,})")
     encoding = canonical_encoding(encoding, warn=False)  # "fast" in checkpoints from before the rename
+    classes = data.get("classes")  # the user's own data: class names in the model's output order; IMDB: none
+    if classes is not None and (not isinstance(classes, list) or len(classes) != model.num_classes
+                                or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+        raise CheckpointError(f"{path} has unusable class names ({str(classes):.100}) for a model of {model.num_classes} classes")
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
-                       path=Path(path))
+                       path=Path(path), classes=classes)
 
 
 class LoadedModel:
     """A model rebuilt from a checkpoint, with what it needs to read raw text."""
 
-    def __init__(self, model, vocab, max_len: int, encoding: str, state: dict, path: Path | None = None):
+    def __init__(self, model, vocab, max_len: int, encoding: str, state: dict, path: Path | None = None,
+                 classes: list | None = None):
         self.model, self.vocab, self.max_len, self.encoding, self.state = model, vocab, max_len, encoding, state
-        self.path = path
+        self.path, self.classes = path, classes
 
     @property
     def metrics(self) -> dict:
@@ -239,12 +244,13 @@ class LoadedModel:
     def predict(self, texts, batch_size: int = 256):
         from rnnsent.evaluate import predict
 
-        return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size)
+        return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size, classes=self.classes)
 
     def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):
         """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,
         encoding, validation carve and limit, unless given). Raises CheckpointError if the vocabulary
-        built from that data is not the model's: scores on other ids would mean nothing."""
+        built from that data is not the model's: scores on other ids would mean nothing. (A model trained on
+        your own data scores a file of yours with rnnsent.data.encode_labelled.)"""
         from rnnsent.data import prepare_imdb
 
         saved = {k: v for k, v in self.config.items() if k in DataConfig.__dataclass_fields__}
@@ -272,7 +278,8 @@ def training_state(t, full: bool = True) -> dict:
         "model_state": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
         "vocab": t.data.vocab.to_dict(),
         "data": {"max_len": t.config.max_len, "encoding": t.config.encoding,
-                 "vocab_size": t.config.vocab_size, "source": str(t.data.meta.get("source", ""))},
+                 "vocab_size": t.config.vocab_size, "source": str(t.data.meta.get("source", "")),
+                 **({"classes": list(t.data.meta["classes"])} if t.data.meta.get("classes") else {})},
         "config": t.config.to_dict(),
         "metrics": t.history[-1] if t.history else {},
         "history": t.history,

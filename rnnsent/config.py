@@ -46,6 +46,8 @@ SCHEDULES = ("constant", "cosine")
 # auto: rnnsent's fused CPU kernel where it builds, else PyTorch's layers; fused: insist; torch: PyTorch's.
 # RNNSENT_FUSED=0 in the environment is the documented alias of "never the kernel" (read in rnnsent.fused only).
 IMPLS = ("auto", "fused", "torch")
+# The validation metric that picks best.pt; None: accuracy for two classes, macro_f1 for more.
+MONITORS = ("accuracy", "macro_f1", "loss")
 
 
 def canonical_cell(cell: str) -> str:
@@ -96,9 +98,13 @@ class ModelConfig:
     output_dropout: float = 0.0  # dropout on the last hidden state
     init: str = "keras"  # keras: Keras' initializers; torch: PyTorch's defaults
     word_dropout: float = 0.0  # training only: a word becomes out-of-vocabulary with this probability
+    # 2: Dense(1) + sigmoid, as Keras' exercise; K > 2: Dense(K) + softmax. Your own data's classes set it.
+    num_classes: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "cell", canonical_cell(self.cell))
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
         for name in ("vocab_size", "embed_dim", "hidden_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -128,9 +134,17 @@ class DataConfig:
     data_root: str | None = None  # a path holding the data (see rnnsent.data.fetch)
     expected_per_block: int | None = 12500  # reviews per split and label; a smaller copy (fixtures) says its size
     cache_dir: str | None = None
+    # Your own data (data_root a .csv, .tsv, .jsonl file or a class folder; see rnnsent.data.tabular):
+    test_data: str | None = None  # a file of test rows; else the split column, the folder's test/, or a carve
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = None  # a column of train / test / val values
+    test_fraction: float = 0.1  # carved (stratified, seed split_seed) when no test set is given
 
     def __post_init__(self):
         object.__setattr__(self, "encoding", canonical_encoding(self.encoding))
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         _require([
             (self.max_len >= 1, f"max_len must be at least 1, got {self.max_len}"),
             (self.limit is None or self.limit >= 2, f"limit must be at least 2 (one review per label), got {self.limit}"),
@@ -143,6 +157,15 @@ class DataConfig:
                     val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit,
                     expected_per_block=self.expected_per_block)
 
+    def labelled_args(self, vocab_size: int) -> dict:
+        """prepare_labelled's arguments for these settings (the user's own data)."""
+        from rnnsent.data.tabular import Columns  # no torch there either
+
+        return dict(path=self.data_root, test_path=self.test_data, vocab_size=vocab_size, max_len=self.max_len,
+                    encoding=self.encoding, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                    seed=self.split_seed, limit=self.limit, cache_dir=self.cache_dir,
+                    columns=Columns(self.text_column, self.label_column, self.split_column))
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -153,8 +176,9 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine (per step, with warmup_steps of linear warm-up)
     warmup_steps: int = 0
     clip: float | None = None  # max gradient norm; RNN gradients can explode on long reviews
-    patience: int | None = None  # stop after this many epochs without a better validation accuracy
+    patience: int | None = None  # stop after this many epochs without a better validation score (see monitor)
     seed: int = 0
+    monitor: str | None = None  # see MONITORS; None: accuracy for two classes, macro_f1 for more
 
 
 @dataclass(frozen=True)
@@ -199,7 +223,12 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
             (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
             (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
             (self.rnn_impl in IMPLS, f"rnn_impl must be one of {', '.join(IMPLS)}, got {self.rnn_impl!r}"),
+            (self.monitor is None or self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
         ])
+
+    def monitored(self) -> str:
+        """The validation metric that picks best.pt."""
+        return self.monitor or ("accuracy" if self.num_classes == 2 else "macro_f1")
 
     def data_args(self) -> dict:
         return DataConfig.data_args(self, self.vocab_size)

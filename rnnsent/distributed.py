@@ -106,11 +106,12 @@ class Distributed:
         """evaluate()'s result for this rank's share, summed over all ranks."""
         if not self.enabled:
             return r
-        loss_sum, tp, fp, tn, fn = self.sum(torch.tensor(
-            [r["loss"] * r["n"], r["tp"], r["fp"], r["tn"], r["fn"]], dtype=torch.float64, device=device)).tolist()
-        n = tp + fp + tn + fn
-        return {"loss": loss_sum / max(n, 1), "accuracy": (tp + tn) / max(n, 1),
-                "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn), "n": int(n)}
+        from rnnsent.evaluate import scores
+
+        confusion = torch.tensor(r["confusion_matrix"], dtype=torch.float64, device=device)  # (K, K)
+        summed = self.sum(torch.cat([confusion.new_tensor([r["loss"] * r["n"]]), confusion.flatten()])).tolist()
+        k = len(r["confusion_matrix"])
+        return scores(summed[0], [[int(v) for v in summed[1 + i * k: 1 + (i + 1) * k]] for i in range(k)])
 
     def barrier(self) -> None:
         if self.enabled:

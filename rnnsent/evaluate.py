@@ -1,15 +1,17 @@
-"""Evaluation (loss, accuracy, confusion counts) and prediction on raw review text."""
+"""Evaluation (loss, accuracy, macro-F1, confusion counts) and prediction on raw review text."""
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_fast, encode_keras, tokenize
-from rnnsent.data.text import OOV_ID
+from rnnsent import objective
+from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_fast, encode_keras
+from rnnsent.data.text import OOV_ID, tokenizer_for
 from rnnsent.models import SentimentRNN
+
+IMDB_LABELS = ("negative", "positive")  # what a model without stored classes (IMDB's) calls its two classes
 
 
 def autocast_context(device: torch.device, amp: str | None):
@@ -28,7 +30,7 @@ def evaluate(
     amp: str | None = None,
     batcher: Batcher | None = None,
 ) -> dict:
-    """Loss, accuracy and confusion counts of `model` on a whole encoded split.
+    """Loss, accuracy, macro-F1 and confusion counts of `model` on a whole encoded split (see scores()).
 
     Batch size does not change the result (no batch statistics), so evaluation uses large,
     length-bucketed batches. Sums stay on the device; one host sync at the end.
@@ -39,34 +41,43 @@ def evaluate(
                           bucket=split.padding == "post", device=device)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, tp, fp, tn, fn
+    k = model.num_classes
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(k * k, dtype=torch.long, device=device)  # (true class, predicted class), flattened
     for x, lengths, y in batcher.iterate(0):
         with autocast_context(device, amp):
-            logits = model(x, lengths if split.padding == "post" else None)  # (B,)
-        logits = logits.float()
-        pred = logits > 0
-        pos = y > 0.5
-        sums += torch.stack([
-            F.binary_cross_entropy_with_logits(logits, y, reduction="sum").double(),
-            (pred & pos).sum().double(), (pred & ~pos).sum().double(),
-            (~pred & ~pos).sum().double(), (~pred & pos).sum().double(),
-        ])
+            logits = model(x, lengths if split.padding == "post" else None)  # (B,) or (B, K)
+        loss_sum += objective.loss(logits, y, reduction="sum").double()
+        confusion += torch.bincount(y.long() * k + objective.predicted(logits), minlength=k * k)
     model.train(was_training)
-    loss, tp, fp, tn, fn = sums.tolist()
-    n = tp + fp + tn + fn
-    return {
-        "loss": loss / max(n, 1), "accuracy": (tp + tn) / max(n, 1),
-        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn), "n": int(n),
-    }
+    return scores(loss_sum.item(), confusion.view(k, k).tolist())
+
+
+def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
+    """loss, accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted) from summed counts;
+    for two classes also tp, fp, tn, fn (class 1 is the positive one)."""
+    k = len(confusion)
+    n = sum(map(sum, confusion))
+    right = sum(confusion[c][c] for c in range(k))
+    f1 = []
+    for c in range(k):
+        predicted, actual = sum(confusion[r][c] for r in range(k)), sum(confusion[c])
+        f1.append(2 * confusion[c][c] / (predicted + actual) if predicted + actual else 0.0)
+    out = {"loss": loss_sum / max(n, 1), "accuracy": right / max(n, 1)}
+    if k == 2:
+        (tn, fp), (fn, tp) = confusion
+        out.update(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn))
+    return {**out, "n": int(n), "macro_f1": sum(f1) / k, "confusion_matrix": [[int(v) for v in row] for row in confusion]}
 
 
 @dataclass(frozen=True)
 class Prediction:
-    probability: float  # P(positive)
-    label: str  # "positive" or "negative"
+    probability: float  # two classes: P(the second class, "positive" for IMDB); more: P(the predicted class)
+    label: str  # the predicted class's name ("positive" or "negative" for IMDB)
     tokens: int  # tokens the model saw, start token included (after truncation to max_len)
     words: int = 0  # words and punctuation marks in the text, before truncation
     unknown: int = 0  # of those, how many are outside the vocabulary
+    probabilities: dict | None = None  # class name -> probability, every class
 
     @property
     def oov_share(self) -> float:
@@ -92,9 +103,12 @@ def predict(
     encoding: str = "keras",
     device: torch.device | str | None = None,
     batch_size: int = 256,
+    classes: list | None = None,
 ) -> list[Prediction]:
-    """Sentiment of each raw review text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start
-    token alone, and its Prediction.note says so ("empty", "no known words")."""
+    """The class of each raw text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start token
+    alone, and its Prediction.note says so ("empty", "no known words").
+
+    `classes` names the model's classes in order (a checkpoint stores them); without, IMDB's negative/positive."""
     if isinstance(texts, (str, bytes, bytearray)):
         texts = [texts]
     for t in texts:
@@ -102,12 +116,15 @@ def predict(
             raise TypeError(f"predict takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
     texts = [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace") for t in texts]
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    tokenize = tokenizer_for(vocab.tokenizer)
     ids = [vocab.encode(tokenize(t)) for t in texts]
     labels = [0] * len(ids)
     split = (encode_keras if encoding == "keras" else encode_fast)(ids, labels, max_len)
     was_training = model.training
     model.eval()
-    probs = torch.empty(len(texts))
+    k = model.num_classes
+    names = [str(c) for c in classes] if classes else list(IMDB_LABELS) if k == 2 else [str(c) for c in range(k)]
+    probs = torch.empty(len(texts), len(names))  # (N, K)
     for start in range(0, len(texts), batch_size):
         sl = slice(start, start + batch_size)
         x = split.tokens[sl].to(device)
@@ -115,9 +132,12 @@ def predict(
         if split.padding == "post":
             x = x[:, : int(lengths.max())]
         logits = model(x, lengths.to(device) if split.padding == "post" else None)
-        probs[sl] = torch.sigmoid(logits.float()).cpu()
+        probs[sl] = objective.probabilities(logits).cpu()
     model.train(was_training)
-    return [
-        Prediction(float(p), "positive" if p >= 0.5 else "negative", int(n), len(row), sum(i == OOV_ID for i in row))
-        for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids)
-    ]
+    out = []
+    for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids):
+        # Two classes: the second wins at p >= 0.5 exactly as before (argmax would give ties to the first).
+        best = int(p[1] >= 0.5) if len(p) == 2 else max(range(len(p)), key=p.__getitem__)
+        out.append(Prediction(p[1] if len(p) == 2 else p[best], names[best], int(n), words=len(row),
+                              unknown=sum(i == OOV_ID for i in row), probabilities=dict(zip(names, p))))
+    return out

@@ -9,7 +9,8 @@ TensorFlow. Three layouts exist in the wild and all are read:
   are `layers/<snake_case class name>[_n]/vars/<i>` (`.../cell/vars/<i>` for recurrent layers).
 - A live Keras model: `layer.get_config()` and `layer.get_weights()`, whatever the backend.
 
-The accepted architecture is rnnsent's: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid),
+The accepted architecture is rnnsent's: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid), or
+Dense(K, softmax) with K > 2 for K classes (Dense(2, softmax) is refused: rnnsent's two-class head is one logit),
 with an optional Dropout after the Embedding and after the recurrent layer (they become
 `embed_dropout` and `output_dropout`). Anything else is refused with a KerasFormatError that names
 the difference. The recurrent layer's own `dropout` / `recurrent_dropout` only act in training and
@@ -40,7 +41,7 @@ from rnnsent.models import SentimentRNN, permute_gates
 
 __all__ = ["KerasFormatError", "from_keras", "to_keras", "save_keras", "keras_weights"]
 
-ARCHITECTURE = "Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid)"
+ARCHITECTURE = "Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid) or Dense(K > 2, softmax)"
 _RECURRENT = {keras_name: cell for cell, keras_name in KERAS_CELL_NAMES.items()}
 _WRAPPERS = ("Bidirectional", "TimeDistributed", "RNN")  # an RNN(cell) wrapper is not a fused layer either
 _MODEL_ARGS = field_names(ModelConfig)
@@ -68,7 +69,7 @@ def from_keras(source, **overrides) -> SentimentRNN:
 
     source: a live Keras model, or the path of a `.keras` or `.h5` file (Keras 2 or 3).
     overrides: SentimentRNN arguments (ModelConfig's fields). The shape settings (cell, vocab_size,
-    embed_dim, hidden_size) must agree with the Keras model if given; the others may be set freely.
+    embed_dim, hidden_size, num_classes) must agree with the Keras model if given; the others may be set freely.
     Raises KerasFormatError (a ValueError) for a model rnnsent cannot represent exactly and
     FileNotFoundError for a missing file.
     """
@@ -90,7 +91,7 @@ def from_keras(source, **overrides) -> SentimentRNN:
         except (AttributeError, KeyError, TypeError, IndexError) as e:  # a config missing fields or holding other types
             raise KerasFormatError(f"{where}: malformed Keras layer config ({type(e).__name__}: {e})") from None
     for key, value in overrides.items():
-        if key in ("vocab_size", "embed_dim", "hidden_size") and value != args[key]:
+        if key in ("vocab_size", "embed_dim", "hidden_size", "num_classes") and value != args[key]:
             raise KerasFormatError(f"{where}: {key}={value!r} was asked for but the model has {key}={args[key]}")
         if key == "cell" and canonical_cell(value) != args["cell"]:
             raise KerasFormatError(f"{where}: cell={value!r} was asked for but the model's recurrent layer is "
@@ -157,10 +158,13 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     cell = _RECURRENT[rnn.kind]
     if ec.get("mask_zero"):
         refuse(f"Embedding {emb.name!r} has mask_zero=True (rnnsent runs every padded step, as Keras does without a mask)")
-    if dc.get("units") != 1:
-        refuse(f"Dense {dense.name!r} has units={dc.get('units')!r} (rnnsent needs units=1)")
-    if _activation_name(dc.get("activation")) != "sigmoid":
-        refuse(f"Dense {dense.name!r} has activation={_activation_name(dc.get('activation'))!r} (rnnsent needs sigmoid)")
+    units = dc.get("units")
+    if not isinstance(units, int) or units < 1 or units == 2:
+        refuse(f"Dense {dense.name!r} has units={units!r} (rnnsent needs units=1 with sigmoid, or more than 2 with softmax)")
+    want_act = "sigmoid" if units == 1 else "softmax"
+    if _activation_name(dc.get("activation")) != want_act:
+        refuse(f"Dense {dense.name!r} has units={units} and activation={_activation_name(dc.get('activation'))!r} "
+               f"(rnnsent needs {want_act})")
     if not dc.get("use_bias", True):
         refuse(f"Dense {dense.name!r} has use_bias=False")
     rates = {}
@@ -173,6 +177,7 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     args = dict(
         cell=cell, vocab_size=int(ec["input_dim"]), embed_dim=int(ec["output_dim"]), hidden_size=int(rc["units"]),
         embed_dropout=rates.get("drop_in", 0.0), output_dropout=rates.get("drop_out", 0.0),
+        num_classes=2 if units == 1 else units,
     )
     # Every weight's shape must be what the config implies.
     v, e, h = args["vocab_size"], args["embed_dim"], args["hidden_size"]
@@ -181,7 +186,7 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
         (emb, [("embeddings", (v, e))]),
         (rnn, [("kernel", (e, g * h)), ("recurrent_kernel", (h, g * h)),
                ("bias", (2, g * h) if cell == "gru" else (g * h,))]),
-        (dense, [("kernel", (h, 1)), ("bias", (1,))]),
+        (dense, [("kernel", (h, units)), ("bias", (units,))]),
     ]
     arrays = []
     for layer, specs in expected:
@@ -213,8 +218,8 @@ def _load_keras_weights(model: SentimentRNN, emb, kernel, recurrent, bias, dense
         "embedding.weight": t(emb),  # (V, E)
         "rnn.weight_ih_l0": permute_gates(t(kernel).t(), order),  # (G*H, E)
         "rnn.weight_hh_l0": permute_gates(t(recurrent).t(), order),  # (G*H, H)
-        "fc.weight": t(dense_kernel).t(),  # (1, H)
-        "fc.bias": t(dense_bias),  # (1,)
+        "fc.weight": t(dense_kernel).t(),  # (1, H) or (K, H)
+        "fc.bias": t(dense_bias),  # (1,) or (K,)
     }
     if model.cell == "gru":
         state["rnn.bias_ih_l0"] = permute_gates(t(bias[0]), order)
@@ -439,7 +444,7 @@ def to_keras(model: SentimentRNN):
     rnn_kwargs = {"reset_after": True} if model.cell == "gru" else {}
     embedding = keras.layers.Embedding(model.vocab_size, model.embed_dim)
     rnn = rnn_cls(model.hidden_size, **rnn_kwargs)
-    dense = keras.layers.Dense(1, activation="sigmoid")
+    dense = keras.layers.Dense(model.outputs, activation="sigmoid" if model.outputs == 1 else "softmax")
     layers = [keras.Input(shape=(None,), dtype="int32"), embedding]
     if model.embed_dropout:
         layers.append(keras.layers.Dropout(model.embed_dropout))

@@ -1,4 +1,4 @@
-"""SentimentRNN: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1), parameterised exactly as Keras.
+"""SentimentRNN: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1) (or Dense(K) for K > 2 classes), exactly as Keras.
 
 The forward pass reads as the architecture: embed, recur, take the last state, project. How the
 recurrence runs (rnnsent's fused CPU kernel or PyTorch's layers) and why its weights hold exactly
@@ -25,17 +25,18 @@ def permute_gates(w: torch.Tensor, order: tuple[int, ...], dim: int = 0) -> torc
 
 
 class SentimentRNN(nn.Module):
-    """Embedding(vocab_size, embed_dim) -> one recurrent layer -> Linear(hidden_size, 1).
+    """Embedding(vocab_size, embed_dim) -> one recurrent layer -> Linear(hidden_size, 1), or
+    Linear(hidden_size, num_classes) when num_classes > 2.
 
     forward(tokens, lengths=None) takes a LongTensor (batch, time) of token ids and returns logits
-    of shape (batch,). Without lengths the input is taken as pre-padded (Keras' pad_sequences) and the
+    of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.objective). Without lengths the input is taken as pre-padded (Keras' pad_sequences) and the
     state after the last column is used. With lengths the input is right-padded and the state
     after each row's last real token is used, so the padding after it changes nothing.
     """
 
     def __init__(self, *args, impl: str = "auto", **kwargs):
         """SentimentRNN(cell="gru", vocab_size=5000, embed_dim=32, hidden_size=100, embed_dropout=0.0,
-        output_dropout=0.0, init="keras", word_dropout=0.0): ModelConfig's fields, positional in that order,
+        output_dropout=0.0, init="keras", word_dropout=0.0, num_classes=2): ModelConfig's fields, positional in that order,
         or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.recurrent), not what it
         computes, so it is not part of config() or checkpoints."""
         super().__init__()
@@ -48,7 +49,8 @@ class SentimentRNN(nn.Module):
         self.rnn = recurrent.make_layer(self.cell, self.embed_dim, self.hidden_size)
         self.drop_in = nn.Dropout(self.embed_dropout)
         self.drop_out = nn.Dropout(self.output_dropout)
-        self.fc = nn.Linear(self.hidden_size, 1)
+        self.outputs = 1 if self.num_classes == 2 else self.num_classes  # two classes: one logit, as Keras' exercise
+        self.fc = nn.Linear(self.hidden_size, self.outputs)
         self.reset_parameters()
 
     def config(self) -> dict:
@@ -78,7 +80,7 @@ class SentimentRNN(nn.Module):
         self.rnn.bias_hh_l0.zero_()
         if self.cell == "lstm":
             self.rnn.bias_ih_l0[self.hidden_size: 2 * self.hidden_size] = 1.0  # forget gate
-        self.fc.weight.copy_(_glorot_uniform(self.hidden_size, 1).t())
+        self.fc.weight.copy_(_glorot_uniform(self.hidden_size, self.outputs).t())
         self.fc.bias.zero_()
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,7 +91,8 @@ class SentimentRNN(nn.Module):
             tokens = tokens.masked_fill(drop & (tokens > 2), 2)
         # embed -> dropout -> recur -> the state after each row's last real token
         last = recurrent.last_state(self.cell, self.rnn, self.embedding, self.drop_in, tokens, lengths, self.impl)  # (B, H)
-        return self.fc(self.drop_out(last)).squeeze(-1)  # (B,)
+        logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
+        return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
     def summary(self, time_steps: int | None = 500) -> str:
         """A Keras-style table: layer, output shape, trainable parameters, and the totals."""
@@ -97,7 +100,7 @@ class SentimentRNN(nn.Module):
         rows = [
             ("embedding (Embedding)", f"(None, {t}, {self.embed_dim})", self.embedding),
             (f"{self.cell} ({KERAS_CELL_NAMES[self.cell]})", f"(None, {self.hidden_size})", self.rnn),
-            ("dense (Dense)", "(None, 1)", self.fc),
+            ("dense (Dense)", f"(None, {self.outputs})", self.fc),
         ]
         line = "_" * 65
         out = [f'Model: "sentiment_{self.cell}"', line,

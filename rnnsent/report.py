@@ -21,31 +21,67 @@ def append_metrics(out: Path, row: dict) -> None:
 
 def epoch_line(row: dict, improved: bool) -> str:
     return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['epoch_seconds']:.1f} s, "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+            + (f" macro-F1 {row['val_macro_f1']:.4f}" if "val_macro_f1" in row else "")
+            + f" | {row['epoch_seconds']:.1f} s, "
             f"{row['samples_per_second']:.0f} samples/s" + (" (best)" if improved else ""))
 
 
 def final_report(cell: str, test: dict, best_val: float, history: list[dict], device, rnn_implementation: str,
-                 trainable_params: int) -> dict:
-    """report.json's content: test metrics of the best checkpoint and how the run went."""
+                 trainable_params: int, monitor: str = "accuracy", classes: list | None = None) -> dict:
+    """report.json's content: test metrics of the best checkpoint and how the run went. IMDB's keys are as they
+    always were; the user's own data (`classes`) adds the classes, macro-F1 and the confusion matrix."""
     epoch_times = [r["epoch_seconds"] for r in history]
-    return {
+    best_row = _best_row(history, monitor)
+    out = {
         "cell": cell, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "confusion": {k: test[k] for k in ("tp", "fp", "tn", "fn")},
-        "best_val_accuracy": best_val, "epochs_run": len(history),
+        **({"confusion": {k: test[k] for k in ("tp", "fp", "tn", "fn")}} if "tp" in test else {}),
+        "best_val_accuracy": best_val if monitor == "accuracy" else (best_row or {}).get("val_accuracy", -1.0),
+        "epochs_run": len(history),
         "mean_epoch_seconds": sum(epoch_times) / len(epoch_times) if epoch_times else 0.0,
         "device": str(device), "rnn_implementation": rnn_implementation, "trainable_params": trainable_params,
     }
+    if classes or monitor != "accuracy":
+        out.update(monitor=monitor, best_epoch=(best_row or {}).get("epoch"), test_macro_f1=test["macro_f1"],
+                   confusion_matrix=test["confusion_matrix"])
+        if classes:
+            out["classes"] = list(classes)
+    return out
+
+
+def _best_row(history: list[dict], monitor: str) -> dict | None:
+    """The epoch best.pt holds: the first with the best validation score (lower is better for loss)."""
+    key = f"val_{monitor}"
+    rows = [r for r in history if key in r]
+    if not rows:
+        return None
+    sign = -1 if monitor == "loss" else 1
+    return max(rows, key=lambda r: sign * r[key])
+
+
+def confusion_lines(matrix: list[list[int]], classes: list | None = None) -> list[str]:
+    """The confusion matrix as a table: one row per true class, one column per predicted class."""
+    names = [str(c) for c in classes] if classes else [str(k) for k in range(len(matrix))]
+    width = max(8, *(len(n) for n in names), *(len(str(v)) for row in matrix for v in row)) + 1
+    corner = "true/predicted"
+    lines = [f"{corner:<{width + 6}}" + "".join(f"{n[:width]:>{width}}" for n in names)]
+    lines += [f"{names[i][:width + 5]:<{width + 6}}" + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    return lines
 
 
 def write_report(out: Path, report: dict, test: dict, history: list[dict], model_summary: str) -> str:
     """Write report.json, curves.png and summary.txt into the run folder; return the summary."""
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot = plot_curves(history, out / "curves.png")
+    if "tp" in test:
+        scored = (f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+                  f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']})")
+    else:
+        scored = "\n".join([f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}",
+                            *confusion_lines(test["confusion_matrix"], report.get("classes"))])
     summary = "\n".join([
         model_summary, "",
-        f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
-        f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']})",
+        scored,
         f"best validation accuracy {report['best_val_accuracy']:.4f}; {len(history)} epoch(s), "
         f"{report['mean_epoch_seconds']:.1f} s per epoch on {report['device']}",
         f"checkpoints: {out / 'best.pt'} (best), {out / 'last.pt'} (resumable); metrics: {out / 'metrics.jsonl'}"

@@ -26,14 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from rnnsent import faults, recurrent, report
+from rnnsent import faults, objective, recurrent, report
 from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, restore_training_state,
                                 save_checkpoint, training_state)
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
-                            TrainConfig, resume_differences)
-from rnnsent.data import Batcher, prepare_imdb
+                            ModelConfig, TrainConfig, resume_differences)
+from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, count_parameters
@@ -97,7 +96,6 @@ class Trainer:
             resume_state, self.resumed_from, note = load_resume(config.resume)
             if note:
                 self.log(note, always=True)
-            self._check_resume(resume_state)
             if "optimizer" not in resume_state:
                 raise CheckpointError(
                     f"{config.resume} holds weights only (a best or released checkpoint), not a resumable run; "
@@ -105,8 +103,14 @@ class Trainer:
                 )
 
         torch.manual_seed(config.seed)
-        self.data = data if data is not None else prepare_imdb(
-            **config.data_args(), root=config.data_root, cache_dir=config.cache_dir)
+        self.data = data if data is not None else prepare_data(config, config.vocab_size)
+        classes = self.data.meta.get("classes")
+        if classes and len(classes) != config.num_classes:  # your own data's classes size the head
+            if config.num_classes != ModelConfig.num_classes:
+                raise ValueError(f"num_classes={config.num_classes} but the data has {len(classes)} classes; leave it unset")
+            self.config = config = dataclasses.replace(config, num_classes=len(classes))
+        if resume_state is not None:  # checked once the data has sized the head
+            self._check_resume(resume_state)
         if resume_state is not None and resume_state.get("vocab") != self.data.vocab.to_dict():
             raise CheckpointError(
                 f"{config.resume} was trained with another vocabulary than the data prepared now; "
@@ -207,6 +211,10 @@ class Trainer:
             self.log(f"recurrent layer: {self.rnn_implementation()}")  # may refuse: before anything is written
             if self.is_main:
                 report.start_run_folder(self.out, c.to_dict())
+            for note in self.data.meta.get("notes", []):
+                self.log(note)
+            if self.data.meta.get("classes"):
+                self.log(f"classes: {', '.join(map(str, self.data.meta['classes']))}; best.pt by validation {c.monitored()}")
             self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
                      f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
             stopped_early = False
@@ -244,8 +252,8 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr_at(self.global_step, self.total_steps, c)
                     with autocast_context(self.device, c.amp):
-                        logits = model(x, lengths if lengths_needed else None)  # (B,)
-                        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                        logits = model(x, lengths if lengths_needed else None)  # (B,) or (B, K)
+                        loss = objective.loss(logits, y)
                     self.scaler.scale(loss).backward()
                     finite = self.dist.all_true(torch.isfinite(loss))  # every rank agrees, so every rank stops
                     if c.clip is not None:
@@ -264,7 +272,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     with torch.no_grad():
                         self.sums += torch.stack([loss.detach().double() * y.numel(),
-                                                  ((logits.detach() > 0) == (y > 0.5)).sum().double()])
+                                                  (objective.predicted(logits.detach()) == y.long()).sum().double()])
                     self.step_in_epoch, self.global_step = self.step_in_epoch + 1, self.global_step + 1
                     self.seen, samples_done = self.seen + y.numel(), samples_done + y.numel()
                     if self.step_in_epoch % c.log_every == 0 or self.step_in_epoch == n_batches:
@@ -326,7 +334,8 @@ class Trainer:
     def _evaluate(self, split, batcher: Batcher) -> dict:
         """evaluate() on this rank's share of `split` (its batcher), summed over ranks."""
         if len(batcher) == 0:  # more ranks than batches (evaluate() would take an empty batcher for none)
-            r = {"loss": 0.0, "tp": 0, "fp": 0, "tn": 0, "fn": 0, "n": 0}
+            k = self.model.num_classes
+            r = {"loss": 0.0, "n": 0, "confusion_matrix": [[0] * k for _ in range(k)]}
         else:
             r = evaluate(self.model, split, device=self.device, amp=self.config.amp, batcher=batcher)
         return self.dist.sum_scores(r, self.device)
@@ -337,10 +346,14 @@ class Trainer:
         val = self._evaluate(self.data.val, self.val_batches)
         row = {"epoch": self.epoch + 1, "global_step": self.global_step, **train_metrics,
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(self.global_step - 1, self.total_steps, c)}
+        if c.num_classes > 2 or c.monitor:
+            row["val_macro_f1"] = val["macro_f1"]
         self.history.append(row)
-        improved = val["accuracy"] > self.best_val
+        monitored = c.monitored()
+        score = -val["loss"] if monitored == "loss" else val[monitored]  # higher is better
+        improved = not self.history[:-1] or score > self.best_val  # the first epoch is the best so far
         if improved:
-            self.best_val, self.epochs_since_best = val["accuracy"], 0
+            self.best_val, self.epochs_since_best = score, 0
         else:
             self.epochs_since_best += 1
         self.epoch, self.step_in_epoch, self.seen, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
@@ -353,7 +366,7 @@ class Trainer:
         self.log(report.epoch_line(row, improved))
         self._trigger("on_epoch_end")
         if c.patience is not None and self.epochs_since_best >= c.patience:
-            self.log(f"early stop: validation accuracy has not improved for {c.patience} epoch(s)")
+            self.log(f"early stop: validation {c.monitored().replace('_', '-')} has not improved for {c.patience} epoch(s)")
             return True
         return False
 
@@ -365,7 +378,8 @@ class Trainer:
             self.model.load_state_dict(load_checkpoint_state(best_path)["model_state"])
         test = self._evaluate(self.data.test, self.test_batches)
         result = report.final_report(self.config.cell, test, self.best_val, self.history, self.device,
-                                     self.rnn_implementation(), count_parameters(self.model))
+                                     self.rnn_implementation(), count_parameters(self.model),
+                                     self.config.monitored(), self.data.meta.get("classes"))
         if self.is_main:
             keras_steps = self.config.max_len if self.config.encoding == "keras" else None
             self.log(report.write_report(self.out, result, test, self.history, self.model.summary(time_steps=keras_steps)))

@@ -23,8 +23,8 @@ OLD = FIXTURES / "checkpoints_08ac52f"  # best.pt and last.pt written by 08ac52f
 # A valid value other than the default for every model option. A new ModelConfig field fails the first test
 # until it is added here, and then has to pass every entry point below.
 NON_DEFAULT = {"cell": "lstm", "vocab_size": 301, "embed_dim": 7, "hidden_size": 5, "embed_dropout": 0.25,
-               "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375}
-SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size")  # what a Keras file fixes
+               "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375, "num_classes": 3}
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_classes")  # what a Keras file fixes
 
 
 def fixture_config(tmp_path, **overrides) -> TrainConfig:

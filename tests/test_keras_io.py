@@ -419,3 +419,65 @@ def test_keras_zip_member_over_the_bound_is_refused_before_reading(tmp_path, mon
     with pytest.raises(KerasFormatError, match=rf"^{path}:{member} declares [\d,]+ bytes, over the bound of 100;") as e:
         from_keras(path)
     assert len(str(e.value).splitlines()) == 1 and read == []
+
+
+# ----------------------------------------------------------------------------- more than two classes: Dense(K, softmax)
+
+
+def build_keras_multiclass(keras, cell, classes=4, vocab=50, embed=8, units=6, seed=0, randomize=True):
+    k = keras.Sequential([keras.Input(shape=(None,), dtype="int32"), keras.layers.Embedding(vocab, embed),
+                          getattr(keras.layers, KERAS_NAMES[cell])(units), keras.layers.Dense(classes, activation="softmax")])
+    if randomize:
+        rng = np.random.default_rng(seed)
+        k.set_weights([rng.normal(0.0, 0.3, size=w.shape).astype("float32") for w in k.get_weights()])
+    return k
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_multiclass_counts_predictions_and_loss_match_keras(keras, cell):
+    from rnnsent import objective
+
+    k = build_keras_multiclass(keras, cell, classes=5, vocab=5000, embed=32, units=100, randomize=False)
+    model = SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100, num_classes=5)
+    assert [count_parameters(m) for m in (model.embedding, model.rnn, model.fc)] == [layer.count_params() for layer in k.layers]
+    assert "(None, 5)" in model.summary()
+
+    k = build_keras_multiclass(keras, cell, classes=4, seed=11)
+    model = from_keras(k)
+    assert model.num_classes == 4 and model.fc.out_features == 4
+    x = prepadded(50, seed=12)
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(x).long())  # (B, 4)
+    expected = np.asarray(k.predict(x, verbose=0))
+    assert np.abs(objective.probabilities(logits).numpy() - expected).max() <= TOL
+    # The training loss is Keras' sparse categorical cross-entropy of the same rows.
+    y = np.array([0, 3, 1, 2])
+    keras_loss = float(keras.losses.SparseCategoricalCrossentropy()(y, expected))
+    ours = float(objective.loss(logits, torch.tensor(y, dtype=torch.float32)))
+    assert abs(ours - keras_loss) <= 1e-5
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_multiclass_round_trips_through_keras_and_files(keras, cell, tmp_path):
+    k = build_keras_multiclass(keras, cell, classes=3, seed=13)
+    back = to_keras(from_keras(k))
+    assert back.layers[-1].get_config()["activation"] == "softmax"
+    for a, b in zip(k.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = prepadded(50, steps=30, seed=14)
+    k.save(tmp_path / "m.keras")
+    model = from_keras(tmp_path / "m.keras")
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(torch.from_numpy(x).long()), -1).numpy()
+    assert np.abs(probs - np.asarray(k.predict(x, verbose=0))).max() <= TOL
+    with pytest.raises(KerasFormatError, match="num_classes=5 was asked for but the model has num_classes=3"):
+        from_keras(k, num_classes=5)
+
+
+def test_refuses_two_class_softmax_and_multiclass_sigmoid(keras):
+    L = keras.layers
+    seq = lambda *layers: keras.Sequential([keras.Input(shape=(None,), dtype="int32"), *layers])  # noqa: E731
+    with pytest.raises(KerasFormatError, match="units=2"):
+        from_keras(seq(L.Embedding(50, 8), L.GRU(6), L.Dense(2, activation="softmax")))
+    with pytest.raises(KerasFormatError, match="units=4 and activation='sigmoid'"):
+        from_keras(seq(L.Embedding(50, 8), L.GRU(6), L.Dense(4, activation="sigmoid")))

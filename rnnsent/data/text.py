@@ -22,7 +22,8 @@ OOV_ID = 2
 # punctuation, so no text can ever produce one of these strings as a token.
 RESERVED_NAMES = ("<pad>", "<start>", "<oov>")
 UNUSED_NAME = "<unused>"
-TOKENIZER_NAME = "rnnsent-v1"
+TOKENIZER_NAME = "rnnsent-v1"  # IMDB's tokenizer; its encodings never change
+SCRIPT_TOKENIZER_NAME = "rnnsent-v2"  # the user's own data: v1, plus one token per character of scripts without spaces
 KERAS_TOKENIZER_NAME = "keras-imdb"
 PADDINGS = ("pre", "post")
 
@@ -32,6 +33,14 @@ _LINE_BREAK = re.compile(r"<\s*br\s*/?\s*>")
 # o'clock); every other visible character is a token of its own. '_' counts as punctuation because
 # \w would otherwise glue it into words ("__init__"-style noise).
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]|_")
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar): under v1 a
+# whole sentence is one "word". v2 makes each such character a token of its own (with the combining marks
+# that follow it, so a Thai vowel sign stays on its consonant); everything else is v1's rule.
+_SPACELESS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+              "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
+_MARK = "\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e\u0eb1\u0eb4-\u0ebc\u0ec8-\u0ecd\u1031-\u103e\u17b4-\u17d3\u3099\u309a"
+_WORD_V2 = f"[^\\W_{_SPACELESS}]"
+_TOKEN_V2 = re.compile(f"[{_SPACELESS}][{_MARK}]*|{_WORD_V2}+(?:'{_WORD_V2}+)*|[^\\w\\s]|_")
 
 
 def _is_int(x: object) -> bool:
@@ -46,7 +55,7 @@ def check_vocab_size(vocab_size: int) -> None:
         )
 
 
-def tokenize(text: str | bytes) -> list[str]:
+def tokenize(text: str | bytes, _pattern: re.Pattern = _TOKEN) -> list[str]:
     """Lower-case `text`, drop <br /> tags and split it into words and single punctuation marks.
 
     Bytes are decoded as UTF-8 with undecodable bytes replaced, so no input raises.
@@ -58,7 +67,17 @@ def tokenize(text: str | bytes) -> list[str]:
         text = _LINE_BREAK.sub(" ", text)
     if "\u2019" in text:  # typographic apostrophe: "don’t" must match "don't"
         text = text.replace("\u2019", "'")
-    return _TOKEN.findall(text)
+    return _pattern.findall(text)
+
+
+def tokenize_scripts(text: str | bytes) -> list[str]:
+    """tokenize(), except that each character of a script without spaces (CJK, kana, Thai, ...) is a token."""
+    return tokenize(text, _TOKEN_V2)
+
+
+def tokenizer_for(name: str):
+    """The tokenize function a vocabulary was built with (its `tokenizer` field); IMDB's and Keras' use v1."""
+    return tokenize_scripts if name == SCRIPT_TOKENIZER_NAME else tokenize
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,407 @@
+"""The user's labelled texts -> the same prepared splits as IMDB's (an ImdbData), cached on disk.
+
+prepare_labelled(path) reads a file or class folder (rnnsent.data.tabular); prepare_texts(texts, labels)
+takes Python lists. Both go through one function, so a file and the same rows as lists give the same data.
+
+  - classes: class_order() of the training labels (integers numerically, strings sorted); a row's label
+    tensor holds its class index (0.0, 1.0, ...), so two classes are exactly IMDB's 0/1 targets.
+  - test: the test file, the split column's "test" rows or the folder's test/; otherwise a stratified
+    test_fraction of the rows, by a fixed seed, said in meta["notes"].
+  - validation: the split column's "val" rows, else a stratified val_fraction of the training rows.
+  - vocabulary: from training rows only (validation rows give word counts, never labels, as for IMDB);
+    ties in frequency keep the order of first appearance in the training rows.
+  - texts: tokenize_scripts (rnnsent-v2): IMDB's tokenizer plus one token per character of scripts written
+    without spaces. The vocabulary records it, so prediction tokenizes the same way.
+
+Tokenizing is the cost; rows are tokenized in chunks, on every core for large files (fork), and each
+chunk's provisional word ids are merged into one index in file order, so the result does not depend on
+the number of processes. The cache is written only after every check has passed.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from rnnsent.config import DataConfig, canonical_encoding, check_val_fraction
+from rnnsent.data.dataset import ImdbData, _Index, _pack, _unpack, train_val_split
+from rnnsent.data.fetch import cache_root
+from rnnsent.data.tabular import Columns, DataFileError, Row, class_order, label_kind, read_rows
+from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast,
+                               encode_keras, pad_flat, tokenize_scripts)
+from rnnsent.files import atomic_write
+
+CACHE_VERSION = 1
+CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
+PARALLEL_MIN_ROWS = 4 * CHUNK_ROWS  # below this, worker start-up costs more than it saves
+TEST_SEED_OFFSET = 7919  # the carved test split uses its own stream, so it never mirrors the validation carve
+log = logging.getLogger(__name__)
+
+
+def _tokenize_chunk(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(words in first-appearance order, every row's provisional ids back to back, row lengths)."""
+    index = _Index()  # word -> id in order of first appearance
+    rows = [tokenize_scripts(text) for text in texts]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(map(index.__getitem__, itertools.chain.from_iterable(rows)), dtype=np.int32, count=int(lengths.sum()))
+    return list(index), flat, lengths
+
+
+def _first_appearance(flat: np.ndarray, size: int, block: int = 1 << 20) -> np.ndarray:
+    """The distinct ids of `flat` in the order they first appear. Block by block, only ids not seen in an
+    earlier block are sorted, so the cost is about one pass instead of a sort of everything."""
+    seen = np.zeros(size, dtype=bool)
+    order = []
+    for start in range(0, len(flat), block):
+        part = flat[start:start + block]
+        new = part[~seen[part]]
+        if len(new):
+            ids, first = np.unique(new, return_index=True)
+            ids = ids[np.argsort(first, kind="stable")]
+            seen[ids] = True
+            order.append(ids)
+    return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class _Rows:
+    """Rows tokenized so far: provisional ids in one global index, and each row's label, group and origin."""
+
+    index: dict = field(default_factory=dict)
+    flats: list = field(default_factory=list)
+    lengths: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    splits: list = field(default_factory=list)  # "train" | "test" | "val" | None per row
+    wheres: list = field(default_factory=list)
+    skipped: int = 0
+    first_skipped: str | None = None
+    kind: tuple | None = None  # (label kind, where it was first seen)
+
+    def merge(self, words: list[str], flat: np.ndarray, lengths: np.ndarray) -> None:
+        setdefault, index = self.index.setdefault, self.index
+        to_global = np.fromiter((setdefault(w, len(index)) for w in words), dtype=np.int32, count=len(words))
+        self.flats.append(to_global[flat] if len(flat) else flat)
+        self.lengths.append(lengths)
+
+
+def _chunks(rows: Iterable[Row], acc: _Rows, split: str | None) -> Iterable[list[str]]:
+    """Check each row (label kind, split value, empty text) and yield its texts CHUNK_ROWS at a time."""
+    texts: list[str] = []
+    for row in rows:
+        if not row.text.strip():
+            acc.skipped += 1
+            acc.first_skipped = acc.first_skipped or row.where
+            continue
+        kind = label_kind(row.label)
+        if acc.kind is None:
+            acc.kind = (kind, row.where)
+        elif kind != acc.kind[0]:
+            raise DataFileError(f"{row.where}: the label {row.label!r} is {'an' if kind == 'integer' else 'a'} {kind}, but the "
+                                f"label at {acc.kind[1]} is {'an' if acc.kind[0] == 'integer' else 'a'} {acc.kind[0]}; make every "
+                                "label a name or every label a whole number")
+        s = split if split is not None else row.split
+        if s is not None and s not in ("train", "test", "val"):
+            raise DataFileError(f"{row.where}: split {row.split!r} is not train, test or val; fix the split column's value")
+        acc.labels.append(row.label)
+        acc.splits.append(s)
+        acc.wheres.append(row.where)
+        texts.append(row.text)
+        if len(texts) == CHUNK_ROWS:
+            yield texts
+            texts = []
+    if texts:
+        yield texts
+
+
+def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: int | None) -> _Rows:
+    acc = _Rows()
+    stream = (chunk for rows, split in sources for chunk in _chunks(rows, acc, split))
+    procs = processes if processes is not None else (os.cpu_count() or 1)
+    pool = None
+    if procs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        first = [c for _, c in zip(range(PARALLEL_MIN_ROWS // CHUNK_ROWS), stream)]  # small data stays in this process
+        if len(first) == PARALLEL_MIN_ROWS // CHUNK_ROWS:
+            pool = multiprocessing.get_context("fork").Pool(procs)
+        stream = (c for part in (first, stream) for c in part)
+    if pool is None:
+        for chunk in stream:
+            acc.merge(*_tokenize_chunk(chunk))
+        return acc
+    # At most two chunks per worker in flight: the file is read as fast as it is tokenized, never ahead of
+    # it into memory. Results are merged in submission order, so first appearances are the file's.
+    pending: deque = deque()
+    try:
+        for chunk in stream:
+            pending.append(pool.apply_async(_tokenize_chunk, (chunk,)))
+            if len(pending) >= 2 * procs:
+                acc.merge(*pending.popleft().get())
+        while pending:
+            acc.merge(*pending.popleft().get())
+    finally:
+        pool.terminate()
+    return acc
+
+
+def _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit) -> str:
+    encoding = canonical_encoding(encoding)
+    check_vocab_size(vocab_size)
+    check_max_len(max_len)
+    check_val_fraction(val_fraction)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if limit is not None and (not isinstance(limit, int) or limit < 2):
+        raise ValueError(f"limit={limit!r} must be None or an int >= 2")
+    return encoding
+
+
+def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fraction: float, test_fraction: float,
+           seed: int, limit: int | None, where: str, test_where: str | None) -> tuple[dict, Vocab, list, list[str]]:
+    notes = []
+    if acc.skipped:
+        notes.append(f"skipped {acc.skipped} row(s) whose text is empty or only whitespace (the first at {acc.first_skipped})")
+    n = len(acc.labels)
+    if n == 0:
+        raise DataFileError(f"{where}: no row has any text; every text is empty or whitespace")
+    splits = np.array([s or "train" for s in acc.splits])
+    explicit_test = bool((splits == "test").any())
+    train_rows = np.nonzero(splits != "test")[0]
+    classes = class_order(acc.labels[i] for i in train_rows if splits[i] == "train")
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no training rows"
+        raise DataFileError(f"{where}: the training rows hold {found}; a classifier needs at least two classes")
+    class_id = {c: k for k, c in enumerate(classes)}
+    for i in range(n):
+        if acc.labels[i] not in class_id:
+            raise DataFileError(f"{acc.wheres[i]}: label {acc.labels[i]!r} never occurs in the training rows "
+                                f"(classes: {', '.join(map(repr, classes))}); remove the row or add training examples of it")
+    y = torch.tensor([class_id[v] for v in acc.labels], dtype=torch.float32)
+    if not explicit_test:
+        rest, test_idx = train_val_split(n, test_fraction, seed + TEST_SEED_OFFSET, y)
+        splits[test_idx.numpy()] = "test"
+        notes.append(f"no test set given: holding out a stratified {test_fraction:.0%} of the rows ({len(test_idx)}) "
+                     f"for testing, chosen by the fixed seed {seed} (pass --test-data or a --split-column to choose it)")
+    rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
+    if limit is not None:
+        rows = {s: r[:limit] for s, r in rows.items()}
+
+    lengths = np.concatenate(acc.lengths)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    flat = np.concatenate(acc.flats) if acc.flats else np.zeros(0, np.int32)
+    words = list(acc.index)
+    # The vocabulary: counts over training (and validation) rows, ties in the order words first appear there.
+    fit_flat, _ = _rows_flat(flat, offsets, lengths, np.sort(np.concatenate([rows["train"], rows["val"]])))
+    order = _first_appearance(fit_flat, len(words))
+    counts = np.bincount(fit_flat, minlength=len(words))
+    del fit_flat
+    vocab = Vocab.from_counts([words[i] for i in order], counts[order], vocab_size)
+    vocab = Vocab(vocab.words, tokenizer=SCRIPT_TOKENIZER_NAME)
+    to_id = np.full(len(words), 2, dtype=np.int32)
+    kept = np.array([acc.index[w] for w in vocab.words], dtype=np.int64)
+    to_id[kept] = np.arange(3, 3 + len(kept))
+
+    if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
+        train_idx, val_idx = train_val_split(len(rows["train"]), val_fraction, seed, y[torch.from_numpy(rows["train"])])
+        rows["train"], rows["val"] = rows["train"][train_idx.numpy()], rows["train"][val_idx.numpy()]
+    out = {}
+    for s in ("train", "val", "test"):
+        ids, row_lengths = _rows_flat(flat, offsets, lengths, rows[s])
+        out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
+    for s in ("train", "test"):
+        if len(out[s]) == 0:
+            raise DataFileError(f"{test_where if s == 'test' and test_where else where}: no {s} rows are left; "
+                                "give more rows" + (" or a larger --limit" if limit else ""))
+    return out, vocab, classes, notes
+
+
+def _rows_flat(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of rows `idx` back to back, and their lengths (no Python loop over rows)."""
+    n = lengths[idx]
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its row
+    return flat[np.repeat(offsets[idx], n) + within], n
+
+
+def _encode(ids: np.ndarray, lengths: np.ndarray, labels: torch.Tensor, max_len: int, encoding: str):
+    """encode_keras / encode_fast of rows given back to back, without a Python loop over rows: a row of L ids
+    becomes [1] + ids when L + 1 <= max_len, else its last max_len ids (pad_sequences' truncating="pre")."""
+    start = lengths + 1 <= max_len  # (N,) rows that keep their start token
+    out_len = np.where(start, lengths + 1, max_len)
+    kept = out_len - start  # ids kept per row
+    within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+    src = np.repeat(np.cumsum(lengths) - lengths + (lengths - kept), kept) + within
+    row_out = np.cumsum(out_len) - out_len
+    out = np.empty(int(out_len.sum()), dtype=np.int64)
+    out[row_out[start]] = START_ID
+    out[np.repeat(row_out + start, kept) + within] = ids[src]
+    padding = "pre" if encoding == "keras" else "post"
+    width = max_len if padding == "pre" else int(out_len.max()) if len(out_len) else 0
+    return pad_flat(torch.from_numpy(out), torch.from_numpy(out_len.astype(np.int64)), labels, width, padding)
+
+
+def _meta(out: dict, classes: list, notes: list[str], source: str, params: dict, seconds: float, vocab: Vocab) -> dict:
+    counts = {s: {"total": len(out[s]), **{str(c): int((out[s].labels == k).sum()) for k, c in enumerate(classes)}} for s in out}
+    return {"source": "labelled", "source_path": source, "params": params, "classes": list(classes), "notes": notes,
+            "counts": counts, "prepare_seconds": round(seconds, 3), "vocab_words": len(vocab.words)}
+
+
+def _identity(path: Path) -> list[str]:
+    """(name, size, mtime) of the file, or of every file of a class folder: a changed file gets a new key."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+
+
+def prepare_labelled(
+    path: str | os.PathLike,
+    test_path: str | os.PathLike | None = None,
+    columns: Columns = Columns(),
+    vocab_size: int = 5000,
+    max_len: int = 500,
+    encoding: str = "bucketed",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    processes: int | None = None,
+) -> ImdbData:
+    """Read, check, tokenize, build the vocabulary, encode and split the user's data at `path` (see
+    rnnsent.data.tabular for the formats), or read all that from the cache. `limit` keeps the first N rows of
+    each split. Every rejected input raises DataFileError naming the file and line, before anything is cached."""
+    encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit)
+    path = Path(path).expanduser()
+    test = Path(test_path).expanduser() if test_path is not None else None
+    for p in (path, test):
+        if p is not None and not p.exists():
+            raise DataFileError(f"{p}: no such file or folder")
+    params = {"version": CACHE_VERSION, "vocab_size": vocab_size, "max_len": max_len, "encoding": encoding,
+              "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "limit": limit,
+              "columns": [columns.text, columns.label, columns.split], "tokenizer": SCRIPT_TOKENIZER_NAME}
+    ident = {"data": _identity(path), "test": _identity(test) if test else None}
+    key = hashlib.sha256(json.dumps([params, ident], sort_keys=True).encode()).hexdigest()[:20]
+    cache = cache_root(cache_dir) / "prepared" / f"labelled-{path.stem[:40]}-{key}.pt"
+    if use_cache and cache.is_file():
+        try:
+            stored = torch.load(cache, weights_only=True)
+            meta = dict(stored["meta"], cache_file=str(cache), cache_hit=True)
+            return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
+        except Exception as e:  # an unreadable cache is rebuilt from the data
+            log.warning(f"ignoring unreadable prepared-data cache {cache} ({type(e).__name__}: {e}); rebuilding it")
+
+    t0 = time.perf_counter()
+    sources = [(read_rows(path, columns), None)]
+    if test is not None:
+        sources.append((read_rows(test, columns), "test"))
+    acc = _tokenize_all(sources, processes)
+    if test is not None and not any(s == "test" for s in acc.splits):
+        raise DataFileError(f"{test}: no row has any text; every text is empty or whitespace")
+    out, vocab, classes, notes = _build(acc, vocab_size, max_len, encoding, val_fraction, test_fraction, seed, limit,
+                                        str(path), str(test) if test else None)
+    del acc  # the provisional ids: free them before the cache is packed
+    for note in notes:
+        log.info(note)
+    meta = _meta(out, classes, notes, str(path), params, time.perf_counter() - t0, vocab)
+    if test is not None:
+        meta["test_path"] = str(test)
+    if use_cache:
+        with atomic_write(cache, suffix=".partial") as f:
+            torch.save({**{s: _pack(out[s]) for s in out}, "vocab": vocab.to_dict(), "meta": meta}, f)
+    return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if use_cache else None,
+                                                                       cache_hit=False))
+
+
+def prepare_texts(
+    texts: Sequence[str],
+    labels: Sequence[str | int],
+    test_texts: Sequence[str] | None = None,
+    test_labels: Sequence[str | int] | None = None,
+    vocab_size: int = 5000,
+    max_len: int = 500,
+    encoding: str = "bucketed",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    processes: int | None = None,
+) -> ImdbData:
+    """prepare_labelled for Python lists (nothing is cached): Trainer(config, prepare_texts(texts, labels)).
+
+    The config's vocab_size, max_len and encoding must be the ones given here; num_classes is
+    len(data.meta["classes"]) (2 for two classes)."""
+    encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit)
+
+    def rows(xs, ys, name):
+        if len(xs) != len(ys):
+            raise DataFileError(f"{name}: {len(xs)} texts but {len(ys)} labels; give one label per text")
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if not isinstance(x, str):
+                raise DataFileError(f"{name}[{i}]: the text is a {type(x).__name__}, not a string")
+            if isinstance(y, bool) or not isinstance(y, (str, int, np.integer)):
+                raise DataFileError(f"{name}[{i}]: the label {y!r} is neither a string nor an integer")
+            yield Row(x, int(y) if isinstance(y, np.integer) else y, None, i, f"{name}[{i}]")
+
+    t0 = time.perf_counter()
+    sources = [(rows(texts, labels, "texts"), None)]
+    if test_texts is not None:
+        sources.append((rows(test_texts, test_labels if test_labels is not None else [], "test_texts"), "test"))
+    acc = _tokenize_all(sources, processes)
+    out, vocab, classes, notes = _build(acc, vocab_size, max_len, encoding, val_fraction, test_fraction, seed, limit,
+                                        "texts", "test_texts" if test_texts is not None else None)
+    for note in notes:
+        log.info(note)
+    params = {"vocab_size": vocab_size, "max_len": max_len, "encoding": encoding, "val_fraction": val_fraction,
+              "test_fraction": test_fraction, "seed": seed, "limit": limit, "tokenizer": SCRIPT_TOKENIZER_NAME}
+    meta = _meta(out, classes, notes, "python lists", params, time.perf_counter() - t0, vocab)
+    return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=None, cache_hit=False))
+
+
+def prepare_data(settings, vocab_size: int, cache_dir=None) -> ImdbData:
+    """The data a DataConfig (or TrainConfig) names: IMDB (the default, and any path IMDB's readers recognise)
+    or the user's own labelled data (a .csv, .tsv, .jsonl file or a class folder)."""
+    from rnnsent.data.dataset import prepare_imdb
+    from rnnsent.data.tabular import is_user_data
+
+    cache_dir = cache_dir if cache_dir is not None else settings.cache_dir
+    if is_user_data(settings.data_root):
+        return prepare_labelled(**dict(settings.labelled_args(vocab_size), cache_dir=cache_dir))
+    if settings.test_data is not None:
+        raise DataFileError(f"--test-data {settings.test_data}: a test file goes with your own data (--data a .csv, .tsv or "
+                            ".jsonl file); IMDB brings its own test split")
+    return prepare_imdb(**DataConfig.data_args(settings, vocab_size), root=settings.data_root, cache_dir=cache_dir)
+
+
+def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encoding: str, classes: Sequence | None,
+                    columns: Columns = Columns()):
+    """Every row of the user's file (or class folder) encoded as a trained model reads text: its vocabulary and
+    tokenizer, max_len and encoding; labels mapped to `classes` (IMDB's models: 0 and 1). For evaluate.py --data."""
+    from rnnsent.data.text import tokenizer_for
+
+    classes = list(classes) if classes is not None else [0, 1]
+    class_id = {c: k for k, c in enumerate(classes)}
+    tokenize = tokenizer_for(vocab.tokenizer)
+    ids, labels, skipped = [], [], 0
+    for row in read_rows(path, columns):
+        if not row.text.strip():
+            skipped += 1
+            continue
+        if row.label not in class_id:
+            raise DataFileError(f"{row.where}: label {row.label!r} is not one of the model's classes "
+                                f"({', '.join(map(repr, classes))}); remove the row or fix its label")
+        ids.append(vocab.encode(tokenize(row.text)))
+        labels.append(class_id[row.label])
+    if skipped:
+        log.info(f"skipped {skipped} row(s) whose text is empty or only whitespace")
+    if not ids:
+        raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
+    encode = encode_keras if canonical_encoding(encoding, warn=False) == "keras" else encode_fast
+    return encode(ids, labels, max_len)
