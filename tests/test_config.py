@@ -14,7 +14,6 @@ from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RESUME_MUST_MATCH, Dat
                             TrainConfig, field_names)
 from rnnsent.models import SentimentRNN
 from rnnsent.train import Trainer
-from helpers import weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "imdb" / "reviews.json"
