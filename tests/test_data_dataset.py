@@ -16,7 +16,7 @@ from rnnsent.envelope import unseal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
 K = 6
-FULL_DATA = Path(os.environ.get("RNNSENT_FULL_DATA", "/work/data"))
+FULL_DATA = Path(os.environ.get("RNNSENT_FULL_DATA", "no-full-data-given"))  # a folder or file holding the full set
 
 
 @pytest.fixture(autouse=True)
