@@ -110,6 +110,21 @@ def test_cache_hit_gives_the_same_data(tmp_path):
     assert b.meta["classes"] == ["neg", "pos"]
 
 
+def test_flipped_bytes_in_a_labelled_cache_are_caught_and_rebuilt(tmp_path, caplog):
+    # The same checksummed cache as IMDB's (rnnsent.data.dataset.save_cached): a damaged file is rebuilt, never used.
+    kw = dict(columns=Columns(split="split"), cache_dir=tmp_path, **{**SETTINGS, "use_cache": True})
+    clean = prepare_labelled(LABELLED / "imdb.tsv", **kw)
+    path = Path(clean.meta["cache_file"])
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 8] = bytes(b ^ 0xFF for b in raw[mid : mid + 8])
+    path.write_bytes(raw)
+    rebuilt = prepare_labelled(LABELLED / "imdb.tsv", **kw)
+    assert "checksum" in " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert rebuilt.meta["cache_hit"] is False
+    same(rebuilt, clean)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,29 @@ def _unpack(d: dict[str, Any]) -> EncodedSplit:
     return pad_flat(d["flat"], d["lengths"], d["labels"], int(d["width"]), str(d["padding"]))
 
 
+def load_cached(path: Path) -> ImdbData | None:
+    """The prepared data in the cache file `path`; None when there is none, or when it fails verification
+    (said in one log line: the caller rebuilds it from the data, which is still there)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, weights_only=True)
+        if not (isinstance(stored, dict) and "meta" in stored and "format" not in stored):  # else a cache from before the envelope
+            stored = unseal(stored, str(path), CACHE_FORMAT, CACHE_VERSION, "rnnsent prepared-data cache")
+        meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
+        return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
+    except Exception as e:  # any unreadable cache is rebuilt
+        log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {first_line(e)}); rebuilding it")
+        return None
+
+
+def save_cached(path: Path, splits: dict[str, EncodedSplit], vocab: Vocab, meta: dict) -> None:
+    """Write prepared data to the cache in a checksummed envelope; readers never see a half-written file."""
+    with atomic_write(path, suffix=".partial") as f:
+        torch.save(seal({**{s: _pack(splits[s]) for s in splits}, "vocab": vocab.to_dict(), "meta": meta},
+                        CACHE_FORMAT, CACHE_VERSION), f)
+
+
 def prepare_imdb(
     vocab_size: int = 5000,
     max_len: int = 500,
@@ -189,15 +213,9 @@ def prepare_imdb(
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / "prepared" / f"imdb-{_CACHE_NAMES[encoding]}-{vocab_size}-{max_len}-{key}.pt"
 
-    if use_cache and path.is_file():
-        try:
-            stored = torch.load(path, weights_only=True)
-            if not (isinstance(stored, dict) and "meta" in stored and "format" not in stored):  # else a cache from before the envelope
-                stored = unseal(stored, str(path), CACHE_FORMAT, CACHE_VERSION, "rnnsent prepared-data cache")
-            meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
-            return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
-        except Exception as e:  # any unreadable cache is rebuilt; the data itself is still there
-            log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {first_line(e)}); rebuilding it")
+    cached = load_cached(path) if use_cache else None
+    if cached is not None:
+        return cached
 
     t0 = time.perf_counter()
     splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit, expected_per_block)
@@ -206,7 +224,5 @@ def prepare_imdb(
         "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3), **extra,
     }
     if use_cache:
-        payload = {s: _pack(splits[s]) for s in splits}
-        with atomic_write(path, suffix=".partial") as f:  # readers never see a half-written cache
-            torch.save(seal({**payload, "vocab": vocab.to_dict(), "meta": meta}, CACHE_FORMAT, CACHE_VERSION), f)
+        save_cached(path, splits, vocab, meta)
     return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if use_cache else None, cache_hit=False))

@@ -35,12 +35,11 @@ import numpy as np
 import torch
 
 from rnnsent.config import DataConfig, canonical_encoding, check_val_fraction
-from rnnsent.data.dataset import ImdbData, _Index, _pack, _unpack, train_val_split
+from rnnsent.data.dataset import ImdbData, _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import Columns, DataFileError, Row, class_order, label_kind, read_rows
 from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast,
                                encode_keras, pad_flat, tokenize_scripts)
-from rnnsent.files import atomic_write
 
 CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
@@ -290,13 +289,9 @@ def prepare_labelled(
     ident = {"data": _identity(path), "test": _identity(test) if test else None}
     key = hashlib.sha256(json.dumps([params, ident], sort_keys=True).encode()).hexdigest()[:20]
     cache = cache_root(cache_dir) / "prepared" / f"labelled-{path.stem[:40]}-{key}.pt"
-    if use_cache and cache.is_file():
-        try:
-            stored = torch.load(cache, weights_only=True)
-            meta = dict(stored["meta"], cache_file=str(cache), cache_hit=True)
-            return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
-        except Exception as e:  # an unreadable cache is rebuilt from the data
-            log.warning(f"ignoring unreadable prepared-data cache {cache} ({type(e).__name__}: {e}); rebuilding it")
+    cached = load_cached(cache) if use_cache else None
+    if cached is not None:
+        return cached
 
     t0 = time.perf_counter()
     sources = [(read_rows(path, columns), None)]
@@ -314,8 +309,7 @@ def prepare_labelled(
     if test is not None:
         meta["test_path"] = str(test)
     if use_cache:
-        with atomic_write(cache, suffix=".partial") as f:
-            torch.save({**{s: _pack(out[s]) for s in out}, "vocab": vocab.to_dict(), "meta": meta}, f)
+        save_cached(cache, out, vocab, meta)
     return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if use_cache else None,
                                                                        cache_hit=False))
 
