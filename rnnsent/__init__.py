@@ -19,11 +19,6 @@ if "torch" not in _sys.modules:
     # reads this once, when PyTorch loads it, hence here and only before torch is imported; a value the
     # user set wins.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# MKL's conditional numerical reproducibility, strict: its GEMMs (the input projection around the fused kernel
-# and its backward) give the same bits for any thread count, as the kernel does. MKL reads this at its first
-# call, so it is set on import; a value the user set wins, and code that ran MKL before importing rnnsent
-# keeps MKL's default (results then may differ in the last bits between thread counts).
-_os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

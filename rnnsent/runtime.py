@@ -53,8 +53,16 @@ def retain_freed_memory() -> bool:
 
 
 def setup(device: torch.device, threads: int | None = None, flush_denormal: bool = True, retain_memory: bool = True,
-          deterministic: bool = False) -> None:
-    """Threads, denormals and the allocator on CPU; deterministic kernels where asked."""
+          deterministic: bool = False, strict_blas: bool = False) -> None:
+    """Threads, denormals and the allocator on CPU; deterministic kernels where asked.
+
+    strict_blas: MKL's strict reproducible mode (MKL_CBWR=AUTO,STRICT), so that the GEMMs around the fused
+    kernel give the same bits for any thread count, as the kernel does. MKL reads it at its first call, which
+    in a command-line run comes after this (the first is the model's initialisation); a value the user set
+    wins. Not for PyTorch's own layers: the released models were trained with MKL's default, and their
+    recorded commands (--rnn-impl torch) reproduce them bit for bit only under it."""
+    if strict_blas:
+        os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     if device.type == "cpu":
         # set_flush_denormal reaches only this thread and OpenMP workers started after it: the command
         # line gets here before any parallel op; code that ran torch work before building a Trainer

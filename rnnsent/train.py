@@ -79,7 +79,8 @@ class Trainer:
         self.callbacks: dict[str, list] = defaultdict(list)
         from rnnsent import runtime
 
-        runtime.setup(self.device, config.threads, config.flush_denormal, config.retain_memory, config.deterministic)
+        runtime.setup(self.device, config.threads, config.flush_denormal, config.retain_memory, config.deterministic,
+                      strict_blas=config.rnn_impl != "torch")
         runtime.check_amp(config.amp, self.device)
         if config.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
