@@ -353,58 +353,50 @@ def test_custom_layer_classes_are_refused_like_lambda_layers(tmp_path, entry):
         from_keras(path)
 
 
-def test_h5_external_storage_is_refused(tmp_path):
-    """A dataset stored in another file would copy that file into the weights: refused, never read."""
-    secret = tmp_path / "secret.bin"
-    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
-    path = tmp_path / "m.h5"
-    shutil.copy(FIXTURES / "k2_gru.h5", path)
-    with h5py.File(path, "r+") as f:
-        group = f["model_weights"]["dense_1"]
-        name = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]  # .../bias:0
-        del group[name]
-        group.create_dataset(name, shape=(1,), dtype="f4", external=[(str(secret), 0, 4)])
-    with pytest.raises(KerasFormatError, match="external"):
-        from_keras(path)
-
-
-def test_h5_shapes_are_checked_before_reading(tmp_path):
-    """A compressed dataset declaring a huge shape is refused from its declared shape, before it inflates."""
+def _h5_with_first_dense_weight(tmp_path, **dataset) -> Path:
+    """k2_gru.h5 with the dense layer's first listed weight (its kernel) replaced by h5py.create_dataset(**dataset)."""
     path = tmp_path / "m.h5"
     shutil.copy(FIXTURES / "k2_gru.h5", path)
     with h5py.File(path, "r+") as f:
         group = f["model_weights"]["dense_1"]
         name = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]
         del group[name]
-        group.create_dataset(name, shape=(1 << 31,), dtype="f4", compression="gzip", chunks=(1 << 20,))  # 8 GiB of zeros
+        group.create_dataset(name, dtype="f4", **dataset)
+    return path
+
+
+def _shapes_read(monkeypatch) -> list:
+    """The shapes of every h5py dataset that is read from now on."""
     reads = []
     original = h5py.Dataset.__getitem__
-    h5py.Dataset.__getitem__ = lambda self, key: reads.append(self.shape) or original(self, key)
-    try:
-        with pytest.raises(KerasFormatError, match="declares shape"):
-            from_keras(path)
-    finally:
-        h5py.Dataset.__getitem__ = original
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: reads.append(self.shape) or original(self, key))
+    return reads
+
+
+def test_h5_external_storage_is_refused(tmp_path):
+    """A dataset stored in another file would copy that file into the weights: refused, never read."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    path = _h5_with_first_dense_weight(tmp_path, shape=(1,), external=[(str(secret), 0, 4)])
+    with pytest.raises(KerasFormatError, match="external"):
+        from_keras(path)
+
+
+def test_h5_shapes_are_checked_before_reading(tmp_path, monkeypatch):
+    """A compressed dataset declaring a huge shape is refused from its declared shape, before it inflates."""
+    path = _h5_with_first_dense_weight(tmp_path, shape=(1 << 31,), compression="gzip", chunks=(1 << 20,))  # 8 GiB of zeros
+    reads = _shapes_read(monkeypatch)
+    with pytest.raises(KerasFormatError, match="declares shape"):
+        from_keras(path)
     assert (1 << 31,) not in reads
 
 
-def test_h5_shape_against_the_config_is_checked_before_reading(tmp_path):
+def test_h5_shape_against_the_config_is_checked_before_reading(tmp_path, monkeypatch):
     """A weight whose declared shape differs from what the config implies is refused without being read."""
-    path = tmp_path / "m.h5"
-    shutil.copy(FIXTURES / "k2_gru.h5", path)
-    with h5py.File(path, "r+") as f:
-        group = f["model_weights"]["dense_1"]
-        name = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]  # .../kernel:0
-        del group[name]
-        group.create_dataset(name, shape=(12345,), dtype="f4", compression="gzip")
-    reads = []
-    original = h5py.Dataset.__getitem__
-    h5py.Dataset.__getitem__ = lambda self, key: reads.append(self.shape) or original(self, key)
-    try:
-        with pytest.raises(KerasFormatError, match=r"dense_1/kernel has shape \(12345,\) but the config"):
-            from_keras(path)
-    finally:
-        h5py.Dataset.__getitem__ = original
+    path = _h5_with_first_dense_weight(tmp_path, shape=(12345,), compression="gzip")
+    reads = _shapes_read(monkeypatch)
+    with pytest.raises(KerasFormatError, match=r"dense_1/kernel has shape \(12345,\) but the config"):
+        from_keras(path)
     assert (12345,) not in reads
 
 
