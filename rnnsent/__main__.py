@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {  # name -> (function in rnnsent.cli, one line for the help)
     "train": ("train_main", "train a model on IMDB (a run folder with checkpoints, metrics and a report)"),
+    "pretrain": ("pretrain_main", "pretrain the embedding and recurrent layer as a language model (for train --pretrained)"),
     "evaluate": ("evaluate_main", "test accuracy, loss and confusion counts of a checkpoint"),
     "predict": ("predict_main", "sentiment of review texts (a checkpoint, run folder or released model: gru, lstm, rnn)"),
 }

@@ -181,6 +181,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     path = resolve_checkpoint(path)
     state = load_checkpoint_state(path)
+    if state.get("kind") == "language_model":
+        raise CheckpointError(f"{path} is a language model from scripts/pretrain.py: it predicts words, not sentiment; "
+                              f"fine-tune it first with scripts/train.py --pretrained {path}")
     # Everything below comes from the file: check it before it can reach a constructor or an index.
     config = state["model_config"]
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
@@ -299,6 +302,8 @@ def training_state(t, full: bool = True) -> dict:
         )
         if t.dist.enabled:
             state["rng_ranks"] = rngs
+        if getattr(t, "ema", None) is not None:
+            state["ema"] = t.ema.state_dict()
     return state
 
 
@@ -311,6 +316,8 @@ def restore_training_state(t, state: dict) -> None:
             f"the same number (torchrun --nproc_per_node={p.get('world_size', 1)}), not {t.dist.world_size}")
     t.model.load_state_dict(state["model_state"])
     t.optimizer.load_state_dict(state["optimizer"])
+    if getattr(t, "ema", None) is not None and "ema" in state:  # else the average starts from the resumed weights
+        t.ema.load_state_dict(state["ema"])
     if "scaler" in state and t.scaler.is_enabled():
         t.scaler.load_state_dict(state["scaler"])
     t.epoch, t.step_in_epoch, t.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]

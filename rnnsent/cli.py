@@ -122,6 +122,17 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--split-column", default=None, help="your own data: a column of train / test / val values [none]")
     a("--test-fraction", type=lambda t: _float_where(t, lambda v: 0.0 < v < 1.0, "in (0, 1)"), default=None,
       help=f"your own data without a test set: the stratified share held out for testing [{d.test_fraction}]")
+    a("--label-smoothing", type=_fraction, default=None,
+      help=f"train toward (1 - s) * label + s / classes instead of the bare label [{d.label_smoothing}]")
+    a("--adversarial", type=lambda t: _float_where(t, lambda v: v >= 0, ">= 0"), default=None,
+      help="also train on embeddings pushed this far (L2 norm per review) in the direction that raises the loss "
+           f"(Miyato et al. 2016); costs a second forward and backward pass [{d.adversarial}]")
+    a("--ema", type=_fraction, default=None,
+      help="validate, keep and test an exponential moving average of the weights with this decay per step, "
+           f"such as 0.999; 0 is off [{d.ema}]")
+    a("--pretrained", default=None, metavar="RUN",
+      help="start the embedding and recurrent layer from a language model of scripts/pretrain.py (its run folder "
+           "or best.pt); the same data and vocabulary [off]")
     a("--monitor", choices=MONITORS, default=None,
       help="the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]")
     a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
@@ -139,18 +150,31 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults <- recipe <- explicit flags, in that order."""
+def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> TrainConfig:
+    """Defaults <- recipe <- explicit flags, in that order. For pretraining, a recipe's "pretrain" settings
+    replace its fine-tuning ones (the data settings stay, so both runs build the same vocabulary)."""
     values: dict = {}
-    if args.recipe:
-        values.update({k: v for k, v in RECIPES[args.recipe].items() if k != "doc"})
+    recipe = RECIPES[args.recipe] if args.recipe else {}
+    values.update({k: v for k, v in recipe.items() if k not in ("doc", "pretrain")})
+    if pretraining:
+        values.update(FINE_TUNING_ONLY)
+        values.update(recipe.get("pretrain", {}))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if "pretrain" in recipe and not pretraining and not values.get("pretrained") and not values.get("resume"):
+        cell = canonical_cell(values.get("cell", TrainConfig.cell))
+        raise ValueError(f"recipe {args.recipe} fine-tunes a pretrained language model: first run scripts/pretrain.py "
+                         f"--recipe {args.recipe} --cell {cell} --out runs/lm-{cell} (same --data, --seed), then add "
+                         f"--pretrained runs/lm-{cell}")
     if "out" not in values:
-        values["out"] = str(Path("runs") / canonical_cell(values.get("cell", TrainConfig.cell)))
+        values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + canonical_cell(values.get("cell", TrainConfig.cell))))
     if values.get("resume") == "":
         values["resume"] = str(Path(values["out"]) / "last.pt")
     return TrainConfig(**values)
+
+
+# What only fine-tuning uses; a recipe's pretraining run starts from these (word dropout is the classifier's).
+FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0}
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -206,6 +230,32 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     except _user_errors() as e:
         return _fail(str(e))
     if config.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(json.dumps(report))
+    return 0
+
+
+def pretrain_main(argv: list[str] | None = None, prog: str = "pretrain.py") -> int:
+    """Language-model pretraining (rnnsent.pretrain): the flags of train.py, a run folder like training's."""
+    p = train_parser(prog)
+    p.description = ("Pretrain the embedding and recurrent layer as a language model on the training split's text "
+                     "(Dai & Le 2015), for scripts/train.py --pretrained. The flags are train.py's; --recipe takes "
+                     "the recipe's pretraining settings. The best epoch by validation loss per word is kept.")
+    args = p.parse_args(argv)
+    from rnnsent.checkpoint import CheckpointWriteError
+    from rnnsent.train import NonFiniteLoss, TrainingInterrupted
+
+    try:
+        config = config_from_args(args, pretraining=True)
+        from rnnsent.pretrain import pretrain
+
+        report = pretrain(config)
+    except TrainingInterrupted as e:
+        return _fail(str(e), e.exit_code)
+    except (NonFiniteLoss, CheckpointWriteError) as e:
+        return _fail(str(e), 1)
+    except _user_errors() as e:
+        return _fail(str(e))
+    if config.quiet and os.environ.get("RANK", "0") == "0":
         print(json.dumps(report))
     return 0
 

@@ -179,6 +179,13 @@ class OptimConfig:
     patience: int | None = None  # stop after this many epochs without a better validation score (see monitor)
     seed: int = 0
     monitor: str | None = None  # see MONITORS; None: accuracy for two classes, macro_f1 for more
+    # Regularisers that change training only; the model that predicts is the same (rnnsent/regularise.py):
+    label_smoothing: float = 0.0  # train toward (1 - s) * label + s / classes instead of the bare label
+    adversarial: float = 0.0  # > 0: also train on embeddings pushed this far (L2 per review) up the loss (Miyato et al.)
+    ema: float = 0.0  # > 0: validate, keep and test an exponential moving average of the weights with this decay per step
+    # A language model from scripts/pretrain.py (its run folder or a checkpoint) whose embedding and recurrent
+    # layer start this run, instead of random weights (Dai & Le 2015). Needs the same data and vocabulary.
+    pretrained: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,9 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
             (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
             (self.rnn_impl in IMPLS, f"rnn_impl must be one of {', '.join(IMPLS)}, got {self.rnn_impl!r}"),
             (self.monitor is None or self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.adversarial >= 0 and math.isfinite(self.adversarial), f"adversarial must be >= 0, got {self.adversarial}"),
+            (0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (a decay per step, such as 0.999; 0 is off), got {self.ema}"),
         ])
 
     def monitored(self) -> str:
@@ -243,8 +253,8 @@ def field_names(group) -> tuple[str, ...]:
 
 # Settings that must agree between a checkpoint and the run that resumes it: changing any of them would
 # silently train a different model or on different data. Where the data lies, epochs, patience and the
-# machinery may change.
-MAY_CHANGE_ON_RESUME = ("data_root", "cache_dir", "epochs", "patience")
+# machinery may change, and so may where the pretrained start came from (a resumed run has its weights).
+MAY_CHANGE_ON_RESUME = ("data_root", "cache_dir", "epochs", "patience", "pretrained")
 RESUME_MUST_MATCH = tuple(name for group in (ModelConfig, DataConfig, OptimConfig) for name in field_names(group)
                           if name not in MAY_CHANGE_ON_RESUME)
 
@@ -278,4 +288,15 @@ RECIPES: dict[str, dict] = {
         "warmup_steps": 0, "clip": 1.0, "embed_dropout": 0.5, "output_dropout": 0.5, "word_dropout": 0.2,
         "weight_decay": 0.0, "max_len": 1000,
     },
+}
+# best's settings, started from a language model pretrained on the training reviews (scripts/pretrain.py
+# --recipe pretrained, whose settings are "pretrain"), with an average of the weights and adversarial embeddings.
+RECIPES["pretrained"] = {
+    **RECIPES["best"],
+    "doc": "best's settings fine-tuning a language model pretrained on the training reviews (scripts/pretrain.py "
+           "--recipe pretrained, then --pretrained RUN), with an exponential average of the weights (0.999) and "
+           "adversarial embeddings (1.0)",
+    "ema": 0.999, "adversarial": 1.0,
+    "pretrain": {"epochs": 10, "lr": 2e-3, "schedule": "cosine", "clip": 1.0, "embed_dropout": 0.1,
+                 "output_dropout": 0.1},
 }

@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 
 
-def loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", smoothing: float = 0.0) -> torch.Tensor:
+    """The training objective; `smoothing` s trains toward (1 - s) * one-hot + s / classes (label smoothing)."""
     logits = logits.float()
     if logits.dim() == 1:  # (B,)
+        if smoothing:
+            targets = targets * (1.0 - smoothing) + 0.5 * smoothing
         return F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
-    return F.cross_entropy(logits, targets.long(), reduction=reduction)  # (B, K)
+    return F.cross_entropy(logits, targets.long(), reduction=reduction, label_smoothing=smoothing)  # (B, K)
 
 
 def predicted(logits: torch.Tensor) -> torch.Tensor:

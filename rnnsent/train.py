@@ -35,6 +35,7 @@ from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, count_parameters
+from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
 from rnnsent.runfolder import RunLock, load_resume, resume_path
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
@@ -70,6 +71,8 @@ class Trainer:
     Research code can subclass it, add callbacks, or call the pieces (`train_epoch`, `end_epoch`,
     `finish`, `save`) directly.
     """
+
+    reports_accuracy = True  # the progress bar shows training accuracy (a language model has none)
 
     def __init__(self, config: TrainConfig, data=None):
         self.config = config
@@ -116,7 +119,12 @@ class Trainer:
                 f"{config.resume} was trained with another vocabulary than the data prepared now; "
                 "resume with the same data source and --vocab-size"
             )
-        self.model = runtime.build_in_memory(lambda: SentimentRNN(**config.model_args(), impl=config.rnn_impl), self.device)
+        self.model = runtime.build_in_memory(self.build_model, self.device)
+        if config.pretrained and resume_state is None:  # a resumed run has its own weights already
+            from rnnsent.pretrain import load_into  # it builds on this module
+
+            self.log(load_into(self.model, config.pretrained, self.data.vocab))
+        self.ema = WeightAverage(self.model, config.ema) if config.ema else None
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
         if self.dist.rank:
             torch.manual_seed(config.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
@@ -154,6 +162,9 @@ class Trainer:
             callback(self)
 
     # -- set-up ---------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        return SentimentRNN(**self.config.model_args(), impl=self.config.rnn_impl)
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         fused = {"fused": True} if self.device.type == "cuda" else {}
@@ -251,10 +262,7 @@ class Trainer:
                 for x, lengths, y in self.train_batches.iterate(self.epoch, start=self.step_in_epoch):
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr_at(self.global_step, self.total_steps, c)
-                    with autocast_context(self.device, c.amp):
-                        logits = model(x, lengths if lengths_needed else None)  # (B,) or (B, K)
-                        loss = objective.loss(logits, y)
-                    self.scaler.scale(loss).backward()
+                    loss, correct = self.forward_backward(model, x, lengths if lengths_needed else None, y)
                     finite = self.dist.all_true(torch.isfinite(loss))  # every rank agrees, so every rank stops
                     if c.clip is not None:
                         self.scaler.unscale_(self.optimizer)
@@ -270,15 +278,17 @@ class Trainer:
                         self._raise_non_finite(self.global_step)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update(self.model)
                     with torch.no_grad():
-                        self.sums += torch.stack([loss.detach().double() * y.numel(),
-                                                  (objective.predicted(logits.detach()) == y.long()).sum().double()])
+                        self.sums += torch.stack([loss.detach().double() * y.numel(), correct.double()])
                     self.step_in_epoch, self.global_step = self.step_in_epoch + 1, self.global_step + 1
                     self.seen, samples_done = self.seen + y.numel(), samples_done + y.numel()
                     if self.step_in_epoch % c.log_every == 0 or self.step_in_epoch == n_batches:
                         self._check_finite(bad_step)  # a host sync, so only every log_every steps
                         loss_sum, correct = self.sums.tolist()
-                        bar.set_postfix(loss=f"{loss_sum / self.seen:.4f}", acc=f"{correct / self.seen:.4f}",
+                        accuracy = {"acc": f"{correct / self.seen:.4f}"} if self.reports_accuracy else {}
+                        bar.set_postfix(loss=f"{loss_sum / self.seen:.4f}", **accuracy,
                                         sps=f"{samples_done / (time.perf_counter() - t0):.0f}", refresh=False)
                     bar.update(1)
                     if self.dist.any(self._interrupt.requested):
@@ -300,6 +310,25 @@ class Trainer:
         return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                 "epoch_seconds": self.epoch_seconds,
                 "samples_per_second": seen / self.epoch_seconds if self.epoch_seconds > 0 else float("nan")}
+
+    def forward_backward(self, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch's forward and backward passes (gradients accumulate in the parameters); returns the
+        loss and the number of right predictions. With adversarial training, a second pass on perturbed
+        embeddings adds its gradients (rnnsent.regularise.EmbeddingPerturbation)."""
+        c = self.config
+        with EmbeddingPerturbation(self.model.embedding) if c.adversarial else contextlib.nullcontext() as perturb:
+            # DDP must not average the first of two backward passes on its own: the second one sums both
+            with model.no_sync() if c.adversarial and hasattr(model, "no_sync") else contextlib.nullcontext():
+                with autocast_context(self.device, c.amp):
+                    logits = model(x, lengths)  # (B,) or (B, K)
+                    loss = objective.loss(logits, y, smoothing=c.label_smoothing)
+                self.scaler.scale(loss).backward()
+            if c.adversarial:
+                perturb.aim(c.adversarial)
+                with autocast_context(self.device, c.amp):
+                    adversarial_loss = objective.loss(model(x, lengths), y, smoothing=c.label_smoothing)
+                self.scaler.scale(adversarial_loss).backward()
+        return loss, (objective.predicted(logits.detach()) == y.long()).sum()
 
     def _save_and_stop(self, bar, t0: float) -> None:
         bar.close()
@@ -343,7 +372,8 @@ class Trainer:
     def end_epoch(self, train_metrics: dict) -> bool:
         """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
         c = self.config
-        val = self._evaluate(self.data.val, self.val_batches)
+        with self.averaged():
+            val = self._evaluate(self.data.val, self.val_batches)
         row = {"epoch": self.epoch + 1, "global_step": self.global_step, **train_metrics,
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(self.global_step - 1, self.total_steps, c)}
         if c.num_classes > 2 or c.monitor:
@@ -361,7 +391,8 @@ class Trainer:
         if self.is_main:
             report.append_metrics(self.out, row)
         if improved:
-            self.save("best.pt", full=False)
+            with self.averaged():  # best.pt holds the weights that were validated
+                self.save("best.pt", full=False)
         self.save("last.pt")
         self.log(report.epoch_line(row, improved))
         self._trigger("on_epoch_end")
@@ -369,6 +400,10 @@ class Trainer:
             self.log(f"early stop: validation {c.monitored().replace('_', '-')} has not improved for {c.patience} epoch(s)")
             return True
         return False
+
+    def averaged(self):
+        """A block in which the model holds the averaged weights (--ema), or its own without --ema."""
+        return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
     def finish(self) -> dict:
         """Test the best checkpoint, write report.json, the plot and the summary; return the report."""

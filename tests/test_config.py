@@ -85,7 +85,7 @@ def test_data_settings_reach_prepare_data_from_the_checkpoint(tmp_path):
 
 def test_resume_checks_cover_every_setting_that_changes_what_is_learned():
     groups = set(field_names(ModelConfig)) | set(field_names(DataConfig)) | set(field_names(OptimConfig))
-    assert set(RESUME_MUST_MATCH) == groups - {"data_root", "cache_dir", "epochs", "patience"}
+    assert set(RESUME_MUST_MATCH) == groups - {"data_root", "cache_dir", "epochs", "patience", "pretrained"}
 
 
 def test_one_cell_table():

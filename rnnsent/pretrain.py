@@ -1,0 +1,209 @@
+"""Language-model pretraining (Dai & Le, 2015): teach the classifier's embedding and recurrent layer to
+predict each next word of the training reviews, then fine-tune them on the labels.
+
+    python scripts/pretrain.py --cell gru --out runs/lm-gru          # a run folder like training's
+    python scripts/train.py --cell gru --pretrained runs/lm-gru       # starts from its best.pt
+
+Only the training split's text is read (the validation reviews measure perplexity, the test split is
+never touched), so every IMDB source gives the same result, and your own data works the same way. The
+run is an ordinary Trainer run (resumable, checkpointed, the same flags); what differs is the model, the
+loss and the validation score, which is the loss per word (lower is better).
+
+The word distribution is an adaptive softmax (Grave et al., 2017): frequent words get the full
+hidden-size projection, rare ones share smaller clusters, which keeps the 5,000-word output cheap.
+The output layer is needed only here: fine-tuning takes the embedding and the recurrent layer.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rnnsent import report
+from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_checkpoint
+from rnnsent.config import ModelConfig, TrainConfig
+from rnnsent.evaluate import autocast_context
+from rnnsent.models import SentimentRNN, count_parameters
+from rnnsent.train import Trainer, shutdown
+
+KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size")  # what must agree to hand the weights over
+
+
+def cutoffs(vocab_size: int, hidden_size: int) -> list[int]:
+    """Adaptive-softmax cluster bounds for ids sorted by frequency (as rnnsent's vocabularies are): the
+    first tenth of the vocabulary in the head, the next 30% and the rest in two tails, projected to a
+    quarter and a sixteenth of the hidden size. Empty (a plain softmax) where that is too small to split."""
+    bounds = sorted({vocab_size // 10, vocab_size * 2 // 5})
+    return bounds if vocab_size >= 50 and hidden_size >= 16 and bounds[0] >= 2 else []
+
+
+class LanguageModel(nn.Module):
+    """The classifier's Embedding and recurrent layer (same names, shapes and initialisation as
+    SentimentRNN's), predicting every next token of a review.
+
+    forward(tokens) takes (B, T) ids, padding 0 anywhere, and returns the mean loss per predicted token
+    (natural log): every position predicts the next one, and padding is never a target.
+    """
+
+    def __init__(self, settings: ModelConfig):
+        super().__init__()
+        body = SentimentRNN(settings, impl="torch")  # the classifier's own layers and initialisation
+        self.settings = settings
+        self.embedding, self.rnn = body.embedding, body.rnn
+        self.drop_in, self.drop_out = body.drop_in, body.drop_out
+        bounds = cutoffs(settings.vocab_size, settings.hidden_size)
+        self.head = (nn.AdaptiveLogSoftmaxWithLoss(settings.hidden_size, settings.vocab_size, bounds, div_value=4.0)
+                     if bounds else nn.Linear(settings.hidden_size, settings.vocab_size))
+
+    def config(self) -> dict:
+        return self.settings.model_args()
+
+    def summary(self, time_steps=None) -> str:
+        """Parameter counts: the layers fine-tuning takes over, and the output layer only pretraining uses."""
+        n = {name: count_parameters(getattr(self, name)) for name in ("embedding", "rnn", "head")}
+        kind = f"adaptive softmax, clusters at {cutoffs(self.settings.vocab_size, self.settings.hidden_size)}" if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss) else "softmax"
+        return (f'Model: "language_model_{self.settings.cell}"\n'
+                f"embedding {n['embedding']:,} + {self.settings.cell} {n['rnn']:,} parameters (fine-tuning takes these); "
+                f"next-word output ({kind}) {n['head']:,}")
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.drop_in(self.embedding(tokens)))  # (B, T, H)
+        targets = tokens[:, 1:]  # position t predicts token t + 1
+        keep = targets != 0  # (B, T-1)
+        hidden = self.drop_out(out[:, :-1][keep]).float()  # (N, H), the predicting states
+        if isinstance(self.head, nn.Linear):
+            return F.cross_entropy(self.head(hidden), targets[keep])
+        return self.head(hidden, targets[keep]).loss
+
+
+class PretrainTrainer(Trainer):
+    """Trainer for a LanguageModel: the same loop, checkpoints and resume; best.pt has the lowest
+    validation loss per word. Labels and the test split are not used."""
+
+    reports_accuracy = False
+
+    def __init__(self, config: TrainConfig, data=None):
+        fine_tuning_only = [f"--{k.replace('_', '-')}" for k in ("label_smoothing", "adversarial", "ema", "pretrained")
+                            if getattr(config, k)]
+        if fine_tuning_only:
+            raise ValueError(f"{', '.join(fine_tuning_only)} apply to fine-tuning (scripts/train.py), not to pretraining")
+        super().__init__(TrainConfig(**{**config.to_dict(), "monitor": "loss"}), data)
+
+    def build_model(self) -> nn.Module:
+        return LanguageModel(ModelConfig(**self.config.model_args()))
+
+    def rnn_implementation(self) -> str:
+        return "PyTorch's layers (a language model needs the state after every word, which the fused kernel does not keep)"
+
+    def forward_backward(self, model, x, lengths, y):
+        with autocast_context(self.device, self.config.amp):
+            loss = model(x)
+        self.scaler.scale(loss).backward()
+        return loss, torch.zeros((), device=loss.device)
+
+    def state(self, full: bool = True) -> dict:
+        return {**super().state(full), "kind": KIND}
+
+    def _evaluate(self, split, batcher) -> dict:
+        """Loss per word on `split` (validation): summed over words, so batch size changes nothing."""
+        model = self.model
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * words, words
+        with torch.no_grad():
+            for x, _, _ in batcher.iterate(0):
+                with autocast_context(self.device, self.config.amp):
+                    loss = model(x)
+                words = (x[:, 1:] != 0).sum()
+                sums += torch.stack([loss.double() * words, words.double()])
+        model.train()
+        loss_sum, words = self.dist.sum(sums).tolist()
+        loss = loss_sum / max(words, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "words": int(words)}
+
+    def end_epoch(self, train_metrics: dict) -> bool:
+        c = self.config
+        val = self._evaluate(self.data.val, self.val_batches)
+        row = {"epoch": self.epoch + 1, "global_step": self.global_step, "train_loss": train_metrics["train_loss"],
+               "epoch_seconds": train_metrics["epoch_seconds"], "samples_per_second": train_metrics["samples_per_second"],
+               "val_loss": val["loss"], "val_perplexity": val["perplexity"]}
+        self.history.append(row)
+        improved = not self.history[:-1] or -val["loss"] > self.best_val
+        if improved:
+            self.best_val, self.epochs_since_best = -val["loss"], 0
+        else:
+            self.epochs_since_best += 1
+        self.epoch, self.step_in_epoch, self.seen, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
+        self.sums.zero_()
+        if self.is_main:
+            report.append_metrics(self.out, row)
+        if improved:
+            self.save("best.pt", full=False)
+        self.save("last.pt")
+        self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
+                 f"perplexity {row['val_perplexity']:.1f} | {row['epoch_seconds']:.1f} s, "
+                 f"{row['samples_per_second']:.0f} reviews/s" + (" (best)" if improved else ""))
+        self._trigger("on_epoch_end")
+        if c.patience is not None and self.epochs_since_best >= c.patience:
+            self.log(f"early stop: validation loss has not improved for {c.patience} epoch(s)")
+            return True
+        return False
+
+    def finish(self) -> dict:
+        """Score best.pt on validation again and write report.json; the test split stays untouched."""
+        best = self.out / "best.pt"
+        self.dist.barrier()
+        self.model.load_state_dict(load_checkpoint_state(best)["model_state"])
+        val = self._evaluate(self.data.val, self.val_batches)
+        result = {"task": KIND, "cell": self.config.cell, "best_val_loss": val["loss"],
+                  "val_perplexity": val["perplexity"], "val_words": val["words"], "epochs": len(self.history),
+                  "epoch_seconds": [r["epoch_seconds"] for r in self.history], "device": str(self.device),
+                  "checkpoint": str(best)}
+        if self.is_main:
+            (self.out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+            self.log(f"language model: validation perplexity {val['perplexity']:.1f} ({val['loss']:.4f} per word); "
+                     f"fine-tune it with scripts/train.py --pretrained {self.out}")
+        return result
+
+
+def pretrain(config: TrainConfig, data=None) -> dict:
+    """Pretrain a language model as `config` says (out, epochs, data, ...); returns its report."""
+    agreed = False
+    try:
+        result = PretrainTrainer(config, data).fit()
+        agreed = True
+        return result
+    finally:
+        shutdown(wait_for_peers=agreed)
+
+
+def load_into(model: SentimentRNN, path, vocab) -> str:
+    """Copy a pretrained language model's embedding and recurrent layer into `model`; returns a log line.
+    Refuses (CheckpointError, one line) a classifier checkpoint, another shape or another vocabulary."""
+    path = resolve_checkpoint(path)
+    state = load_checkpoint_state(path)
+    if state.get("kind") != KIND:
+        raise CheckpointError(f"{path} is not a language model from scripts/pretrain.py (it is a classifier "
+                              "checkpoint); pass --pretrained the folder or best.pt of a pretraining run")
+    saved = state["model_config"]
+    differ = [f"{k} {saved.get(k)!r} there, {getattr(model, k)!r} here" for k in SHAPE if saved.get(k) != getattr(model, k)]
+    if differ:
+        raise CheckpointError(f"the language model {path} has another shape ({'; '.join(differ)}); "
+                              "pretrain with the same --cell, --vocab-size, --embed-dim and --hidden-size")
+    if state.get("vocab") != vocab.to_dict():
+        raise CheckpointError(f"the language model {path} was trained with another vocabulary than the data prepared "
+                              "now; pretrain and fine-tune on the same data with the same --vocab-size and --limit")
+    weights = {k: v for k, v in state["model_state"].items() if k.startswith(("embedding.", "rnn."))}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a weight of another size than its own description says
+        raise CheckpointError(f"the language model {path} does not fit its own description: {str(e).splitlines()[-1].strip()}") from None
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise CheckpointError(f"the language model {path} does not fit this model (missing {missing}, unexpected {unexpected})")
+    at = state.get("metrics") or {}  # the epoch this file was saved at
+    ppl = at.get("val_perplexity")
+    return (f"started from the language model {path}: embedding and recurrent layer"
+            + (f" (validation perplexity {ppl:.1f}, its epoch {at.get('epoch')})" if ppl else ""))
