@@ -125,7 +125,7 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--label-smoothing", type=_fraction, default=None,
       help=f"train toward (1 - s) * label + s / classes instead of the bare label [{d.label_smoothing}]")
     a("--adversarial", type=lambda t: _float_where(t, lambda v: v >= 0, ">= 0"), default=None,
-      help="also train on embeddings pushed this far (L2 norm per review) in the direction that raises the loss "
+      help="also train on embeddings pushed, by this share of each review's embedding norm, in the direction that raises the loss "
            f"(Miyato et al. 2016); costs a second forward and backward pass [{d.adversarial}]")
     a("--ema", type=_fraction, default=None,
       help="validate, keep and test an exponential moving average of the weights with this decay per step, "

@@ -181,7 +181,7 @@ class OptimConfig:
     monitor: str | None = None  # see MONITORS; None: accuracy for two classes, macro_f1 for more
     # Regularisers that change training only; the model that predicts is the same (rnnsent/regularise.py):
     label_smoothing: float = 0.0  # train toward (1 - s) * label + s / classes instead of the bare label
-    adversarial: float = 0.0  # > 0: also train on embeddings pushed this far (L2 per review) up the loss (Miyato et al.)
+    adversarial: float = 0.0  # > 0: also train on embeddings pushed up the loss by this share of their norm (Miyato et al.)
     ema: float = 0.0  # > 0: validate, keep and test an exponential moving average of the weights with this decay per step
     # A language model from scripts/pretrain.py (its run folder or a checkpoint) whose embedding and recurrent
     # layer start this run, instead of random weights (Dai & Le 2015). Needs the same data and vocabulary.
@@ -295,8 +295,8 @@ RECIPES["pretrained"] = {
     **RECIPES["best"],
     "doc": "best's settings fine-tuning a language model pretrained on the training reviews (scripts/pretrain.py "
            "--recipe pretrained, then --pretrained RUN), with an exponential average of the weights (0.999) and "
-           "adversarial embeddings (1.0)",
-    "ema": 0.999, "adversarial": 1.0,
+           "adversarial embeddings (0.05 of each review's embedding norm)",
+    "ema": 0.999, "adversarial": 0.05,
     "pretrain": {"epochs": 10, "lr": 2e-3, "schedule": "cosine", "clip": 1.0, "embed_dropout": 0.1,
                  "output_dropout": 0.1},
 }

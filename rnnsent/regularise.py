@@ -57,14 +57,18 @@ class WeightAverage:
 class EmbeddingPerturbation:
     """Adversarial training on the embeddings (Miyato et al., 2016), through a forward hook on the embedding.
 
-    Step 1: a normal forward and backward; the hook keeps the gradient of the loss with respect to the
-    embedded review (B, T, E). Step 2: `aim(epsilon)` turns it into r = epsilon * g / ||g|| per review,
-    the direction that raises the loss fastest, and the next forward adds r to the embeddings. Its loss is
-    trained on as well. Padding gets no gradient after a review's end, so it is not perturbed there.
+    Step 1: a normal forward and backward; the hook keeps the gradient g of the loss with respect to the
+    embedded review (B, T, E). Step 2: `aim(epsilon)` turns it into r = epsilon * ||e|| * g / ||g|| per
+    review, the direction that raises the loss fastest, as a share epsilon of the review's own embedding
+    norm ||e|| (its words, not its padding). Miyato et al. fix ||r|| and normalise the embeddings instead;
+    a relative size keeps the model's prediction path exactly Embedding -> cell -> Dense, and the
+    embeddings cannot outgrow the perturbation. The next forward adds r to the embeddings, and its loss is
+    trained on as well. Padding after a review's end gets no gradient, so it is not perturbed.
     """
 
     def __init__(self, embedding: nn.Embedding):
         self.embedded: torch.Tensor | None = None
+        self.size: torch.Tensor | None = None  # ||e|| per review
         self.delta: torch.Tensor | None = None
         self._handle = embedding.register_forward_hook(self._hook)
 
@@ -74,6 +78,8 @@ class EmbeddingPerturbation:
         if torch.is_grad_enabled():
             output.retain_grad()
             self.embedded = output
+            words = (inputs[0] != 0).unsqueeze(-1)  # (B, T, 1): padding (id 0) is not part of the review
+            self.size = (output.detach().float() * words).flatten(1).norm(dim=1)  # (B,)
         return output
 
     def aim(self, epsilon: float) -> None:
@@ -81,9 +87,9 @@ class EmbeddingPerturbation:
         if g is None:
             raise RuntimeError("aim() needs a forward and backward pass through the embedding first")
         g = g.detach().float()
-        norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))  # per review
-        self.delta = (epsilon * g / norm).to(self.embedded.dtype)
-        self.embedded = None
+        scale = epsilon * self.size / g.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
+        self.delta = (scale.view(-1, *([1] * (g.dim() - 1))) * g).to(self.embedded.dtype)
+        self.embedded = self.size = None
 
     def close(self) -> None:
         self._handle.remove()

@@ -122,6 +122,6 @@ def test_the_commands_as_a_user_runs_them(tmp_path):
              "--out", tmp_path / "ft")
     assert ft.returncode == 0, ft.stderr
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
-    assert config["ema"] == 0.999 and config["adversarial"] == 1.0 and config["embed_dropout"] == 0.5
+    assert config["ema"] == 0.999 and config["adversarial"] == 0.05 and config["embed_dropout"] == 0.5
     bad = run("predict.py", "--checkpoint", tmp_path / "lm" / "best.pt", "a film")
     assert bad.returncode != 0 and "predicts words, not sentiment" in bad.stderr and "Traceback" not in bad.stderr

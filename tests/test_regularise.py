@@ -104,9 +104,9 @@ def test_ema_and_adversarial_runs_resume_bit_for_bit(tmp_path):
 
 @pytest.mark.parametrize("impl", ["torch", "auto"])
 def test_adversarial_step_has_the_gradient_of_clean_plus_perturbed_loss(tmp_path, impl):
-    """The trainer's two passes against a direct computation: r = eps * g / ||g|| per review, where g is
-    d loss / d embedded review, and the gradient of loss(x) + loss(embedding + r)."""
-    trainer = Trainer(tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1))
+    """The trainer's two passes against a direct computation: r = eps * ||e|| * g / ||g|| per review, where
+    g is d loss / d embedded review e (||e|| over its words only), and the gradient of loss(x) + loss(e + r)."""
+    trainer = Trainer(tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1, max_len=400))  # rows of many lengths
     x, lengths, y = next(iter(trainer.train_batches.iterate(0)))
     model = trainer.model
     loss, correct = trainer.forward_backward(model, x, lengths, y)
@@ -122,7 +122,9 @@ def test_adversarial_step_has_the_gradient_of_clean_plus_perturbed_loss(tmp_path
         return objective.loss(reference.fc(last).squeeze(-1), y, smoothing=0.1)
 
     g, = torch.autograd.grad(run(embedded), embedded)
-    r = 0.7 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
+    size = torch.stack([embedded[b, : lengths[b]].norm() for b in range(len(lengths))])  # right-padded rows
+    assert size.min() > 0 and (lengths < x.size(1)).any()  # some rows have padding to leave out
+    r = 0.7 * (size / g.flatten(1).norm(dim=1)).view(-1, 1, 1) * g
     clean = run(reference.embedding(x))
     (clean + run(reference.embedding(x) + r)).backward()
     assert loss.item() == pytest.approx(clean.item(), rel=1e-5)
