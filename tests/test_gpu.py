@@ -153,3 +153,30 @@ def test_one_process_nccl_torchrun_on_cuda_trains_and_writes_one_checkpoint_set(
     assert len(state["rng_ranks"]) == 1 and "cuda" in state["rng_ranks"][0], "joined the (NCCL) group as rank 0"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["device"].startswith("cuda")
+
+
+def test_pretraining_and_fine_tuning_levers_on_cuda_match_the_cpu(tmp_path):
+    """A language model and an EMA + adversarial + label-smoothing fine-tune run on CUDA; one step of each
+    gives the CPU's gradients, and the CUDA checkpoints load on the CPU."""
+    from rnnsent.pretrain import PretrainTrainer, pretrain
+
+    def config(name, device, **kw):
+        return TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=16, max_len=60, epochs=1, batch_size=4,
+                           data_root=str(FIXTURE), expected_per_block=6, cache_dir=str(tmp_path / "cache"),
+                           out=str(tmp_path / name), quiet=True, val_fraction=0.25, device=device, seed=3, **kw)
+
+    pretrain(config("lm", "cuda"))
+    grads = {}
+    for device in ("cpu", "cuda"):
+        for cls, kw in ((PretrainTrainer, {}), (Trainer, dict(pretrained=str(tmp_path / "lm"), ema=0.9,
+                                                              adversarial=0.05, label_smoothing=0.1, rnn_impl="torch"))):
+            t = cls(config(f"{cls.__name__}-{device}", device, **kw))
+            x, lengths, y = next(iter(t.train_batches.iterate(0)))
+            t.forward_backward(t.model, x, lengths, y)
+            grads[device, cls] = {n: p.grad.cpu() for n, p in t.model.named_parameters()}
+    for cls in (PretrainTrainer, Trainer):
+        for n, g in grads["cpu", cls].items():
+            assert torch.allclose(grads["cuda", cls][n], g, rtol=1e-3, atol=1e-5), (cls.__name__, n)
+    report = Trainer(config("ft", "cuda", pretrained=str(tmp_path / "lm"), ema=0.9, adversarial=0.05)).fit()
+    loaded = rnnsent.load_checkpoint(tmp_path / "ft" / "best.pt")
+    assert 0 <= report["test_accuracy"] <= 1 and loaded.model.embedding.weight.device.type == "cpu"
