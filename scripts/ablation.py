@@ -165,10 +165,16 @@ def markdown(args, summary: list[dict], rows: list[dict], machine: str) -> str:
     lms = [r for r in rows if r["variant"] == LM and "val_perplexity" in r]
     lines += ["", "Language models (validation perplexity): " + ", ".join(
         f"{r['cell']} {r['val_perplexity']:.1f} ({r['train_seconds'] / 60:.1f} min)" for r in lms)]
-    missing = [r for r in rows if "skipped" in r or "error" in r]
-    if missing:
-        lines += ["", "Not run: " + "; ".join(f"{r['variant']} {r['cell']} seed {r['seed']} "
-                                             f"({r.get('error') or r['skipped']})" for r in missing)]
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        lines += ["", "Failed: " + "; ".join(f"{r['variant']} {r['cell']} seed {r['seed']} ({r['error']})" for r in failed)]
+    skipped: dict = {}
+    for r in rows:
+        if "skipped" in r:
+            skipped.setdefault(f"{r['variant']} {r['cell']}", []).append(str(r["seed"]))
+    if skipped:
+        lines += ["", "Not run (out of budget, or no language model): " +
+                  "; ".join(f"{k} seed {', '.join(v)}" for k, v in skipped.items())]
     return "\n".join(lines) + "\n"
 
 
