@@ -297,6 +297,6 @@ RECIPES["pretrained"] = {
            "--recipe pretrained, then --pretrained RUN), with an exponential average of the weights (0.999) and "
            "adversarial embeddings (0.05 of each review's embedding norm)",
     "ema": 0.999, "adversarial": 0.05,
-    "pretrain": {"epochs": 10, "lr": 2e-3, "schedule": "cosine", "clip": 1.0, "embed_dropout": 0.1,
+    "pretrain": {"epochs": 5, "lr": 2e-3, "schedule": "cosine", "clip": 1.0, "embed_dropout": 0.1,
                  "output_dropout": 0.1},
 }
