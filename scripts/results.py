@@ -10,6 +10,10 @@ reads each run's report.json and metrics.jsonl and writes `<out>/results.md` and
 to rnnsent/released/<cell>.pt (installed with the package; `--checkpoint <cell>` loads it by name).
 `--check-released` re-evaluates rnnsent/released/*.pt on the full test split and compares with
 rnnsent/released/RESULTS.json.
+
+A recipe that fine-tunes a language model (`--recipe pretrained`) first pretrains one per cell
+(`scripts/pretrain.py --recipe R --cell C --seed 0`, once, however many seeds), and every seed's run
+starts from it; the table's commands name both steps.
 """
 from __future__ import annotations
 
@@ -49,9 +53,21 @@ def device_name(device: str) -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
-def train_command(args, cell: str, seed: int, out: Path) -> list[str]:
-    cmd = ["scripts/train.py", "--recipe", args.recipe, "--cell", cell, "--seed", str(seed), "--out", str(out),
+def needs_pretraining(recipe: str) -> bool:
+    from rnnsent.config import RECIPES
+
+    return "pretrain" in RECIPES[recipe]
+
+
+def lm_folder(args, cell: str) -> Path:
+    return Path(args.out) / f"{args.recipe}-lm-{cell}"
+
+
+def train_command(args, cell: str, seed: int, out: Path, script: str = "scripts/train.py") -> list[str]:
+    cmd = [script, "--recipe", args.recipe, "--cell", cell, "--seed", str(seed), "--out", str(out),
            "--device", args.device, "--quiet"]
+    if script.endswith("train.py") and needs_pretraining(args.recipe):
+        cmd += ["--pretrained", str(lm_folder(args, cell))]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.data:
@@ -60,20 +76,33 @@ def train_command(args, cell: str, seed: int, out: Path) -> list[str]:
     return cmd
 
 
+def execute(args, cmd: list[str], out: Path, what: str) -> None:
+    """Run one command whose run folder is `out`, unless a finished one is there (or --rerun)."""
+    if (out / "report.json").is_file() and not args.rerun:
+        print(f"[results] reusing {out}", file=sys.stderr)
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    print(f"[results] {' '.join(cmd)}", file=sys.stderr)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({what}): {proc.stderr.strip().splitlines()[-1:]}")
+    (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+
+
+def pretrain_one(args, cell: str) -> str:
+    """The cell's language model (seed 0) for a recipe that fine-tunes one; returns its command."""
+    out = lm_folder(args, cell)
+    cmd = train_command(args, cell, 0, out, script="scripts/pretrain.py")
+    execute(args, cmd, out, f"{cell} language model")
+    return "python " + " ".join(cmd)
+
+
 def run_one(args, cell: str, seed: int) -> dict:
     out = Path(args.out) / f"{args.recipe}-{cell}-seed{seed}"
     cmd = train_command(args, cell, seed, out)
-    if (out / "report.json").is_file() and not args.rerun:
-        print(f"[results] reusing {out}", file=sys.stderr)
-    else:
-        if out.exists():
-            shutil.rmtree(out)
-        print(f"[results] {' '.join(cmd)}", file=sys.stderr)
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"run failed ({cell}, seed {seed}): {proc.stderr.strip().splitlines()[-1:]}")
-        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    execute(args, cmd, out, f"{cell}, seed {seed}")
     report = json.loads((out / "report.json").read_text())
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {
@@ -129,15 +158,21 @@ def release(table: list[dict], dest: Path) -> None:
         state = portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt"))
         save_checkpoint(dest / f"{t['cell']}.pt", state)
         report = json.loads((Path(t["best_run"]) / "report.json").read_text())
-        command = (Path(t["best_run"]) / "command.txt").read_text().split()
-        index[t["cell"]] = {"file": f"{t['cell']}.pt", "test_accuracy": report["test_accuracy"],
-                            "command": " ".join(portable_command(command))}
+        command = " ".join(portable_command((Path(t["best_run"]) / "command.txt").read_text().split()))
+        pretrained = json.loads((Path(t["best_run"]) / "config.json").read_text()).get("pretrained")
+        if pretrained:  # the language model's command first: both together reproduce the file
+            lm = Path(pretrained)
+            lm = lm if lm.is_dir() else lm.parent
+            command = " ".join(portable_command((lm / "command.txt").read_text().split())) + " && " + command
+        index[t["cell"]] = {"file": f"{t['cell']}.pt", "test_accuracy": report["test_accuracy"], "command": command}
     (dest / "RESULTS.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def portable_command(argv: list[str]) -> list[str]:
     """A train.py command line without this machine's paths: --data goes (the data is found by the normal
-    search and proved by its vocabulary), --out becomes runs/<its folder name>."""
+    search and proved by its vocabulary), --out and --pretrained become runs/<its folder name>."""
+    from rnnsent.checkpoint import portable_run_path
+
     out, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
@@ -148,8 +183,8 @@ def portable_command(argv: list[str]) -> list[str]:
             continue
         if arg.startswith("--data="):
             continue
-        if i > 0 and argv[i - 1] == "--out":
-            arg = str(Path("runs") / Path(arg).name)
+        if i > 0 and argv[i - 1] in ("--out", "--pretrained"):
+            arg = portable_run_path(arg)
         out.append(arg)
     return out
 
@@ -190,7 +225,12 @@ def main() -> int:
         return check_released(args)
     jobs = [(c, s) for c in args.cells for s in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        if needs_pretraining(args.recipe):
+            lm_commands = dict(zip(args.cells, pool.map(lambda cell: pretrain_one(args, cell), args.cells)))
         rows = list(pool.map(lambda job: run_one(args, *job), jobs))
+    for row in rows:
+        if needs_pretraining(args.recipe):
+            row["command"] = f"{lm_commands[row['cell']]} && {row['command']}"
     table = summarise(rows)
     machine = device_name(args.device)
     out = Path(args.out)
