@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
-TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+TINY = ["--data", str(FIXTURE), "--vocab-size", "300", "--embed-dim", "8",
         "--hidden-size", "6", "--max-len", "60", "--batch-size", "3", "--val-fraction", "0.25",
         "--embed-dropout", "0.2", "--output-dropout", "0.1", "--seed", "7", "--quiet"]
 CELLS = ("gru", "lstm", "rnn")
