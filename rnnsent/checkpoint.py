@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding
+from rnnsent.config import (ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding, field_names,
+                            warn_expected_per_block)
 from rnnsent.envelope import first_line as _first_line, seal, unseal
 from rnnsent.files import atomic_write
 from rnnsent.runtime import rng_state, set_rng_state
@@ -249,19 +250,19 @@ class LoadedModel:
 
         return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size, classes=self.classes)
 
-    def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):
+    def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):  # the last is deprecated
         """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,
         encoding, validation carve and limit, unless given). Raises CheckpointError if the vocabulary
         built from that data is not the model's: scores on other ids would mean nothing. (A model trained on
         your own data scores a file of yours with rnnsent.data.encode_labelled.)"""
         from rnnsent.data import prepare_imdb
 
-        saved = {k: v for k, v in self.config.items() if k in DataConfig.__dataclass_fields__}
+        warn_expected_per_block(expected_per_block)
+        # (field_names, not __dataclass_fields__: a checkpoint's old expected_per_block is left behind unread)
+        saved = {k: v for k, v in self.config.items() if k in field_names(DataConfig)}
         saved.update(max_len=self.max_len, encoding=self.encoding)
         if limit is not None:
             saved["limit"] = limit
-        if expected_per_block:
-            saved["expected_per_block"] = expected_per_block
         saved["data_root"] = data_root(root, saved.get("data_root"), cache_dir)
         settings = DataConfig(**saved)
         data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)

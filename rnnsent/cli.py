@@ -49,6 +49,12 @@ def _val_fraction(text: str) -> float:
     return _float_where(text, lambda v: 0.0 < v < 1.0, "in (0, 1): training needs a validation split")
 
 
+def _expect_per_block(text: str) -> int:
+    print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked (12,500 reviews "
+          "per split and label, or what imdb_subset.json beside a smaller copy declares)", file=sys.stderr)
+    return _positive_int(text)
+
+
 def _encoding(text: str) -> str:
     if text in LEGACY_ENCODINGS:
         print(f"note: --encoding {text} is now called {LEGACY_ENCODINGS[text]}; the old name will go away", file=sys.stderr)
@@ -136,9 +142,7 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--monitor", choices=MONITORS, default=None,
       help="the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]")
     a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
-    a("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
-      help="reviews per split and label in the source, checked to catch a wrongly laid out file; give the size of "
-           f"a deliberately smaller copy (test fixtures) [{d.expected_per_block}]")
+    a("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated, ignored
     a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
     a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
@@ -274,8 +278,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="only N reviews per split [the limit the run was trained with]")
-    p.add_argument("--expect-per-block", dest="expected_per_block", type=_positive_int, default=None,
-                   help="reviews per split and label in a deliberately smaller copy of the data [the run's setting]")
+    p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="reviews per batch [512]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -301,8 +304,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
             raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "
                              "--data with a file of labelled rows to score")
         else:
-            data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit,
-                                       expected_per_block=args.expected_per_block)
+            data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
             split = getattr(data, args.split)
         result = evaluate(loaded.model, split, batch_size=args.batch_size, device=device)
     except _user_errors() as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,15 @@ def canonical_encoding(name: str, warn: bool = True) -> str:
     if name not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {name!r}")
     return name
+
+
+def warn_expected_per_block(value) -> None:
+    """The old expected_per_block setting: accepted and ignored, with a deprecation message. The data reader now
+    checks 12,500 reviews per split and label, or what a smaller copy declares in imdb_subset.json beside it."""
+    if value is not None:
+        warnings.warn("expected_per_block is no longer needed and is ignored: the reader checks 12,500 reviews per "
+                      "split and label, or what a smaller copy declares in imdb_subset.json beside it",
+                      FutureWarning, stacklevel=3)
 
 
 def check_val_fraction(value: float) -> float:
@@ -132,7 +141,8 @@ class DataConfig:
     val_fraction: float = 0.1  # carved from train; test is never used for model selection
     split_seed: int = 0  # fixed, so every training seed sees the same validation split
     data_root: str | None = None  # a path holding the data (see rnnsent.data.fetch)
-    expected_per_block: int | None = 12500  # reviews per split and label; a smaller copy (fixtures) says its size
+    # Deprecated, ignored, not stored: the reader checks a copy's size itself (rnnsent.data.fetch.block_size).
+    expected_per_block: InitVar[int | None] = None
     cache_dir: str | None = None
     # Your own data (data_root a .csv, .tsv, .jsonl file or a class folder; see rnnsent.data.tabular):
     test_data: str | None = None  # a file of test rows; else the split column, the folder's test/, or a carve
@@ -141,7 +151,8 @@ class DataConfig:
     split_column: str | None = None  # a column of train / test / val values
     test_fraction: float = 0.1  # carved (stratified, seed split_seed) when no test set is given
 
-    def __post_init__(self):
+    def __post_init__(self, expected_per_block=None):
+        warn_expected_per_block(expected_per_block)
         object.__setattr__(self, "encoding", canonical_encoding(self.encoding))
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
@@ -154,8 +165,7 @@ class DataConfig:
     def data_args(self, vocab_size: int) -> dict:
         """prepare_imdb's arguments for these settings (vocab_size is a model setting)."""
         return dict(vocab_size=vocab_size, max_len=self.max_len, encoding=self.encoding,
-                    val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit,
-                    expected_per_block=self.expected_per_block)
+                    val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit)
 
     def labelled_args(self, vocab_size: int) -> dict:
         """prepare_labelled's arguments for these settings (the user's own data)."""
@@ -211,9 +221,9 @@ class RunConfig:
 class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     """Everything a training run needs: the fields of ModelConfig, DataConfig, OptimConfig and RunConfig."""
 
-    def __post_init__(self):
+    def __post_init__(self, expected_per_block=None):
         ModelConfig.__post_init__(self)
-        DataConfig.__post_init__(self)
+        DataConfig.__post_init__(self, expected_per_block)
         _require([
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,91 +30,70 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
 
+# rnnsent before torch in every process of the bench, the plain loop's too: its OpenMP settings, as in its CLI.
+from rnnsent.config import CELLS, KERAS_CELL_NAMES, TrainConfig  # noqa: E402
+import torch  # noqa: E402
+from bench_report import format_table, machine_info, ratios  # noqa: E402
 from keras_worker import keras_backend, peak_rss_mb, reset_peak_rss, run_keras  # noqa: E402
-from rnnsent.config import CELLS, KERAS_CELL_NAMES  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "imdb" / "reviews.json"
 SYSTEMS = ("rnnsent", "plain", "plain+ftz", "keras")
-# The issue's targets on CPU: rnnsent at least this many times Keras (TensorFlow) in the same run.
-CPU_TARGET_VS_KERAS = 2.0
+# --ablation: rnnsent with one CPU lever changed at a time, through TrainConfig fields alone.
+ABLATIONS = [("rnnsent", {}), ("rnnsent rnn_impl=torch", {"rnn_impl": "torch"}),
+             ("rnnsent retain_memory=0", {"retain_memory": False}), ("rnnsent encoding=keras", {"encoding": "keras"}),
+             ("rnnsent flush_denormal=0", {"flush_denormal": False}), ("rnnsent threads=1", {"threads": 1}),
+             ("rnnsent eval_batch=64", {"eval_batch_size": 64}), ("rnnsent eval_batch=2048", {"eval_batch_size": 2048})]
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def _row(system, cell, samples, steps, seconds, peak, peak_kind, accuracy, n_test, eval_seconds, **extra) -> dict:
+    return {"system": system, "cell": cell, "samples_per_second": samples / seconds if seconds > 0 else float("nan"),
+            "timed_samples": samples, "timed_steps": steps, "timed_seconds": seconds, "peak_memory_mb": peak,
+            "peak_memory_kind": peak_kind, "test_accuracy": accuracy, "test_reviews": n_test,
+            "eval_seconds": eval_seconds, **extra}
 
 
-def machine_info(device: str) -> dict:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-        "torch": _version("torch"), "tensorflow": _version("tensorflow-cpu") or _version("tensorflow"),
-        "keras": _version("keras"), "numpy": _version("numpy"), "device": device,
-    }
-    if device.startswith("cuda"):
-        import torch
+class Clock:
+    """One epoch's clock, the same for rnnsent and the plain loop: it starts when step `warmup` ends (the
+    steps before it are untimed) and stops at the end of the epoch; peak memory is measured over the epoch."""
 
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = torch.version.cuda
-    return info
+    def __init__(self, device: torch.device, warmup: int):
+        self.device, self.warmup, self.start, self.done = device, warmup, None, (0, 0)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_rss()
 
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
-# -- timing helpers -----------------------------------------------------------------------------
-def _sync(device) -> None:
-    import torch
+    def step(self, steps: int, samples: int) -> None:
+        """After every training step: steps and samples done so far in the epoch."""
+        if steps == self.warmup:
+            self.start = (self._now(), steps, samples)
+        self.done = (steps, samples)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _memory_start(device) -> None:
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    reset_peak_rss()
-
-
-def _memory_peak(device) -> tuple[float, str]:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
-    return peak_rss_mb(), "process peak RSS"
-
-
-def _row(system, cell, samples, seconds, steps, peak, peak_kind, test, extra=None) -> dict:
-    return {
-        "system": system, "cell": cell, "samples_per_second": samples / seconds if seconds > 0 else float("nan"),
-        "timed_samples": samples, "timed_steps": steps, "timed_seconds": seconds,
-        "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
-        "test_accuracy": test["accuracy"], "test_reviews": test["n"], "eval_seconds": test["seconds"],
-        **(extra or {}),
-    }
-
-
-def _timed(evaluate_fn) -> dict:
-    t0 = time.perf_counter()
-    result = evaluate_fn()
-    return {"accuracy": result["accuracy"], "n": result["n"], "seconds": time.perf_counter() - t0}
+    def row(self, system: str, cell: str, evaluate, **extra) -> dict:
+        """The epoch's row, once it is over; evaluate() -> {"accuracy", "n", ...} is timed on its own."""
+        end = self._now()
+        if self.start is None or self.done[0] == self.start[1]:
+            raise SystemExit(f"--warmup {self.warmup} leaves no timed step: the epoch has {self.done[0]} batches")
+        if self.device.type == "cuda":
+            peak, peak_kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda max_memory_allocated"
+        else:
+            peak, peak_kind = peak_rss_mb(), "process peak RSS"
+        t0 = time.perf_counter()
+        test = evaluate()
+        return _row(system, cell, self.done[1] - self.start[2], self.done[0] - self.start[1], end - self.start[0],
+                    peak, peak_kind, test["accuracy"], test["n"], time.perf_counter() - t0, **extra)
 
 
 # -- data ---------------------------------------------------------------------------------------
-def base_config(args, cell: str, **overrides):
-    from rnnsent.config import TrainConfig
-
-    values = dict(cell=cell, encoding="bucketed", limit=args.limit, data_root=args.data,
-                  expected_per_block=args.expect_per_block, cache_dir=args.cache_dir, epochs=1,
-                  batch_size=args.batch_size, device=args.device, threads=args.threads, quiet=True,
+def base_config(args, cell: str, **overrides) -> TrainConfig:
+    values = dict(cell=cell, encoding="bucketed", limit=args.limit, data_root=args.data, cache_dir=args.cache_dir,
+                  epochs=1, batch_size=args.batch_size, device=args.device, threads=args.threads, quiet=True,
                   max_len=args.max_len, out=str(Path(tempfile.gettempdir()) / "rnnsent-bench"))
     return TrainConfig(**{**values, **overrides})
 
@@ -137,98 +113,67 @@ def prepare(args) -> dict:
 
 
 # -- the systems --------------------------------------------------------------------------------
-def run_rnnsent(args, config, data, system="rnnsent", save_checkpoint=False) -> dict:
-    """rnnsent's Trainer, its real train_epoch(); a step callback starts the clock once --warmup steps are done."""
+def run_rnnsent(args, config: TrainConfig, data, system="rnnsent", save_checkpoint=False) -> dict:
+    """rnnsent's Trainer and its real train_epoch(); a step callback drives the clock."""
     from rnnsent.evaluate import evaluate
     from rnnsent.train import Trainer
 
     trainer = Trainer(config, data)
-    marks = {}
-
-    def start_clock(t):
-        if t.step_in_epoch == args.warmup:
-            _sync(t.device)
-            marks.update(start=time.perf_counter(), seen=t.seen, step=t.step_in_epoch)
-
-    trainer.add_callback("on_step_end", start_clock)
-    _memory_start(trainer.device)
-    metrics = trainer.train_epoch()  # ends with a host sync (the epoch's loss sums)
-    _sync(trainer.device)
-    end = time.perf_counter()
-    peak, peak_kind = _memory_peak(trainer.device)
-    if not marks or trainer.step_in_epoch == marks["step"]:
-        raise SystemExit(f"--warmup {args.warmup} leaves no timed step: the epoch has {len(trainer.train_batches)} batches")
-    test = _timed(lambda: evaluate(trainer.model, data.test, batch_size=config.eval_batch_size, device=trainer.device))
-    extra = {"train_loss": metrics["train_loss"], "encoding": config.encoding, "flush_denormal": config.flush_denormal,
-             "threads": config.threads or os.cpu_count(), "eval_batch_size": config.eval_batch_size,
-             "rnn_implementation": trainer.rnn_implementation(), "retain_memory": config.retain_memory}
+    clock = Clock(trainer.device, args.warmup)
+    trainer.add_callback("on_step_end", lambda t: clock.step(t.step_in_epoch, t.seen))
+    metrics = trainer.train_epoch()
+    row = clock.row(system, config.cell, lambda: evaluate(trainer.model, data.test, config.eval_batch_size, trainer.device),
+                    train_loss=metrics["train_loss"], encoding=config.encoding, flush_denormal=config.flush_denormal,
+                    threads=config.threads or os.cpu_count(), eval_batch_size=config.eval_batch_size,
+                    rnn_implementation=trainer.rnn_implementation(), retain_memory=config.retain_memory)
     if save_checkpoint:  # what --ckpt-every N would add: one save per N steps
         trainer.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         trainer.save("last.pt")
-        extra["checkpoint_seconds"] = time.perf_counter() - t0
-    return _row(system, config.cell, trainer.seen - marks["seen"], end - marks["start"],
-                trainer.step_in_epoch - marks["step"], peak, peak_kind, test, extra)
+        row["checkpoint_seconds"] = time.perf_counter() - t0
+    return row
 
 
 def run_plain(args, cell: str, data, ftz: bool) -> dict:
-    """What a tutorial would write: stock modules, PyTorch's default initialisation, a DataLoader."""
-    import torch
+    """What a tutorial would write: stock modules, PyTorch's default initialisation, a DataLoader, Adam."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
+    from rnnsent.evaluate import evaluate
     from rnnsent.recurrent import LAYERS
     from rnnsent.runtime import resolve_device
 
+    class Plain(nn.Module):
+        num_classes = 2  # so that rnnsent's evaluate() scores it like its own models
+
+        def __init__(self):
+            super().__init__()
+            self.embedding, self.rnn = nn.Embedding(5000, 32), LAYERS[cell](32, 100, batch_first=True)
+            self.fc = nn.Linear(100, 1)
+
+        def forward(self, x, lengths=None):
+            out, _ = self.rnn(self.embedding(x))  # (B, T, H)
+            return self.fc(out[:, -1]).squeeze(-1)  # (B,): pre-padded, so the last step is the last word
+
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
-        torch.set_flush_denormal(ftz)
     torch.manual_seed(0)
-    train, test = data.train, data.test  # pre-padded to max_len, Keras' pad_sequences
-    loader = DataLoader(TensorDataset(train.tokens, train.labels), batch_size=args.batch_size, shuffle=True)
-    embedding, rnn, fc = nn.Embedding(5000, 32), LAYERS[cell](32, 100, batch_first=True), nn.Linear(100, 1)
-    model = nn.ModuleList([embedding, rnn, fc]).to(device)
-
-    def forward(x):
-        out, _ = rnn(embedding(x))  # (B, T, H)
-        return fc(out[:, -1]).squeeze(-1)  # (B,): pre-padded, so the last step is the last word
-
+    loader = DataLoader(TensorDataset(data.train.tokens, data.train.labels), batch_size=args.batch_size, shuffle=True)
+    model = Plain().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
-    model.train()
-    _memory_start(device)
-    start, samples, steps = None, 0, 0
-    running = torch.zeros((), device=device)
-    for i, (x, y) in enumerate(loader):
-        if i == args.warmup:
-            _sync(device)
-            start = time.perf_counter()
+    clock, running, samples = Clock(device, args.warmup), torch.zeros((), device=device), 0
+    for step, (x, y) in enumerate(loader, 1):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
-        loss = loss_fn(forward(x), y)
+        loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
         running += loss.detach()  # no .item() per step: the baseline gets no avoidable host sync
-        if i >= args.warmup:
-            samples, steps = samples + y.shape[0], steps + 1
-    train_loss = float(running) / max(len(loader), 1)
-    _sync(device)
-    end = time.perf_counter()
-    peak, peak_kind = _memory_peak(device)
-    if start is None:
-        raise SystemExit(f"--warmup {args.warmup} leaves no timed step: the epoch has {len(loader)} batches")
-
-    @torch.no_grad()
-    def evaluate_plain():
-        model.eval()
-        correct = sum(int(((forward(test.tokens[s:s + 512].to(device)) > 0) == (test.labels[s:s + 512].to(device) > 0.5)).sum())
-                      for s in range(0, len(test), 512))
-        return {"accuracy": correct / len(test), "n": len(test)}
-
-    return _row("plain+ftz" if ftz else "plain", cell, samples, end - start, steps, peak, peak_kind,
-                _timed(evaluate_plain), {"train_loss": train_loss, "encoding": "keras", "flush_denormal": ftz,
-                                         "threads": args.threads or os.cpu_count()})
+        samples += len(y)
+        clock.step(step, samples)
+    return clock.row("plain+ftz" if ftz else "plain", cell, lambda: evaluate(model, data.test, 512, device),
+                     train_loss=float(running) / max(len(loader), 1), encoding="keras", flush_denormal=ftz,
+                     threads=args.threads or os.cpu_count())
 
 
 def keras_rows(args, cells, data, backend: str) -> tuple[list[dict], dict]:
@@ -240,10 +185,10 @@ def keras_rows(args, cells, data, backend: str) -> tuple[list[dict], dict]:
               "xt": k.test.tokens.numpy().astype("int32"), "yt": k.test.labels.numpy()}
     rows, versions = run_keras(args.keras_python, backend, spec, arrays)
     system = "keras" if backend == "tensorflow" else f"keras ({backend})"
-    return [_row(system, r["cell"], r["timed_samples"], r["timed_seconds"], r["timed_steps"], r["peak_memory_mb"],
-                 r["peak_memory_kind"], {"accuracy": r["test_accuracy"][0], "n": len(k.test), "seconds": r["eval_seconds"][0]},
-                 {"train_loss": r["train_loss"], "encoding": "keras", "backend": backend, "system_key": "keras"})
-            for r in rows], versions
+    rows = [_row(system, r["cell"], r["timed_samples"], r["timed_steps"], r["timed_seconds"], r["peak_memory_mb"],
+                 r["peak_memory_kind"], r["test_accuracy"][0], len(k.test), r["eval_seconds"][0],
+                 train_loss=r["train_loss"], encoding="keras", backend=backend, system_key="keras") for r in rows]
+    return rows, versions
 
 
 # -- one system, one cell, one fresh process ----------------------------------------------------
@@ -251,107 +196,33 @@ def keras_rows(args, cells, data, backend: str) -> tuple[list[dict], dict]:
 # and OpenMP workers copy the setting of the thread that starts them, at the process' first parallel op.
 # Set later, half the work of a 2-thread run keeps its denormals. So every timed torch run gets its own
 # process whose first act is to set threads and flush-to-zero, as a training script would.
+def job_spec(system: str, cell: str, overrides: dict | None = None, checkpoint: bool = False) -> dict:
+    return {"system": system, "cell": cell, "overrides": overrides or {}, "checkpoint": checkpoint}
+
+
 def run_job(args, job: dict, data=None) -> dict:
     if args.isolation == "none":  # quick (smoke, CI), but flush-to-zero may miss threads started earlier
-        import torch
-
-        torch.set_num_threads(job["threads"])
-        torch.set_flush_denormal(job["ftz"])
         return execute_job(args, job, data)
     with tempfile.TemporaryDirectory(prefix="rnnsent-bench-job-") as tmp:
-        spec, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps(dict(job, out=str(out))))
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args.argv, "--torch-worker", str(spec)],
-                              capture_output=True, text=True)
+        out = Path(tmp) / "result.json"
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args.argv,
+                               "--torch-worker", json.dumps(dict(job, out=str(out)))], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
             raise SystemExit(f"the {job['system']} / {job['cell']} run failed (exit {proc.returncode}); its output is above")
         return json.loads(out.read_text())
 
 
-def torch_worker(args, spec_path: str) -> None:
-    job = json.loads(Path(spec_path).read_text())
-    if job["kind"] != "plain":
-        import rnnsent  # noqa: F401 (before torch, as in rnnsent's command line: its OpenMP settings)
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    torch.set_flush_denormal(job["ftz"])  # before the first op: every OpenMP worker inherits it
-    Path(job["out"]).write_text(json.dumps(execute_job(args, job, prepare(args))))
-
-
 def execute_job(args, job: dict, data) -> dict:
-    if job["kind"] == "rnnsent":
-        config = base_config(args, job["cell"], **job["overrides"])
-        return run_rnnsent(args, config, data[config.encoding], system=job["system"], save_checkpoint=job["save_checkpoint"])
-    return run_plain(args, job["cell"], data["keras"], ftz=job["ftz"])
-
-
-def rnnsent_job(args, cell: str, system: str = "rnnsent", overrides=None, save_checkpoint=False) -> dict:
-    config = base_config(args, cell, **(overrides or {}))
-    return {"kind": "rnnsent", "cell": cell, "system": system, "overrides": overrides or {},
-            "save_checkpoint": save_checkpoint, "ftz": config.flush_denormal, "threads": config.threads or os.cpu_count() or 1}
-
-
-def plain_job(args, cell: str, ftz: bool) -> dict:
-    return {"kind": "plain", "cell": cell, "system": "plain+ftz" if ftz else "plain", "ftz": ftz,
-            "threads": args.threads or os.cpu_count() or 1}
-
-
-def ablations(args, cell: str, data) -> list[dict]:
-    """rnnsent with one CPU lever changed at a time, through TrainConfig fields alone."""
-    variants = [("rnnsent", {}), ("rnnsent rnn_impl=torch", {"rnn_impl": "torch"}),
-                ("rnnsent retain_memory=0", {"retain_memory": False}), ("rnnsent encoding=keras", {"encoding": "keras"}),
-                ("rnnsent flush_denormal=0", {"flush_denormal": False}), ("rnnsent threads=1", {"threads": 1}),
-                ("rnnsent eval_batch=64", {"eval_batch_size": 64}), ("rnnsent eval_batch=2048", {"eval_batch_size": 2048})]
-    rows = []
-    for name, overrides in variants:
-        rows.append(run_job(args, rnnsent_job(args, cell, name, overrides, save_checkpoint=not overrides), data))
-        print(format_table(rows[-1:], [], ""), file=sys.stderr, flush=True)
-    return rows
-
-
-# -- report -------------------------------------------------------------------------------------
-def ratios(rows: list[dict]) -> list[dict]:
-    by = {(r.get("system_key", r["system"]), r["cell"]): r["samples_per_second"] for r in rows}
-    out = []
-    for cell in dict.fromkeys(r["cell"] for r in rows):
-        if ("rnnsent", cell) not in by:
-            continue
-        entry = {"cell": cell}
-        for other in ("plain", "plain+ftz", "keras"):
-            if (other, cell) in by:
-                entry[f"rnnsent/{other}"] = by[("rnnsent", cell)] / by[(other, cell)]
-        if "rnnsent/keras" in entry:
-            entry.update(target_vs_keras=CPU_TARGET_VS_KERAS, target_met=entry["rnnsent/keras"] >= CPU_TARGET_VS_KERAS)
-        out.append(entry)
-    return out
-
-
-def format_table(rows: list[dict], ratio_rows: list[dict], title: str, ablation: bool = False) -> str:
-    base = {r["cell"]: r["samples_per_second"] for r in rows if r["system"] == "rnnsent"}
-    head = f"{'cell':<5} {'system':<30} {'samples/s':>10} " + (
-        f"{'vs rnnsent':>10} {'test acc':>9} {'eval s':>7} {'ckpt s':>7}" if ablation else
-        f"{'steps':>6} {'seconds':>8} {'peak MB':>8} {'test acc':>9} {'eval s':>7}")
-    lines = [title, head, "-" * len(head)]
-    for r in rows:
-        start = f"{r['cell']:<5} {r['system']:<30} {r['samples_per_second']:>10.1f} "
-        if ablation:
-            rel = f"{r['samples_per_second'] / base[r['cell']]:.2f}x" if r["cell"] in base else "-"
-            ckpt = f"{r['checkpoint_seconds']:.3f}" if "checkpoint_seconds" in r else ""
-            lines.append(start + f"{rel:>10} {r['test_accuracy']:>9.4f} {r['eval_seconds']:>7.2f} {ckpt:>7}")
-        else:
-            lines.append(start + f"{r['timed_steps']:>6} {r['timed_seconds']:>8.2f} {r['peak_memory_mb']:>8.0f} "
-                                 f"{r['test_accuracy']:>9.4f} {r['eval_seconds']:>7.2f}")
-    if ratio_rows:
-        lines += ["", f"{'cell':<5} {'rnnsent/plain':>14} {'rnnsent/plain+ftz':>18} {'rnnsent/keras':>14}  "
-                      f"target (>= {CPU_TARGET_VS_KERAS:g}x keras)"]
-        for e in ratio_rows:
-            f = [f"{e[k]:.2f}x" if k in e else "-" for k in ("rnnsent/plain", "rnnsent/plain+ftz", "rnnsent/keras")]
-            met = "-" if "target_met" not in e else (
-                "met" if e["target_met"] else f"missed ({e['rnnsent/keras'] / CPU_TARGET_VS_KERAS:.0%} of it)")
-            lines.append(f"{e['cell']:<5} {f[0]:>14} {f[1]:>18} {f[2]:>14}  {met}")
-    return "\n".join(lines)
+    """Sets the job's threads and flush-to-zero (rnnsent's from its config), then runs it."""
+    plain = job["system"].startswith("plain")
+    config = None if plain else base_config(args, job["cell"], **job["overrides"])
+    torch.set_num_threads((args.threads if plain else config.threads) or os.cpu_count() or 1)
+    torch.set_flush_denormal(job["system"] == "plain+ftz" if plain else config.flush_denormal)
+    data = data or prepare(args)  # a worker process prepares (reads from the cache) after both settings
+    if plain:
+        return run_plain(args, job["cell"], data["keras"], ftz=job["system"] == "plain+ftz")
+    return run_rnnsent(args, config, data[config.encoding], job["system"], save_checkpoint=job["checkpoint"])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -364,7 +235,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None,
                    help="reviews per split, the same for every system [2844 on CPU, i.e. 40 train batches "
                         "after the 10%% validation carve-out; all on CUDA]")
-    p.add_argument("--expect-per-block", type=int, default=12500, help="reviews per split and label in the source [12500]")
+    p.add_argument("--expect-per-block", type=int, default=None, help=argparse.SUPPRESS)  # deprecated: main() says so
     p.add_argument("--max-len", type=int, default=500, help="[500]")
     p.add_argument("--batch-size", type=int, default=64,
                    help="64 is the comparison; anything else is reported as a separate large-batch mode [64]")
@@ -387,12 +258,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
-        args.data = args.data or str(FIXTURE)
-        args.expect_per_block = 6
-        args.limit = None
-        args.max_len = min(args.max_len, 100)
+        args.data, args.limit, args.max_len, args.warmup = args.data or str(FIXTURE), None, min(args.max_len, 100), 1
         args.batch_size = 4 if args.batch_size == 64 else args.batch_size
-        args.warmup = 1
         args.threads = args.threads or 1  # CI machines are shared: spinning thread pools only add noise
         args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="rnnsent-bench-cache-")
     if args.warmup < 1:
@@ -408,18 +275,21 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.argv = argv  # passed on to the per-run worker processes
     if args.torch_worker:
-        torch_worker(args, args.torch_worker)
+        spec = json.loads(args.torch_worker)
+        Path(spec["out"]).write_text(json.dumps(execute_job(args, spec, None)))
         return 0
     if args.profile:
         raise SystemExit("--profile was removed: run torch.profiler.profile() around Trainer(config).train_epoch()")
+    if args.expect_per_block is not None:
+        print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked "
+              "(12,500 per split and label, or what imdb_subset.json beside a smaller copy declares)", file=sys.stderr)
     from rnnsent.runtime import resolve_device
 
     args.device = str(resolve_device(args.device))
     standard = 4 if args.smoke else 64  # the comparison's batch size; any other is its own, labelled mode
     mode = ("smoke, " if args.smoke else "") + (
         f"batch {args.batch_size}" if args.batch_size == standard else f"LARGE-BATCH MODE: batch {args.batch_size}")
-    info = machine_info(args.device)
-    info["torch_threads"] = args.threads or os.cpu_count()
+    info = dict(machine_info(args.device), torch_threads=args.threads or os.cpu_count())
     print(f"{info['date']}  {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
           f"TensorFlow {info['tensorflow'] or 'not installed'}, Keras {info['keras'] or 'not installed'}; "
           f"device {args.device}" + (f" ({info['gpu']})" if "gpu" in info else ""), flush=True)
@@ -436,19 +306,24 @@ def main(argv=None) -> int:
     result = {"machine": info, "args": {k: v for k, v in vars(args).items() if k not in ("torch_worker", "argv")},
               "command": [sys.executable, str(Path(__file__).resolve()), *args.argv], "mode": mode,
               "train_reviews": n_train, "test_reviews": n_test, "rows": [], "ratios": [], "ablation": []}
+
+    def timed(table: list, one: dict) -> None:  # run it, keep its row and show it at once
+        table.append(run_job(args, one, data))
+        print(format_table(table[-1:], [], ""), file=sys.stderr, flush=True)
+
     if args.busy:
         import bench_busy
 
-        def time_job(cell, threads):
-            overrides = {} if threads is None else {"threads": threads}
-            return run_job(args, rnnsent_job(args, cell, overrides=overrides), data)
+        def time_job(cell, threads):  # threads None: the default
+            return run_job(args, job_spec("rnnsent", cell, None if threads is None else {"threads": threads}), data)
 
         result["busy"] = bench_busy.run(args.cells, args.repeats, args.busy, time_job,
                                         log=lambda line: print(line, file=sys.stderr, flush=True))
         print(bench_busy.format_table(result["busy"], args.threads or os.cpu_count()), flush=True)
     elif args.ablation:
         for cell in args.cells:
-            result["ablation"] += ablations(args, cell, data)
+            for name, overrides in ABLATIONS:  # the unchanged row also times a checkpoint save
+                timed(result["ablation"], job_spec(name, cell, overrides, checkpoint=not overrides))
         print(format_table(result["ablation"], [], f"ablation ({mode}; {scope})", ablation=True), flush=True)
     else:
         backend = keras_backend(args.keras_backend, args.keras_python) if "keras" in args.systems else None
@@ -456,9 +331,7 @@ def main(argv=None) -> int:
             print(f"Keras is not installed for {args.keras_python}: no Keras rows", flush=True)
         for cell in args.cells:
             for system in [s for s in ("rnnsent", "plain", "plain+ftz") if s in args.systems]:
-                job = rnnsent_job(args, cell) if system == "rnnsent" else plain_job(args, cell, system == "plain+ftz")
-                result["rows"].append(run_job(args, job, data))
-                print(format_table(result["rows"][-1:], [], ""), file=sys.stderr, flush=True)
+                timed(result["rows"], job_spec(system, cell))
         if backend is not None:
             rows, result["keras"] = keras_rows(args, args.cells, data, backend)
             result["rows"] += rows

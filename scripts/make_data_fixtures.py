@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rnnsent.data.fetch import JSON_BLOCKS, LABEL_NAMES, PER_BLOCK  # noqa: E402
+from rnnsent.data.fetch import JSON_BLOCKS, LABEL_NAMES, PER_BLOCK, SUBSET_FILE  # noqa: E402
 from rnnsent.data.text import tokenize  # noqa: E402
 
 PLACEHOLDER_RATING = {0: 1, 1: 10}
@@ -115,6 +115,8 @@ def main() -> None:
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x, np.array(labels, dtype=np.int64)
     np.savez(out / "imdb.npz", **arrays)
     (out / "imdb_word_index.json").write_text(json.dumps(word_index, ensure_ascii=False))
+    # The readers expect the full data set's 12,500 per split and label, unless the copy declares its size.
+    (out / SUBSET_FILE).write_text(json.dumps({"reviews_per_split_and_label": k}) + "\n")
 
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out} ({total / 1024:.0f} KiB, {k} reviews per block)")

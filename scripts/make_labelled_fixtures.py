@@ -35,7 +35,7 @@ def imdb_rows() -> list[tuple[str, str, str]]:
     """(text, label, split) in the order the class folders are read: split, then label, then file."""
     rows = []
     for split in ("train", "test"):
-        for text, y in load_imdb_reviews(split, root=IMDB, expected_per_block=6, download=False):
+        for text, y in load_imdb_reviews(split, root=IMDB, download=False):
             rows.append((re.sub(r"<br\s*/?>", "\n", text), "pos" if y else "neg", split))
     return rows
 

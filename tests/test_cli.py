@@ -10,10 +10,11 @@ import pytest
 from rnnsent.checkpoint import load_checkpoint
 from rnnsent.cli import train_parser
 from rnnsent.config import TrainConfig
+from helpers import assert_same_weights, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
-TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+TINY = ["--data", str(FIXTURE), "--vocab-size", "300", "--embed-dim", "8",
         "--hidden-size", "6", "--max-len", "60", "--batch-size", "4", "--threads", "1", "--quiet"]
 
 
@@ -86,6 +87,21 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
     assert result["n"] == 12 and result["accuracy"] == pytest.approx(report["test_accuracy"])
 
 
+def test_the_retired_expect_per_block_flag_is_noted_and_changes_nothing(trained, tmp_path):
+    # Command lines from before the reader learnt a smaller copy's size still run, with one line saying so.
+    proc = run("train.py", "--cell", "gru", "--epochs", "2", "--out", tmp_path / "run", "--cache-dir", trained / "cache",
+               "--expect-per-block", "6", *TINY)
+    assert proc.returncode == 0, proc.stderr.decode()
+    notes = [line for line in proc.stderr.decode().splitlines() if "expect-per-block" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: --expect-per-block is no longer needed and is ignored")
+    assert_same_weights(weights(tmp_path / "run" / "best.pt"), weights(trained / "run" / "best.pt"))
+    assert "expected_per_block" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    scores = [run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--data", FIXTURE, "--cache-dir",
+                  trained / "cache", "--json", "--device", "cpu", *flag) for flag in ([], ["--expect-per-block", "12500"])]
+    assert [p.returncode for p in scores] == [0, 0] and scores[0].stdout == scores[1].stdout
+    assert scores[1].stderr.decode().startswith("note: --expect-per-block is no longer needed")
+
+
 def test_evaluate_refuses_data_with_another_vocabulary(trained):
     # Half the fixture gives other word counts, so another vocabulary: scores would mean nothing.
     proc = run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--data", FIXTURE, "--limit", "4",
@@ -119,6 +135,7 @@ def test_evaluate_ignores_a_recorded_data_path_that_is_not_here(trained, tmp_pat
         flags = ["--data", FIXTURE]
     else:
         shutil.copyfile(FIXTURE, cache / "reviews.json")
+        shutil.copyfile(FIXTURE.parent / "imdb_subset.json", cache / "imdb_subset.json")  # the copy's declared size
     proc = run("evaluate.py", "--checkpoint", ckpt, "--cache-dir", cache, "--json", "--device", "cpu", *flags, env_extra=env)
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads((trained / "run" / "report.json").read_text())

@@ -2,6 +2,7 @@
 written by the code before the restructuring (commit 08ac52f, encoding then called "fast") still load and resume."""
 import dataclasses
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import rnnsent
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
 from rnnsent.cli import config_from_args, train_parser
 from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RESUME_MUST_MATCH, DataConfig, ModelConfig, OptimConfig,
-                            TrainConfig, field_names)
+                            TrainConfig, field_names, resume_differences)
 from rnnsent.models import SentimentRNN
 from rnnsent.train import Trainer
 
@@ -27,7 +28,7 @@ SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_classes")  # wha
 
 
 def fixture_config(tmp_path, **overrides) -> TrainConfig:
-    values = dict(max_len=60, epochs=1, batch_size=4, data_root=str(FIXTURE), expected_per_block=6,
+    values = dict(max_len=60, epochs=1, batch_size=4, data_root=str(FIXTURE),
                   cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"), quiet=True, val_fraction=0.25)
     return TrainConfig(**{**values, **overrides})
 
@@ -106,6 +107,7 @@ def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
     # epochs=1, batch_size=4, embed_dropout=0.2, seed=7, data_root="tests/fixtures/imdb/reviews.json",
     # expected_per_block=6, out="old-run", val_fraction=0.25, threads=1)).fit(), when the default encoding was "fast".
     assert load_checkpoint_state(OLD / "last.pt")["config"]["encoding"] == "fast"
+    assert load_checkpoint_state(OLD / "last.pt")["config"]["expected_per_block"] == 6  # a setting since retired
     loaded = load_checkpoint(OLD / "best.pt")
     assert loaded.encoding == "bucketed" and loaded.model.config()["hidden_size"] == 6
     assert [p.label for p in loaded.predict(["a fine film", "dull"])]  # reads text as it was trained to
@@ -125,3 +127,23 @@ def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
         assert torch.allclose(resumed["model_state"][k], v, rtol=1e-4, atol=1e-6), f"{k} differs"
     with pytest.raises(CheckpointError, match="encoding: checkpoint 'bucketed', now 'keras'"):
         Trainer(_old_config(tmp_path / "c", epochs=2, encoding="keras", resume=str(OLD / "last.pt")))
+
+
+def test_the_retired_expected_per_block_is_accepted_ignored_and_never_stored(tmp_path):
+    with pytest.warns(FutureWarning, match="expected_per_block is no longer needed and is ignored"):
+        config = fixture_config(tmp_path, expected_per_block=6)
+    assert config == fixture_config(tmp_path) and "expected_per_block" not in config.to_dict()
+    assert "expected_per_block" not in RESUME_MUST_MATCH and "expected_per_block" not in config.data_args()
+    # A last.pt of a fixture run (6), of a full-data run (12500) or of one that skipped the check (None) resumes alike.
+    saved = load_checkpoint_state(OLD / "last.pt")["config"]
+    for value in (6, 12500, None):
+        assert resume_differences(dict(saved, expected_per_block=value), _old_config(tmp_path)) == []
+
+
+def test_old_checkpoints_holding_expected_per_block_evaluate_without_a_warning(tmp_path):
+    loaded = load_checkpoint(OLD / "best.pt")
+    assert loaded.config["expected_per_block"] == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old key is left unread, not passed on to be warned about
+        data = loaded.prepare_data(root=FIXTURE, cache_dir=tmp_path)
+    assert (len(data.test), len(data.train) + len(data.val)) == (12, 12)

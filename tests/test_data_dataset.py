@@ -1,6 +1,7 @@
 """prepare_imdb and train_val_split: sources agree, vocab is train-only, the cache is safe."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,7 +28,7 @@ def isolated_env(monkeypatch, tmp_path):
 
 def prep(tmp_path, name="reviews.json", **kw):
     kw = {"vocab_size": 200, "max_len": 50, "val_fraction": 0.25, "cache_dir": tmp_path / "cache", **kw}
-    return prepare_imdb(root=FIXTURES / name, expected_per_block=K, download=False, **kw)
+    return prepare_imdb(root=FIXTURES / name, download=False, **kw)
 
 
 # ------------------------------------------------------------------ train_val_split
@@ -79,8 +80,8 @@ def test_every_text_source_prepares_identically(tmp_path):
 
 def test_vocab_comes_from_training_texts_only(tmp_path):
     data = prep(tmp_path, vocab_size=100_000)
-    train_texts = [t for t, _ in load_imdb_reviews("train", root=FIXTURES / "reviews.json", expected_per_block=K)]
-    test_texts = [t for t, _ in load_imdb_reviews("test", root=FIXTURES / "reviews.json", expected_per_block=K)]
+    train_texts = [t for t, _ in load_imdb_reviews("train", root=FIXTURES / "reviews.json")]
+    test_texts = [t for t, _ in load_imdb_reviews("test", root=FIXTURES / "reviews.json")]
     reference = Vocab.build([tokenize(t) for t in train_texts], 100_000)
     assert data.vocab == reference  # the fast bulk path equals the plain reference path
     train_words = {w for t in train_texts for w in tokenize(t)}
@@ -93,7 +94,7 @@ def test_ids_match_the_vocab_and_both_encodings_agree(tmp_path):
     keras = prep(tmp_path, encoding="keras", val_fraction=0.0)
     fast = prep(tmp_path, encoding="bucketed", val_fraction=0.0)
     assert fast.test.padding == "post" and keras.test.padding == "pre"
-    texts = load_imdb_reviews("test", root=FIXTURES / "reviews.json", expected_per_block=K)
+    texts = load_imdb_reviews("test", root=FIXTURES / "reviews.json")
     for i, (text, label) in enumerate(texts):
         ids = ([1] + keras.vocab.encode(tokenize(text)))[-50:]
         n = len(ids)
@@ -104,7 +105,7 @@ def test_ids_match_the_vocab_and_both_encodings_agree(tmp_path):
 
 def test_limit_keeps_the_first_reviews_of_each_label(tmp_path):
     data = prep(tmp_path, limit=4, val_fraction=0.0, max_len=500, encoding="bucketed")
-    texts = load_imdb_reviews("test", root=FIXTURES / "reviews.json", expected_per_block=K)
+    texts = load_imdb_reviews("test", root=FIXTURES / "reviews.json")
     keep = texts[:2] + texts[K : K + 2]
     assert data.test.labels.tolist() == [0, 0, 1, 1]
     for i, (text, _) in enumerate(keep):
@@ -120,7 +121,7 @@ def test_keras_npz_ids_equal_keras_load_data(tmp_path):
     # Keras' load_data(num_words=30): [1] + [r + 3 if r + 3 < 30 else 2 for r in ranks], then pad_sequences(maxlen=40)
     import rnnsent.data.fetch as fetch
 
-    blocks = fetch.read_blocks(fetch.probe(FIXTURES / "imdb.npz"), K)
+    blocks = fetch.read_blocks(fetch.probe(FIXTURES / "imdb.npz"))
     ranks = blocks[("test", 0)] + blocks[("test", 1)]
     for i, r in enumerate(ranks):
         ids = ([1] + [int(x) + 3 if x + 3 < 30 else 2 for x in r])[-40:]
@@ -165,7 +166,8 @@ def test_cache_hit_skips_all_work_and_miss_on_any_parameter(tmp_path, monkeypatc
 def test_source_change_is_a_cache_miss(tmp_path):
     src = tmp_path / "reviews.json"
     src.write_bytes((FIXTURES / "reviews.json").read_bytes())
-    kw = {"vocab_size": 50, "max_len": 20, "cache_dir": tmp_path / "cache", "expected_per_block": K}
+    (tmp_path / "imdb_subset.json").write_bytes((FIXTURES / "imdb_subset.json").read_bytes())  # its declared size
+    kw = {"vocab_size": 50, "max_len": 20, "cache_dir": tmp_path / "cache"}
     a = prepare_imdb(root=src, **kw)
     os.utime(src, ns=(1, 1))
     b = prepare_imdb(root=src, **kw)
@@ -268,3 +270,16 @@ def test_caches_written_before_the_encoding_rename_still_hit(tmp_path):
     with pytest.warns(FutureWarning, match='"fast" is now called "bucketed"'):
         again = prep(tmp_path, encoding="fast")
     assert again.meta["cache_hit"] and again.meta["cache_file"] == first.meta["cache_file"]
+
+
+def test_caches_written_before_expected_per_block_was_retired_still_hit(tmp_path):
+    # The key keeps its "expected_per_block": now the size the source is held to, which is what earlier versions
+    # were given (6 for the fixtures, 12,500 for the full set), so their prepared data is found again.
+    import rnnsent.data.fetch as fetch
+
+    data = prep(tmp_path)
+    earlier = {"version": dataset.CACHE_VERSION, "source": fetch.probe(FIXTURES / "reviews.json").identity(),
+               "vocab_size": 200, "max_len": 50, "encoding": "keras", "val_fraction": 0.25, "seed": 0, "limit": None,
+               "expected_per_block": 6, "tokenizer": dataset.TOKENIZER_NAME}
+    key = hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:20]
+    assert Path(data.meta["cache_file"]).name == f"imdb-keras-200-50-{key}.pt"

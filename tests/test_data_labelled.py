@@ -35,7 +35,7 @@ def imdb_fixture(**kw):
 def test_four_formats_prepare_exactly_as_imdb_does(encoding):
     """The IMDB fixture written as CSV, TSV, JSONL and class folders gives prepare_imdb's tensors and vocabulary."""
     reference = prepare_imdb(vocab_size=300, max_len=120, encoding=encoding, root=FIXTURES / "imdb",
-                             expected_per_block=6, download=False, use_cache=False)
+                             download=False, use_cache=False)
     for name in FORMATS:
         cols = Columns(split=None if name == "imdb_folders" else "split")
         data = prepare_labelled(LABELLED / name, columns=cols, **{**SETTINGS, "encoding": encoding})
@@ -137,7 +137,7 @@ def test_scripts_without_spaces_become_characters():
 
 def test_scripts_tokenizer_equals_imdbs_on_imdb_text():
     for split in ("train", "test"):
-        for text, _ in load_imdb_reviews(split, root=FIXTURES / "imdb", expected_per_block=6, download=False):
+        for text, _ in load_imdb_reviews(split, root=FIXTURES / "imdb", download=False):
             assert tokenize_scripts(text) == tokenize(text)
 
 

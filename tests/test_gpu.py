@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
-TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+TINY = ["--data", str(FIXTURE), "--vocab-size", "300", "--embed-dim", "8",
         "--hidden-size", "6", "--max-len", "60", "--batch-size", "3", "--val-fraction", "0.25",
         "--embed-dropout", "0.2", "--output-dropout", "0.1", "--seed", "7", "--quiet"]
 CELLS = ("gru", "lstm", "rnn")
@@ -162,7 +162,7 @@ def test_pretraining_and_fine_tuning_levers_on_cuda_match_the_cpu(tmp_path):
 
     def config(name, device, **kw):
         return TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=16, max_len=60, epochs=1, batch_size=4,
-                           data_root=str(FIXTURE), expected_per_block=6, cache_dir=str(tmp_path / "cache"),
+                           data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"),
                            out=str(tmp_path / name), quiet=True, val_fraction=0.25, device=device, seed=3, **kw)
 
     pretrain(config("lm", "cuda"))

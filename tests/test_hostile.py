@@ -138,6 +138,7 @@ def test_predict_empty_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
 
 def test_data_pipeline_reads_hostile_review_files(tmp_path):
     root = shutil.copytree(FIXTURES / "aclImdb", tmp_path / "aclImdb")
+    shutil.copy(FIXTURES / "imdb_subset.json", tmp_path)  # the copy's declared size
     hostile = [b"", b"\0" * 100, "Caf\xe9 tr\xe8s bien".encode("latin-1"), codecs.BOM_UTF16_LE + "good".encode("utf-16-le"),
                bytes(range(256)), HUGE.encode()]
     # The first review of a block is checked against IMDB's own (to catch a reordered copy); replace later ones.
@@ -145,7 +146,7 @@ def test_data_pipeline_reads_hostile_review_files(tmp_path):
     for f, data in zip(files, hostile, strict=True):
         f.write_bytes(data)
     data = prepare_imdb(vocab_size=300, max_len=60, encoding="bucketed", val_fraction=0.25, root=root,
-                        expected_per_block=6, use_cache=False)
+                        use_cache=False)
     assert len(data.train) + len(data.val) == 12
     assert int(data.train.lengths.min()) >= 1 and int(data.train.lengths.max()) <= 60
 
@@ -155,7 +156,7 @@ def test_data_pipeline_reads_hostile_review_files(tmp_path):
 def test_data_pipeline_refuses_a_junk_reviews_json(tmp_path, data):
     (tmp_path / "reviews.json").write_bytes(data)
     with pytest.raises((ValueError, FileNotFoundError)) as e:
-        prepare_imdb(vocab_size=300, root=tmp_path / "reviews.json", expected_per_block=6, use_cache=False, download=False)
+        prepare_imdb(vocab_size=300, root=tmp_path / "reviews.json", use_cache=False, download=False)
     # One line that names the file: not a bare json/pickle exception escaping from the reader.
     message = str(e.value)
     assert str(tmp_path / "reviews.json") in message and "\n" not in message

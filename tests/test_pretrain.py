@@ -17,13 +17,13 @@ from helpers import assert_same_weights, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
-TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+TINY = ["--data", str(FIXTURE), "--vocab-size", "300", "--embed-dim", "8",
         "--hidden-size", "16", "--max-len", "60", "--batch-size", "4", "--threads", "1", "--quiet"]
 
 
 def tiny(tmp_path, name="lm", **overrides) -> TrainConfig:
     values = dict(cell="gru", vocab_size=300, embed_dim=8, hidden_size=16, max_len=60, epochs=2, batch_size=4,
-                  data_root=str(FIXTURE), expected_per_block=6, cache_dir=str(tmp_path / "cache"),
+                  data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"),
                   out=str(tmp_path / name), quiet=True, val_fraction=0.25, threads=1)
     return TrainConfig(**{**values, **overrides})
 

@@ -19,7 +19,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
 
 def tiny(tmp_path, **overrides) -> TrainConfig:
     values = dict(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4,
-                  data_root=str(FIXTURE), expected_per_block=6, cache_dir=str(tmp_path / "cache"),
+                  data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"),
                   out=str(tmp_path / "run"), quiet=True, val_fraction=0.25, threads=1)
     return TrainConfig(**{**values, **overrides})
 

@@ -11,7 +11,7 @@ from rnnsent.runfolder import LOCK_NAME, RunFolderBusy, RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
-TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+TINY = ["--data", str(FIXTURE), "--vocab-size", "300", "--embed-dim", "8",
         "--hidden-size", "6", "--max-len", "60", "--batch-size", "4", "--threads", "1", "--quiet", "--epochs", "1"]
 
 

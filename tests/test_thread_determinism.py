@@ -17,7 +17,7 @@ def _config(tmp_path, cell: str, threads: int, **overrides) -> TrainConfig:
     # batch 64 over the fixture's reviews repeated: two of the kernel's 32-row chunks per batch plus a short
     # last batch, so threads really share the batch; dropout and word dropout draw from the RNG too.
     values = dict(cell=cell, vocab_size=300, embed_dim=16, hidden_size=24, max_len=80, epochs=2, batch_size=64,
-                  data_root=str(FIXTURE), expected_per_block=6, cache_dir=str(tmp_path / "cache"),
+                  data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"),
                   out=str(tmp_path / f"run-{threads}"), quiet=True, val_fraction=0.25, seed=3,
                   rnn_impl="fused", threads=threads, output_dropout=0.1, word_dropout=0.1, clip=1.0)
     values.update(overrides)

@@ -16,7 +16,7 @@ PER_BLOCK = 6  # the fixture holds the first 6 reviews of each of the four block
 
 def tiny(tmp_path, **overrides) -> TrainConfig:
     values = dict(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4,
-                  data_root=str(FIXTURE), expected_per_block=PER_BLOCK, cache_dir=str(tmp_path / "cache"),
+                  data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"),
                   out=str(tmp_path / "run"), quiet=True, val_fraction=0.25)
     values.update(overrides)
     return TrainConfig(**values)

@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
-TINY = ["--data", str(FIXTURE), "--expect-per-block", "6", "--vocab-size", "300", "--embed-dim", "8",
+TINY = ["--data", str(FIXTURE), "--vocab-size", "300", "--embed-dim", "8",
         "--hidden-size", "6", "--max-len", "60", "--batch-size", "4", "--threads", "1", "--quiet"]
 
 

