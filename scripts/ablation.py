@@ -99,7 +99,9 @@ def run(args, variant: str, cell: str, seed: int) -> dict:
 
 def schedule(args) -> list[dict]:
     """Run PLAN with --jobs workers; a fine-tuning run waits for its cell's language model."""
-    todo = [(v, c, s) for v, cells, seeds in PLAN for c in cells if c in args.cells for s in seeds if s in args.seeds]
+    # the language models (seed 0) whatever --seeds says: every seed fine-tunes its cell's one
+    todo = [(v, c, s) for v, cells, seeds in PLAN for c in cells if c in args.cells for s in seeds
+            if s in args.seeds or v == LM]
     todo = [job for job in dict.fromkeys(todo) if job[0] in args.variants or job[0] == LM]
     start, rows, lock = time.perf_counter(), [], threading.Lock()
     done_lm: set[str] = set()
