@@ -148,11 +148,12 @@ def markdown(args, table: list[dict], rows: list[dict], machine: str) -> str:
 
 
 def release(table: list[dict], dest: Path) -> None:
-    """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt; best.pt has no optimizer state."""
+    """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt (best.pt has no optimizer state) and
+    index it in dest/RESULTS.json; cells not in `table` keep their entries."""
     from rnnsent.checkpoint import load_checkpoint_state, portable_state, save_checkpoint
 
     dest.mkdir(parents=True, exist_ok=True)
-    index = {}
+    index = json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {}  # other cells stay
     for t in table:
         # Released files travel: no path of this machine goes in them (data_root, --out, --data).
         state = portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt"))

@@ -86,19 +86,26 @@ def test_released_files_hold_no_path_of_the_machine_that_made_them(cell):
 
 @pytest.mark.parametrize("cell", sorted(INDEX))
 def test_released_command_gives_the_settings_the_file_holds(cell):
-    """Each recorded command, parsed as train.py parses it, asks for exactly the settings in its file,
-    PyTorch's layers included (the released models predate the fused kernel)."""
+    """Each recorded command, parsed as train.py parses it, asks for exactly the settings in its file (the
+    kernel included). A model fine-tuned from a language model records the pretraining command first:
+    that one, parsed as pretrain.py parses it, makes the run folder the training command starts from."""
     from rnnsent.cli import config_from_args, train_parser
     from rnnsent.config import canonical_encoding
 
-    argv = INDEX[cell]["command"].split()
+    *before, argv = [part.split() for part in INDEX[cell]["command"].split(" && ")]
     assert argv[0] == "scripts/train.py"
     asked = config_from_args(train_parser().parse_args(argv[1:])).to_dict()
     saved = load_checkpoint_state(RELEASED / INDEX[cell]["file"])["config"]
-    assert asked["rnn_impl"] == "torch"
-    saved["encoding"] = canonical_encoding(saved["encoding"], warn=False)  # the files predate "fast" -> "bucketed"
-    assert saved.pop("expected_per_block") == 12500  # retired: the reader now holds the full set to 12,500 itself
+    saved["encoding"] = canonical_encoding(saved["encoding"], warn=False)  # older files predate "fast" -> "bucketed"
+    assert saved.pop("expected_per_block", 12500) == 12500  # retired: the reader now holds the full set to 12,500 itself
     assert saved == {k: asked[k] for k in saved}
+    if saved.get("pretrained"):
+        (pre,) = before
+        assert pre[0] == "scripts/pretrain.py"
+        lm = config_from_args(train_parser().parse_args(pre[1:]), pretraining=True)
+        assert saved["pretrained"] == lm.out and (lm.cell, lm.seed, lm.max_len) == (saved["cell"], 0, saved["max_len"])
+    else:
+        assert not before and asked["rnn_impl"] == "torch"  # the models trained before the fused kernel
 
 
 @pytest.mark.slow
