@@ -197,6 +197,15 @@ class OptimConfig:
     # layer start this run, instead of random weights (Dai & Le 2015). Needs the same data and vocabulary.
     pretrained: str | None = None
 
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate at a global step: a pure function of the step (warm-up, then the schedule)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "cosine":
+            progress = (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return self.lr
+
 
 @dataclass(frozen=True)
 class RunConfig:

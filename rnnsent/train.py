@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import signal
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from rnnsent import faults, objective, recurrent, report
+from rnnsent import faults, objective, recurrent, report, stopping
 from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, restore_training_state,
                                 save_checkpoint, training_state)
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
@@ -39,30 +37,14 @@ from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
 from rnnsent.runfolder import RunLock, load_resume, resume_path
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
+from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted  # noqa: F401 (re-exported)
 
 EVENTS = ("on_step_end", "on_epoch_end")
 
 
-class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C or SIGTERM; exit_code is what a shell reports for that signal (130, 143)."""
-
-    def __init__(self, message: str, exit_code: int = 128 + signal.SIGINT):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class NonFiniteLoss(RuntimeError):
-    """A NaN or Inf loss or gradient; the last good checkpoint is kept."""
-
-
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Learning rate for a global step: a pure function of the step, so resuming needs no scheduler state."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "cosine":
-        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr
+    """Learning rate for a global step (see OptimConfig.lr_at): resuming needs no scheduler state."""
+    return config.lr_at(step, total_steps)
 
 
 class Trainer:
@@ -233,18 +215,14 @@ class Trainer:
                 while self.epoch < c.epochs and not stopped_early:
                     stopped_early = self.end_epoch(self.train_epoch())
                     if self.dist.any(self._interrupt.requested):  # a signal during validation: last.pt is saved
-                        raise self._interrupted(self.out / "last.pt")
+                        raise stopping.interrupted(self, self.out / "last.pt")
             except StopNow:  # a second Ctrl-C: the step in progress is not whole, so nothing is saved
-                raise TrainingInterrupted(f"stopped at once by a second Ctrl-C, in the middle of a step, without saving "
-                                          f"it; {self._kept()}. Continue with the same command and --resume auto") from None
+                raise stopping.mid_step(self) from None
             with StopFlag(at_once=True) as flag:  # the final test: nothing to save, so any signal stops it now
                 try:
                     return self.finish()
                 except StopNow:
-                    raise TrainingInterrupted(
-                        f"interrupted during the final test evaluation; training had finished and {self.out / 'best.pt'} "
-                        f"is saved: score it with scripts/evaluate.py --checkpoint {self.out / 'best.pt'}",
-                        128 + flag.requested) from None
+                    raise stopping.during_test(self, flag.requested) from None
 
     def train_epoch(self) -> dict:
         """Run (the rest of) the current epoch; return its training loss, accuracy and throughput."""
@@ -275,7 +253,7 @@ class Trainer:
                     elif bool(finite):  # on CPU a non-finite step must not touch the weights: checking is free
                         self.optimizer.step()
                     else:
-                        self._raise_non_finite(self.global_step)
+                        raise stopping.non_finite(self, self.global_step)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.ema is not None:
@@ -336,29 +314,11 @@ class Trainer:
         # The first Ctrl-C or SIGTERM only sets a flag that is read between steps (see runtime.StopFlag), so the
         # weights, optimizer, RNG and counters saved here all describe the same finished step.
         path = self.save("last.pt")
-        raise self._interrupted(path or self.out / "last.pt") from None
-
-    def _interrupted(self, path) -> TrainingInterrupted:
-        signum = self._interrupt.requested or signal.SIGINT  # none: a callback stopped the run
-        return TrainingInterrupted(
-            f"stopped by {'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}: interrupted at epoch {self.epoch + 1}, "
-            f"step {self.step_in_epoch}; saved {path}. Continue with the same command and --resume {path} "
-            "(or --resume auto)", 128 + signum)
-
-    def _kept(self) -> str:
-        return (f"{self.out / 'last.pt'} keeps the last good state (global step {self.saved_step})"
-                if self.saved_step is not None else "no checkpoint had been written yet")
+        raise stopping.interrupted(self, path or self.out / "last.pt") from None
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         if int(bad_step) >= 0:
-            self._raise_non_finite(int(bad_step))
-
-    def _raise_non_finite(self, step: int) -> None:
-        raise NonFiniteLoss(
-            f"non-finite loss or gradient at global step {step} (epoch {self.epoch + 1}); training stopped and "
-            f"{self._kept()}. Lower --lr, set --clip 1.0, or with --amp fp16 keep the grad scaler (bf16 needs none), "
-            "then resume"
-        )
+            raise stopping.non_finite(self, int(bad_step))
 
     def _evaluate(self, split, batcher: Batcher) -> dict:
         """evaluate() on this rank's share of `split` (its batcher), summed over ranks."""

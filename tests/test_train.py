@@ -164,7 +164,10 @@ def test_config_rejects_bad_values(bad, message):
 def test_recipes_are_valid_configs():
     for name, recipe in RECIPES.items():
         assert recipe["doc"]
-        TrainConfig(**{k: v for k, v in recipe.items() if k != "doc"})
+        settings = {k: v for k, v in recipe.items() if k not in ("doc", "pretrain")}
+        TrainConfig(**settings)
+        if "pretrain" in recipe:  # its language model's settings are a valid run too
+            TrainConfig(**{**settings, **recipe["pretrain"]})
 
 
 def test_device_resolution():
