@@ -102,7 +102,8 @@ def schedule(args) -> list[dict]:
     # the language models (seed 0) whatever --seeds says: every seed fine-tunes its cell's one
     todo = [(v, c, s) for v, cells, seeds in PLAN for c in cells if c in args.cells for s in seeds
             if s in args.seeds or v == LM]
-    todo = [job for job in dict.fromkeys(todo) if job[0] in args.variants or job[0] == LM]
+    needs_lm = any(VARIANTS[v][1] for v in args.variants)  # a language model only where a variant fine-tunes one
+    todo = [job for job in dict.fromkeys(todo) if job[0] in args.variants or (job[0] == LM and needs_lm)]
     start, rows, lock = time.perf_counter(), [], threading.Lock()
     done_lm: set[str] = set()
     running: dict = {}
