@@ -53,6 +53,7 @@ PLAN = [
     ("pretrained", ("lstm", "rnn"), SEEDS), ("best", ("lstm", "rnn"), SEEDS),
     ("best +lm", ("gru",), SEEDS), ("best +lm +ema", ("gru",), SEEDS), ("best +lm +adversarial", ("gru",), SEEDS),
     ("best +ema", ("gru",), SEEDS), ("best +adversarial", ("gru",), SEEDS),
+    ("best +adversarial", ("lstm", "rnn"), SEEDS),
     ("best +lm", ("lstm", "rnn"), SEEDS), ("best +lm +ema", ("lstm", "rnn"), SEEDS),
     ("best +lm +adversarial", ("lstm", "rnn"), SEEDS),
     ("best +label smoothing", ("gru",), SEEDS), ("pretrained +label smoothing", ("gru",), SEEDS),
