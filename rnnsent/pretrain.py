@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnsent import report
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_checkpoint
 from rnnsent.config import ModelConfig, TrainConfig
 from rnnsent.evaluate import autocast_context
@@ -124,33 +123,18 @@ class PretrainTrainer(Trainer):
         loss = loss_sum / max(words, 1.0)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "words": int(words)}
 
-    def end_epoch(self, train_metrics: dict) -> bool:
-        c = self.config
+    def validate(self, train_metrics: dict) -> tuple[dict, float]:
+        """The epoch's row (losses per word, perplexity; no accuracy) and the score: lower loss is better."""
         val = self._evaluate(self.data.val, self.val_batches)
         row = {"epoch": self.epoch + 1, "global_step": self.global_step, "train_loss": train_metrics["train_loss"],
                "epoch_seconds": train_metrics["epoch_seconds"], "samples_per_second": train_metrics["samples_per_second"],
                "val_loss": val["loss"], "val_perplexity": val["perplexity"]}
-        self.history.append(row)
-        improved = not self.history[:-1] or -val["loss"] > self.best_val
-        if improved:
-            self.best_val, self.epochs_since_best = -val["loss"], 0
-        else:
-            self.epochs_since_best += 1
-        self.epoch, self.step_in_epoch, self.seen, self.epoch_seconds = self.epoch + 1, 0, 0, 0.0
-        self.sums.zero_()
-        if self.is_main:
-            report.append_metrics(self.out, row)
-        if improved:
-            self.save("best.pt", full=False)
-        self.save("last.pt")
-        self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
-                 f"perplexity {row['val_perplexity']:.1f} | {row['epoch_seconds']:.1f} s, "
-                 f"{row['samples_per_second']:.0f} reviews/s" + (" (best)" if improved else ""))
-        self._trigger("on_epoch_end")
-        if c.patience is not None and self.epochs_since_best >= c.patience:
-            self.log(f"early stop: validation loss has not improved for {c.patience} epoch(s)")
-            return True
-        return False
+        return row, -val["loss"]
+
+    def epoch_line(self, row: dict, improved: bool) -> str:
+        return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} | val loss {row['val_loss']:.4f} "
+                f"perplexity {row['val_perplexity']:.1f} | {row['epoch_seconds']:.1f} s, "
+                f"{row['samples_per_second']:.0f} reviews/s" + (" (best)" if improved else ""))
 
     def finish(self) -> dict:
         """Score best.pt on validation again and write report.json; the test split stays untouched."""

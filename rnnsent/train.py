@@ -329,8 +329,8 @@ class Trainer:
             r = evaluate(self.model, split, device=self.device, amp=self.config.amp, batcher=batcher)
         return self.dist.sum_scores(r, self.device)
 
-    def end_epoch(self, train_metrics: dict) -> bool:
-        """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
+    def validate(self, train_metrics: dict) -> tuple[dict, float]:
+        """Score the validation split: the epoch's metrics row, and the monitored score (higher is better)."""
         c = self.config
         with self.averaged():
             val = self._evaluate(self.data.val, self.val_batches)
@@ -338,9 +338,17 @@ class Trainer:
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(self.global_step - 1, self.total_steps, c)}
         if c.num_classes > 2 or c.monitor:
             row["val_macro_f1"] = val["macro_f1"]
-        self.history.append(row)
         monitored = c.monitored()
-        score = -val["loss"] if monitored == "loss" else val[monitored]  # higher is better
+        return row, -val["loss"] if monitored == "loss" else val[monitored]
+
+    def epoch_line(self, row: dict, improved: bool) -> str:
+        return report.epoch_line(row, improved)
+
+    def end_epoch(self, train_metrics: dict) -> bool:
+        """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
+        c = self.config
+        row, score = self.validate(train_metrics)
+        self.history.append(row)
         improved = not self.history[:-1] or score > self.best_val  # the first epoch is the best so far
         if improved:
             self.best_val, self.epochs_since_best = score, 0
@@ -354,7 +362,7 @@ class Trainer:
             with self.averaged():  # best.pt holds the weights that were validated
                 self.save("best.pt", full=False)
         self.save("last.pt")
-        self.log(report.epoch_line(row, improved))
+        self.log(self.epoch_line(row, improved))
         self._trigger("on_epoch_end")
         if c.patience is not None and self.epochs_since_best >= c.patience:
             self.log(f"early stop: validation {c.monitored().replace('_', '-')} has not improved for {c.patience} epoch(s)")
