@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES, SCHEDULES, TrainConfig,
-                            canonical_cell)
+from rnnsent.config import (AMPS, ENCODINGS, FINE_TUNING_ONLY, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES,
+                            SCHEDULES, TrainConfig, canonical_cell)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -177,10 +177,6 @@ def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> Tra
     return TrainConfig(**values)
 
 
-# What only fine-tuning uses; a recipe's pretraining run starts from these (word dropout is the classifier's).
-FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0}
-
-
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -218,15 +214,21 @@ def _user_errors():
 
 
 def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
-    args = train_parser(prog).parse_args(argv)
+    return _run(train_parser(prog).parse_args(argv), pretraining=False)
+
+
+def _run(args: argparse.Namespace, pretraining: bool) -> int:
+    """A training or pretraining run from parsed flags; failures become one-line errors with their exit codes."""
     from rnnsent.checkpoint import CheckpointWriteError
     from rnnsent.train import NonFiniteLoss, TrainingInterrupted
 
     try:
-        config = config_from_args(args)
-        from rnnsent.train import train
-
-        report = train(config)
+        config = config_from_args(args, pretraining=pretraining)
+        if pretraining:
+            from rnnsent.pretrain import pretrain as run
+        else:
+            from rnnsent.train import train as run
+        report = run(config)
     except TrainingInterrupted as e:
         return _fail(str(e), e.exit_code)
     except (NonFiniteLoss, CheckpointWriteError) as e:
@@ -244,24 +246,7 @@ def pretrain_main(argv: list[str] | None = None, prog: str = "pretrain.py") -> i
     p.description = ("Pretrain the embedding and recurrent layer as a language model on the training split's text "
                      "(Dai & Le 2015), for scripts/train.py --pretrained. The flags are train.py's; --recipe takes "
                      "the recipe's pretraining settings. The best epoch by validation loss per word is kept.")
-    args = p.parse_args(argv)
-    from rnnsent.checkpoint import CheckpointWriteError
-    from rnnsent.train import NonFiniteLoss, TrainingInterrupted
-
-    try:
-        config = config_from_args(args, pretraining=True)
-        from rnnsent.pretrain import pretrain
-
-        report = pretrain(config)
-    except TrainingInterrupted as e:
-        return _fail(str(e), e.exit_code)
-    except (NonFiniteLoss, CheckpointWriteError) as e:
-        return _fail(str(e), 1)
-    except _user_errors() as e:
-        return _fail(str(e))
-    if config.quiet and os.environ.get("RANK", "0") == "0":
-        print(json.dumps(report))
-    return 0
+    return _run(p.parse_args(argv), pretraining=True)
 
 
 def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:

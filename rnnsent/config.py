@@ -270,6 +270,11 @@ def field_names(group) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(group))
 
 
+# What only fine-tuning uses, at its off values: a recipe's pretraining run starts from these. Pretraining refuses
+# all but word dropout, which the language model simply has none of (it is the classifier's input noise).
+FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0}
+
+
 # Settings that must agree between a checkpoint and the run that resumes it: changing any of them would
 # silently train a different model or on different data. Where the data lies, epochs, patience and the
 # machinery may change, and so may where the pretrained start came from (a resumed run has its weights).

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_checkpoint
-from rnnsent.config import ModelConfig, TrainConfig
+from rnnsent.config import FINE_TUNING_ONLY, ModelConfig, TrainConfig
 from rnnsent.evaluate import autocast_context
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.train import Trainer, shutdown
@@ -86,8 +86,7 @@ class PretrainTrainer(Trainer):
     reports_accuracy = False
 
     def __init__(self, config: TrainConfig, data=None):
-        fine_tuning_only = [f"--{k.replace('_', '-')}" for k in ("label_smoothing", "adversarial", "ema", "pretrained")
-                            if getattr(config, k)]
+        fine_tuning_only = [f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)]
         if fine_tuning_only:
             raise ValueError(f"{', '.join(fine_tuning_only)} apply to fine-tuning (scripts/train.py), not to pretraining")
         super().__init__(TrainConfig(**{**config.to_dict(), "monitor": "loss"}), data)
