@@ -155,8 +155,10 @@ def release(table: list[dict], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     index = json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {}  # other cells stay
     for t in table:
-        # Released files travel: no path of this machine goes in them (data_root, --out, --data).
-        state = portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt"))
+        # Released files travel: no path of this machine goes in them (data_root, --out, --data). They predict
+        # and cannot resume (best.pt has no optimizer state), so the per-epoch history stays in the run's
+        # metrics.jsonl and the file keeps the chosen epoch's metrics: its size does not grow with the epochs.
+        state = {**portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt")), "history": []}
         save_checkpoint(dest / f"{t['cell']}.pt", state)
         report = json.loads((Path(t["best_run"]) / "report.json").read_text())
         command = " ".join(portable_command((Path(t["best_run"]) / "command.txt").read_text().split()))

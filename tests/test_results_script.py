@@ -1,11 +1,19 @@
-"""scripts/results.py's release step: no path of the training machine in what is released."""
+"""scripts/results.py's release step: no path of the training machine in what is released, and a released
+file no larger than its run's best.pt however long the run trained."""
+import json
 import sys
 from pathlib import Path
 
-from rnnsent.checkpoint import portable_run_path, portable_state
+import torch
+
+from rnnsent.checkpoint import load_checkpoint, load_checkpoint_state, portable_run_path, portable_state
+from rnnsent.config import TrainConfig
+from rnnsent.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from results import portable_command  # noqa: E402
+from results import portable_command, release  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
 
 
 def test_released_commands_and_configs_name_no_path_of_this_machine():
@@ -19,3 +27,27 @@ def test_released_commands_and_configs_name_no_path_of_this_machine():
     assert state["config"] == {"data_root": None, "cache_dir": None, "resume": None, "out": "runs/x",
                                "pretrained": "runs/lm/best.pt", "seed": 1}
     assert "/home/me" not in repr(state)
+
+
+def test_a_released_file_predicts_like_its_run_and_keeps_no_per_epoch_history(tmp_path):
+    out = tmp_path / "r" / "tuned-gru-seed1"
+    config = TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=3, batch_size=4,
+                         data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"), out=str(out), quiet=True,
+                         val_fraction=0.25)
+    report = Trainer(config).fit()
+    (out / "command.txt").write_text(f"scripts/train.py --recipe tuned --cell gru --seed 1 --data {FIXTURE} --out {out}\n")
+    dest = tmp_path / "released"
+    (dest).mkdir()
+    (dest / "RESULTS.json").write_text(json.dumps({"rnn": {"file": "rnn.pt", "test_accuracy": 0.5, "command": "x"}}))
+    release([{"cell": "gru", "best_run": str(out)}], dest)
+
+    best, released = load_checkpoint_state(out / "best.pt"), load_checkpoint_state(dest / "gru.pt")
+    assert len(best["history"]) >= 1 and released["history"] == [] and released["metrics"] == best["metrics"]
+    assert (dest / "gru.pt").stat().st_size < (out / "best.pt").stat().st_size
+    x = torch.randint(1, 300, (2, 20))
+    assert torch.equal(load_checkpoint(dest / "gru.pt").model.eval()(x), load_checkpoint(out / "best.pt").model.eval()(x))
+    index = json.loads((dest / "RESULTS.json").read_text())
+    assert index["rnn"]["command"] == "x"  # another cell's entry stays
+    assert index["gru"] == {"file": "gru.pt", "test_accuracy": report["test_accuracy"],
+                            "command": "scripts/train.py --recipe tuned --cell gru --seed 1 --out runs/tuned-gru-seed1"}
+    assert str(tmp_path) not in repr(released["config"])
