@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from rnnsent.config import (AMPS, ENCODINGS, FINE_TUNING_ONLY, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES,
-                            SCHEDULES, TrainConfig, canonical_cell)
+                            SCHEDULES, TrainConfig, canonical_cell, recipe_settings)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -157,12 +157,11 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> TrainConfig:
     """Defaults <- recipe <- explicit flags, in that order. For pretraining, a recipe's "pretrain" settings
     replace its fine-tuning ones (the data settings stay, so both runs build the same vocabulary)."""
-    values: dict = {}
     recipe = RECIPES[args.recipe] if args.recipe else {}
-    values.update({k: v for k, v in recipe.items() if k not in ("doc", "pretrain")})
-    if pretraining:
-        values.update(FINE_TUNING_ONLY)
-        values.update(recipe.get("pretrain", {}))
+    if args.recipe:
+        values = recipe_settings(args.recipe, args.cell or recipe.get("cell", TrainConfig.cell), pretraining)
+    else:
+        values = dict(FINE_TUNING_ONLY) if pretraining else {}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if "pretrain" in recipe and not pretraining and not values.get("pretrained") and not values.get("resume"):

@@ -41,6 +41,7 @@ VARIANTS = {
     "best +lm +adversarial": (["--recipe", "best", "--adversarial", "0.05"], True),
     "best +ema": (["--recipe", "best", "--ema", "0.999"], False),
     "best +adversarial": (["--recipe", "best", "--adversarial", "0.05"], False),
+    "tuned": (["--recipe", "tuned"], False),  # best + adversarial, LSTM and SimpleRNN trained longer
     "best +label smoothing": (["--recipe", "best", "--label-smoothing", "0.1"], False),
     "best +full reviews": (["--recipe", "best", "--max-len", "2600"], False),
     "pretrained +label smoothing": (["--recipe", "pretrained", "--label-smoothing", "0.1"], True),
@@ -53,7 +54,7 @@ PLAN = [
     ("pretrained", ("lstm", "rnn"), SEEDS), ("best", ("lstm", "rnn"), SEEDS),
     ("best +lm", ("gru",), SEEDS), ("best +lm +ema", ("gru",), SEEDS), ("best +lm +adversarial", ("gru",), SEEDS),
     ("best +ema", ("gru",), SEEDS), ("best +adversarial", ("gru",), SEEDS),
-    ("best +adversarial", ("lstm", "rnn"), SEEDS),
+    ("best +adversarial", ("lstm", "rnn"), SEEDS), ("tuned", ("lstm", "rnn"), SEEDS),
     ("best +lm", ("lstm", "rnn"), SEEDS), ("best +lm +ema", ("lstm", "rnn"), SEEDS),
     ("best +lm +adversarial", ("lstm", "rnn"), SEEDS),
     ("best +label smoothing", ("gru",), SEEDS), ("pretrained +label smoothing", ("gru",), SEEDS),

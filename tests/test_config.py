@@ -13,6 +13,7 @@ from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint
 from rnnsent.cli import config_from_args, train_parser
 from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RESUME_MUST_MATCH, DataConfig, ModelConfig, OptimConfig,
                             TrainConfig, field_names, resume_differences)
+from rnnsent.config import RECIPES
 from rnnsent.models import SentimentRNN
 from rnnsent.train import Trainer
 
@@ -147,3 +148,23 @@ def test_old_checkpoints_holding_expected_per_block_evaluate_without_a_warning(t
         warnings.simplefilter("error")  # the old key is left unread, not passed on to be warned about
         data = loaded.prepare_data(root=FIXTURE, cache_dir=tmp_path)
     assert (len(data.test), len(data.train) + len(data.val)) == (12, 12)
+
+
+def test_a_recipe_can_set_one_cell_apart_and_flags_still_win(tmp_path):
+    """`tuned` trains SimpleRNN and LSTM longer than GRU; an explicit flag beats the cell's setting, and a
+    pretraining run takes the recipe's pretraining settings over the cell's."""
+    def config(*flags, pretraining=False):
+        return config_from_args(train_parser().parse_args(["--recipe", "tuned", *flags]), pretraining=pretraining)
+
+    shared = {k: v for k, v in RECIPES["adversarial"].items() if k != "doc"}
+    for cell, epochs in (("gru", 10), ("lstm", 15), ("rnn", 20), ("SimpleRNN", 20)):
+        c = config("--cell", cell)
+        assert c.epochs == epochs
+        assert {k: getattr(c, k) for k in shared if k != "epochs"} == {k: v for k, v in shared.items() if k != "epochs"}
+    assert config("--cell", "rnn", "--epochs", "3").epochs == 3
+    RECIPES["with_lm"] = {**RECIPES["tuned"], "pretrain": {"epochs": 2, "lr": 2e-3}}
+    try:
+        lm = config_from_args(train_parser().parse_args(["--recipe", "with_lm", "--cell", "rnn"]), pretraining=True)
+        assert (lm.epochs, lm.lr, lm.adversarial, lm.max_len) == (2, 2e-3, 0.0, 1000)
+    finally:
+        del RECIPES["with_lm"]

@@ -7,6 +7,7 @@ import torch
 
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
 from rnnsent.evaluate import evaluate
+from rnnsent.config import CELLS, recipe_settings
 from rnnsent.train import RECIPES, NonFiniteLoss, Trainer, TrainConfig, TrainingInterrupted, lr_at, resolve_device
 from helpers import assert_same_weights, weights
 
@@ -164,10 +165,11 @@ def test_config_rejects_bad_values(bad, message):
 def test_recipes_are_valid_configs():
     for name, recipe in RECIPES.items():
         assert recipe["doc"]
-        settings = {k: v for k, v in recipe.items() if k not in ("doc", "pretrain")}
-        TrainConfig(**settings)
-        if "pretrain" in recipe:  # its language model's settings are a valid run too
-            TrainConfig(**{**settings, **recipe["pretrain"]})
+        assert set(recipe.get("by_cell", {})) <= set(CELLS), name
+        for cell in CELLS:
+            TrainConfig(**recipe_settings(name, cell), cell=cell)
+            if "pretrain" in recipe:  # its language model's settings are a valid run too
+                TrainConfig(**recipe_settings(name, cell, pretraining=True), cell=cell)
 
 
 def test_device_resolution():
