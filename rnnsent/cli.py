@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (AMPS, ENCODINGS, FINE_TUNING_ONLY, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES,
+from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES,
                             SCHEDULES, TrainConfig, canonical_cell, recipe_settings)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -157,20 +157,17 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> TrainConfig:
     """Defaults <- recipe <- explicit flags, in that order. For pretraining, a recipe's "pretrain" settings
     replace its fine-tuning ones (the data settings stay, so both runs build the same vocabulary)."""
-    recipe = RECIPES[args.recipe] if args.recipe else {}
-    if args.recipe:
-        values = recipe_settings(args.recipe, args.cell or recipe.get("cell", TrainConfig.cell), pretraining)
-    else:
-        values = dict(FINE_TUNING_ONLY) if pretraining else {}
+    values = recipe_settings(args.recipe, args.cell, pretraining)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
-    if "pretrain" in recipe and not pretraining and not values.get("pretrained") and not values.get("resume"):
-        cell = canonical_cell(values.get("cell", TrainConfig.cell))
+    cell = canonical_cell(values.get("cell", TrainConfig.cell))
+    fine_tunes_lm = bool(args.recipe) and "pretrain" in RECIPES[args.recipe]
+    if fine_tunes_lm and not pretraining and not values.get("pretrained") and not values.get("resume"):
         raise ValueError(f"recipe {args.recipe} fine-tunes a pretrained language model: first run scripts/pretrain.py "
                          f"--recipe {args.recipe} --cell {cell} --out runs/lm-{cell} (same --data, --seed), then add "
                          f"--pretrained runs/lm-{cell}")
     if "out" not in values:
-        values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + canonical_cell(values.get("cell", TrainConfig.cell))))
+        values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + cell))
     if values.get("resume") == "":
         values["resume"] = str(Path(values["out"]) / "last.pt")
     return TrainConfig(**values)

@@ -343,13 +343,14 @@ RECIPES["tuned"] = {
 RECIPE_KEYS = ("doc", "pretrain", "by_cell")  # what a recipe holds besides TrainConfig values
 
 
-def recipe_settings(name: str, cell: str, pretraining: bool = False) -> dict:
-    """The TrainConfig values recipe `name` gives `cell`: its shared settings, then its by_cell ones. For a
-    pretraining run, the fine-tuning-only settings go off and its "pretrain" settings win (the data settings
-    stay, so the language model and the classifier build the same vocabulary)."""
-    recipe = RECIPES[name]
+def recipe_settings(name: str | None, cell: str | None = None, pretraining: bool = False) -> dict:
+    """The TrainConfig values recipe `name` (None: no recipe) gives `cell` (None: TrainConfig's): its shared
+    settings, then its by_cell ones. For a pretraining run, the fine-tuning-only settings go off and its
+    "pretrain" settings win (the data settings stay, so the language model and the classifier build the same
+    vocabulary)."""
+    recipe = RECIPES[name] if name else {}
     values = {k: v for k, v in recipe.items() if k not in RECIPE_KEYS}
-    values.update(recipe.get("by_cell", {}).get(canonical_cell(cell), {}))
+    values.update(recipe.get("by_cell", {}).get(canonical_cell(cell or values.get("cell", TrainConfig.cell)), {}))
     if pretraining:
         values.update(FINE_TUNING_ONLY)
         values.update(recipe.get("pretrain", {}))

@@ -64,7 +64,8 @@ class LanguageModel(nn.Module):
     def summary(self, time_steps=None) -> str:
         """Parameter counts: the layers fine-tuning takes over, and the output layer only pretraining uses."""
         n = {name: count_parameters(getattr(self, name)) for name in ("embedding", "rnn", "head")}
-        kind = f"adaptive softmax, clusters at {cutoffs(self.settings.vocab_size, self.settings.hidden_size)}" if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss) else "softmax"
+        adaptive = isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss)
+        kind = f"adaptive softmax, clusters at {self.head.cutoffs[:-1]}" if adaptive else "softmax"  # [-1]: the vocab size
         return (f'Model: "language_model_{self.settings.cell}"\n'
                 f"embedding {n['embedding']:,} + {self.settings.cell} {n['rnn']:,} parameters (fine-tuning takes these); "
                 f"next-word output ({kind}) {n['head']:,}")

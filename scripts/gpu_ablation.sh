@@ -18,9 +18,9 @@ if [ "$dev" = cuda ]; then
 fi
 $py - "$data" <<'PY' > "$out/prepare.log" 2>&1
 import sys
-from rnnsent.config import TrainConfig, RECIPES
+from rnnsent.config import TrainConfig, recipe_settings
 from rnnsent.data import prepare_data
-c = TrainConfig(**{k: v for k, v in RECIPES["best"].items() if k != "doc"}, data_root=sys.argv[1])
+c = TrainConfig(**recipe_settings("best"), data_root=sys.argv[1])
 print(prepare_data(c, c.vocab_size).train.tokens.shape)
 PY
 echo "prepare rc=$? at $((SECONDS - t0))s" >> "$out/steps.txt"

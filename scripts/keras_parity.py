@@ -21,14 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from keras_worker import keras_backend, run_keras  # noqa: E402
-from rnnsent.config import KERAS_CELL_NAMES, RECIPES, TrainConfig  # noqa: E402
+from rnnsent.config import KERAS_CELL_NAMES, TrainConfig, recipe_settings  # noqa: E402
 
 
 def run_rnnsent(cell: str, epochs: int, seed: int, data, args) -> dict:
     from rnnsent.evaluate import evaluate
     from rnnsent.train import Trainer
 
-    recipe = {k: v for k, v in RECIPES["keras"].items() if k != "doc"}
+    recipe = recipe_settings("keras", cell)
     recipe.update(epochs=epochs, cell=cell, seed=seed, device=args.device, threads=args.threads,
                   out=str(Path(args.out) / f"rnnsent-{cell}-seed{seed}"), quiet=True)
     trainer = Trainer(TrainConfig(**recipe), data=data)
@@ -69,7 +69,7 @@ def main() -> int:
         print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked", file=sys.stderr)
     from rnnsent.data import prepare_imdb
 
-    config = TrainConfig(**{k: v for k, v in RECIPES["keras"].items() if k != "doc"}, limit=args.limit)
+    config = TrainConfig(**recipe_settings("keras"), limit=args.limit)
     data = prepare_imdb(**config.data_args(), root=args.data)
     rows = [run_rnnsent(c, args.epochs, s, data, args) for c in args.cells for s in args.seeds]
     backend = keras_backend(args.keras_backend, args.keras_python)

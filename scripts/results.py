@@ -161,14 +161,18 @@ def release(table: list[dict], dest: Path) -> None:
         state = {**portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt")), "history": []}
         save_checkpoint(dest / f"{t['cell']}.pt", state)
         report = json.loads((Path(t["best_run"]) / "report.json").read_text())
-        command = " ".join(portable_command((Path(t["best_run"]) / "command.txt").read_text().split()))
+        command = recorded_command(Path(t["best_run"]))
         pretrained = json.loads((Path(t["best_run"]) / "config.json").read_text()).get("pretrained")
         if pretrained:  # the language model's command first: both together reproduce the file
             lm = Path(pretrained)
-            lm = lm if lm.is_dir() else lm.parent
-            command = " ".join(portable_command((lm / "command.txt").read_text().split())) + " && " + command
+            command = recorded_command(lm if lm.is_dir() else lm.parent) + " && " + command
         index[t["cell"]] = {"file": f"{t['cell']}.pt", "test_accuracy": report["test_accuracy"], "command": command}
     (dest / "RESULTS.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def recorded_command(run: Path) -> str:
+    """The command that made run folder `run` (its command.txt), without this machine's paths."""
+    return " ".join(portable_command((run / "command.txt").read_text().split()))
 
 
 def portable_command(argv: list[str]) -> list[str]:

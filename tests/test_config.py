@@ -150,7 +150,7 @@ def test_old_checkpoints_holding_expected_per_block_evaluate_without_a_warning(t
     assert (len(data.test), len(data.train) + len(data.val)) == (12, 12)
 
 
-def test_a_recipe_can_set_one_cell_apart_and_flags_still_win(tmp_path):
+def test_a_recipe_can_set_one_cell_apart_and_flags_still_win(tmp_path, monkeypatch):
     """`tuned` trains SimpleRNN and LSTM longer than GRU; an explicit flag beats the cell's setting, and a
     pretraining run takes the recipe's pretraining settings over the cell's."""
     def config(*flags, pretraining=False):
@@ -162,9 +162,6 @@ def test_a_recipe_can_set_one_cell_apart_and_flags_still_win(tmp_path):
         assert c.epochs == epochs
         assert {k: getattr(c, k) for k in shared if k != "epochs"} == {k: v for k, v in shared.items() if k != "epochs"}
     assert config("--cell", "rnn", "--epochs", "3").epochs == 3
-    RECIPES["with_lm"] = {**RECIPES["tuned"], "pretrain": {"epochs": 2, "lr": 2e-3}}
-    try:
-        lm = config_from_args(train_parser().parse_args(["--recipe", "with_lm", "--cell", "rnn"]), pretraining=True)
-        assert (lm.epochs, lm.lr, lm.adversarial, lm.max_len) == (2, 2e-3, 0.0, 1000)
-    finally:
-        del RECIPES["with_lm"]
+    monkeypatch.setitem(RECIPES, "with_lm", {**RECIPES["tuned"], "pretrain": {"epochs": 2, "lr": 2e-3}})
+    lm = config_from_args(train_parser().parse_args(["--recipe", "with_lm", "--cell", "rnn"]), pretraining=True)
+    assert (lm.epochs, lm.lr, lm.adversarial, lm.max_len) == (2, 2e-3, 0.0, 1000)
