@@ -87,6 +87,13 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
     a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
     a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
+    a("--layers", "--num-layers", dest="num_layers", type=_positive_int, default=None,
+      help=f"stacked recurrent layers, each feeding its whole sequence to the next [{d.num_layers}]")
+    a("--bidirectional", action="store_true", default=None,
+      help="a second, backward direction in every recurrent layer; the head sees both final states, as Keras' "
+           "Bidirectional(merge_mode='concat') [off]")
+    a("--layer-dropout", type=_fraction, default=None,
+      help=f"training only: dropout between stacked recurrent layers (needs --layers 2 or more) [{d.layer_dropout}]")
     a("--num-classes", type=_positive_int, default=None,
       help="output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
            f"[{d.num_classes}]")

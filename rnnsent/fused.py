@@ -149,46 +149,99 @@ def status() -> str:
             "ninja, `pip install ninja`)")
 
 
-class _Sequence(torch.autograd.Function):
-    """last_state = sequence(x_proj, W_hh, b_hh, lengths); x_proj is the input projection, [T, B, G*H]."""
-
-    @staticmethod
-    def forward(ctx, cell_id: int, x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
-                save: bool):
-        last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell_id, x, w_hh, b_hh, lengths, save)
-        ctx.cell_id = cell_id
-        if save:
-            ctx.save_for_backward(w_hh, lengths, hs, act, extra)
-        return last
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # a second derivative raises instead of coming out wrong
-    def backward(ctx, grad_last: torch.Tensor):
-        w_hh, lengths, hs, act, extra = ctx.saved_tensors
-        dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(ctx.cell_id, grad_last, w_hh, lengths, hs, act, extra)
-        return None, dx, dw, db, None, None
+# The kernel as a PyTorch operator (torch.library), so that PyTorch's tools see one op with a known autograd
+# formula and known output shapes instead of an opaque Python call: torch.compile traces around it (the fake
+# implementations give it shapes), torch.func.grad differentiates it, and a second derivative stops with a
+# message instead of coming out wrong. The C++ functions are called only when a real tensor reaches the op.
 
 
-def _last_state(cell, x_proj, w_hh, b_hh, lengths):
-    # Keep every step for backward only when a gradient will be asked for (grad mode is off inside forward).
+def _gates(cell: int) -> int:
+    return (4, 3, 1)[cell]
+
+
+@torch.library.custom_op("rnnsent::recurrent_forward", mutates_args=())
+def _forward_op(cell: int, x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
+                save: bool, full: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(last [B, H], seq [T, B, H] if full else [0, B, H], and what backward needs if save: hs, act, extra)."""
+    last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell, x, w_hh, b_hh, lengths, save, full)
+    seq = hs[1:].clone() if full else x.new_empty(0, x.size(1), w_hh.size(1))  # an op's outputs never alias
+    if not save:
+        hs, act, extra = (x.new_empty(0) for _ in range(3))
+    return last, seq, hs, act, extra
+
+
+@_forward_op.register_fake
+def _forward_fake(cell, x, w_hh, b_hh, lengths, save, full):
+    T, B, H = x.size(0), x.size(1), w_hh.size(1)
+    seq = x.new_empty(T if full else 0, B, H)
+    if not save:
+        return x.new_empty(B, H), seq, x.new_empty(0), x.new_empty(0), x.new_empty(0)
+    act = x.new_empty(T, B, _gates(cell) * H) if cell != 2 else x.new_empty(0)
+    extra = x.new_empty(T + 1 if cell == 0 else T, B, H) if cell != 2 else x.new_empty(0)
+    return x.new_empty(B, H), seq, x.new_empty(T + 1, B, H), act, extra
+
+
+@torch.library.custom_op("rnnsent::recurrent_backward", mutates_args=())
+def _backward_op(cell: int, grad_last: torch.Tensor, grad_seq: torch.Tensor, w_hh: torch.Tensor, lengths: torch.Tensor,
+                 hs: torch.Tensor, act: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra)
+    return dx, dw, db
+
+
+@_backward_op.register_fake
+def _backward_fake(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra):
+    T, B, H = hs.size(0) - 1, hs.size(1), hs.size(2)
+    return hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0))
+
+
+SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only (once differentiable); for second "
+                     "derivatives (create_graph=True, double backward, torch.func.hessian) build the model with "
+                     "impl=\"torch\"")
+
+
+def _setup_forward(ctx, inputs, output):
+    cell, _, w_hh, _, lengths, save, _ = inputs
+    _, _, hs, act, extra = output
+    ctx.cell, ctx.saved = cell, save
+    ctx.save_for_backward(w_hh, lengths, hs, act, extra)
+
+
+def _backward(ctx, grad_last, grad_seq, *_):
+    if not ctx.saved:  # forward decided no gradient would be asked for (see _run)
+        raise RuntimeError("rnnsent's fused kernel ran without keeping its steps for backward; call the model with "
+                           "gradients enabled, or build it with impl=\"torch\"")
+    w_hh, lengths, hs, act, extra = ctx.saved_tensors
+    B, H = hs.size(1), hs.size(2)
+    grad_last = grad_last if grad_last is not None else hs.new_zeros(B, H)
+    grad_seq = grad_seq if grad_seq is not None else hs.new_empty(0)
+    dx, dw, db = _backward_op(ctx.cell, grad_last.contiguous(), grad_seq.contiguous(), w_hh, lengths, hs, act, extra)
+    return None, dx, dw, db, None, None, None
+
+
+def _refuse_second_derivative(ctx, *grads):
+    raise RuntimeError(SECOND_DERIVATIVE)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_forward)
+_backward_op.register_autograd(_refuse_second_derivative, setup_context=lambda ctx, inputs, output: None)
+
+
+def run(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
+        full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One direction of one recurrent layer from time-major input projections x_proj = x @ W_ih^T + b_ih,
+    [T, B, G*H], and lengths [B] in [1, T]: the state after each row's last real step, [B, H], and with
+    `full` every step's state, [T, B, H] (past a row's length: computed, but outside the output)."""
+    # Keep every step for backward only when a gradient will be asked for.
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, w_hh, b_hh))
-    return _Sequence.apply(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
-                           lengths.to(device="cpu", dtype=torch.long).contiguous(), save)
-
-
-# Under torch.compile the C++ call stays opaque: it runs as it is, between compiled graphs.
-# torch._disable_dynamo is torch.compiler.disable applied on first call; decorating with the latter
-# would import torch._dynamo (about a second) with rnnsent, for everyone, compiling or not.
-_opaque_last_state = torch._disable_dynamo(_last_state)
+    last, seq, *_ = _forward_op(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+                                lengths.to(device="cpu", dtype=torch.long).contiguous(), save, full)
+    return last, (seq if full else None)
 
 
 def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                lengths: torch.Tensor) -> torch.Tensor:
-    """The recurrent layer's state after each sequence's last real step, [B, H], from time-major input
-    projections x_proj = x @ W_ih^T + b_ih of shape [T, B, G*H] and lengths [B] in [1, T]."""
-    if torch.compiler.is_compiling():  # True only while dynamo traces; eager calls never load it
-        return _opaque_last_state(cell, x_proj, w_hh, b_hh, lengths)
-    return _last_state(cell, x_proj, w_hh, b_hh, lengths)
+    """The recurrent layer's state after each sequence's last real step, [B, H] (see run)."""
+    return run(cell, x_proj, w_hh, b_hh, lengths)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
