@@ -105,9 +105,15 @@ def _build(name: str, cflags: list[str]) -> None:
 
 def available() -> bool:
     """Build (once per machine) and load the kernel; False, with the reason in status(), where that fails."""
-    global _loaded, _error
     if _loaded is not None:
         return _loaded
+    if torch.compiler.is_compiling():  # first use inside torch.compile: load it outside the traced code
+        return torch._disable_dynamo(_load)()
+    return _load()
+
+
+def _load() -> bool:
+    global _loaded, _error
     with _lock:
         if _loaded is not None:
             return _loaded
@@ -130,6 +136,7 @@ def available() -> bool:
             except Exception:  # a compiler without -march=native or OpenMP (Apple's clang): portable, serial build
                 _build(name + "_portable", flags)
             torch.ops.rnnsent_cpu.sequence_forward  # noqa: B018 (raises if the library did not register)
+            _register_fakes()
             _loaded = True
         except Exception as e:  # no compiler, no ninja, read-only cache...: fall back, remember why
             lines = str(e).strip().splitlines()
@@ -149,49 +156,33 @@ def status() -> str:
             "ninja, `pip install ninja`)")
 
 
-# The kernel as a PyTorch operator (torch.library), so that PyTorch's tools see one op with a known autograd
-# formula and known output shapes instead of an opaque Python call: torch.compile traces around it (the fake
-# implementations give it shapes), torch.func.grad differentiates it, and a second derivative stops with a
-# message instead of coming out wrong. The C++ functions are called only when a real tensor reaches the op.
+# The kernel as PyTorch operators: the C++ file defines rnnsent_cpu::sequence_forward and ::sequence_backward
+# (TORCH_LIBRARY), _register_fakes gives them fake implementations (output shapes without running them), and
+# _Recurrent is their autograd formula. So PyTorch's tools see ops with known shapes and derivatives instead of
+# an opaque Python call: torch.compile traces around them, torch.func.grad differentiates them, and a second
+# derivative stops with a message instead of coming out wrong.
 
 
 def _gates(cell: int) -> int:
     return (4, 3, 1)[cell]
 
 
-@torch.library.custom_op("rnnsent::recurrent_forward", mutates_args=())
-def _forward_op(cell: int, x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
-                save: bool, full: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(last [B, H], seq [T, B, H] if full else [0, B, H], and what backward needs if save: hs, act, extra)."""
-    last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell, x, w_hh, b_hh, lengths, save, full)
-    seq = hs[1:].clone() if full else x.new_empty(0, x.size(1), w_hh.size(1))  # an op's outputs never alias
-    if not save:
-        hs, act, extra = (x.new_empty(0) for _ in range(3))
-    return last, seq, hs, act, extra
+def _register_fakes() -> None:
+    """Fake (meta) implementations of the two C++ ops, once they are loaded."""
 
+    @torch.library.register_fake("rnnsent_cpu::sequence_forward")
+    def _forward_fake(cell, x, w_hh, b_hh, lengths, save, full):
+        T, B, H = x.size(0), x.size(1), w_hh.size(1)
+        hs = x.new_empty(T + 1 if save or full else 2, B, H)
+        steps = T if save else 1
+        act = x.new_empty(steps, B, _gates(cell) * H) if cell != 2 else x.new_empty(0)
+        extra = x.new_empty(0) if cell == 2 else x.new_empty((T + 1 if save else 2) if cell == 0 else steps, B, H)
+        return [x.new_empty(B, H), hs, act, extra]
 
-@_forward_op.register_fake
-def _forward_fake(cell, x, w_hh, b_hh, lengths, save, full):
-    T, B, H = x.size(0), x.size(1), w_hh.size(1)
-    seq = x.new_empty(T if full else 0, B, H)
-    if not save:
-        return x.new_empty(B, H), seq, x.new_empty(0), x.new_empty(0), x.new_empty(0)
-    act = x.new_empty(T, B, _gates(cell) * H) if cell != 2 else x.new_empty(0)
-    extra = x.new_empty(T + 1 if cell == 0 else T, B, H) if cell != 2 else x.new_empty(0)
-    return x.new_empty(B, H), seq, x.new_empty(T + 1, B, H), act, extra
-
-
-@torch.library.custom_op("rnnsent::recurrent_backward", mutates_args=())
-def _backward_op(cell: int, grad_last: torch.Tensor, grad_seq: torch.Tensor, w_hh: torch.Tensor, lengths: torch.Tensor,
-                 hs: torch.Tensor, act: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra)
-    return dx, dw, db
-
-
-@_backward_op.register_fake
-def _backward_fake(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra):
-    T, B, H = hs.size(0) - 1, hs.size(1), hs.size(2)
-    return hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0))
+    @torch.library.register_fake("rnnsent_cpu::sequence_backward")
+    def _backward_fake(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra):
+        T, B, H = hs.size(0) - 1, hs.size(1), hs.size(2)
+        return [hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0))]
 
 
 SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only (once differentiable); for second "
@@ -199,31 +190,38 @@ SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only (onc
                      "impl=\"torch\"")
 
 
-def _setup_forward(ctx, inputs, output):
-    cell, _, w_hh, _, lengths, save, _ = inputs
-    _, _, hs, act, extra = output
-    ctx.cell, ctx.saved = cell, save
-    ctx.save_for_backward(w_hh, lengths, hs, act, extra)
+class _Recurrent(torch.autograd.Function):
+    """(last [B, H], every state [T+1, B, H] or scratch) = the kernel on (x_proj, W_hh, b_hh, lengths).
+    setup_context (not ctx in forward) lets torch.func transforms use it."""
 
+    @staticmethod
+    def forward(cell, x, w_hh, b_hh, lengths, save, full):
+        last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell, x, w_hh, b_hh, lengths, save, full)
+        return last, hs, act, extra
 
-def _backward(ctx, grad_last, grad_seq, *_):
-    if not ctx.saved:  # forward decided no gradient would be asked for (see _run)
-        raise RuntimeError("rnnsent's fused kernel ran without keeping its steps for backward; call the model with "
-                           "gradients enabled, or build it with impl=\"torch\"")
-    w_hh, lengths, hs, act, extra = ctx.saved_tensors
-    B, H = hs.size(1), hs.size(2)
-    grad_last = grad_last if grad_last is not None else hs.new_zeros(B, H)
-    grad_seq = grad_seq if grad_seq is not None else hs.new_empty(0)
-    dx, dw, db = _backward_op(ctx.cell, grad_last.contiguous(), grad_seq.contiguous(), w_hh, lengths, hs, act, extra)
-    return None, dx, dw, db, None, None, None
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cell, _, w_hh, _, lengths, save, _ = inputs
+        _, hs, act, extra = output
+        ctx.cell, ctx.saved = cell, save
+        ctx.mark_non_differentiable(act, extra)
+        if save:
+            ctx.save_for_backward(w_hh, lengths, hs, act, extra)
 
-
-def _refuse_second_derivative(ctx, *grads):
-    raise RuntimeError(SECOND_DERIVATIVE)
-
-
-_forward_op.register_autograd(_backward, setup_context=_setup_forward)
-_backward_op.register_autograd(_refuse_second_derivative, setup_context=lambda ctx, inputs, output: None)
+    @staticmethod
+    def backward(ctx, grad_last, grad_hs, *_):
+        if not ctx.saved:  # forward was told no gradient would be asked for (see run)
+            raise RuntimeError("rnnsent's fused kernel ran without keeping its steps for backward; call the model "
+                               "with gradients enabled, or build it with impl=\"torch\"")
+        w_hh, lengths, hs, act, extra = ctx.saved_tensors
+        if torch.is_grad_enabled() and not torch._C._functorch.is_functorch_wrapped_tensor(hs):
+            raise RuntimeError(SECOND_DERIVATIVE)  # create_graph=True: the C++ backward has no derivative itself
+        B, H = hs.size(1), hs.size(2)
+        grad_last = grad_last if grad_last is not None else hs.new_zeros(B, H)
+        grad_seq = grad_hs[1:] if grad_hs is not None else hs.new_empty(0)  # hs[0] is the zero initial state
+        dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(ctx.cell, grad_last.contiguous(), grad_seq.contiguous(),
+                                                            w_hh, lengths, hs, act, extra)
+        return None, dx, dw, db, None, None, None
 
 
 def run(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
@@ -233,9 +231,9 @@ def run(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
     `full` every step's state, [T, B, H] (past a row's length: computed, but outside the output)."""
     # Keep every step for backward only when a gradient will be asked for.
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, w_hh, b_hh))
-    last, seq, *_ = _forward_op(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
-                                lengths.to(device="cpu", dtype=torch.long).contiguous(), save, full)
-    return last, (seq if full else None)
+    last, hs, *_ = _Recurrent.apply(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+                                    lengths.to(device="cpu", dtype=torch.long).contiguous(), save, full)
+    return last, (hs[1:] if full else None)
 
 
 def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,

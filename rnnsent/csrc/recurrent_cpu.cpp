@@ -400,11 +400,16 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
 
 }  // namespace
 
+// The schemas here, the CPU implementations below; rnnsent/fused.py adds the fake (meta) implementations
+// and the autograd formula, so that torch.compile and torch.func see an operator like PyTorch's own.
 TORCH_LIBRARY(rnnsent_cpu, m) {
   m.def("sequence_forward(int cell, Tensor x, Tensor w_hh, Tensor b_hh, Tensor lengths, bool save, bool full) "
-        "-> Tensor[]",
-        sequence_forward);
+        "-> Tensor[]");
   m.def("sequence_backward(int cell, Tensor grad_last, Tensor grad_seq, Tensor w_hh, Tensor lengths, Tensor hs, "
-        "Tensor act, Tensor extra) -> Tensor[]",
-        sequence_backward);
+        "Tensor act, Tensor extra) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(rnnsent_cpu, CPU, m) {
+  m.impl("sequence_forward", sequence_forward);
+  m.impl("sequence_backward", sequence_backward);
 }
