@@ -12,7 +12,9 @@ TensorFlow. Three layouts exist in the wild and all are read:
 The accepted architecture is rnnsent's: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid), or
 Dense(K, softmax) with K > 2 for K classes (Dense(2, softmax) is refused: rnnsent's two-class head is one logit),
 with an optional Dropout after the Embedding and after the recurrent layer (they become
-`embed_dropout` and `output_dropout`). Anything else is refused with a KerasFormatError that names
+`embed_dropout` and `output_dropout`). The recurrent layer may be stacked (each but the last with
+return_sequences=True, Dropout between them becoming `layer_dropout`) and wrapped in Bidirectional
+(merge_mode="concat"; its weights are the forward layer's, then the backward layer's). Anything else is refused with a KerasFormatError that names
 the difference. The recurrent layer's own `dropout` / `recurrent_dropout` only act in training and
 rnnsent has no per-gate dropout, so they are not carried over; predictions are unaffected.
 

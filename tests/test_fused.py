@@ -533,8 +533,8 @@ def test_a_user_swapped_recurrent_layer_is_never_run_wrong(swapped):
         if not model.rnn.batch_first:  # a time-major layer fed batch-major input: whatever PyTorch's layer does
             want = model.rnn(x)[0][:, -1]
         torch.testing.assert_close(model.features(tokens), want, rtol=0, atol=1e-6)
-    if type(model.rnn) is not torch.nn.GRU or model.rnn.bidirectional or not model.rnn.batch_first:
-        assert not recurrent.uses_fused("auto", tokens, torch.float32, model.rnn, model.cell) or model.rnn.bidirectional
+    served = type(model.rnn) is torch.nn.GRU and model.rnn.batch_first  # the kernel reads any such GRU's own shape
+    assert recurrent.uses_fused("auto", tokens, torch.float32, model.rnn, model.cell) == served
 
 
 def test_load_checkpoint_takes_impl(tmp_path):
