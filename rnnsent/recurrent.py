@@ -130,14 +130,34 @@ def encode(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.Drop
     layer's outputs, (B, T, H * directions), zeros past each row's length. Without lengths the input is
     pre-padded: both directions run over every column, as Keras' unmasked layers do. With lengths it is
     right-padded: the backward direction starts at each row's last real token (packed-sequence semantics)."""
-    if lengths is not None:
-        lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, tokens.size(1))
     if uses_fused(impl, tokens, embedding.weight.dtype, rnn, cell):
-        last, seq = _fused(cell, rnn, embedding, dropout, tokens, lengths, sequence)
+        hooked = bool(embedding._forward_hooks or embedding._forward_pre_hooks)
+        if (dropout.p == 0 or not dropout.training) and embedding.num_embeddings <= tokens.numel() and not hooked:
+            return _run(cell, rnn, None, lengths, sequence, tokens=tokens, embedding=embedding)
+        # Dropout in the (B, T, E) layout of the stock path, so that a seed gives the same masks in both.
+        return _run(cell, rnn, dropout(embedding(tokens)), lengths, sequence, fused_path=True)
+    return _run(cell, rnn, dropout(embedding(tokens)), lengths, sequence, fused_path=False)
+
+
+def encode_embedded(cell: str, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None, impl: str = "auto",
+                    sequence: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """encode() from embedded tokens x (B, T, E), the embedding's output after dropout: the same layer on the
+    same path (fused kernel or PyTorch's), for gradients with respect to the embedded words (rnnsent.explain)."""
+    return _run(cell, rnn, x, lengths, sequence, fused_path=uses_fused(impl, x, x.dtype, rnn, cell))
+
+
+def _run(cell, rnn, x, lengths, sequence, fused_path=True, tokens=None, embedding=None):
+    """encode()'s work on embedded input x (B, T, E), or (x None) on tokens through the vocabulary table."""
+    steps = (tokens if x is None else x).size(1)
+    if lengths is not None:
+        lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, steps)
+    if fused_path:
+        inputs = None if x is None else x.transpose(0, 1)  # (T, B, E)
+        last, seq = _fused(cell, rnn, inputs, tokens, embedding, lengths, steps, sequence)
     else:
-        last, seq = _stock(rnn, dropout(embedding(tokens)), lengths)
+        last, seq = _stock(rnn, x, lengths)
     if sequence and lengths is not None:
-        keep = torch.arange(tokens.size(1)).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        keep = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         seq = seq * keep.unsqueeze(-1).to(device=seq.device, dtype=seq.dtype)
     return last, (seq if sequence else None)
 
@@ -146,6 +166,12 @@ def last_state(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.
                lengths: torch.Tensor | None, impl: str = "auto") -> torch.Tensor:
     """The final states the head sees, (B, H * directions) (see encode)."""
     return encode(cell, rnn, embedding, dropout, tokens, lengths, impl)[0]
+
+
+def embedded_last_state(cell: str, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None,
+                        impl: str = "auto") -> torch.Tensor:
+    """last_state() from embedded tokens x (B, T, E) after dropout (see encode_embedded)."""
+    return encode_embedded(cell, rnn, x, lengths, impl)[0]
 
 
 def _stock(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,11 +204,12 @@ def _reversal(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.where(t < n, n - 1 - t, t)  # (T, B), its own inverse
 
 
-def _fused(cell, rnn, embedding, dropout, tokens, lengths, sequence) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _fused(cell, rnn, inputs, tokens, embedding, lengths, steps, sequence) -> tuple[torch.Tensor, torch.Tensor | None]:
     """encode() through the fused CPU kernel: one call per layer and direction, time-major inside. The reverse
-    direction is the kernel run forward over each row's real steps reversed, its outputs put back in order."""
-    steps = tokens.size(1)
-    full_lengths = lengths if lengths is not None else torch.full((tokens.size(0),), steps, dtype=torch.long)
+    direction is the kernel run forward over each row's real steps reversed, its outputs put back in order.
+    inputs: layer 0's input (T, B, E), or None to project the vocabulary table and gather its rows."""
+    batch = (tokens if inputs is None else inputs.transpose(0, 1)).size(0)
+    full_lengths = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.long)
     rev = _reversal(full_lengths, steps)  # (T, B)
     suffixes = weight_suffixes(rnn)
     dirs = 2 if rnn.bidirectional else 1
@@ -190,11 +217,6 @@ def _fused(cell, rnn, embedding, dropout, tokens, lengths, sequence) -> tuple[to
     def flip(x):  # (T, B, ...) reversed per row
         return x.gather(0, rev.view(steps, -1, *([1] * (x.dim() - 2))).expand_as(x))
 
-    hooked = bool(embedding._forward_hooks or embedding._forward_pre_hooks)
-    inputs = None  # the layer's input, (T, B, F); None for layer 0 through the vocabulary table
-    if not ((dropout.p == 0 or not dropout.training) and embedding.num_embeddings <= tokens.numel() and not hooked):
-        # Dropout in the (B, T, E) layout of the stock path, so that a seed gives the same masks in both.
-        inputs = dropout(embedding(tokens)).transpose(0, 1)  # (T, B, E)
     for layer in range(rnn.num_layers):
         lastly = layer == rnn.num_layers - 1
         finals, outputs = [], []
