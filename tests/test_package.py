@@ -98,7 +98,7 @@ def test_predict_with_a_released_model_by_name_from_another_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()
     assert json.loads(line)["label"] == "positive"
-    assert f"the released gru model, {ROOT / 'rnnsent' / 'released' / 'gru.pt'}" in proc.stderr
+    assert f"the released gru model, {ROOT / 'checkpoints' / 'gru.pt'}" in proc.stderr
 
 
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
