@@ -1,4 +1,4 @@
-"""Command lines for train / evaluate / predict. scripts/*.py and the `rnnsent` command call these; all work
+"""Command lines for train / evaluate / predict / explain. scripts/*.py and the `rnnsent` command call these; all work
 happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
@@ -338,6 +338,65 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
             shown = shown[:70] + "..." if len(shown) > 73 else shown
             print(f"{pr.probability:.4f}  {pr.label:<8}  {shown}" + (f"  [{pr.note}]" if pr.note else ""))
     return 0
+
+
+def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int:
+    p = _Parser(prog=prog, description="Which words made the model decide: word attributions (integrated gradients over "
+                                       "the embedded words, through Captum: pip install 'rnnsent[explain]'), in the "
+                                       "terminal, as JSON lines or as one HTML page. See docs/explain.md.")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
+    p.add_argument("texts", nargs="*", help="review texts")
+    p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
+    p.add_argument("--target", default=None,
+                   help="the class to attribute toward, by name [the second class for two (positive for IMDB), "
+                        "else the predicted one]")
+    p.add_argument("--method", choices=("ig", "occlusion"), default="ig",
+                   help="ig: integrated gradients; occlusion: each word replaced by the baseline in turn, to check [ig]")
+    p.add_argument("--steps", type=_two_or_more, default=50, help="integration steps of integrated gradients [50]")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per batched forward/backward pass [8]")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
+    p.add_argument("--json", action="store_true", help="print JSON lines: predict --json's keys and the attributions")
+    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with every text highlighted")
+    args = p.parse_args(argv)
+    _show_log()
+    try:
+        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.explain import explain, format_text, to_html, use_colour
+        from rnnsent.runtime import resolve_device
+
+        texts = list(args.texts)
+        if args.file:
+            texts += _read_lines(args.file)
+        if not texts:
+            raise ValueError("no review given: pass texts as arguments or --file reviews.txt")
+        loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+        explanations = explain(loaded, texts, target=args.target, method=args.method, steps=args.steps,
+                               batch_size=args.batch_size)
+        if args.html:
+            try:
+                Path(args.html).write_text(to_html(explanations, f"rnnsent explain --checkpoint {args.checkpoint}"),
+                                           encoding="utf-8")
+            except OSError as e:
+                raise OSError(f"--html {args.html}: {e.strerror or e}") from None
+    except (ImportError, *_user_errors()) as e:
+        return _fail(str(e))
+    if args.html:
+        print(f"wrote {args.html}: {len(explanations)} text(s)", file=sys.stderr)
+    colour = use_colour(sys.stdout)
+    for e in explanations:
+        if args.json:
+            print(json.dumps(e.to_json()))
+        elif not args.html:
+            print(format_text(e, colour))
+    return 0
+
+
+def _two_or_more(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
 
 
 def _read_lines(path: str) -> list[str]:
