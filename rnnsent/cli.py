@@ -146,6 +146,9 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
     a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
+    a("--tensorboard", "--log-dir", dest="tensorboard", default=None, metavar="DIR",
+      help="also write TensorBoard curves (loss, accuracy, lr, gradient norm, samples/s per step and epoch) and the "
+           "settings into DIR; needs pip install 'rnnsent[tensorboard]' [off]")
     a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
       help="continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
@@ -229,7 +232,7 @@ def _run(args: argparse.Namespace, pretraining: bool) -> int:
         return _fail(str(e), e.exit_code)
     except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
-    except _user_errors() as e:
+    except (ImportError, *_user_errors()) as e:  # ImportError: an optional extra (--tensorboard) is missing
         return _fail(str(e))
     if config.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(report))
