@@ -81,7 +81,7 @@ def test_the_command_has_exactly_the_scripts_flags(command):
 def test_unknown_command_is_one_line():
     proc = python("-m", "rnnsent", "fit")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict (see rnnsent --help)"]
+        "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict, explain (see rnnsent --help)"]
     proc = python("-m", "rnnsent")
     assert proc.returncode == 2 and "usage: rnnsent" in proc.stderr
 

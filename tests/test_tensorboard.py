@@ -93,3 +93,13 @@ def test_the_flag_and_a_missing_tensorboard(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: --tensorboard needs TensorBoard: pip install 'rnnsent[tensorboard]'"
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_pretraining_writes_its_curves_too(tmp_path):
+    from rnnsent.pretrain import pretrain
+    from test_pretrain import tiny as tiny_lm
+
+    pretrain(tiny_lm(tmp_path, epochs=1, log_every=1, tensorboard=str(tmp_path / "tb")))
+    scalars = set(read_events(tmp_path / "tb").Tags()["scalars"])
+    assert {"train/loss", "train/grad_norm", "epoch/val_loss", "epoch/train_loss"} <= scalars
+    assert "train/accuracy" not in scalars  # a language model has none
