@@ -253,7 +253,8 @@ def _attribute(attr, model, split, idx, groups, targets, method, steps, device) 
 
 # -- showing explanations ------------------------------------------------------------------------------------
 def _header(e: Explanation) -> str:
-    line = f"{e.probability:.4f}  {e.label}  (attributions toward {e.target}, {e.method}; completeness gap {e.delta:+.4f})"
+    gap = f"{e.delta:+.4f}".replace("-0.0000", "+0.0000")  # a gap of -1e-7 reads as none
+    line = f"{e.probability:.4f}  {e.label}  (attributions toward {e.target}, {e.method}; completeness gap {gap})"
     notes = ([e.note] if e.note else []) + ([f"{e.cut} words in front not read: beyond max_len"] if e.cut else [])
     return line + "".join(f"  [{n}]" for n in notes)
 

@@ -10,7 +10,7 @@ the 500-word review is the first test review of at least 500 words, cut to its f
 median of --repeats runs after one untimed warm-up. Quality: 100 test reviews (50 of each label, drawn with seed
 0); the gap is |sum of attributions - (score - baseline score)| in log-odds, also relative to |score - baseline
 score|; agreement is the share of each review's --top words by |IG| whose occlusion value has the same sign.
-Run benchmarks under `flock /tmp/bench.lock` on a shared machine.
+On a shared machine, run one benchmark at a time.
 """
 from __future__ import annotations
 

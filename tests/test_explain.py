@@ -271,3 +271,16 @@ def test_cuda_gives_the_cpu_attributions(cell):
     for a, b in zip(cpu, gpu):
         assert b.token_attributions == pytest.approx(a.token_attributions, abs=1e-4)
         assert b.probability == pytest.approx(a.probability, abs=1e-5)
+
+
+def test_a_large_completeness_gap_warns(caplog):
+    loaded = loaded_model("rnn", scale=20.0)
+    texts = sample_texts()
+    with caplog.at_level("WARNING", logger="rnnsent.explain"):
+        coarse = explain(loaded, texts, steps=2)
+    assert any(e.gap_is_large for e in coarse)
+    assert "integrated gradients miss completeness by more than 5%" in caplog.text and "more --steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rnnsent.explain"):
+        fine = explain(loaded, texts, steps=300)
+    assert not any(e.gap_is_large for e in fine) and not caplog.text
