@@ -151,7 +151,7 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
                for p in predictions]
 
     # What each text's model read: its tokens' words (1, 2, ... over the words kept; 0 for the start token).
-    reads = [_read_part(words, owner, len(ids[i]), int(split.lengths[i])) for i, (words, _, owner) in enumerate(aligned)]
+    reads = [_read_part(owner, len(ids[i]), int(split.lengths[i])) for i, (_, _, owner) in enumerate(aligned)]
     was_training = model.training
     model.eval()
     rows = [None] * len(texts)  # (token attributions, score, baseline score, delta) per text
@@ -192,7 +192,7 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
     return out
 
 
-def _read_part(words: list[str], owner: list[int], n_tokens: int, n_read: int) -> tuple[int, list[int]]:
+def _read_part(owner: list[int], n_tokens: int, n_read: int) -> tuple[int, list[int]]:
     """(words cut off in front, the word number 1, 2, ... among the words kept of each token read, 0 for the start
     token). The model reads the last n_read ids of [start] + tokens (Keras' truncating="pre")."""
     first = n_tokens + 1 - n_read  # index into [start] + tokens of the first id read
