@@ -22,6 +22,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
 
 import rnnsent  # noqa: E402,F401 (before torch: its OpenMP settings)
 import torch  # noqa: E402
+from bench_report import machine_info  # noqa: E402
 from keras_worker import keras_backend, run_keras  # noqa: E402
 from rnnsent.config import KERAS_CELL_NAMES  # noqa: E402
 from rnnsent.data import prepare_imdb  # noqa: E402
@@ -98,8 +99,10 @@ def main(argv=None) -> int:
         stock = next(r for r in rows if r["model"] == row["model"] and r["system"] == "rnnsent stock")
         print(f"{row['model']:<28}{row['system']:<34}{row['samples_per_second']:>10.1f}"
               f"{row['samples_per_second'] / stock['samples_per_second']:>9.2f}x")
+    machine = dict(machine_info("cpu"), threads=args.threads)
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s), torch {machine['torch']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "machine": machine}, indent=2) + "\n")
     return 0
 
 

@@ -74,7 +74,9 @@ def test_bench_models_smoke_reports_fused_and_stock_for_both_models(tmp_path):
                            "--max-len", "30", "--batch-size", "4", "--warmup", "1", "--no-keras", "--json", str(out)],
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {(r["model"], r["system"]): r for r in json.loads(out.read_text())}
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["system"]): r for r in result["rows"]}
+    assert result["machine"]["cores"] >= 1 and "machine:" in proc.stdout
     assert rows[("keras-example-bilstm", "rnnsent fused")]["parameters"] == 2_757_761
     for model in ("keras-example-bilstm", "gru-2layer-bidirectional"):
         for system in ("rnnsent fused", "rnnsent stock"):
