@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from rnnsent import objective
-from rnnsent.data.text import (_LINE_BREAK, _TOKEN, _TOKEN_V2, OOV_ID, PAD_ID, SCRIPT_TOKENIZER_NAME, START_ID,
-                               Vocab)
+# The tokenizer's own patterns, written into the tokenizer file: one definition of the token rules.
+from rnnsent.data.text import _LINE_BREAK, _TOKEN, _TOKEN_V2, OOV_ID, PAD_ID, SCRIPT_TOKENIZER_NAME, START_ID, Vocab
 from rnnsent.envelope import first_line
 from rnnsent.evaluate import class_names, predict_with
 from rnnsent.files import atomic_write, read_bounded
@@ -164,7 +164,7 @@ def export(loaded, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLi
                               output_names=list(OUTPUTS), dynamic_axes={
                                   "tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
                                   "logits": {0: "batch"}, "probabilities": {0: "batch"}})
-    except Exception as e:  # the exporter raises many types for an operator it cannot express
+    except Exception as e:  # noqa: BLE001 (the exporter raises many types for an operator it cannot express)
         raise ExportError(f"this model cannot be exported to ONNX: {first_line(e)}") from None
     checked = verify(graph, buffer.getvalue(), ort, spec["max_len"], spec["padding"], tolerance, seed)
     written = []
@@ -176,7 +176,7 @@ def export(loaded, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLi
     except OSError as e:
         for path in written:  # a model without its tokenizer is no use to anyone
             path.unlink(missing_ok=True)
-        raise ExportError(f"could not write {e.filename or path}: {e.strerror or e}") from None
+        raise ExportError(f"could not write {path}: {e.strerror or e}") from None
     return {"onnx": str(onnx_path), "tokenizer": str(tokenizer_path), **checked}
 
 
@@ -200,7 +200,7 @@ def verify(graph: Graph, onnx_bytes: bytes, ort, max_len: int, padding: str, tol
     unless every output agrees within `tolerance`. Returns the worst difference and what was run."""
     try:
         session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (onnxruntime's own error types)
         raise ExportError(f"onnxruntime cannot load the exported graph: {first_line(e)}") from None
     worst, n = 0.0, 0
     graph.eval()
@@ -210,7 +210,7 @@ def verify(graph: Graph, onnx_bytes: bytes, ort, max_len: int, padding: str, tol
             expected = [logits.numpy(), objective.probabilities(logits).numpy()]
         try:
             got = session.run(list(OUTPUTS), {"tokens": tokens.numpy(), "lengths": lengths.numpy()})
-        except Exception as e:  # e.g. a time axis frozen to the sample's length
+        except Exception as e:  # noqa: BLE001 (onnxruntime raises its own types; e.g. a time axis frozen to the sample)
             raise ExportError(f"the exported graph fails on tokens of shape {tuple(tokens.shape)} in onnxruntime "
                               f"(a frozen axis?): {first_line(e)}; nothing was written") from None
         for name, a, b in zip(OUTPUTS, expected, got):
@@ -241,7 +241,7 @@ class OnnxPredictor:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (onnxruntime's own error types)
             raise ExportError(f"onnxruntime cannot load {onnx_path}: {first_line(e)}") from None
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
