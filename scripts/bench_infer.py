@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="gru", help="a checkpoint or released model [gru]")
     p.add_argument("--reviews", type=int, default=5000, help="test reviews for batch 64 (a seeded sample) [5000]")
-    p.add_argument("--batch1-reviews", type=int, default=300, help="of those, reviews scored one at a time [300]")
+    p.add_argument("--batch1-reviews", type=int, default=1000, help="of those, reviews scored one at a time [1000]")
     p.add_argument("--threads", type=int, default=None, help="threads for PyTorch, onnxruntime and TensorFlow [all cores]")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each PyTorch/onnxruntime system; the best counts [3]")
     p.add_argument("--data", default=None, help="where the IMDB data is [the cache]")
