@@ -108,9 +108,17 @@ def predict(
     """The class of each raw text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start token
     alone, and its Prediction.note says so ("empty", "no known words").
 
-    `classes` names the model's classes in order (a checkpoint stores them); without, IMDB's negative/positive."""
+    `texts` is one text or any iterable of them (a list, a generator, map(...)). `classes` names the model's
+    classes in order (a checkpoint stores them); without, IMDB's negative/positive for two classes."""
     if isinstance(texts, (str, bytes, bytearray)):
         texts = [texts]
+    try:
+        texts = list(texts)  # once: an iterator checked item by item would be used up before it is read
+    except TypeError:
+        raise TypeError(f"predict takes review texts (a str, or an iterable of them), got {type(texts).__name__}") from None
+    k = model.num_classes
+    if classes is not None and len(classes) != k:
+        raise ValueError(f"classes names {len(classes)} classes but the model has {k}")
     for t in texts:
         if not isinstance(t, (str, bytes, bytearray)):  # bytes(5) would be five NUL bytes, scored as a review
             raise TypeError(f"predict takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
@@ -122,7 +130,6 @@ def predict(
     split = (encode_keras if encoding == "keras" else encode_fast)(ids, labels, max_len)
     was_training = model.training
     model.eval()
-    k = model.num_classes
     names = [str(c) for c in classes] if classes else list(IMDB_LABELS) if k == 2 else [str(c) for c in range(k)]
     probs = torch.empty(len(texts), len(names))  # (N, K)
     for start in range(0, len(texts), batch_size):

@@ -84,6 +84,8 @@ class SentimentRNN(nn.Module):
         self.fc.bias.zero_()
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is not None:
+            check_lengths(lengths, tokens)
         if self.training and self.word_dropout > 0:
             # Word dropout: in training, a word becomes "unknown" (id 2) with this probability, so the
             # model cannot lean on a few strong words. Padding (0) and the start token (1) stay.
@@ -113,6 +115,19 @@ class SentimentRNN(nn.Module):
         out += ["=" * 65, f"Total params: {total:,}", f"Trainable params: {total:,}",
                 "Non-trainable params: 0", line]
         return "\n".join(out)
+
+
+def check_lengths(lengths: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Every row's length in 1..width: a longer one would read past the row, a zero or negative one take the
+    state before any token, silently. Checked where it costs no wait for the device: on CPU, and outside
+    training on CUDA (the trainer's own batches come from Batcher, whose lengths are right by construction)."""
+    if lengths.device.type != "cpu" and torch.is_grad_enabled():
+        return
+    if lengths.shape != tokens.shape[:1]:
+        raise ValueError(f"lengths has shape {tuple(lengths.shape)} for a batch of {tokens.size(0)} rows")
+    if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > tokens.size(1)):
+        raise ValueError(f"lengths must be in 1..{tokens.size(1)} (the batch's width); got {int(lengths.min())} to "
+                         f"{int(lengths.max())}")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -85,6 +85,7 @@ class PretrainTrainer(Trainer):
     validation loss per word. Labels and the test split are not used."""
 
     reports_accuracy = False
+    kind = KIND
 
     def __init__(self, config: TrainConfig, data=None):
         fine_tuning_only = [f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)]
