@@ -64,6 +64,9 @@ def check_new_run(out: str | os.PathLike, resumed_from: str | None, overwrite: b
         raise RunFolderTaken(f"run folder {out} already holds another run ({what}), which resuming {resumed_from} into it "
                              "would overwrite; nothing was touched. Resume into the checkpoint's own folder (--out), "
                              "pass --overwrite to replace that run, or pass another --out")
+    if not set(names) & {"best.pt", "last.pt", "last.prev.pt", "metrics.jsonl"}:  # no run: files of the same names
+        raise RunFolderTaken(f"run folder {out} already holds {what}, which a run would write over; nothing was touched. "
+                             "Pass another --out, or --overwrite to replace them")
     raise RunFolderTaken(f"run folder {out} already holds a run ({what}); nothing was touched. Continue it with "
                          "--resume auto, replace it with --overwrite, or pass another --out")
 
@@ -137,6 +140,15 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text.splitlines()[0] if text else "holder unknown"
+
+
+def check_run_folder(config) -> None:
+    """check_new_run for a TrainConfig's --out, --resume and --overwrite, before anything is read: a run that
+    would be refused under the lock (Trainer.fit) is refused before its data is prepared."""
+    resume, _ = resume_path(config.resume, config.out)
+    if resume is not None and not Path(resume).is_file() and previous_path(resume).is_file():
+        resume = str(previous_path(resume))
+    check_new_run(config.out, resume, config.overwrite)
 
 
 def resume_path(resume: str | None, out: str | os.PathLike) -> tuple[str | None, str | None]:

@@ -35,7 +35,7 @@ from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
-from rnnsent.runfolder import RunLock, check_new_run, load_resume, resume_path
+from rnnsent.runfolder import RunLock, check_new_run, check_run_folder, load_resume, resume_path
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
 from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted  # noqa: F401 (re-exported)
 
@@ -95,8 +95,6 @@ class Trainer:
                     "resume from the run's last.pt"
                 )
 
-        if self.is_main:  # fail before the data is prepared; fit() checks again under the folder's lock
-            check_new_run(self.out, self.resumed_from, config.overwrite)
         torch.manual_seed(config.seed)
         self.data = data if data is not None else prepare_data(config, config.vocab_size)
         self.config = config = self._settings_of_data(config)
@@ -434,6 +432,7 @@ class Trainer:
 def train(config: TrainConfig, data=None) -> dict:
     """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
     agreed = False  # did every rank stop here together?
+    check_run_folder(config)  # before the data is prepared; fit() checks again under the folder's lock
     try:
         result = Trainer(config, data).fit()
         agreed = True

@@ -96,7 +96,7 @@ def test_1_out_dot_never_overwrites_the_users_own_config_json(finished, tmp_path
     before = snapshot(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert train_main([*TINY, "--out", ".", "--cache-dir", str(finished / "cache")]) == 2
-    assert "already holds a run (summary.txt, config.json)" in one_line(capsys)
+    assert "already holds summary.txt, config.json, which a run would write over" in one_line(capsys)
     assert snapshot(tmp_path) == before
 
 

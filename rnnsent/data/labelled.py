@@ -222,7 +222,7 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     if limit is not None:
         if limit < len(classes):
             raise DataFileError(f"{where}: --limit {limit} keeps fewer rows per split than the {len(classes)} classes; "
-                                f"give --limit {len(classes) * 10} or more (a few rows of each class), or leave it out")
+                                f"give a --limit of at least {len(classes)} (a row of each class), or leave it out")
         rows = {s: _stratified_take(r, y, limit, seed + LIMIT_SEED_OFFSET) for s, r in rows.items()}
 
     lengths = np.concatenate(acc.lengths)

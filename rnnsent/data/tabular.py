@@ -351,7 +351,7 @@ def _read_folders(root: Path) -> Iterator[Row]:
                                         "Convert it to UTF-8, e.g. iconv -f cp1252 -t utf-8") from None
                 yield Row(text, _label(name, str(f), missing=False), split, 0, str(f))
         if skipped:
-            log.info(f"{folder}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not regular, "
+            log.warning(f"{folder}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not regular, "
                      f"visible text files: {', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}")
 
 
