@@ -94,6 +94,24 @@ class Prediction:
         return None
 
 
+def as_texts(texts, what: str = "predict") -> list[str]:
+    """One text (str, or UTF-8 bytes) or an iterable of them, as a list of str; anything else is a TypeError."""
+    if isinstance(texts, (str, bytes, bytearray)):
+        texts = [texts]
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, (str, bytes, bytearray)):  # bytes(5) would be five NUL bytes, scored as a review
+            raise TypeError(f"{what} takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
+    return [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace") for t in texts]
+
+
+def class_names(num_classes: int, classes: list | None = None) -> list[str]:
+    """The names of a model's classes in output order: the stored ones, else IMDB's negative/positive, else 0..K-1."""
+    if classes:
+        return [str(c) for c in classes]
+    return list(IMDB_LABELS) if num_classes == 2 else [str(c) for c in range(num_classes)]
+
+
 @torch.no_grad()
 def predict(
     model: SentimentRNN,
@@ -110,19 +128,10 @@ def predict(
 
     `texts` is one text or any iterable of them (a list, a generator, map(...)). `classes` names the model's
     classes in order (a checkpoint stores them); without, IMDB's negative/positive for two classes."""
-    if isinstance(texts, (str, bytes, bytearray)):
-        texts = [texts]
-    try:
-        texts = list(texts)  # once: an iterator checked item by item would be used up before it is read
-    except TypeError:
-        raise TypeError(f"predict takes review texts (a str, or an iterable of them), got {type(texts).__name__}") from None
+    texts = as_texts(texts)
     k = model.num_classes
     if classes is not None and len(classes) != k:
         raise ValueError(f"classes names {len(classes)} classes but the model has {k}")
-    for t in texts:
-        if not isinstance(t, (str, bytes, bytearray)):  # bytes(5) would be five NUL bytes, scored as a review
-            raise TypeError(f"predict takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
-    texts = [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace") for t in texts]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     tokenize = tokenizer_for(vocab.tokenizer)
     ids = [vocab.encode(tokenize(t)) for t in texts]
@@ -130,7 +139,7 @@ def predict(
     split = (encode_keras if encoding == "keras" else encode_fast)(ids, labels, max_len)
     was_training = model.training
     model.eval()
-    names = [str(c) for c in classes] if classes else list(IMDB_LABELS) if k == 2 else [str(c) for c in range(k)]
+    names = class_names(k, classes)
     probs = torch.empty(len(texts), len(names))  # (N, K)
     for start in range(0, len(texts), batch_size):
         sl = slice(start, start + batch_size)
