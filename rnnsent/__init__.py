@@ -60,8 +60,10 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras", device=None, batch_size: int = 256):
-    """Sentiment (or your own classes) of raw texts, from a loaded checkpoint or from a model plus its vocabulary."""
+def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras", device=None, batch_size: int = 256,
+            classes=None):
+    """Sentiment (or your own classes) of raw texts (one, or any iterable of them), from a loaded checkpoint or from a
+    model plus its vocabulary; `classes` names an in-memory model's classes in order (a checkpoint has its own)."""
     from rnnsent.checkpoint import LoadedModel
     from rnnsent.evaluate import predict
 
@@ -69,4 +71,4 @@ def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras
         return predict(model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size, model.classes)
     if vocab is None:
         raise ValueError("predict() needs the vocabulary the model was trained with: pass vocab=, or a loaded checkpoint")
-    return predict(model, texts, vocab, max_len, encoding, device, batch_size)
+    return predict(model, texts, vocab, max_len, encoding, device, batch_size, classes)

@@ -10,6 +10,7 @@ never executed. The checksum catches a file that was truncated or corrupted afte
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -37,6 +38,45 @@ log = logging.getLogger(__name__)
 # without bound (max_len sizes every pre-padded row, vocab_size the embedding).
 MAX_LEN_LIMIT = 10_000_000
 VOCAB_LIMIT = 10_000_000
+
+
+def _check_declared_sizes(path, config: dict, weights) -> None:
+    """Bound every size the file declares by what it really stores, before a model is built from them.
+
+    Each weight must hold its own elements: a stride-0 (expanded) tensor of shape (10**6, 10**4) is stored in
+    4 bytes, passes a shape check, and would make the model allocate 40 GB. Then every whole number in
+    model_config (vocab_size, embed_dim, hidden_size, num_classes, and any size a later model adds, such as a
+    layer count) is at most the elements stored: each one is a dimension of some weight, or a count of them."""
+    if not isinstance(weights, dict):
+        return  # the shape check refuses it, naming what is there
+    stored = 0
+    for name, v in weights.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        held = v.untyped_storage().nbytes() - v.storage_offset() * v.element_size()
+        if v.numel() and (not v.is_contiguous() or held < v.numel() * v.element_size()):
+            raise CheckpointError(f"{path}: weight {name!r} of shape {tuple(v.shape)} does not store its own elements "
+                                  f"(strides {v.stride()}, {max(held, 0):,} bytes stored); refusing a forged checkpoint")
+        stored += v.numel()
+    for key, value in config.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value > max(stored, 1):
+            raise CheckpointError(f"{path} declares {key} {value:,}, more than the {stored:,} weights it stores; "
+                                  "refusing a forged or damaged checkpoint")
+
+
+def _available_memory() -> int:
+    """Memory the system can give without swapping (Linux's MemAvailable), else all of it, else no bound."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 class CheckpointError(ValueError):
@@ -197,6 +237,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     weights = state["model_state"]
     if isinstance(config.get("vocab_size"), int) and not 0 < config["vocab_size"] <= VOCAB_LIMIT:
         raise CheckpointError(f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}")
+    _check_declared_sizes(path, config, weights)
     try:
         with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
             expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
@@ -207,6 +248,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise CheckpointError(
             f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of {expected}"
         )
+    need = 4 * sum(math.prod(shape) for shape in expected.values())  # float32, as the model is built
+    have = _available_memory()
+    if need > have:
+        raise CheckpointError(f"{path} describes a model of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+                              "of memory available; refusing to build it")
     model = SentimentRNN(**config, impl=impl)
     model.load_state_dict(weights)
     try:

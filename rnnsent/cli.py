@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, RECIPES,
-                            SCHEDULES, TrainConfig, canonical_cell, recipe_settings)
+from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, ON_MISSING_LABEL, QUOTINGS,
+                            RECIPES, SCHEDULES, TrainConfig, canonical_cell, recipe_settings)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -105,7 +105,7 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--output-dropout", type=_fraction, default=None, help=f"dropout on the last hidden state [{d.output_dropout}]")
     a("--word-dropout", type=_fraction, default=None,
       help=f"training only: replace a word by the unknown id with this probability [{d.word_dropout}]")
-    a("--weight-decay", type=float, default=None, help=f"decoupled weight decay (AdamW) [{d.weight_decay}]")
+    a("--weight-decay", type=lambda t: _float_where(t, lambda v: 0 <= v < float("inf"), "a finite number >= 0"), default=None, help=f"decoupled weight decay (AdamW) [{d.weight_decay}]")
     a("--schedule", choices=SCHEDULES, default=None, help=f"learning-rate schedule per step [{d.schedule}]")
     a("--warmup-steps", type=int, default=None, help=f"linear warm-up steps [{d.warmup_steps}]")
     a("--clip", type=_positive_float, default=None, help="clip the gradient norm to this value [off]")
@@ -135,6 +135,13 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--split-column", default=None, help="your own data: a column of train / test / val values [none]")
     a("--test-fraction", type=lambda t: _float_where(t, lambda v: 0.0 < v < 1.0, "in (0, 1)"), default=None,
       help=f"your own data without a test set: the stratified share held out for testing [{d.test_fraction}]")
+    a("--quoting", choices=QUOTINGS, default=None,
+      help="your own .csv or .tsv: csv reads fields quoted with \" as the csv module, pandas and spreadsheets write them; "
+           "none takes every line as one row and a quote as an ordinary character (a TSV whose texts start with \") "
+           f"[{d.quoting}]")
+    a("--on-missing-label", choices=ON_MISSING_LABEL, default=None,
+      help="your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an error "
+           f"[{d.on_missing_label}]")
     a("--label-smoothing", type=_fraction, default=None,
       help=f"train toward (1 - s) * label + s / classes instead of the bare label [{d.label_smoothing}]")
     a("--adversarial", type=lambda t: _float_where(t, lambda v: v >= 0, ">= 0"), default=None,
@@ -161,6 +168,9 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
       help="continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
            "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]")
     a("--quiet", action="store_true", default=None, help="no progress bar or log lines [off]")
+    a("--overwrite", action="store_true", default=None,
+      help="start a new run in an --out folder that holds a run, replacing it (without this, or --resume, such a run "
+           "is refused and nothing is touched) [off]")
     return p
 
 
@@ -237,6 +247,9 @@ def _run(args: argparse.Namespace, pretraining: bool) -> int:
         report = run(config)
     except TrainingInterrupted as e:
         return _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:  # before training began (the data, the model): there is nothing to save
+        return _fail("interrupted by Ctrl-C before training began (while preparing the data or the model); no checkpoint "
+                     "was written. Run the same command again to start", EXIT_INTERRUPTED)
     except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
     except (ImportError, *_user_errors()) as e:  # ImportError: an optional extra (--tensorboard) is missing
@@ -266,6 +279,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
                         "is scored whole, every row")
     p.add_argument("--text-column", default="text", help="your own data: the text column [text]")
     p.add_argument("--label-column", default="label", help="your own data: the label column [label]")
+    p.add_argument("--quoting", choices=QUOTINGS, default="csv", help="your own .csv or .tsv: see train.py --help [csv]")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="only N reviews per split [the limit the run was trained with]")
@@ -289,7 +303,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
             from rnnsent.data import encode_labelled
 
             split = encode_labelled(args.data_root, loaded.vocab, loaded.max_len, loaded.encoding, loaded.classes,
-                                    Columns(args.text_column, args.label_column))
+                                    Columns(args.text_column, args.label_column, quoting=args.quoting))
             what = str(args.data_root)
         elif loaded.classes is not None:
             raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "

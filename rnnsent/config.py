@@ -48,6 +48,9 @@ SCHEDULES = ("constant", "cosine")
 IMPLS = ("auto", "fused", "torch")
 # The validation metric that picks best.pt; None: accuracy for two classes, macro_f1 for more.
 MONITORS = ("accuracy", "macro_f1", "loss")
+# Your own CSV/TSV: the csv module's quoting, or none (rnnsent.data.tabular); rows with a missing label: skip or error.
+QUOTINGS = ("csv", "none")
+ON_MISSING_LABEL = ("skip", "error")
 
 
 def canonical_cell(cell: str) -> str:
@@ -161,12 +164,18 @@ class DataConfig:
     label_column: str = "label"
     split_column: str | None = None  # a column of train / test / val values
     test_fraction: float = 0.1  # carved (stratified, seed split_seed) when no test set is given
+    quoting: str = "csv"  # CSV/TSV: "csv" reads quoted fields as the csv module writes them; "none": no quoting at all
+    on_missing_label: str = "skip"  # a row with an empty, blank or NaN-like label: "skip" (counted, said) or "error"
 
     def __post_init__(self, expected_per_block=None):
         warn_expected_per_block(expected_per_block)
         object.__setattr__(self, "encoding", canonical_encoding(self.encoding))
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.quoting not in QUOTINGS:
+            raise ValueError(f"quoting must be one of {', '.join(QUOTINGS)}, got {self.quoting!r}")
+        if self.on_missing_label not in ON_MISSING_LABEL:
+            raise ValueError(f"on_missing_label must be one of {', '.join(ON_MISSING_LABEL)}, got {self.on_missing_label!r}")
         _require([
             (self.max_len >= 1, f"max_len must be at least 1, got {self.max_len}"),
             (self.limit is None or self.limit >= 2, f"limit must be at least 2 (one review per label), got {self.limit}"),
@@ -184,8 +193,8 @@ class DataConfig:
 
         return dict(path=self.data_root, test_path=self.test_data, vocab_size=vocab_size, max_len=self.max_len,
                     encoding=self.encoding, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                    seed=self.split_seed, limit=self.limit, cache_dir=self.cache_dir,
-                    columns=Columns(self.text_column, self.label_column, self.split_column))
+                    seed=self.split_seed, limit=self.limit, cache_dir=self.cache_dir, on_missing_label=self.on_missing_label,
+                    columns=Columns(self.text_column, self.label_column, self.split_column, self.quoting))
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,7 @@ class RunConfig:
     out: str = "runs/gru"
     resume: str | None = None  # a checkpoint file or run folder to continue from
     quiet: bool = False
+    overwrite: bool = False  # a new run may replace the run already in `out` (else it is refused: rnnsent.runfolder)
 
 
 @dataclass(frozen=True)
@@ -255,7 +265,8 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
             (self.val_fraction > 0, "val_fraction must be above 0 for training: best.pt is chosen on validation"),
             (self.clip is None or self.clip > 0, f"clip must be positive, got {self.clip}"),
             (self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+             f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be at least 1, got {self.ckpt_every}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),

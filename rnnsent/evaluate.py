@@ -127,11 +127,15 @@ def predict(
     """The class of each raw text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start token
     alone, and its Prediction.note says so ("empty", "no known words").
 
-    `classes` names the model's classes in order (a checkpoint stores them); without, IMDB's negative/positive.
+    `texts` is one text or any iterable of them (a list, a generator, map(...)). `classes` names the model's
+    classes in order (a checkpoint stores them); without, IMDB's negative/positive for two classes.
     Right-padded (bucketed) texts are batched by length, longest first, so that a batch is as wide as its own
     longest text; the answers come back in input order, and each row's result does not depend on its batch
     (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order."""
     texts = as_texts(texts)
+    k = model.num_classes
+    if classes is not None and len(classes) != k:
+        raise ValueError(f"classes names {len(classes)} classes but the model has {k}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -110,6 +110,8 @@ class SentimentRNN(nn.Module):
         return self._encode(tokens, lengths, sequence=True)[1]
 
     def _encode(self, tokens, lengths, sequence: bool):
+        if lengths is not None:
+            check_lengths(lengths, tokens)
         if self.training and self.word_dropout > 0:
             # Word dropout: in training, a word becomes "unknown" (id 2) with this probability, so the
             # model cannot lean on a few strong words. Padding (0) and the start token (1) stay.
@@ -125,6 +127,8 @@ class SentimentRNN(nn.Module):
     def forward_embedded(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """forward() from embedded tokens x = self.embedding(tokens), (B, T, E): the same logits, differentiable
         with respect to x on every path (fused kernel included), for attributions (rnnsent.explain)."""
+        if lengths is not None:
+            check_lengths(lengths, x[..., 0])
         last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)  # (B, H * directions)
         logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
@@ -152,6 +156,19 @@ class SentimentRNN(nn.Module):
         out += ["=" * (width + 35), f"Total params: {total:,}", f"Trainable params: {total:,}",
                 "Non-trainable params: 0", line]
         return "\n".join(out)
+
+
+def check_lengths(lengths: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Every row's length in 1..width: a longer one would read past the row, a zero or negative one take the
+    state before any token, silently. Checked where it costs no wait for the device: on CPU, and outside
+    training on CUDA (the trainer's own batches come from Batcher, whose lengths are right by construction)."""
+    if lengths.device.type != "cpu" and torch.is_grad_enabled():
+        return
+    if lengths.shape != tokens.shape[:1]:
+        raise ValueError(f"lengths has shape {tuple(lengths.shape)} for a batch of {tokens.size(0)} rows")
+    if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > tokens.size(1)):
+        raise ValueError(f"lengths must be in 1..{tokens.size(1)} (the batch's width); got {int(lengths.min())} to "
+                         f"{int(lengths.max())}")
 
 
 def count_parameters(module: nn.Module) -> int:

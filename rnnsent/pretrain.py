@@ -26,6 +26,7 @@ from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_c
 from rnnsent.config import FINE_TUNING_ONLY, ModelConfig, TrainConfig
 from rnnsent.evaluate import autocast_context
 from rnnsent.models import SentimentRNN, count_parameters
+from rnnsent.runfolder import check_run_folder
 from rnnsent.train import Trainer, shutdown
 
 KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
@@ -93,6 +94,7 @@ class PretrainTrainer(Trainer):
     validation loss per word. Labels and the test split are not used."""
 
     reports_accuracy = False
+    kind = KIND
 
     def __init__(self, config: TrainConfig, data=None):
         refuse_bidirectional(config)  # before any data is read
@@ -165,6 +167,7 @@ class PretrainTrainer(Trainer):
 def pretrain(config: TrainConfig, data=None) -> dict:
     """Pretrain a language model as `config` says (out, epochs, data, ...); returns its report."""
     agreed = False
+    check_run_folder(config)  # before the data is prepared, as train() does
     try:
         result = PretrainTrainer(config, data).fit()
         agreed = True

@@ -19,6 +19,14 @@ def append_metrics(out: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def write_metrics(out: Path, history: list[dict]) -> None:
+    """metrics.jsonl holding exactly `history`, one row per epoch (a resumed run's, from its checkpoint)."""
+    from rnnsent.files import atomic_write
+
+    with atomic_write(out / "metrics.jsonl") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in history).encode())
+
+
 def epoch_line(row: dict, improved: bool) -> str:
     return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
             f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"

@@ -1,4 +1,5 @@
-"""A run folder (`--out`): one run at a time in it, and which of its checkpoints a resume means.
+"""A run folder (`--out`): one run at a time in it, which of its checkpoints a resume means, and a run that is
+already in it is never overwritten unless the user says so (--resume continues it, --overwrite replaces it).
 
 The lock is an advisory `fcntl.flock` on `<out>/run.lock`: the kernel drops it when the process
 dies, however it dies, so a crashed run never leaves the folder locked. The file holds one line
@@ -7,6 +8,7 @@ when the run ends. A run that finds the folder locked has changed nothing in it.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -17,10 +19,56 @@ from rnnsent.checkpoint import load_resume_state, previous_path
 
 LOCK_NAME = "run.lock"
 RESUME_AUTO = "auto"
+# What a run writes into its folder (rnnsent.report, the trainer's checkpoints). Only these are ever replaced
+# or removed: anything else in the folder is the user's.
+RUN_FILES = ("best.pt", "last.pt", "last.prev.pt", "metrics.jsonl", "report.json", "summary.txt", "curves.png",
+             "config.json", "command.txt")
+# A run that died before its first checkpoint leaves just these; they hold nothing that would be lost.
+BEFORE_FIRST_CHECKPOINT = ("config.json", "command.txt")
 
 
 class RunFolderBusy(ValueError):
     """Another live process holds the run folder's lock."""
+
+
+class RunFolderTaken(ValueError):
+    """The run folder already holds a run (or files of the same names), and nothing said it may be replaced."""
+
+
+def _rnnsent_config(path: Path) -> bool:
+    """Whether config.json is one a run wrote (a user's own config.json in `--out .` must not be replaced)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"cell", "vocab_size", "out", "seed"} <= config.keys()
+
+
+def check_new_run(out: str | os.PathLike, resumed_from: str | None, overwrite: bool) -> list[Path]:
+    """The files of an earlier run to remove before this one starts in `out` (with overwrite), or [].
+    Raises RunFolderTaken (one line: what is there and the three choices) when `out` holds a run that this one
+    would write over: a new run without overwrite, or a resume of a checkpoint from another folder."""
+    out = Path(out)
+    found = [out / name for name in RUN_FILES if (out / name).is_file()]
+    if resumed_from is not None and out.is_dir() and Path(resumed_from).resolve().parent == out.resolve():
+        return []  # continuing the run that is there
+    if not found:
+        return []
+    names = [p.name for p in found]
+    if set(names) <= set(BEFORE_FIRST_CHECKPOINT) and "config.json" in names and _rnnsent_config(out / "config.json"):
+        return found  # a run that never saved anything: nothing to lose
+    if overwrite:
+        return found
+    what = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    if resumed_from is not None:
+        raise RunFolderTaken(f"run folder {out} already holds another run ({what}), which resuming {resumed_from} into it "
+                             "would overwrite; nothing was touched. Resume into the checkpoint's own folder (--out), "
+                             "pass --overwrite to replace that run, or pass another --out")
+    if not set(names) & {"best.pt", "last.pt", "last.prev.pt", "metrics.jsonl"}:  # no run: files of the same names
+        raise RunFolderTaken(f"run folder {out} already holds {what}, which a run would write over; nothing was touched. "
+                             "Pass another --out, or --overwrite to replace them")
+    raise RunFolderTaken(f"run folder {out} already holds a run ({what}); nothing was touched. Continue it with "
+                         "--resume auto, replace it with --overwrite, or pass another --out")
 
 
 class RunLock:
@@ -92,6 +140,15 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text.splitlines()[0] if text else "holder unknown"
+
+
+def check_run_folder(config) -> None:
+    """check_new_run for a TrainConfig's --out, --resume and --overwrite, before anything is read: a run that
+    would be refused under the lock (Trainer.fit) is refused before its data is prepared."""
+    resume, _ = resume_path(config.resume, config.out)
+    if resume is not None and not Path(resume).is_file() and previous_path(resume).is_file():
+        resume = str(previous_path(resume))
+    check_new_run(config.out, resume, config.overwrite)
 
 
 def resume_path(resume: str | None, out: str | os.PathLike) -> tuple[str | None, str | None]:

@@ -31,14 +31,14 @@ from rnnsent import faults, objective, recurrent, report, stopping
 from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, restore_training_state,
                                 save_checkpoint, training_state)
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
-                            ModelConfig, TrainConfig, resume_differences)
+                            ModelConfig, TrainConfig, canonical_encoding, resume_differences)
 from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
-from rnnsent.runfolder import RunLock, load_resume, resume_path
+from rnnsent.runfolder import RunLock, check_new_run, check_run_folder, load_resume, resume_path
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
 from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted  # noqa: F401 (re-exported)
 
@@ -70,6 +70,7 @@ class Trainer:
     """
 
     reports_accuracy = True  # the progress bar shows training accuracy (a language model has none)
+    kind = None  # the "kind" its checkpoints carry (a classifier's none; rnnsent.pretrain's "language_model")
 
     def __init__(self, config: TrainConfig, data=None):
         self.config = config
@@ -101,6 +102,13 @@ class Trainer:
             resume_state, self.resumed_from, note = load_resume(config.resume)
             if note:
                 self.log(note, always=True)
+            if resume_state.get("kind") != self.kind:  # before any setting is compared: that is not the difference
+                raise CheckpointError(
+                    f"{config.resume} is a language model's checkpoint (scripts/pretrain.py), not a classifier's: continue "
+                    f"it with scripts/pretrain.py and --resume, or fine-tune a classifier from it with --pretrained "
+                    f"{Path(config.resume).parent} and another --out" if resume_state.get("kind") else
+                    f"{config.resume} is a classifier's checkpoint (scripts/train.py), not a language model's: continue it "
+                    "with scripts/train.py and --resume")
             if "optimizer" not in resume_state:
                 raise CheckpointError(
                     f"{config.resume} holds weights only (a best or released checkpoint), not a resumable run; "
@@ -109,6 +117,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.data = data if data is not None else prepare_data(config, config.vocab_size)
+        self.config = config = self._settings_of_data(config)
         classes = self.data.meta.get("classes")
         if classes and len(classes) != config.num_classes:  # your own data's classes size the head
             if config.num_classes != ModelConfig.num_classes:
@@ -174,6 +183,31 @@ class Trainer:
             return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **fused)
         return torch.optim.Adam(self.model.parameters(), lr=c.lr, **fused)
 
+    def _settings_of_data(self, config: TrainConfig) -> TrainConfig:
+        """vocab_size, max_len and encoding as the data was prepared: taken from the data where the config has
+        the default, refused (one line) where it says otherwise. Else the model and its checkpoints would record
+        settings the data was not made with, and predict() would read text differently from training."""
+        params = self.data.meta.get("params") or {}
+        padding = self.data.train.padding
+        found = {"vocab_size": params.get("vocab_size"), "max_len": params.get("max_len"),
+                 "encoding": canonical_encoding(params["encoding"], warn=False) if params.get("encoding") else
+                 {"pre": "keras", "post": "bucketed"}.get(padding)}
+        taken = {}
+        for name, value in found.items():
+            if value is None or value == getattr(config, name):
+                continue
+            if getattr(config, name) != getattr(TrainConfig, name):
+                raise ValueError(f"{name}={getattr(config, name)!r} but the data was prepared with {name} {value!r}; "
+                                 f"pass the data's {name} or leave it unset")
+            taken[name] = value
+        if taken:
+            config = dataclasses.replace(config, **taken)
+            self.log(f"from the data: {', '.join(f'{k} {v}' for k, v in taken.items())}")
+        if len(self.data.vocab) > config.vocab_size:
+            raise ValueError(f"the data's vocabulary has {len(self.data.vocab)} ids but vocab_size is {config.vocab_size}; "
+                             "its ids would fall outside the embedding")
+        return config
+
     def _check_resume(self, state: dict) -> None:
         diffs = resume_differences(state.get("config", {}), self.config)
         if diffs:
@@ -223,7 +257,13 @@ class Trainer:
             self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
             self.log(f"recurrent layer: {self.rnn_implementation()}")  # may refuse: before anything is written
             if self.is_main:
+                for old in check_new_run(self.out, self.resumed_from, c.overwrite):  # checked again under the lock
+                    old.unlink(missing_ok=True)  # --overwrite: nothing of the earlier run mixes into this one
                 report.start_run_folder(self.out, c.to_dict())
+                if self.resumed_from is not None:
+                    # The checkpoint's history is the truth: an epoch whose row was appended before a kill
+                    # stopped the run ahead of its checkpoint is trained again, and must be listed once.
+                    report.write_metrics(self.out, self.history)
             for note in self.data.meta.get("notes", []):
                 self.log(note)
             if self.data.meta.get("classes"):
@@ -439,6 +479,7 @@ def _clip_with_norm(parameters, max_norm: float, norm: torch.Tensor) -> None:
 def train(config: TrainConfig, data=None) -> dict:
     """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
     agreed = False  # did every rank stop here together?
+    check_run_folder(config)  # before the data is prepared; fit() checks again under the folder's lock
     try:
         result = Trainer(config, data).fit()
         agreed = True

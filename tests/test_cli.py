@@ -193,8 +193,10 @@ def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, mes
     out = trained / "run"
     before = {p.name: p.read_bytes() for p in out.glob("*.pt")}
     base = [a for a in TINY if a not in ("--data", str(FIXTURE))]
+    # --overwrite, so the run gets past the refusal to write over the run in `out`: even then nothing of that run is
+    # touched until the new run has its data, its model and its recurrent layer
     proc = run("train.py", "--out", out, "--cache-dir", trained / "cache",
-               *(base if "--data" in flags else TINY), *flags)
+               *(base if "--data" in flags else TINY), *flags, "--overwrite")
     assert message in one_line_error(proc)
     assert {p.name: p.read_bytes() for p in out.glob("*.pt")} == before
 

@@ -230,14 +230,18 @@ def test_a_cache_written_before_the_checksum_still_loads(tmp_path, monkeypatch, 
     assert not isinstance(torch.load(path, weights_only=True).get("format"), str)  # kept as it was, not rewritten
 
 
-def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):
+def test_failed_cache_write_leaves_no_file_and_the_data_is_used(tmp_path, monkeypatch, caplog):
+    """A cache that cannot be written costs one warning, not the run (issue 27, item 10)."""
+    clean = prep(tmp_path / "clean")
+
     def broken_save(obj, f):
         f.write(b"half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(dataset.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        prep(tmp_path)
+    data = prep(tmp_path)
+    assert _same(data, clean) and data.meta["cache_file"] is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "could not write" in caplog.records[0].message
     assert list((tmp_path / "cache" / "prepared").iterdir()) == []
 
 

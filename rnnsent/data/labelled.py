@@ -10,6 +10,10 @@ takes Python lists. Both go through one function, so a file and the same rows as
   - validation: the split column's "val" rows, else a stratified val_fraction of the training rows.
   - vocabulary: from training rows only (validation rows give word counts, never labels, as for IMDB);
     ties in frequency keep the order of first appearance in the training rows.
+  - limit: at most that many rows of each split, a stratified sample by a fixed seed (each class keeps its
+    share of the rows, at least one row each where the limit allows), in file order.
+  - missing labels (empty, blank, NaN-like: rnnsent.data.tabular): the rows are counted and skipped with one
+    note, or refused with on_missing_label="error"; never a class.
   - texts: tokenize_scripts (rnnsent-v2): IMDB's tokenizer plus one token per character of scripts written
     without spaces. The vocabulary records it, so prediction tokenizes the same way.
 
@@ -25,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,10 +39,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from rnnsent.config import DataConfig, canonical_encoding, check_val_fraction
+from rnnsent.config import ON_MISSING_LABEL, DataConfig, canonical_encoding, check_val_fraction
 from rnnsent.data.dataset import ImdbData, _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
-from rnnsent.data.tabular import Columns, DataFileError, Row, class_order, label_kind, read_rows
+from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
 from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast,
                                encode_keras, pad_flat, tokenize_scripts)
 
@@ -45,6 +50,7 @@ CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
 PARALLEL_MIN_ROWS = 4 * CHUNK_ROWS  # below this, worker start-up costs more than it saves
 TEST_SEED_OFFSET = 7919  # the carved test split uses its own stream, so it never mirrors the validation carve
+LIMIT_SEED_OFFSET = 104729  # and so does the --limit sample
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +91,9 @@ class _Rows:
     wheres: list = field(default_factory=list)
     skipped: int = 0
     first_skipped: str | None = None
+    on_missing_label: str = "skip"  # see ON_MISSING_LABEL
+    missing: int = 0  # rows skipped for a missing label
+    first_missing: str | None = None
     kind: tuple | None = None  # (label kind, where it was first seen)
 
     def merge(self, words: list[str], flat: np.ndarray, lengths: np.ndarray) -> None:
@@ -101,6 +110,13 @@ def _chunks(rows: Iterable[Row], acc: _Rows, split: str | None) -> Iterable[list
         if not row.text.strip():
             acc.skipped += 1
             acc.first_skipped = acc.first_skipped or row.where
+            continue
+        if row.label is None:
+            if acc.on_missing_label == "error":
+                raise DataFileError(f"{row.where}: the label is missing (empty, blank or NaN-like); give the row its label "
+                                    "or remove it (--on-missing-label skip skips such rows)")
+            acc.missing += 1
+            acc.first_missing = acc.first_missing or row.where
             continue
         kind = label_kind(row.label)
         if acc.kind is None:
@@ -123,15 +139,24 @@ def _chunks(rows: Iterable[Row], acc: _Rows, split: str | None) -> Iterable[list
         yield texts
 
 
-def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: int | None) -> _Rows:
-    acc = _Rows()
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and says so in one line;
+    # the workers must not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: int | None,
+                  on_missing_label: str = "skip") -> _Rows:
+    if on_missing_label not in ON_MISSING_LABEL:
+        raise ValueError(f"on_missing_label must be one of {', '.join(ON_MISSING_LABEL)}, got {on_missing_label!r}")
+    acc = _Rows(on_missing_label=on_missing_label)
     stream = (chunk for rows, split in sources for chunk in _chunks(rows, acc, split))
     procs = processes if processes is not None else (os.cpu_count() or 1)
     pool = None
     if procs > 1 and "fork" in multiprocessing.get_all_start_methods():
         first = [c for _, c in zip(range(PARALLEL_MIN_ROWS // CHUNK_ROWS), stream)]  # small data stays in this process
         if len(first) == PARALLEL_MIN_ROWS // CHUNK_ROWS:
-            pool = multiprocessing.get_context("fork").Pool(procs)
+            pool = multiprocessing.get_context("fork").Pool(procs, initializer=_ignore_sigint)
         stream = (c for part in (first, stream) for c in part)
     if pool is None:
         for chunk in stream:
@@ -169,6 +194,9 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     notes = []
     if acc.skipped:
         notes.append(f"skipped {acc.skipped} row(s) whose text is empty or only whitespace (the first at {acc.first_skipped})")
+    if acc.missing:
+        notes.append(f"skipped {acc.missing} row(s) whose label is missing (empty, blank or NaN-like; the first at "
+                     f"{acc.first_missing}); --on-missing-label error refuses them instead")
     n = len(acc.labels)
     if n == 0:
         raise DataFileError(f"{where}: no row has any text; every text is empty or whitespace")
@@ -192,7 +220,10 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
                      f"for testing, chosen by the fixed seed {seed} (pass --test-data or a --split-column to choose it)")
     rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
     if limit is not None:
-        rows = {s: r[:limit] for s, r in rows.items()}
+        if limit < len(classes):
+            raise DataFileError(f"{where}: --limit {limit} keeps fewer rows per split than the {len(classes)} classes; "
+                                f"give a --limit of at least {len(classes)} (a row of each class), or leave it out")
+        rows = {s: _stratified_take(r, y, limit, seed + LIMIT_SEED_OFFSET) for s, r in rows.items()}
 
     lengths = np.concatenate(acc.lengths)
     offsets = np.concatenate(([0], np.cumsum(lengths)))
@@ -216,11 +247,37 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     for s in ("train", "val", "test"):
         ids, row_lengths = _rows_flat(flat, offsets, lengths, rows[s])
         out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
-    for s in ("train", "test"):
+    for s in ("train", "val", "test"):
         if len(out[s]) == 0:
-            raise DataFileError(f"{test_where if s == 'test' and test_where else where}: no {s} rows are left; "
+            what = "validation rows are left (each class gives round(its rows x the validation fraction))" if s == "val" else f"{s} rows are left"
+            raise DataFileError(f"{test_where if s == 'test' and test_where else where}: no {what}; "
                                 "give more rows" + (" or a larger --limit" if limit else ""))
     return out, vocab, classes, notes
+
+
+def _stratified_take(idx: np.ndarray, y: torch.Tensor, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` of the rows `idx`, each class keeping its share (largest remainders; at least one row of
+    each class while the limit allows), chosen by `seed`, in file order. Taking the first rows instead would
+    take one class only from a class folder, which is read class by class."""
+    if len(idx) <= limit:
+        return idx
+    labels = y[torch.from_numpy(idx)].numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * limit / len(idx)
+    quota = np.minimum(np.maximum(np.floor(share).astype(np.int64), 1), counts)
+    for k in np.argsort(-(share - np.floor(share)), kind="stable"):  # hand out what is left, largest remainder first
+        if quota.sum() >= limit:
+            break
+        if quota[k] < counts[k]:
+            quota[k] += 1
+    while quota.sum() > limit:  # the at-least-one rule overshot: take back from the largest classes
+        quota[int(np.argmax(quota))] -= 1
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for c, q in zip(classes, quota):
+        rows = idx[labels == c]
+        chosen.append(rows[torch.randperm(len(rows), generator=g)[:q].numpy()])
+    return np.sort(np.concatenate(chosen))
 
 
 def _rows_flat(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,23 +330,32 @@ def prepare_labelled(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     processes: int | None = None,
+    on_missing_label: str = "skip",
 ) -> ImdbData:
     """Read, check, tokenize, build the vocabulary, encode and split the user's data at `path` (see
-    rnnsent.data.tabular for the formats), or read all that from the cache. `limit` keeps the first N rows of
-    each split. Every rejected input raises DataFileError naming the file and line, before anything is cached."""
+    rnnsent.data.tabular for the formats), or read all that from the cache. `limit` keeps N rows of each split,
+    a stratified seeded sample. Rows with a missing label are skipped with a note (on_missing_label="skip") or
+    refused ("error"). Every rejected input raises DataFileError naming the file and line, before anything is cached."""
     encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit)
     path = Path(path).expanduser()
     test = Path(test_path).expanduser() if test_path is not None else None
     for p in (path, test):
         if p is not None and not p.exists():
             raise DataFileError(f"{p}: no such file or folder")
+    if test is not None and os.path.samefile(path, test):
+        raise DataFileError(f"--test-data {test} is the same file as --data {path}: the test scores would be on training "
+                            "rows; give a file of other rows, or leave --test-data out to hold out a stratified share")
     params = {"version": CACHE_VERSION, "vocab_size": vocab_size, "max_len": max_len, "encoding": encoding,
               "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "limit": limit,
               "columns": [columns.text, columns.label, columns.split], "tokenizer": SCRIPT_TOKENIZER_NAME}
+    if columns.quoting != "csv":  # only then: the caches of files read as before keep their keys
+        params["quoting"] = columns.quoting
     ident = {"data": _identity(path), "test": _identity(test) if test else None}
     key = hashlib.sha256(json.dumps([params, ident], sort_keys=True).encode()).hexdigest()[:20]
     cache = cache_root(cache_dir) / "prepared" / f"labelled-{path.stem[:40]}-{key}.pt"
     cached = load_cached(cache) if use_cache else None
+    if cached is not None and on_missing_label == "error" and cached.meta.get("missing_labels"):
+        cached = None  # read again: the refusal names the row
     if cached is not None:
         return cached
 
@@ -297,20 +363,21 @@ def prepare_labelled(
     sources = [(read_rows(path, columns), None)]
     if test is not None:
         sources.append((read_rows(test, columns), "test"))
-    acc = _tokenize_all(sources, processes)
+    acc = _tokenize_all(sources, processes, on_missing_label)
     if test is not None and not any(s == "test" for s in acc.splits):
         raise DataFileError(f"{test}: no row has any text; every text is empty or whitespace")
     out, vocab, classes, notes = _build(acc, vocab_size, max_len, encoding, val_fraction, test_fraction, seed, limit,
                                         str(path), str(test) if test else None)
+    missing = acc.missing
     del acc  # the provisional ids: free them before the cache is packed
     for note in notes:
         log.info(note)
     meta = _meta(out, classes, notes, str(path), params, time.perf_counter() - t0, vocab)
+    meta["missing_labels"] = missing
     if test is not None:
         meta["test_path"] = str(test)
-    if use_cache:
-        save_cached(cache, out, vocab, meta)
-    return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if use_cache else None,
+    cached = use_cache and save_cached(cache, out, vocab, meta)
+    return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if cached else None,
                                                                        cache_hit=False))
 
 
@@ -340,9 +407,11 @@ def prepare_texts(
         for i, (x, y) in enumerate(zip(xs, ys)):
             if not isinstance(x, str):
                 raise DataFileError(f"{name}[{i}]: the text is a {type(x).__name__}, not a string")
-            if isinstance(y, bool) or not isinstance(y, (str, int, np.integer)):
+            if y is None or isinstance(y, float) and y != y or isinstance(y, str) and y.strip().lower() in MISSING_LABELS:
+                y = None  # a missing label, as in a file: skipped with a note, never a class
+            elif isinstance(y, bool) or not isinstance(y, (str, int, np.integer)):
                 raise DataFileError(f"{name}[{i}]: the label {y!r} is neither a string nor an integer")
-            yield Row(x, int(y) if isinstance(y, np.integer) else y, None, i, f"{name}[{i}]")
+            yield Row(x, int(y) if isinstance(y, np.integer) else y.strip() if isinstance(y, str) else y, None, i, f"{name}[{i}]")
 
     t0 = time.perf_counter()
     sources = [(rows(texts, labels, "texts"), None)]
@@ -383,10 +452,13 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
     classes = list(classes) if classes is not None else [0, 1]
     class_id = {c: k for k, c in enumerate(classes)}
     tokenize = tokenizer_for(vocab.tokenizer)
-    ids, labels, skipped = [], [], 0
+    ids, labels, skipped, missing = [], [], 0, 0
     for row in read_rows(path, columns):
         if not row.text.strip():
             skipped += 1
+            continue
+        if row.label is None:  # nothing to score it against
+            missing += 1
             continue
         if row.label not in class_id:
             raise DataFileError(f"{row.where}: label {row.label!r} is not one of the model's classes "
@@ -395,6 +467,8 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
         labels.append(class_id[row.label])
     if skipped:
         log.info(f"skipped {skipped} row(s) whose text is empty or only whitespace")
+    if missing:
+        log.info(f"skipped {missing} row(s) whose label is missing (empty, blank or NaN-like)")
     if not ids:
         raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
     encode = encode_keras if canonical_encoding(encoding, warn=False) == "keras" else encode_fast
