@@ -1,4 +1,4 @@
-"""The `rnnsent` command (and `python -m rnnsent`): `rnnsent train|evaluate|predict [flags]`.
+"""The `rnnsent` command (and `python -m rnnsent`): `rnnsent train|evaluate|predict|serve [flags]`.
 
 Each command takes exactly the flags of scripts/train.py, evaluate.py and predict.py: both run the
 same functions in rnnsent.cli. torch is imported only after the flags are parsed, so `--help` is instant.
@@ -12,6 +12,7 @@ COMMANDS = {  # name -> (function in rnnsent.cli, one line for the help)
     "pretrain": ("pretrain_main", "pretrain the embedding and recurrent layer as a language model (for train --pretrained)"),
     "evaluate": ("evaluate_main", "test accuracy, loss and confusion counts of a checkpoint"),
     "predict": ("predict_main", "sentiment of review texts (a checkpoint, run folder or released model: gru, lstm, rnn)"),
+    "serve": ("serve_main", "an HTTP API with dynamic batching and a demo page (pip install 'rnnsent[serve]')"),
 }
 
 

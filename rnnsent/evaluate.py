@@ -70,6 +70,13 @@ def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
     return {**out, "n": int(n), "macro_f1": sum(f1) / k, "confusion_matrix": [[int(v) for v in row] for row in confusion]}
 
 
+def class_names(num_classes: int, classes: list | None = None) -> list[str]:
+    """What predictions call a model's classes: the names it stores, else IMDB's two, else their numbers."""
+    if classes:
+        return [str(c) for c in classes]
+    return list(IMDB_LABELS) if num_classes == 2 else [str(c) for c in range(num_classes)]
+
+
 @dataclass(frozen=True)
 class Prediction:
     probability: float  # two classes: P(the second class, "positive" for IMDB); more: P(the predicted class)
@@ -92,6 +99,12 @@ class Prediction:
         if self.unknown == self.words:
             return "no known words"
         return None
+
+    def to_json(self, text: str) -> dict:
+        """The JSON object of `rnnsent predict --json` (and the server's /v1/predict) for this text."""
+        # today's keys first; words, oov_share, note and probabilities were added
+        return {"probability": self.probability, "label": self.label, "text": text, "words": self.words,
+                "oov_share": self.oov_share, "note": self.note, "probabilities": self.probabilities}
 
 
 @torch.no_grad()
@@ -123,7 +136,7 @@ def predict(
     was_training = model.training
     model.eval()
     k = model.num_classes
-    names = [str(c) for c in classes] if classes else list(IMDB_LABELS) if k == 2 else [str(c) for c in range(k)]
+    names = class_names(k, classes)
     probs = torch.empty(len(texts), len(names))  # (N, K)
     for start in range(0, len(texts), batch_size):
         sl = slice(start, start + batch_size)
