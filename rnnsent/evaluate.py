@@ -70,13 +70,6 @@ def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
     return {**out, "n": int(n), "macro_f1": sum(f1) / k, "confusion_matrix": [[int(v) for v in row] for row in confusion]}
 
 
-def class_names(num_classes: int, classes: list | None = None) -> list[str]:
-    """What predictions call a model's classes: the names it stores, else IMDB's two, else their numbers."""
-    if classes:
-        return [str(c) for c in classes]
-    return list(IMDB_LABELS) if num_classes == 2 else [str(c) for c in range(num_classes)]
-
-
 @dataclass(frozen=True)
 class Prediction:
     probability: float  # two classes: P(the second class, "positive" for IMDB); more: P(the predicted class)
@@ -105,6 +98,13 @@ class Prediction:
         # today's keys first; words, oov_share, note and probabilities were added
         return {"probability": self.probability, "label": self.label, "text": text, "words": self.words,
                 "oov_share": self.oov_share, "note": self.note, "probabilities": self.probabilities}
+
+
+def class_names(num_classes: int, classes: list | None = None) -> list[str]:
+    """The names of a model's classes in output order: the stored ones, else IMDB's negative/positive, else 0..K-1."""
+    if classes:
+        return [str(c) for c in classes]
+    return list(IMDB_LABELS) if num_classes == 2 else [str(c) for c in range(num_classes)]
 
 
 @torch.no_grad()

@@ -145,7 +145,8 @@ def test_max_batch_1_runs_one_forward_per_text(four_classes, monkeypatch):
     for group, reply in zip(groups, replies):
         assert_same_answers(reply.json()["results"], group, rnnsent.predict(four_classes, group))
     assert {size for _, size in calls} == {1}, "rnnsent.predict's batches of one text: a forward each"
-    assert app.state.batcher.batches == len(groups) + 1 and len(calls) == len(groups) + 1  # (+ the warm-up)
+    assert app.state.batcher.batches == len(groups) + 1  # + the warm-up's batch, of two texts: two forwards
+    assert [n for n, _ in calls] == [1] * (len(groups) + 2)
 
 
 def test_predict_keys_are_those_of_rnnsent_predict_json(released, capsys):
@@ -212,6 +213,28 @@ def test_readiness_waits_for_the_warm_up_and_a_full_queue_is_503(four_classes, m
     assert before == [503, 200]
     assert full.status_code == 503 and "busy" in full.json()["error"]
     assert answered == [200, 200] and after == 200
+
+
+def test_length_buckets_are_the_cheapest_cuts():
+    import itertools
+
+    from rnnsent.serve.app import STEP_ROWS, length_buckets
+
+    def cost(groups, lengths):
+        return sum(max(lengths[i] for i in g) * (STEP_ROWS + len(g)) for g in groups)
+
+    rng = __import__("random").Random(0)
+    for _ in range(40):
+        lengths = [rng.choice([3, 5, 40, 41, 300, 900]) + rng.randrange(3) for _ in range(rng.randint(1, 8))]
+        max_batch = rng.randint(1, 5)
+        groups = length_buckets(lengths, max_batch)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths))) and all(len(g) <= max_batch for g in groups)
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        cheapest = min(  # every way to cut the sorted order into runs of at most max_batch
+            cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths)
+            for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k)
+            if all(b - a <= max_batch for a, b in zip((0, *cuts), (*cuts, len(order)))))
+        assert cost(groups, lengths) == cheapest, (lengths, max_batch, groups)
 
 
 # ---- bad requests: every one a 4xx with {"error": one line} ----
