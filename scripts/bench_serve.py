@@ -6,6 +6,7 @@ requests that reports the server's memory and checks every answer. It starts its
 
     python scripts/bench_serve.py                     # the table (docs/serve.md)
     python scripts/bench_serve.py --soak 180          # the soak run
+    python scripts/bench_serve.py --model-only        # no server: what batching gains in the model alone
 """
 from __future__ import annotations
 
@@ -183,6 +184,32 @@ def format_row(r: dict) -> str:
             f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['texts_per_batch']:>10.1f}{r['wrong']:>6}")
 
 
+def model_only(args) -> dict:
+    """The ceiling batching can reach: the server's own model work (rnnsent.serve.app.predict_work) in this process,
+    on one thread, over the same reviews: one text per forward against --max-batch texts per call."""
+    import torch
+
+    import rnnsent
+    from rnnsent.serve.app import predict_work
+
+    torch.set_num_threads(args.threads)
+    loaded = rnnsent.load_checkpoint(args.checkpoint)
+    texts = reviews(min(args.requests, 512), args.seed, args.fixture)
+    rates = {}
+    for batch in (1, args.max_batch):
+        work = predict_work(loaded, batch)
+        work(texts[:batch])  # warm
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            work(texts[i:i + batch])
+        rates[batch] = len(texts) / (time.perf_counter() - start)
+    result = {"texts": len(texts), "texts_per_s_one_per_forward": rates[1],
+              f"texts_per_s_{args.max_batch}_per_call": rates[args.max_batch],
+              "ratio": rates[args.max_batch] / rates[1]}
+    print(json.dumps(result))
+    return result
+
+
 def soak(args) -> dict:
     """args.soak seconds of mixed valid (1-4 review texts) and invalid requests at concurrency args.soak_concurrency;
     the server's RSS (psutil) at the start, every 10 s and at the end; every answer checked."""
@@ -256,13 +283,15 @@ def main(argv=None) -> int:
     p.add_argument("--fixture", action="store_true", help="the test fixture's 24 reviews instead of IMDB's test split")
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="a soak run of this long instead")
     p.add_argument("--soak-concurrency", type=int, default=16, help="clients at once in the soak run [16]")
+    p.add_argument("--model-only", action="store_true",
+                   help="no server: the model work alone in this process, one text per forward against --max-batch")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     if args.soak is not None and not 0 < args.soak <= 3600:
         p.error("--soak takes 1 to 3600 seconds")
-    if args.soak is None:
+    if args.soak is None and not args.model_only:
         print(HEADER, flush=True)
-    result = soak(args) if args.soak is not None else table(args)
+    result = soak(args) if args.soak is not None else model_only(args) if args.model_only else table(args)
     from bench_report import machine_info
 
     result["machine"] = machine_info("cpu")

@@ -5,6 +5,7 @@ import json
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ pytest.importorskip("fastapi", reason="rnnsent serve needs the serve extra: pip 
 httpx = pytest.importorskip("httpx", reason="the in-process tests drive the app through httpx")
 
 import torch  # noqa: E402
+from test_cli import FIXTURE, ROOT  # noqa: E402
 
 import rnnsent  # noqa: E402
 from rnnsent import cli  # noqa: E402
@@ -23,8 +25,7 @@ from rnnsent.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from rnnsent.data import Vocab  # noqa: E402
 from rnnsent.models import SentimentRNN  # noqa: E402
 from rnnsent.serve import ServeSettings, create_app  # noqa: E402
-from rnnsent.serve.process import ServerProcess, environment, free_port  # noqa: E402
-from test_cli import FIXTURE  # noqa: E402
+from rnnsent.serve.process import ServerProcess, environment  # noqa: E402
 
 REVIEWS = [r["t"] for r in json.loads(FIXTURE.read_text())]
 ODD = ["", "zzqx vvqy", "Ünïcödé — 映画 は 良い!", "<script>alert(1)</script> great", "\ud800 lone surrogate",
@@ -406,28 +407,39 @@ def test_requests_write_nothing_to_disk(server):
 
 
 def test_sigterm_answers_in_flight_requests_then_exits_0(tmp_path, released):
-    long_review = " ".join(REVIEWS) * 2
-    texts = [long_review[i:i + 4500] for i in range(0, 200 * 7, 7)]  # 200 distinct texts of ~800 tokens: < 1 MiB
+    texts = REVIEWS[:8]
     body = json.dumps({"texts": texts}).encode()
     env = environment(OMP_NUM_THREADS="1")
-    # A batch waits 2 s for more texts: the request is surely in flight when SIGTERM comes 0.5 s after it.
-    with ServerProcess("gru", "--max-batch", "256", "--max-wait-ms", "2000", cwd=tmp_path, env=env,
-                       log=tmp_path / "server.log") as s:
-        answer = {}
-        client = threading.Thread(target=lambda: answer.update(zip(("status", "body"), post(s.url + "/v1/predict", body,
-                                                                                            timeout=120))))
-        client.start()
-        time.sleep(0.5)
-        s.proc.send_signal(signal.SIGTERM)
-        client.join(120)
+    with ServerProcess("gru", cwd=tmp_path, env=env, log=tmp_path / "server.log") as s:
+        # In flight for sure: half the body is in when SIGTERM comes, the rest after it.
+        with socket.create_connection((s.host, s.port), timeout=60) as c:
+            c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body[:len(body) // 2]))
+            time.sleep(0.5)
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            refused = s.proc.poll() is None and not _connects(s.host, s.port)
+            c.sendall(body[len(body) // 2:])
+            chunks = []
+            while chunk := c.recv(65536):
+                chunks.append(chunk)
         code = s.stop()
     log = (tmp_path / "server.log").read_text()
+    answer = b"".join(chunks)
     assert code == 0, log[-2000:]
-    assert answer.get("status") == 200, (answer, log[-2000:])
-    got = answer["body"]["results"]
-    assert [g["text"] for g in got] == texts
-    assert_same_answers(got[:5], texts[:5], rnnsent.predict(released, texts[:5]))
+    assert answer.startswith(b"HTTP/1.1 200"), (answer[:300], log[-2000:])
+    got = json.loads(answer.split(b"\r\n\r\n", 1)[1])["results"]
+    assert_same_answers(got, texts, rnnsent.predict(released, texts))
+    assert refused, "no new connections while draining"
     assert log.index("Shutting down") < log.index("Finished server process")
+
+
+def _connects(host, port) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 # ---- the command line (in this process: its errors are the same lines) ----
@@ -464,3 +476,16 @@ def test_serve_on_a_taken_port_fails_in_one_line(capsys):
     assert code == 1 and signal.getsignal(signal.SIGTERM) is handler, "the signal handlers are put back"
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: could not listen on 127.0.0.1:") and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.slow  # two server processes and a few hundred requests: a minute on a busy 2-core machine
+def test_bench_serve_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_serve.py"), "--fixture", "--requests", "40",
+         "--seconds", "5", "--concurrency", "1,4", "--json", str(out)], capture_output=True, text=True,
+        env=environment(OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {(r["batching"], r["concurrency"]) for r in result["rows"]} == {(m, c) for m in ("on", "off") for c in (1, 4)}
+    assert all(r["wrong"] == 0 and r["requests"] > 0 for r in result["rows"])

@@ -2,7 +2,8 @@
 
 The event loop never runs the model. The first waiting request opens a batch; the batch closes when it holds
 max_batch texts or max_wait_ms have passed, and runs on the worker thread while the next one gathers, so under
-load batches fill by themselves. Each request gets its own texts' answers back, in its order. All model work
+load batches fill by themselves. The wait is only spent while requests overlap (the last batch held more than
+one): a lone client is answered at once instead of waiting for company that is not coming. Each request gets its own texts' answers back, in its order. All model work
 (batches, warm-up, attributions) goes through the one thread: rnnsent's fused CPU kernel and PyTorch's
 autograd state are not to be shared between threads, and one thread keeps the outputs those of one caller.
 """
@@ -74,11 +75,12 @@ class DynamicBatcher:
 
     async def _gather(self) -> None:
         loop = asyncio.get_running_loop()
+        overlapping = False  # did the last batch hold more than one request?
         while True:
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-            deadline = loop.time() + self.max_wait
+            deadline = loop.time() + (self.max_wait if overlapping else 0.0)
             while self._pending_texts < self.max_batch and (left := deadline - loop.time()) > 0:
                 self._wake.clear()
                 try:
@@ -94,6 +96,7 @@ class DynamicBatcher:
                     n += len(job.texts)
             if not jobs:
                 continue
+            overlapping = len(jobs) > 1
             texts = [t for job in jobs for t in job.texts]
             try:
                 results = await loop.run_in_executor(self.executor, self.work, texts)

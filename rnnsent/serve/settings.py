@@ -19,7 +19,8 @@ class ServeSettings:
     port: int = _flag(8000, "TCP port", minimum=1, maximum=65535)
     # Batching: the first waiting request opens a batch; it closes at max_batch texts or max_wait_ms later.
     max_batch: int = _flag(64, "most texts in one forward pass (1: one forward per text, no batching)", minimum=1)
-    max_wait_ms: float = _flag(2.0, "how long a batch waits for more requests after its first", minimum=0.0,
+    max_wait_ms: float = _flag(2.0, "how long a batch waits for more requests after its first (only while "
+                                    "requests overlap: a lone client is answered at once)", minimum=0.0,
                                maximum=10_000.0)
     # Limits on untrusted input: each is checked before anything is tokenized.
     max_body_bytes: int = _flag(1 << 20, "largest request body in bytes", minimum=1)
