@@ -3,6 +3,7 @@
     model = rnnsent.SentimentRNN("gru")                 # Embedding(5000, 32) -> GRU(100) -> Dense(1)
     loaded = rnnsent.load_checkpoint("gru")             # a released model by name, or a file / run folder
     rnnsent.predict(loaded, ["A wonderful film."])      # probabilities and labels
+    rnnsent.explain(loaded, ["A wonderful film."])      # and which words made it say so (needs rnnsent[explain])
     model = rnnsent.from_keras("gru_model.h5")          # a Keras 2 or 3 model, no TensorFlow needed
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ _EXPORTS = {
     "TrainConfig": "rnnsent.config",
     "train": "rnnsent.train",
     "prepare_texts": "rnnsent.data", "prepare_labelled": "rnnsent.data",
+    "explain": "rnnsent.explain", "Explanation": "rnnsent.explain",
 }
 
 __all__ = [*_EXPORTS, "predict", "__version__"]
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
     from rnnsent.models import CELLS, SentimentRNN, count_parameters
     from rnnsent.data import prepare_labelled, prepare_texts
+    from rnnsent.explain import Explanation, explain
     from rnnsent.train import train
 
 

@@ -1,6 +1,6 @@
-"""The `rnnsent` command (and `python -m rnnsent`): `rnnsent train|evaluate|predict|serve [flags]`.
+"""The `rnnsent` command (and `python -m rnnsent`): `rnnsent train|evaluate|predict|explain|serve [flags]`.
 
-Each command takes exactly the flags of scripts/train.py, evaluate.py and predict.py: both run the
+Each command takes exactly the flags of scripts/train.py, evaluate.py, predict.py and explain.py: both run the
 same functions in rnnsent.cli. torch is imported only after the flags are parsed, so `--help` is instant.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ COMMANDS = {  # name -> (function in rnnsent.cli, one line for the help)
     "pretrain": ("pretrain_main", "pretrain the embedding and recurrent layer as a language model (for train --pretrained)"),
     "evaluate": ("evaluate_main", "test accuracy, loss and confusion counts of a checkpoint"),
     "predict": ("predict_main", "sentiment of review texts (a checkpoint, run folder or released model: gru, lstm, rnn)"),
+    "explain": ("explain_main", "which words made a checkpoint decide: word attributions (terminal, JSON, HTML)"),
     "serve": ("serve_main", "an HTTP API with dynamic batching and a demo page (pip install 'rnnsent[serve]')"),
 }
 

@@ -25,8 +25,12 @@ from rnnsent.runtime import rng_state, set_rng_state
 
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
-# The released models (README, Results), installed with the package: load_checkpoint("gru") finds them.
-RELEASED = Path(__file__).resolve().parent / "released"
+# The released models (docs/results.md), loaded by name: load_checkpoint("gru") finds them. They live in the
+# repository's checkpoints/; the wheel carries them as rnnsent/released/ (setup.py). So an installed copy finds
+# them in the package, and a clone or an editable install in the checkout beside it.
+_PACKAGE = Path(__file__).resolve().parent
+RELEASED = next((d for d in (_PACKAGE / "released", _PACKAGE.parent / "checkpoints") if (d / "RESULTS.json").is_file()),
+                _PACKAGE.parent / "checkpoints")
 RELEASED_NAMES = ("gru", "lstm", "rnn")
 log = logging.getLogger(__name__)
 # The largest values a checkpoint's settings may carry: a forged file must not make predict allocate
@@ -366,7 +370,7 @@ def portable_run_path(path) -> str:
 
 
 def portable_state(state: dict) -> dict:
-    """`state` without the paths of the machine that wrote it, for files given to others (rnnsent/released/)."""
+    """`state` without the paths of the machine that wrote it, for files given to others (checkpoints/)."""
     config = dict(state.get("config", {}))
     for key in MACHINE_PATHS:
         if key in config:

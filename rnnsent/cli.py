@@ -1,4 +1,4 @@
-"""Command lines for train / evaluate / predict. scripts/*.py and the `rnnsent` command call these; all work
+"""Command lines for train / evaluate / predict / explain. scripts/*.py and the `rnnsent` command call these; all work
 happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
@@ -146,6 +146,9 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
     a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
     a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
+    a("--tensorboard", "--log-dir", dest="tensorboard", default=None, metavar="DIR",
+      help="also write TensorBoard curves (loss, accuracy, lr, gradient norm, samples/s per step and epoch) and the "
+           "settings into DIR; needs the tensorboard extra of rnnsent (docs/explain.md) [off]")
     a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
       help="continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
@@ -229,7 +232,7 @@ def _run(args: argparse.Namespace, pretraining: bool) -> int:
         return _fail(str(e), e.exit_code)
     except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
-    except _user_errors() as e:
+    except (ImportError, *_user_errors()) as e:  # ImportError: an optional extra (--tensorboard) is missing
         return _fail(str(e))
     if config.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(report))
@@ -306,26 +309,36 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     return 0
 
 
-def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
-    p = _Parser(prog=prog, description="The class of texts (sentiment for IMDB's models) with a trained checkpoint.")
+def _text_arguments(p: argparse.ArgumentParser) -> None:
+    """predict's and explain's: a checkpoint, texts (arguments or --file) and the device."""
     p.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("texts", nargs="*", help="review texts")
     p.add_argument("--file", help="a text file with one review per line ('-' for standard input)")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
+
+
+def _texts_and_model(args: argparse.Namespace):
+    """The texts (arguments, then --file's lines) and the loaded checkpoint of _text_arguments' flags."""
+    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.runtime import resolve_device
+
+    texts = list(args.texts)
+    if args.file:
+        texts += _read_lines(args.file)
+    if not texts:
+        raise ValueError("no review given: pass texts as arguments or --file reviews.txt")
+    return texts, load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+
+
+def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
+    p = _Parser(prog=prog, description="The class of texts (sentiment for IMDB's models) with a trained checkpoint.")
+    _text_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON lines (with the probability of every class)")
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.checkpoint import load_checkpoint
-        from rnnsent.runtime import resolve_device
-
-        texts = list(args.texts)
-        if args.file:
-            texts += _read_lines(args.file)
-        if not texts:
-            raise ValueError("no review given: pass texts as arguments or --file reviews.txt")
-        loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+        texts, loaded = _texts_and_model(args)
         predictions = loaded.predict(texts)
     except _user_errors() as e:
         return _fail(str(e))
@@ -337,6 +350,54 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
             shown = shown[:70] + "..." if len(shown) > 73 else shown
             print(f"{pr.probability:.4f}  {pr.label:<8}  {shown}" + (f"  [{pr.note}]" if pr.note else ""))
     return 0
+
+
+def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int:
+    p = _Parser(prog=prog, description="Which words made the model decide: word attributions (integrated gradients over "
+                                       "the embedded words, through Captum: pip install 'rnnsent[explain]'), in the "
+                                       "terminal, as JSON lines or as one HTML page. See docs/explain.md.")
+    _text_arguments(p)
+    p.add_argument("--target", default=None,
+                   help="the class to attribute toward, by name [the second class for two (positive for IMDB), "
+                        "else the predicted one]")
+    p.add_argument("--method", choices=("ig", "occlusion"), default="ig",
+                   help="ig: integrated gradients; occlusion: each word replaced by the baseline in turn, to check [ig]")
+    p.add_argument("--steps", type=_two_or_more, default=50, help="integration steps of integrated gradients [50]")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per batched forward/backward pass [8]")
+    p.add_argument("--json", action="store_true", help="print JSON lines: predict --json's keys and the attributions")
+    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with every text highlighted")
+    args = p.parse_args(argv)
+    _show_log()
+    try:
+        from rnnsent.explain import explain, format_text, to_html, use_colour
+
+        texts, loaded = _texts_and_model(args)
+        explanations = explain(loaded, texts, target=args.target, method=args.method, steps=args.steps,
+                               batch_size=args.batch_size)
+        if args.html:
+            try:
+                Path(args.html).write_text(to_html(explanations, f"rnnsent explain --checkpoint {args.checkpoint}"),
+                                           encoding="utf-8")
+            except OSError as e:
+                raise OSError(f"--html {args.html}: {e.strerror or e}") from None
+    except (ImportError, *_user_errors()) as e:
+        return _fail(str(e))
+    if args.html:
+        print(f"wrote {args.html}: {len(explanations)} text(s)", file=sys.stderr)
+    colour = use_colour(sys.stdout)
+    for e in explanations:
+        if args.json:
+            print(json.dumps(e.to_json()))
+        elif not args.html:
+            print(format_text(e, colour))
+    return 0
+
+
+def _two_or_more(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
 
 
 def _read_lines(path: str) -> list[str]:

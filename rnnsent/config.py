@@ -221,6 +221,7 @@ class RunConfig:
     eval_batch_size: int = 512
     ckpt_every: int | None = None  # also save last.pt every N steps inside an epoch
     log_every: int = 20  # steps between progress updates (and NaN checks on CUDA)
+    tensorboard: str | None = None  # also write TensorBoard event files (losses, accuracy, lr, grad norm) into this folder
     out: str = "runs/gru"
     resume: str | None = None  # a checkpoint file or run folder to continue from
     quiet: bool = False

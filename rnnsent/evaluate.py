@@ -100,6 +100,17 @@ class Prediction:
                 "oov_share": self.oov_share, "note": self.note, "probabilities": self.probabilities}
 
 
+def as_texts(texts, what: str = "predict") -> list[str]:
+    """One text (str, or UTF-8 bytes) or an iterable of them, as a list of str; anything else is a TypeError."""
+    if isinstance(texts, (str, bytes, bytearray)):
+        texts = [texts]
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, (str, bytes, bytearray)):  # bytes(5) would be five NUL bytes, scored as a review
+            raise TypeError(f"{what} takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
+    return [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace") for t in texts]
+
+
 def class_names(num_classes: int, classes: list | None = None) -> list[str]:
     """The names of a model's classes in output order: the stored ones, else IMDB's negative/positive, else 0..K-1."""
     if classes:
@@ -122,12 +133,7 @@ def predict(
     alone, and its Prediction.note says so ("empty", "no known words").
 
     `classes` names the model's classes in order (a checkpoint stores them); without, IMDB's negative/positive."""
-    if isinstance(texts, (str, bytes, bytearray)):
-        texts = [texts]
-    for t in texts:
-        if not isinstance(t, (str, bytes, bytearray)):  # bytes(5) would be five NUL bytes, scored as a review
-            raise TypeError(f"predict takes review texts (str, or bytes in UTF-8), got {type(t).__name__} {t!r:.40}")
-    texts = [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace") for t in texts]
+    texts = as_texts(texts)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     tokenize = tokenizer_for(vocab.tokenizer)
     ids = [vocab.encode(tokenize(t)) for t in texts]

@@ -94,6 +94,13 @@ class SentimentRNN(nn.Module):
         logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
+    def forward_embedded(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """forward() from embedded tokens x = self.embedding(tokens), (B, T, E): the same logits, differentiable
+        with respect to x on every path (fused kernel included), for attributions (rnnsent.explain)."""
+        last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)  # (B, H)
+        logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
+        return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
+
     def summary(self, time_steps: int | None = 500) -> str:
         """A Keras-style table: layer, output shape, trainable parameters, and the totals."""
         t = "None" if time_steps is None else str(time_steps)

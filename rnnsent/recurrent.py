@@ -83,7 +83,15 @@ def last_state(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.
     token, (B, H). Without lengths the input is pre-padded and the last column is used."""
     if uses_fused(impl, tokens, embedding.weight.dtype):
         return _fused_last(cell, rnn, embedding, dropout, tokens, lengths)
-    x = dropout(embedding(tokens))  # (B, T, E)
+    return embedded_last_state(cell, rnn, dropout(embedding(tokens)), lengths, "torch")
+
+
+def embedded_last_state(cell: str, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None,
+                        impl: str = "auto") -> torch.Tensor:
+    """last_state() from embedded tokens x (B, T, E), the embedding's output after dropout: the same layer on
+    the same path (fused kernel or PyTorch's), for gradients with respect to the embedded words (rnnsent.explain)."""
+    if uses_fused(impl, x, rnn.weight_ih_l0.dtype):
+        return _fused_from_embedded(cell, rnn, x.transpose(0, 1), lengths)  # (T, B, E) inside
     out, _ = rnn(x)  # (B, T, H)
     if lengths is None:
         return out[:, -1]  # (B, H): pre-padded input ends with real tokens
@@ -94,7 +102,6 @@ def last_state(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.
 
 def _fused_last(cell, rnn, embedding, dropout, tokens, lengths) -> torch.Tensor:
     """The last real state through the fused CPU kernel (time-major inside)."""
-    steps = tokens.size(1)
     w_ih, b_ih = rnn.weight_ih_l0, rnn.bias_ih_l0
     hooked = bool(embedding._forward_hooks or embedding._forward_pre_hooks)
     if (dropout.p == 0 or not dropout.training) and embedding.num_embeddings <= tokens.numel() and not hooked:
@@ -104,12 +111,21 @@ def _fused_last(cell, rnn, embedding, dropout, tokens, lengths) -> torch.Tensor:
         # embedding module is not called, so hooks on it send the tokens through it instead.
         table = F.linear(embedding.weight, w_ih, b_ih)  # (V, G*H)
         x_proj = F.embedding(tokens.t(), table)  # (T, B, G*H)
-    else:
-        # Dropout in the (B, T, E) layout of the stock path, so that a seed gives the same masks in both.
-        x = dropout(embedding(tokens)).transpose(0, 1)  # (T, B, E)
-        x_proj = F.linear(x, w_ih, b_ih)  # all steps in one GEMM
+        return _fused_projected(cell, rnn, x_proj, lengths)
+    # Dropout in the (B, T, E) layout of the stock path, so that a seed gives the same masks in both.
+    return _fused_from_embedded(cell, rnn, dropout(embedding(tokens)).transpose(0, 1), lengths)
+
+
+def _fused_from_embedded(cell, rnn, x, lengths) -> torch.Tensor:
+    """The fused kernel on time-major embedded input x (T, B, E)."""
+    x_proj = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # (T, B, G*H): all steps in one GEMM
+    return _fused_projected(cell, rnn, x_proj, lengths)
+
+
+def _fused_projected(cell, rnn, x_proj, lengths) -> torch.Tensor:
+    steps, batch = x_proj.shape[:2]
     if lengths is None:
-        lengths = torch.full((tokens.size(0),), steps, dtype=torch.long)
+        lengths = torch.full((batch,), steps, dtype=torch.long)
     else:
         lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, steps)
     return fused.last_state(cell, x_proj, rnn.weight_hh_l0, rnn.bias_hh_l0, lengths)

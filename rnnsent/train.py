@@ -9,8 +9,11 @@ same loop trains data-parallel; rnnsent.distributed holds the choices that makes
 rnnsent.config's, the machine set-up rnnsent.runtime's, the files a run writes rnnsent.report's.
 
 Callbacks (minGPT style): `trainer.add_callback("on_step_end", fn)` calls fn(trainer) after every
-optimizer step (counters updated, any periodic checkpoint written), "on_epoch_end" after validation and
-the epoch's checkpoints. A callback may raise KeyboardInterrupt to stop as Ctrl-C does.
+optimizer step (counters updated, any periodic checkpoint written), "on_backward_end" after each step's
+backward pass (the gradients are in the parameters, unscaled, not yet clipped), "on_epoch_end" after
+validation and the epoch's checkpoints. In the first two, trainer.last_step (a StepInfo) holds the step's
+loss, gradient norm before clipping, learning rate and samples. A callback may raise KeyboardInterrupt to
+stop as Ctrl-C does. rnnsent.tensorboard's writer (TrainConfig.tensorboard) is one such callback.
 
 Fault injection for tests: rnnsent.faults (environment variables, through the same callbacks).
 """
@@ -39,7 +42,19 @@ from rnnsent.runfolder import RunLock, load_resume, resume_path
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
 from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted  # noqa: F401 (re-exported)
 
-EVENTS = ("on_step_end", "on_epoch_end")
+EVENTS = ("on_step_end", "on_epoch_end", "on_backward_end")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """One training step, for callbacks (trainer.last_step). Tensors stay on the device: reading one (.item())
+    waits for the step, so a callback that logs every N steps should sum them there and read them then."""
+
+    loss: torch.Tensor  # () the batch's mean training loss
+    correct: torch.Tensor  # () right predictions in the batch
+    grad_norm: torch.Tensor  # () L2 norm of all gradients before clipping (unscaled under fp16)
+    lr: float  # the learning rate of this step
+    samples: int  # reviews in this step on this process
 
 
 def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -62,6 +77,11 @@ class Trainer:
         self.is_main = self.dist.is_main
         self.out = Path(config.out)
         self.callbacks: dict[str, list] = defaultdict(list)
+        self.last_step: StepInfo | None = None
+        if config.tensorboard and self.is_main:  # first: a missing TensorBoard is said before anything is done
+            from rnnsent.tensorboard import TensorBoardWriter
+
+            TensorBoardWriter(config.tensorboard).attach(self)
         from rnnsent import runtime
 
         runtime.setup(self.device, config.threads, config.flush_denormal, config.retain_memory, config.deterministic,
@@ -134,7 +154,7 @@ class Trainer:
         faults.install(self)
 
     def add_callback(self, event: str, callback) -> None:
-        """Call callback(trainer) on `event`: "on_step_end" or "on_epoch_end"."""
+        """Call callback(trainer) on `event`: "on_step_end", "on_backward_end" or "on_epoch_end"."""
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}: choose one of {', '.join(EVENTS)}")
         self.callbacks[event].append(callback)
@@ -238,13 +258,18 @@ class Trainer:
         with self._interrupt:
             try:
                 for x, lengths, y in self.train_batches.iterate(self.epoch, start=self.step_in_epoch):
+                    lr = lr_at(self.global_step, self.total_steps, c)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = lr_at(self.global_step, self.total_steps, c)
+                        group["lr"] = lr
                     loss, correct = self.forward_backward(model, x, lengths if lengths_needed else None, y)
                     finite = self.dist.all_true(torch.isfinite(loss))  # every rank agrees, so every rank stops
                     if c.clip is not None:
                         self.scaler.unscale_(self.optimizer)
-                        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
+                    norm = self.grad_norm(model)  # before clipping
+                    self.last_step = StepInfo(loss.detach(), correct, norm, lr, y.numel())
+                    self._trigger("on_backward_end")
+                    if c.clip is not None:
+                        _clip_with_norm(model.parameters(), c.clip, norm)
                         if not self.scaler.is_enabled():  # with fp16 the scaler skips inf steps by design
                             finite = finite & torch.isfinite(norm)
                     bad_step = torch.where((bad_step < 0) & ~finite, self.global_step, bad_step)
@@ -288,6 +313,20 @@ class Trainer:
         return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                 "epoch_seconds": self.epoch_seconds,
                 "samples_per_second": seen / self.epoch_seconds if self.epoch_seconds > 0 else float("nan")}
+
+    def grad_norm(self, model) -> torch.Tensor:
+        """The L2 norm of all gradients, as clip_grad_norm_ computes it; divided by the grad scaler's scale
+        where the gradients are still scaled (fp16 without --clip). No host sync."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            norm = torch.zeros((), device=self.device)
+        elif hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: clip_grad_norm_'s own two halves
+            norm = torch.nn.utils.get_total_norm(grads)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if self.scaler.is_enabled() and self.config.clip is None:
+            norm = norm / self.scaler._get_scale_async()
+        return norm
 
     def forward_backward(self, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch's forward and backward passes (gradients accumulate in the parameters); returns the
@@ -387,6 +426,14 @@ class Trainer:
             keras_steps = self.config.max_len if self.config.encoding == "keras" else None
             self.log(report.write_report(self.out, result, test, self.history, self.model.summary(time_steps=keras_steps)))
         return result
+
+
+def _clip_with_norm(parameters, max_norm: float, norm: torch.Tensor) -> None:
+    """clip_grad_norm_ with the norm already computed (the same scaling, so the same bits)."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    else:  # torch < 2.6 computes the norm again
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 def train(config: TrainConfig, data=None) -> dict:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What each accuracy lever adds to `--recipe best`, with the same seeds: the README's ablation table.
+"""What each accuracy lever adds to `--recipe best`, with the same seeds: the ablation tables of docs/results.md.
 
     python scripts/ablation.py --data PATH --device cuda --jobs 4 --out runs/ablation --budget 540
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reproduce the README's results table: real training runs, several seeds, one table.
+"""Reproduce the results table (docs/results.md): real training runs, several seeds, one table.
 
     python scripts/results.py --recipe best --cells gru lstm rnn --seeds 0 1 2 --jobs 2 --release
 
@@ -7,9 +7,9 @@ Each (cell, seed) is one ordinary `scripts/train.py` run in its own process (so 
 what a user gets from the command shown in the table), `--jobs` of them at a time. The script then
 reads each run's report.json and metrics.jsonl and writes `<out>/results.md` and `<out>/results.json`.
 `--release` copies each cell's best run (highest validation accuracy; the test split never picks)
-to rnnsent/released/<cell>.pt (installed with the package; `--checkpoint <cell>` loads it by name).
-`--check-released` re-evaluates rnnsent/released/*.pt on the full test split and compares with
-rnnsent/released/RESULTS.json.
+to checkpoints/<cell>.pt (installed with the package; `--checkpoint <cell>` loads it by name).
+`--check-released` re-evaluates checkpoints/*.pt on the full test split and compares with
+checkpoints/RESULTS.json.
 
 A recipe that fine-tunes a language model (`--recipe pretrained`) first pretrains one per cell
 (`scripts/pretrain.py --recipe R --cell C --seed 0`, once, however many seeds), and every seed's run
@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASED = ROOT / "rnnsent" / "released"  # the released models, package data (rnnsent.checkpoint.RELEASED)
+RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.checkpoint.RELEASED)
 sys.path.insert(0, str(ROOT))
 
 
@@ -224,8 +224,8 @@ def main() -> int:
     p.add_argument("--data", default=None, help="where the IMDB data is (see train.py --help)")
     p.add_argument("--out", default="runs/results")
     p.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
-    p.add_argument("--release", action="store_true", help="copy each cell's best run to rnnsent/released/")
-    p.add_argument("--check-released", action="store_true", help="only re-evaluate rnnsent/released/*.pt")
+    p.add_argument("--release", action="store_true", help="copy each cell's best run to checkpoints/")
+    p.add_argument("--check-released", action="store_true", help="only re-evaluate checkpoints/*.pt")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     args = p.parse_args()
     if args.check_released:

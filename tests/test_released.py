@@ -1,4 +1,4 @@
-"""The released checkpoints (rnnsent/released/, package data): they load by name, describe themselves, and
+"""The released checkpoints (checkpoints/, the wheel's package data): they load by name, describe themselves, and
 read real reviews; a path always wins over a released name."""
 import json
 import logging

@@ -1,5 +1,7 @@
 """The package as pip installs it: build the wheel, install it into a fresh virtual environment outside the
-checkout, and run the installed `rnnsent` command from another folder, with no repo on the path.
+checkout, and run the installed `rnnsent` command from another folder, with no repo on the path. The
+released models live in the top-level checkpoints/, so the wheel must carry them (setup.py maps them to
+rnnsent/released/), and an editable install must find them in the checkout.
 
 Offline: the wheel is built with the setuptools of this environment (--no-build-isolation), and the new
 environment takes torch and the other dependencies from this one through a .pth file instead of
@@ -29,31 +31,43 @@ def run(argv, cwd, env=None, timeout=300) -> subprocess.CompletedProcess:
     return proc
 
 
+def copy_sources(dest: Path) -> Path:
+    """What a clone holds for packaging (build from a copy: an in-tree build would leave build/ and *.egg-info
+    in the checkout)."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    for folder in ("rnnsent", "checkpoints"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def fresh_venv(venv: Path, cwd: Path) -> tuple[Path, dict]:
+    """(python, env) of a new venv that takes torch and the other dependencies from this one (offline)."""
+    run([sys.executable, "-m", "venv", venv], cwd=cwd)
+    py = venv / "bin" / "python"
+    site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=cwd).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))  # torch, numpy, tqdm, ninja
+    Path(site, "rnnsent-test-deps.pth").write_text("\n".join(ours) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", RNNSENT_CACHE=str(cwd / "cache"))
+    return py, env
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(venv, env, wheel): the wheel built from a copy of the sources and installed into a fresh venv."""
     base = tmp_path_factory.mktemp("wheel")
-    src = base / "src"  # build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "rnnsent", src / "rnnsent", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    src = copy_sources(base / "src")
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "--wheel-dir", base / "dist", src], cwd=base)
     (wheel,) = (base / "dist").glob("rnnsent-*.whl")
 
     venv = base / "venv"
-    run([sys.executable, "-m", "venv", venv], cwd=base)
-    py = venv / "bin" / "python"
-    site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base).stdout.strip()
-    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))  # torch, numpy, tqdm, ninja
-    Path(site, "rnnsent-test-deps.pth").write_text("\n".join(ours) + "\n")
+    py, env = fresh_venv(venv, base)
     # --ignore-installed: this environment's own (editable) rnnsent is visible through the .pth too.
     run([py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel], cwd=base)
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", RNNSENT_CACHE=str(base / "cache"),
-               TORCH_EXTENSIONS_DIR=str(base / "torch_extensions"))  # a first build, as on a user's machine
+    env.update(TORCH_EXTENSIONS_DIR=str(base / "torch_extensions"))  # a first build, as on a user's machine
     return venv, env, wheel
 
 
@@ -94,3 +108,16 @@ def test_installed_command_predicts_with_a_released_model_and_trains(installed, 
     proc = run([venv / "bin" / "python", "-m", "rnnsent", "evaluate", "--checkpoint", tmp_path / "run", "--json"],
                tmp_path, env)
     assert json.loads(proc.stdout)["n"] == 12
+
+
+def test_an_editable_install_finds_the_released_models_in_the_checkout(tmp_path):
+    src = copy_sources(tmp_path / "clone")
+    py, env = fresh_venv(tmp_path / "venv", tmp_path)
+    run([py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation", "--ignore-installed",
+         "-e", src], cwd=tmp_path, env=env)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run([py, "-c", "import rnnsent; print(rnnsent.__file__); print(rnnsent.load_checkpoint('gru').path)"],
+               elsewhere, env)
+    where, path = proc.stdout.split()
+    assert Path(where).is_relative_to(src) and Path(path) == src / "checkpoints" / "gru.pt", proc.stdout

@@ -1,0 +1,117 @@
+"""The README and docs/: every relative link and #anchor resolves (anchors as GitHub makes them from headings),
+every docs page can be reached from the README, the README's test command is the one CI runs, and docs/flags.md
+is the commands' real --help."""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)  # fenced code blocks: links there are not links
+CODE = re.compile(r"`[^`\n]*`")  # inline code spans
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")  # [text](target "title")
+HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
+
+
+def prose(text: str) -> str:
+    return CODE.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: markup dropped, lower case, punctuation removed, spaces to hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading: its text
+    text = re.sub(r"<[^>]+>", "", text).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading's anchor in a Markdown file; repeated headings get -1, -2, ... as on GitHub."""
+    seen: dict[str, int] = {}
+    out = set()
+    for _, heading in HEADING.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def broken_links(page: Path, root: Path = ROOT) -> list[str]:
+    """Relative links of `page` whose file (inside `root`) or #anchor does not exist, as 'target: why' lines."""
+    broken = []
+    for target in LINK.findall(prose(page.read_text(encoding="utf-8"))):
+        if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):  # https:, mailto: ... are not checked
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (page.parent / file).resolve() if file else page
+        if not dest.is_relative_to(root.resolve()):
+            broken.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target}: no heading with the anchor #{anchor} in {dest.name}")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_anchor_resolves(page):
+    assert not broken_links(page), f"{page.relative_to(ROOT)}: " + "; ".join(broken_links(page))
+
+
+def test_the_checker_finds_a_missing_file_a_missing_anchor_and_a_link_out_of_the_repository(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "other.md").write_text(
+        "# Other page\n\n## `--recipe tuned`: 0.90 ± 0.01\n\n## Twice\n\n## Twice\n")
+    page = tmp_path / "README.md"
+    page.write_text("# Title\n\n## Start here\n\n"
+                    "[ok](docs/other.md) [ok](docs/other.md#--recipe-tuned-090--001) [ok](#start-here)\n"
+                    "[ok](docs/other.md#twice-1) [ok](https://example.com/x.md#nowhere) `[code](nowhere.md)`\n"
+                    "```\n[fenced](nowhere.md)\n```\n"
+                    "[a](docs/missing.md) [b](docs/other.md#no-such-heading) [c](#start) [d](../outside.md)\n")
+    assert broken_links(page, tmp_path) == [
+        "docs/missing.md: no such file",
+        "docs/other.md#no-such-heading: no heading with the anchor #no-such-heading in other.md",
+        "#start: no heading with the anchor #start in README.md",
+        "../outside.md: outside the repository",
+    ]
+
+
+def test_github_slugs_of_the_headings_this_project_uses():
+    assert slug("Past 0.90: `--recipe tuned`") == "past-090---recipe-tuned"
+    assert slug("On a busy machine") == "on-a-busy-machine"
+    assert slug("Use it from Python ([API](developing.md))") == "use-it-from-python-api"
+    assert slug("Speed: 8.1× on a CPU") == "speed-81-on-a-cpu"
+
+
+def test_every_docs_page_is_reached_from_the_readme():
+    reached, todo = set(), [ROOT / "README.md"]
+    while todo:
+        page = todo.pop()
+        for target in LINK.findall(prose(page.read_text(encoding="utf-8"))):
+            dest = (page.parent / target.partition("#")[0]).resolve()
+            if dest.suffix == ".md" and dest.is_file() and dest not in reached:
+                reached.add(dest)
+                todo.append(dest)
+    missing = [p.relative_to(ROOT).as_posix() for p in PAGES[1:] if p.resolve() not in reached]
+    assert not missing, f"not linked from README.md (or a page it links): {', '.join(missing)}"
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd ", "command -v chromium "))]  # (the browser test's system package)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup_and_test = readme.split("Set up and run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert ci == [setup_and_test]
+
+
+def test_flags_page_is_the_commands_real_help():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from make_flags_doc import render
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert (ROOT / "docs" / "flags.md").read_text(encoding="utf-8") == render(), \
+        "docs/flags.md differs from the commands' --help: run python scripts/make_flags_doc.py"
