@@ -174,12 +174,13 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return RELEASED / f"{name}.pt"
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> "LoadedModel":
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", impl: str = "auto") -> "LoadedModel":
     """Rebuild the model from a checkpoint (a file, a run folder holding best.pt/last.pt, or the name of a
     released model: "gru", "lstm" or "rnn"; an existing path of that name wins).
 
     Returns a LoadedModel: the model in eval mode on `device`, its vocabulary and the encoding
-    settings it was trained with, so `rnnsent.predict(loaded, texts)` needs nothing else.
+    settings it was trained with, so `rnnsent.predict(loaded, texts)` needs nothing else. impl says how the
+    recurrent layer runs (rnnsent.recurrent: "auto", "fused" or "torch"); it changes no result.
     """
     from rnnsent.data import Vocab
     from rnnsent.models import SentimentRNN
@@ -206,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(
             f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of {expected}"
         )
-    model = SentimentRNN(**config)
+    model = SentimentRNN(**config, impl=impl)
     model.load_state_dict(weights)
     try:
         vocab = Vocab.from_dict(state["vocab"])

@@ -1,4 +1,4 @@
-"""Command lines for train / evaluate / predict / explain. scripts/*.py and the `rnnsent` command call these; all work
+"""Command lines for train / evaluate / predict / explain / export. scripts/*.py and the `rnnsent` command call these; all work
 happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
@@ -87,6 +87,13 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
     a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
     a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
+    a("--layers", "--num-layers", dest="num_layers", type=_positive_int, default=None,
+      help=f"stacked recurrent layers, each feeding its whole sequence to the next [{d.num_layers}]")
+    a("--bidirectional", action="store_true", default=None,
+      help="a second, backward direction in every recurrent layer; the head sees both final states, as Keras' "
+           "Bidirectional(merge_mode='concat') [off]")
+    a("--layer-dropout", type=_fraction, default=None,
+      help=f"training only: dropout between stacked recurrent layers (needs --layers 2 or more) [{d.layer_dropout}]")
     a("--num-classes", type=_positive_int, default=None,
       help="output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
            f"[{d.num_classes}]")
@@ -398,6 +405,35 @@ def _two_or_more(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
     return value
+
+
+def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
+    p = _Parser(prog=prog, description="Write a model as one ONNX file (token ids and lengths in, logits and probabilities "
+                                       "out) and its tokenizer as JSON beside it, after checking in onnxruntime that the "
+                                       "graph computes what PyTorch does (docs/export.md). Needs pip install 'rnnsent[onnx]'.")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
+    p.add_argument("--onnx", required=True, help="the ONNX file to write, e.g. gru.onnx")
+    p.add_argument("--tokenizer", default=None, help="the tokenizer JSON to write [beside --onnx: NAME.tokenizer.json]")
+    p.add_argument("--json", action="store_true", help="print what was written and checked as one JSON object")
+    args = p.parse_args(argv)
+    _show_log()
+    try:
+        from rnnsent.export import export, require_onnxruntime
+
+        require_onnxruntime()  # before loading anything: the one-line install hint comes first
+        from rnnsent.checkpoint import load_checkpoint
+
+        result = export(load_checkpoint(args.checkpoint), args.onnx, args.tokenizer)
+    except _user_errors() as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {result['onnx']} and {result['tokenizer']}: onnxruntime matches PyTorch within "
+              f"{result['worst_difference']:.1e} on {result['inputs']} random inputs (batch 1, 7 and 64, "
+              f"lengths 1 to {result['max_time']})")
+    return 0
 
 
 def _read_lines(path: str) -> list[str]:

@@ -109,22 +109,33 @@ class ModelConfig:
     word_dropout: float = 0.0  # training only: a word becomes out-of-vocabulary with this probability
     # 2: Dense(1) + sigmoid, as Keras' exercise; K > 2: Dense(K) + softmax. Your own data's classes set it.
     num_classes: int = 2
+    num_layers: int = 1  # stacked recurrent layers, each feeding its full sequence to the next
+    bidirectional: bool = False  # a second direction per layer; the head sees [forward, backward] final states
+    layer_dropout: float = 0.0  # training only: dropout between stacked layers (nn.LSTM's dropout); none with one layer
 
     def __post_init__(self):
         object.__setattr__(self, "cell", canonical_cell(self.cell))
+        if not isinstance(self.num_layers, int) or isinstance(self.num_layers, bool) or self.num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
+        if not isinstance(self.bidirectional, bool):
+            raise ValueError(f"bidirectional must be True or False, got {self.bidirectional!r}")
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
         for name in ("vocab_size", "embed_dim", "hidden_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("embed_dropout", "output_dropout", "word_dropout"):
+        for name in ("embed_dropout", "output_dropout", "word_dropout", "layer_dropout"):
             value = getattr(self, name)
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}: choose one of {', '.join(INITS)}")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
 
     def model_args(self) -> dict:
         """The ModelConfig part of this config (of a TrainConfig too): SentimentRNN(**config.model_args())."""

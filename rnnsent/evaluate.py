@@ -128,31 +128,51 @@ def predict(
     device: torch.device | str | None = None,
     batch_size: int = 256,
     classes: list | None = None,
+    sort_by_length: bool = True,
 ) -> list[Prediction]:
     """The class of each raw text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start token
     alone, and its Prediction.note says so ("empty", "no known words").
 
-    `classes` names the model's classes in order (a checkpoint stores them); without, IMDB's negative/positive."""
+    `classes` names the model's classes in order (a checkpoint stores them); without, IMDB's negative/positive.
+    Right-padded (bucketed) texts are batched by length, longest first, so that a batch is as wide as its own
+    longest text; the answers come back in input order, and each row's result does not depend on its batch
+    (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order."""
     texts = as_texts(texts)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def forward(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        logits = model(x.to(device), None if lengths is None else lengths.to(device))
+        return objective.probabilities(logits).cpu()  # (B, K)
+
+    try:
+        return predict_with(forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes, sort_by_length)
+    finally:
+        model.train(was_training)
+
+
+def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, encoding: str, batch_size: int = 256,
+                 classes: list | None = None, sort_by_length: bool = True) -> list[Prediction]:
+    """predict() with any `forward(tokens (B, T) int64, lengths (B,) or None for pre-padded rows) -> (B, K)
+    probabilities` (a PyTorch model, an onnxruntime session: rnnsent.export.OnnxPredictor)."""
+    texts = as_texts(texts)
     tokenize = tokenizer_for(vocab.tokenizer)
     ids = [vocab.encode(tokenize(t)) for t in texts]
     labels = [0] * len(ids)
     split = (encode_keras if encoding == "keras" else encode_fast)(ids, labels, max_len)
-    was_training = model.training
-    model.eval()
-    k = model.num_classes
-    names = class_names(k, classes)
+    names = class_names(num_classes, classes)
+    right_padded = split.padding == "post"
+    # Pre-padded rows are all max_len wide, so only right-padded ones gain from batching by length.
+    order = (torch.argsort(split.lengths, descending=True, stable=True) if right_padded and sort_by_length
+             else torch.arange(len(texts)))
     probs = torch.empty(len(texts), len(names))  # (N, K)
     for start in range(0, len(texts), batch_size):
-        sl = slice(start, start + batch_size)
-        x = split.tokens[sl].to(device)
-        lengths = split.lengths[sl]
-        if split.padding == "post":
-            x = x[:, : int(lengths.max())]
-        logits = model(x, lengths.to(device) if split.padding == "post" else None)
-        probs[sl] = objective.probabilities(logits).cpu()
-    model.train(was_training)
+        idx = order[start: start + batch_size]
+        x, lengths = split.tokens[idx], split.lengths[idx]  # (B, L), (B,)
+        if right_padded:
+            x = x[:, : int(lengths.max())]  # (B, longest in the batch)
+        probs[idx] = forward(x, lengths if right_padded else None)
     out = []
     for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids):
         # Two classes: the second wins at p >= 0.5 exactly as before (argmax would give ties to the first).

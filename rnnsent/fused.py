@@ -105,9 +105,15 @@ def _build(name: str, cflags: list[str]) -> None:
 
 def available() -> bool:
     """Build (once per machine) and load the kernel; False, with the reason in status(), where that fails."""
-    global _loaded, _error
     if _loaded is not None:
         return _loaded
+    if torch.compiler.is_compiling():  # first use inside torch.compile: load it outside the traced code
+        return torch._disable_dynamo(_load)()
+    return _load()
+
+
+def _load() -> bool:
+    global _loaded, _error
     with _lock:
         if _loaded is not None:
             return _loaded
@@ -130,6 +136,7 @@ def available() -> bool:
             except Exception:  # a compiler without -march=native or OpenMP (Apple's clang): portable, serial build
                 _build(name + "_portable", flags)
             torch.ops.rnnsent_cpu.sequence_forward  # noqa: B018 (raises if the library did not register)
+            _register_fakes()
             _loaded = True
         except Exception as e:  # no compiler, no ninja, read-only cache...: fall back, remember why
             lines = str(e).strip().splitlines()
@@ -149,46 +156,90 @@ def status() -> str:
             "ninja, `pip install ninja`)")
 
 
-class _Sequence(torch.autograd.Function):
-    """last_state = sequence(x_proj, W_hh, b_hh, lengths); x_proj is the input projection, [T, B, G*H]."""
+# The kernel as PyTorch operators: the C++ file defines rnnsent_cpu::sequence_forward and ::sequence_backward
+# (TORCH_LIBRARY), _register_fakes gives them fake implementations (output shapes without running them), and
+# _Recurrent is their autograd formula. So PyTorch's tools see ops with known shapes and derivatives instead of
+# an opaque Python call: torch.compile traces around them, torch.func.grad differentiates them, and a second
+# derivative stops with a message instead of coming out wrong.
+
+
+def _gates(cell: int) -> int:
+    return (4, 3, 1)[cell]
+
+
+def _register_fakes() -> None:
+    """Fake (meta) implementations of the two C++ ops, once they are loaded."""
+
+    @torch.library.register_fake("rnnsent_cpu::sequence_forward")
+    def _forward_fake(cell, x, w_hh, b_hh, lengths, save, full):
+        T, B, H = x.size(0), x.size(1), w_hh.size(1)
+        hs = x.new_empty(T + 1 if save or full else 2, B, H)
+        steps = T if save else 1
+        act = x.new_empty(steps, B, _gates(cell) * H) if cell != 2 else x.new_empty(0)
+        extra = x.new_empty(0) if cell == 2 else x.new_empty((T + 1 if save else 2) if cell == 0 else steps, B, H)
+        return [x.new_empty(B, H), hs, act, extra]
+
+    @torch.library.register_fake("rnnsent_cpu::sequence_backward")
+    def _backward_fake(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra):
+        T, B, H = hs.size(0) - 1, hs.size(1), hs.size(2)
+        return [hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0))]
+
+
+SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only (once differentiable); for second "
+                     "derivatives (create_graph=True, double backward, torch.func.hessian) build the model with "
+                     "impl=\"torch\"")
+
+
+class _Recurrent(torch.autograd.Function):
+    """(last [B, H], every state [T+1, B, H] or scratch) = the kernel on (x_proj, W_hh, b_hh, lengths).
+    setup_context (not ctx in forward) lets torch.func transforms use it."""
 
     @staticmethod
-    def forward(ctx, cell_id: int, x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
-                save: bool):
-        last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell_id, x, w_hh, b_hh, lengths, save)
-        ctx.cell_id = cell_id
+    def forward(cell, x, w_hh, b_hh, lengths, save, full):
+        last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell, x, w_hh, b_hh, lengths, save, full)
+        return last, hs, act, extra
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cell, _, w_hh, _, lengths, save, _ = inputs
+        _, hs, act, extra = output
+        ctx.cell, ctx.saved = cell, save
+        ctx.mark_non_differentiable(act, extra)
         if save:
             ctx.save_for_backward(w_hh, lengths, hs, act, extra)
-        return last
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # a second derivative raises instead of coming out wrong
-    def backward(ctx, grad_last: torch.Tensor):
+    def backward(ctx, grad_last, grad_hs, *_):
+        if not ctx.saved:  # forward was told no gradient would be asked for (see run)
+            raise RuntimeError("rnnsent's fused kernel ran without keeping its steps for backward; call the model "
+                               "with gradients enabled, or build it with impl=\"torch\"")
         w_hh, lengths, hs, act, extra = ctx.saved_tensors
-        dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(ctx.cell_id, grad_last, w_hh, lengths, hs, act, extra)
-        return None, dx, dw, db, None, None
+        if torch.is_grad_enabled() and not torch._C._functorch.is_functorch_wrapped_tensor(hs):
+            raise RuntimeError(SECOND_DERIVATIVE)  # create_graph=True: the C++ backward has no derivative itself
+        B, H = hs.size(1), hs.size(2)
+        grad_last = grad_last if grad_last is not None else hs.new_zeros(B, H)
+        grad_seq = grad_hs[1:] if grad_hs is not None else hs.new_empty(0)  # hs[0] is the zero initial state
+        dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(ctx.cell, grad_last.contiguous(), grad_seq.contiguous(),
+                                                            w_hh, lengths, hs, act, extra)
+        return None, dx, dw, db, None, None, None
 
 
-def _last_state(cell, x_proj, w_hh, b_hh, lengths):
-    # Keep every step for backward only when a gradient will be asked for (grad mode is off inside forward).
+def run(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
+        full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One direction of one recurrent layer from time-major input projections x_proj = x @ W_ih^T + b_ih,
+    [T, B, G*H], and lengths [B] in [1, T]: the state after each row's last real step, [B, H], and with
+    `full` every step's state, [T, B, H] (past a row's length: computed, but outside the output)."""
+    # Keep every step for backward only when a gradient will be asked for.
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, w_hh, b_hh))
-    return _Sequence.apply(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
-                           lengths.to(device="cpu", dtype=torch.long).contiguous(), save)
-
-
-# Under torch.compile the C++ call stays opaque: it runs as it is, between compiled graphs.
-# torch._disable_dynamo is torch.compiler.disable applied on first call; decorating with the latter
-# would import torch._dynamo (about a second) with rnnsent, for everyone, compiling or not.
-_opaque_last_state = torch._disable_dynamo(_last_state)
+    last, hs, *_ = _Recurrent.apply(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+                                    lengths.to(device="cpu", dtype=torch.long).contiguous(), save, full)
+    return last, (hs[1:] if full else None)
 
 
 def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                lengths: torch.Tensor) -> torch.Tensor:
-    """The recurrent layer's state after each sequence's last real step, [B, H], from time-major input
-    projections x_proj = x @ W_ih^T + b_ih of shape [T, B, G*H] and lengths [B] in [1, T]."""
-    if torch.compiler.is_compiling():  # True only while dynamo traces; eager calls never load it
-        return _opaque_last_state(cell, x_proj, w_hh, b_hh, lengths)
-    return _last_state(cell, x_proj, w_hh, b_hh, lengths)
+    """The recurrent layer's state after each sequence's last real step, [B, H] (see run)."""
+    return run(cell, x_proj, w_hh, b_hh, lengths)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,9 @@ TensorFlow. Three layouts exist in the wild and all are read:
 The accepted architecture is rnnsent's: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid), or
 Dense(K, softmax) with K > 2 for K classes (Dense(2, softmax) is refused: rnnsent's two-class head is one logit),
 with an optional Dropout after the Embedding and after the recurrent layer (they become
-`embed_dropout` and `output_dropout`). Anything else is refused with a KerasFormatError that names
+`embed_dropout` and `output_dropout`). The recurrent layer may be stacked (each but the last with
+return_sequences=True, Dropout between them becoming `layer_dropout`) and wrapped in Bidirectional
+(merge_mode="concat"; its weights are the forward layer's, then the backward layer's). Anything else is refused with a KerasFormatError that names
 the difference. The recurrent layer's own `dropout` / `recurrent_dropout` only act in training and
 rnnsent has no per-gate dropout, so they are not carried over; predictions are unaffected.
 
@@ -35,16 +37,20 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from rnnsent.config import KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig, canonical_cell, field_names
+from rnnsent import recurrent
+from rnnsent.config import CELL_TABLE, KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig, canonical_cell, field_names
 from rnnsent.files import MAX_MEMBER_BYTES, read_bounded
 from rnnsent.models import SentimentRNN, permute_gates
 
 __all__ = ["KerasFormatError", "from_keras", "to_keras", "save_keras", "keras_weights"]
 
-ARCHITECTURE = "Embedding -> LSTM | GRU | SimpleRNN -> Dense(1, sigmoid) or Dense(K > 2, softmax)"
+ARCHITECTURE = ("Embedding -> LSTM | GRU | SimpleRNN, one or more of the same kind and size, each optionally in "
+                "Bidirectional(merge_mode='concat'), all but the last with return_sequences=True -> "
+                "Dense(1, sigmoid) or Dense(K > 2, softmax), with optional Dropout layers between them")
 _RECURRENT = {keras_name: cell for cell, keras_name in KERAS_CELL_NAMES.items()}
-_WRAPPERS = ("Bidirectional", "TimeDistributed", "RNN")  # an RNN(cell) wrapper is not a fused layer either
+_WRAPPERS = ("TimeDistributed", "RNN")  # an RNN(cell) wrapper is not a fused layer either
 _MODEL_ARGS = field_names(ModelConfig)
+_SHAPE = ("vocab_size", "embed_dim", "hidden_size", "num_classes", "num_layers", "bidirectional")  # fixed by the file
 
 
 class KerasFormatError(ValueError):
@@ -91,7 +97,7 @@ def from_keras(source, **overrides) -> SentimentRNN:
         except (AttributeError, KeyError, TypeError, IndexError) as e:  # a config missing fields or holding other types
             raise KerasFormatError(f"{where}: malformed Keras layer config ({type(e).__name__}: {e})") from None
     for key, value in overrides.items():
-        if key in ("vocab_size", "embed_dim", "hidden_size", "num_classes") and value != args[key]:
+        if key in _SHAPE and value != args[key]:
             raise KerasFormatError(f"{where}: {key}={value!r} was asked for but the model has {key}={args[key]}")
         if key == "cell" and canonical_cell(value) != args["cell"]:
             raise KerasFormatError(f"{where}: cell={value!r} was asked for but the model's recurrent layer is "
@@ -112,50 +118,77 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     for layer in layers:
         if layer.kind in _WRAPPERS:
             refuse(f"layer {layer.name!r} is a {layer.kind} wrapper")
-    recurrent = [layer for layer in layers if layer.kind in _RECURRENT]
-    if len(recurrent) > 1:
-        names = ", ".join(f"{layer.name} ({layer.kind})" for layer in recurrent)
-        refuse(f"{len(recurrent)} stacked recurrent layers ({names}); rnnsent has exactly one")
-    # The recurrent layer's options first: they explain most foreign models best.
-    for rnn in recurrent:
-        cell = _RECURRENT[rnn.kind]
-        checks = [
-            ("return_sequences", False), ("return_state", False), ("go_backwards", False),
-            ("time_major", False), ("use_bias", True), ("activation", "tanh"),
-        ]
-        if cell != "rnn":
-            checks.append(("recurrent_activation", "sigmoid"))
-        if cell == "gru":
-            checks.append(("reset_after", True))
-        for key, want in checks:
-            got = rnn.config.get(key, want)
-            if key.endswith("activation"):
-                got = _activation_name(got)
-            if got != want:
-                refuse(f"{rnn.kind} {rnn.name!r} has {key}={got!r} (rnnsent needs {key}={want!r})")
+        if layer.kind == "Bidirectional" and layer.config.get("merge_mode", "concat") != "concat":
+            refuse(f"Bidirectional {layer.name!r} has merge_mode={layer.config.get('merge_mode')!r} "
+                   "(rnnsent concatenates the two directions: merge_mode='concat' only)")
+    blocks = [layer for layer in layers if _is_recurrent(layer)]
+    # The recurrent layers' options first: they explain most foreign models best.
+    for k, block in enumerate(blocks):
+        for kind, name, config, backwards in _directions(block, refuse):
+            checks = [
+                ("return_sequences", k < len(blocks) - 1), ("return_state", False), ("go_backwards", backwards),
+                ("time_major", False), ("use_bias", True), ("activation", "tanh"), ("stateful", False),
+            ]
+            if kind != "SimpleRNN":
+                checks.append(("recurrent_activation", "sigmoid"))
+            if kind == "GRU":
+                checks.append(("reset_after", True))
+            for key, want in checks:
+                got = config.get(key, want)
+                if key.endswith("activation"):
+                    got = _activation_name(got)
+                if got != want:
+                    why = (" (every recurrent layer but the last must return sequences)" if key == "return_sequences"
+                           and want else "")
+                    refuse(f"{kind} {name!r} has {key}={got!r} (rnnsent needs {key}={want!r}{why})")
     for layer in layers:
-        if layer.kind not in ("Embedding", "Dropout", "Dense") and layer.kind not in _RECURRENT:
+        if layer.kind not in ("Embedding", "Dropout", "Dense") and not _is_recurrent(layer):
             refuse(f"extra layer {layer.name!r} ({layer.kind})")
     kinds = [layer.kind for layer in layers]
     chain_text = " -> ".join(kinds) or "no layers"
-    # Expected chain, dropouts optional: Embedding [Dropout] RNN [Dropout] Dense.
-    chain, i = {}, 0
-    for slot, want, optional in (("Embedding", "Embedding", False), ("drop_in", "Dropout", True),
-                                 ("RNN", "RNN", False), ("drop_out", "Dropout", True), ("Dense", "Dense", False)):
+
+    # Expected chain, dropouts optional: Embedding [Dropout] RNN ([Dropout] RNN)* [Dropout] Dense.
+    i = 0
+
+    def take(want: str, optional: bool):
+        nonlocal i
         kind = layers[i].kind if i < len(layers) else None
-        if kind is not None and (kind in _RECURRENT if want == "RNN" else kind == want):
-            chain[slot] = layers[i]
+        if kind is not None and (_is_recurrent(layers[i]) if want == "RNN" else kind == want):
             i += 1
-        elif not optional:
+            return layers[i - 1]
+        if not optional:
             found = f"layer {layers[i].name!r} ({kind})" if kind else "the end of the model"
             refuse(f"expected {want if want != 'RNN' else 'LSTM|GRU|SimpleRNN'} at position {i + 1} but found {found} "
                    f"(layers: {chain_text})")
+        return None
+
+    emb = take("Embedding", False)
+    drop_in = take("Dropout", True)
+    rnns, between = [take("RNN", False)], []
+    while True:
+        dropout = take("Dropout", True)
+        rnn = take("RNN", True)
+        if rnn is None:
+            drop_out = dropout
+            break
+        between.append(dropout)
+        rnns.append(rnn)
+    dense = take("Dense", False)
     if i != len(layers):
         refuse(f"extra layer {layers[i].name!r} ({layers[i].kind}) after the Dense output (layers: {chain_text})")
 
-    emb, rnn, dense = chain["Embedding"], chain["RNN"], chain["Dense"]
-    ec, rc, dc = emb.config, rnn.config, dense.config
-    cell = _RECURRENT[rnn.kind]
+    ec, dc = emb.config, dense.config
+    first = _directions(rnns[0], refuse)[0]
+    kind, units_of = first[0], lambda block: _directions(block, refuse)[0][2].get("units")
+    bidirectional = rnns[0].kind == "Bidirectional"
+    for block in rnns:
+        for other_kind, name, config, _ in _directions(block, refuse):
+            same = (other_kind == kind and (block.kind == "Bidirectional") == bidirectional
+                    and config.get("units") == first[2].get("units"))
+            if not same:
+                refuse(f"recurrent layers of different kinds or sizes ({rnns[0].name!r}: {_describe(rnns[0], refuse)}; "
+                       f"{block.name!r}: {_describe(block, refuse)}); rnnsent stacks identical layers")
+    cell = _RECURRENT[kind]
     if ec.get("mask_zero"):
         refuse(f"Embedding {emb.name!r} has mask_zero=True (rnnsent runs every padded step, as Keras does without a mask)")
     units = dc.get("units")
@@ -167,27 +200,33 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                f"(rnnsent needs {want_act})")
     if not dc.get("use_bias", True):
         refuse(f"Dense {dense.name!r} has use_bias=False")
-    rates = {}
-    for slot in ("drop_in", "drop_out"):
-        if slot in chain:
-            if chain[slot].config.get("noise_shape") is not None:
-                refuse(f"Dropout {chain[slot].name!r} has a noise_shape")
-            rates[slot] = float(chain[slot].config.get("rate", 0.0))
 
+    def rate(layer) -> float:
+        if layer is None:
+            return 0.0
+        if layer.config.get("noise_shape") is not None:
+            refuse(f"Dropout {layer.name!r} has a noise_shape")
+        return float(layer.config.get("rate", 0.0))
+
+    rates = {rate(layer) for layer in between}
+    if len(rates) > 1:
+        refuse(f"Dropout layers of different rates between the recurrent layers ({sorted(rates)}); rnnsent has one "
+               "layer_dropout")
     args = dict(
-        cell=cell, vocab_size=int(ec["input_dim"]), embed_dim=int(ec["output_dim"]), hidden_size=int(rc["units"]),
-        embed_dropout=rates.get("drop_in", 0.0), output_dropout=rates.get("drop_out", 0.0),
-        num_classes=2 if units == 1 else units,
+        cell=cell, vocab_size=int(ec["input_dim"]), embed_dim=int(ec["output_dim"]), hidden_size=int(units_of(rnns[0])),
+        embed_dropout=rate(drop_in), output_dropout=rate(drop_out), num_classes=2 if units == 1 else units,
+        num_layers=len(rnns), bidirectional=bidirectional, layer_dropout=rates.pop() if rates else 0.0,
     )
     # Every weight's shape must be what the config implies.
     v, e, h = args["vocab_size"], args["embed_dim"], args["hidden_size"]
-    g = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    expected = [
-        (emb, [("embeddings", (v, e))]),
-        (rnn, [("kernel", (e, g * h)), ("recurrent_kernel", (h, g * h)),
-               ("bias", (2, g * h) if cell == "gru" else (g * h,))]),
-        (dense, [("kernel", (h, units)), ("bias", (units,))]),
-    ]
+    g, dirs = CELL_TABLE[cell].gates, 2 if bidirectional else 1
+    expected = [(emb, [("embeddings", (v, e))])]
+    for k, block in enumerate(rnns):
+        n_in = e if k == 0 else h * dirs
+        expected.append((block, [(f"{prefix}{name}", shape) for prefix in (("forward ", "backward ") if dirs == 2 else ("",))
+                                 for name, shape in (("kernel", (n_in, g * h)), ("recurrent_kernel", (h, g * h)),
+                                                     ("bias", (2, g * h) if cell == "gru" else (g * h,)))]))
+    expected.append((dense, [("kernel", (h * dirs, units)), ("bias", (units,))]))
     arrays = []
     for layer, specs in expected:
         got = layer.weights or []
@@ -203,6 +242,30 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     return args, tuple(arrays)
 
 
+def _is_recurrent(layer: _Layer) -> bool:
+    return layer.kind in _RECURRENT or layer.kind == "Bidirectional"
+
+
+def _directions(block: _Layer, refuse) -> list[tuple[str, str, dict, bool]]:
+    """(Keras class, name, config, runs backwards) for each direction of a recurrent layer or Bidirectional."""
+    if block.kind != "Bidirectional":
+        return [(block.kind, block.name, block.config, False)]
+    forward = block.config.get("layer") or {}
+    backward = block.config.get("backward_layer")
+    for entry in (forward, backward or {}):
+        if entry and entry.get("class_name") not in _RECURRENT:
+            refuse(f"Bidirectional {block.name!r} wraps a {entry.get('class_name')} (rnnsent reads LSTM, GRU, SimpleRNN)")
+    fc = forward.get("config", {})
+    bc = backward.get("config", {}) if backward else {**fc, "go_backwards": not fc.get("go_backwards", False)}
+    return [(forward.get("class_name"), fc.get("name", block.name), fc, False),
+            ((backward or forward).get("class_name"), bc.get("name", block.name), bc, True)]
+
+
+def _describe(block: _Layer, refuse) -> str:
+    kind, _, config, _ = _directions(block, refuse)[0]
+    return f"{'Bidirectional ' if block.kind == 'Bidirectional' else ''}{kind}({config.get('units')})"
+
+
 def _activation_name(act) -> str | None:
     if isinstance(act, dict):  # a serialized activation object
         cfg = act.get("config")
@@ -211,22 +274,28 @@ def _activation_name(act) -> str | None:
 
 
 @torch.no_grad()
-def _load_keras_weights(model: SentimentRNN, emb, kernel, recurrent, bias, dense_kernel, dense_bias) -> None:
+def _load_keras_weights(model: SentimentRNN, emb, *arrays) -> None:
+    """Keras' arrays in its order (embedding; kernel, recurrent kernel, bias per layer and direction, forward
+    first; Dense kernel and bias) into the model's state_dict."""
     order = KERAS_GATE_ORDER[model.cell]
     t = torch.from_numpy
+    suffixes = recurrent.weight_suffixes(model.rnn)
+    *cells, dense_kernel, dense_bias = arrays
     state = {
         "embedding.weight": t(emb),  # (V, E)
-        "rnn.weight_ih_l0": permute_gates(t(kernel).t(), order),  # (G*H, E)
-        "rnn.weight_hh_l0": permute_gates(t(recurrent).t(), order),  # (G*H, H)
-        "fc.weight": t(dense_kernel).t(),  # (1, H) or (K, H)
+        "fc.weight": t(dense_kernel).t(),  # (1, H * dirs) or (K, H * dirs)
         "fc.bias": t(dense_bias),  # (1,) or (K,)
     }
-    if model.cell == "gru":
-        state["rnn.bias_ih_l0"] = permute_gates(t(bias[0]), order)
-        state["rnn.bias_hh_l0"] = permute_gates(t(bias[1]), order)
-    else:
-        state["rnn.bias_ih_l0"] = permute_gates(t(bias), order)
-        model.rnn.bias_hh_l0.zero_()  # Keras' single bias lives in bias_ih
+    for k, sfx in enumerate(suffixes):
+        kernel, recurrent_kernel, bias = cells[3 * k: 3 * k + 3]
+        state[f"rnn.weight_ih{sfx}"] = permute_gates(t(kernel).t(), order)  # (G*H, in)
+        state[f"rnn.weight_hh{sfx}"] = permute_gates(t(recurrent_kernel).t(), order)  # (G*H, H)
+        if model.cell == "gru":
+            state[f"rnn.bias_ih{sfx}"] = permute_gates(t(bias[0]), order)
+            state[f"rnn.bias_hh{sfx}"] = permute_gates(t(bias[1]), order)
+        else:
+            state[f"rnn.bias_ih{sfx}"] = permute_gates(t(bias), order)
+            getattr(model.rnn, f"bias_hh{sfx}").zero_()  # Keras' single bias lives in bias_ih
     model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True)
 
 
@@ -365,7 +434,7 @@ def _keras_zip_layers(config: dict, f, where: str) -> list[_Layer]:
 def _group_vars(group) -> list:
     """A layer's arrays in Keras order: its own vars/0.., then its cell's (recurrent layers)."""
     arrays = []
-    for sub in ("vars", "cell/vars"):
+    for sub in ("vars", "cell/vars", "forward_layer/cell/vars", "backward_layer/cell/vars"):  # the last two: Bidirectional
         if sub in group:
             vars_ = group[sub]
             arrays += [_checked_dataset(vars_[k], group.file.filename) for k in sorted(vars_, key=int)]
@@ -406,8 +475,9 @@ def _text(value) -> str:
 
 @torch.no_grad()
 def keras_weights(model: SentimentRNN) -> dict[str, list[np.ndarray]]:
-    """The model's weights in Keras' layout: {"embedding": [...], "rnn": [...], "dense": [...]},
-    each list in the order Keras' layer.get_weights() returns it."""
+    """The model's weights in Keras' layout: {"embedding": [...], "rnn": [...], "dense": [...]}, each list in
+    the order Keras' layer.get_weights() returns it; "rnn" holds kernel, recurrent kernel and bias of every
+    layer and direction in turn (forward before backward, as Bidirectional.get_weights())."""
     order = KERAS_GATE_ORDER[model.cell]
     inverse = tuple(order.index(k) for k in range(len(order)))  # Keras block k <- PyTorch block inverse[k]
     rnn = model.rnn
@@ -415,17 +485,21 @@ def keras_weights(model: SentimentRNN) -> dict[str, list[np.ndarray]]:
     def keras_gates(w: torch.Tensor) -> torch.Tensor:
         return permute_gates(w.detach().float().cpu(), inverse)
 
-    kernel = keras_gates(rnn.weight_ih_l0).t()  # (E, G*H)
-    recurrent = keras_gates(rnn.weight_hh_l0).t()  # (H, G*H)
-    if model.cell == "gru":
-        bias = torch.stack([keras_gates(rnn.bias_ih_l0), keras_gates(rnn.bias_hh_l0)])  # (2, 3H)
-    else:
-        # The zero bias_hh buffer is added in case someone filled it: the sum is what the kernel uses.
-        bias = keras_gates(rnn.bias_ih_l0 + rnn.bias_hh_l0)  # (G*H,)
     as_np = lambda t: t.detach().float().cpu().contiguous().numpy()  # noqa: E731
+    cells = []
+    for sfx in recurrent.weight_suffixes(rnn):
+        kernel = keras_gates(getattr(rnn, f"weight_ih{sfx}")).t()  # (in, G*H)
+        recurrent_kernel = keras_gates(getattr(rnn, f"weight_hh{sfx}")).t()  # (H, G*H)
+        b_ih, b_hh = getattr(rnn, f"bias_ih{sfx}"), getattr(rnn, f"bias_hh{sfx}")
+        if model.cell == "gru":
+            bias = torch.stack([keras_gates(b_ih), keras_gates(b_hh)])  # (2, 3H)
+        else:
+            # The zero bias_hh buffer is added in case someone filled it: the sum is what the kernel uses.
+            bias = keras_gates(b_ih + b_hh)  # (G*H,)
+        cells += [as_np(kernel), as_np(recurrent_kernel), as_np(bias)]
     return {
         "embedding": [as_np(model.embedding.weight)],
-        "rnn": [as_np(kernel), as_np(recurrent), as_np(bias)],
+        "rnn": cells,
         "dense": [as_np(model.fc.weight.t()), as_np(model.fc.bias)],
     }
 
@@ -443,18 +517,25 @@ def to_keras(model: SentimentRNN):
     rnn_cls = getattr(keras.layers, KERAS_CELL_NAMES[model.cell])
     rnn_kwargs = {"reset_after": True} if model.cell == "gru" else {}
     embedding = keras.layers.Embedding(model.vocab_size, model.embed_dim)
-    rnn = rnn_cls(model.hidden_size, **rnn_kwargs)
     dense = keras.layers.Dense(model.outputs, activation="sigmoid" if model.outputs == 1 else "softmax")
     layers = [keras.Input(shape=(None,), dtype="int32"), embedding]
     if model.embed_dropout:
         layers.append(keras.layers.Dropout(model.embed_dropout))
-    layers.append(rnn)
+    rnns = []
+    for k in range(model.num_layers):
+        if k and model.layer_dropout:
+            layers.append(keras.layers.Dropout(model.layer_dropout))
+        rnn = rnn_cls(model.hidden_size, return_sequences=k < model.num_layers - 1, **rnn_kwargs)
+        rnns.append(keras.layers.Bidirectional(rnn, merge_mode="concat") if model.bidirectional else rnn)
+        layers.append(rnns[-1])
     if model.output_dropout:
         layers.append(keras.layers.Dropout(model.output_dropout))
     layers.append(dense)
     k = keras.Sequential(layers, name=f"sentiment_{model.cell}")
     embedding.set_weights(w["embedding"])
-    rnn.set_weights(w["rnn"])
+    per_layer = 3 * model.directions
+    for i, rnn in enumerate(rnns):
+        rnn.set_weights(w["rnn"][i * per_layer: (i + 1) * per_layer])
     dense.set_weights(w["dense"])
     return k
 

@@ -1,4 +1,5 @@
-"""SentimentRNN: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1) (or Dense(K) for K > 2 classes), exactly as Keras.
+"""SentimentRNN: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1) (or Dense(K) for K > 2 classes), exactly as Keras;
+optionally stacked (num_layers) and bidirectional, as Keras' Bidirectional(merge_mode="concat").
 
 The forward pass reads as the architecture: embed, recur, take the last state, project. How the
 recurrence runs (rnnsent's fused CPU kernel or PyTorch's layers) and why its weights hold exactly
@@ -7,6 +8,7 @@ Keras' parameters is rnnsent.recurrent's business; the settings are rnnsent.conf
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -25,18 +27,20 @@ def permute_gates(w: torch.Tensor, order: tuple[int, ...], dim: int = 0) -> torc
 
 
 class SentimentRNN(nn.Module):
-    """Embedding(vocab_size, embed_dim) -> one recurrent layer -> Linear(hidden_size, 1), or
-    Linear(hidden_size, num_classes) when num_classes > 2.
+    """Embedding(vocab_size, embed_dim) -> num_layers recurrent layers (bidirectional: two directions each,
+    concatenated) -> Linear(hidden_size * directions, 1), or Linear(..., num_classes) when num_classes > 2.
 
     forward(tokens, lengths=None) takes a LongTensor (batch, time) of token ids and returns logits
     of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.objective). Without lengths the input is taken as pre-padded (Keras' pad_sequences) and the
     state after the last column is used. With lengths the input is right-padded and the state
-    after each row's last real token is used, so the padding after it changes nothing.
+    after each row's last real token is used, so the padding after it changes nothing (a backward direction
+    starts at that token). features() is what the head sees, sequence() the last layer's outputs at every step.
     """
 
     def __init__(self, *args, impl: str = "auto", **kwargs):
         """SentimentRNN(cell="gru", vocab_size=5000, embed_dim=32, hidden_size=100, embed_dropout=0.0,
-        output_dropout=0.0, init="keras", word_dropout=0.0, num_classes=2): ModelConfig's fields, positional in that order,
+        output_dropout=0.0, init="keras", word_dropout=0.0, num_classes=2, num_layers=1, bidirectional=False,
+        layer_dropout=0.0): ModelConfig's fields, positional in that order,
         or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.recurrent), not what it
         computes, so it is not part of config() or checkpoints."""
         super().__init__()
@@ -46,11 +50,13 @@ class SentimentRNN(nn.Module):
         self.impl = recurrent.check_impl(impl)
         self.gates = CELL_TABLE[self.cell].gates
         self.embedding = nn.Embedding(self.vocab_size, self.embed_dim)
-        self.rnn = recurrent.make_layer(self.cell, self.embed_dim, self.hidden_size)
+        self.directions = settings.directions
+        self.rnn = recurrent.make_layer(self.cell, self.embed_dim, self.hidden_size, self.num_layers,
+                                        self.bidirectional, self.layer_dropout)
         self.drop_in = nn.Dropout(self.embed_dropout)
         self.drop_out = nn.Dropout(self.output_dropout)
         self.outputs = 1 if self.num_classes == 2 else self.num_classes  # two classes: one logit, as Keras' exercise
-        self.fc = nn.Linear(self.hidden_size, self.outputs)
+        self.fc = nn.Linear(self.hidden_size * self.directions, self.outputs)
         self.reset_parameters()
 
     def config(self) -> dict:
@@ -63,67 +69,99 @@ class SentimentRNN(nn.Module):
             self.embedding.reset_parameters()
             self.rnn.reset_parameters()
             if self.cell != "gru":
-                self.rnn.bias_hh_l0.zero_()
+                for suffix in recurrent.weight_suffixes(self.rnn):
+                    getattr(self.rnn, f"bias_hh{suffix}").zero_()
             self.fc.reset_parameters()
             return
         # Keras defaults: uniform(-0.05, 0.05) embeddings, glorot_uniform kernels over the whole
         # (input, gates * units) matrix, orthogonal recurrent kernel over (units, gates * units),
         # zero biases, and LSTM's unit_forget_bias. Built in Keras' layout, then moved into PyTorch's,
-        # so the statistics are Keras' whatever the gate order.
+        # so the statistics are Keras' whatever the gate order. Each layer and direction is initialised
+        # on its own, as Keras builds each of its layers (a layer above reads H * directions inputs).
         order = KERAS_GATE_ORDER[self.cell]
         self.embedding.weight.uniform_(-0.05, 0.05)
-        kernel = _glorot_uniform(self.embed_dim, self.gates * self.hidden_size)  # (E, G*H), Keras layout
-        recurrent_kernel = _orthogonal(self.hidden_size, self.gates * self.hidden_size)  # (H, G*H)
-        self.rnn.weight_ih_l0.copy_(permute_gates(kernel.t(), order))  # (G*H, E)
-        self.rnn.weight_hh_l0.copy_(permute_gates(recurrent_kernel.t(), order))  # (G*H, H)
-        self.rnn.bias_ih_l0.zero_()
-        self.rnn.bias_hh_l0.zero_()
-        if self.cell == "lstm":
-            self.rnn.bias_ih_l0[self.hidden_size: 2 * self.hidden_size] = 1.0  # forget gate
-        self.fc.weight.copy_(_glorot_uniform(self.hidden_size, self.outputs).t())
+        for k, suffix in enumerate(recurrent.weight_suffixes(self.rnn)):
+            fan_in = self.embed_dim if k < self.directions else self.hidden_size * self.directions
+            kernel = _glorot_uniform(fan_in, self.gates * self.hidden_size)  # (in, G*H), Keras layout
+            recurrent_kernel = _orthogonal(self.hidden_size, self.gates * self.hidden_size)  # (H, G*H)
+            getattr(self.rnn, f"weight_ih{suffix}").copy_(permute_gates(kernel.t(), order))  # (G*H, in)
+            getattr(self.rnn, f"weight_hh{suffix}").copy_(permute_gates(recurrent_kernel.t(), order))  # (G*H, H)
+            bias = getattr(self.rnn, f"bias_ih{suffix}")
+            bias.zero_()
+            getattr(self.rnn, f"bias_hh{suffix}").zero_()
+            if self.cell == "lstm":
+                bias[self.hidden_size: 2 * self.hidden_size] = 1.0  # forget gate
+        self.fc.weight.copy_(_glorot_uniform(self.hidden_size * self.directions, self.outputs).t())
         self.fc.bias.zero_()
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        # embed -> dropout -> recur -> the final states -> project
+        logits = self.fc(self.drop_out(self.features(tokens, lengths)))  # (B, 1) or (B, K)
+        return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
+
+    def features(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head sees (before output_dropout), (B, H * directions): the forward state after each row's
+        last real token, then (bidirectional) the backward state after its first."""
+        return self._encode(tokens, lengths, sequence=False)[0]
+
+    def sequence(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The last recurrent layer's outputs at every step, (B, T, H * directions), zeros past each row's
+        length: Keras' return_sequences=True. The supported way to read the layer's outputs on any path."""
+        return self._encode(tokens, lengths, sequence=True)[1]
+
+    def _encode(self, tokens, lengths, sequence: bool):
         if self.training and self.word_dropout > 0:
             # Word dropout: in training, a word becomes "unknown" (id 2) with this probability, so the
             # model cannot lean on a few strong words. Padding (0) and the start token (1) stay.
             drop = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout  # (B, T)
             tokens = tokens.masked_fill(drop & (tokens > 2), 2)
-        # embed -> dropout -> recur -> the state after each row's last real token
-        last = recurrent.last_state(self.cell, self.rnn, self.embedding, self.drop_in, tokens, lengths, self.impl)  # (B, H)
-        logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
-        return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
+        return recurrent.encode(self.cell, self.rnn, self.embedding, self.drop_in, tokens, lengths, self.impl, sequence)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: the forward is Python (the layer choice, the fused operator).
+        raise RuntimeError("SentimentRNN cannot be compiled by torch.jit.script; torch.jit.trace, torch.export and "
+                           "torch.onnx.export work (they record PyTorch's own layers, as impl=\"torch\" runs them)")
 
     def forward_embedded(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """forward() from embedded tokens x = self.embedding(tokens), (B, T, E): the same logits, differentiable
         with respect to x on every path (fused kernel included), for attributions (rnnsent.explain)."""
-        last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)  # (B, H)
+        last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)  # (B, H * directions)
         logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
     def summary(self, time_steps: int | None = 500) -> str:
         """A Keras-style table: layer, output shape, trainable parameters, and the totals."""
         t = "None" if time_steps is None else str(time_steps)
-        rows = [
-            ("embedding (Embedding)", f"(None, {t}, {self.embed_dim})", self.embedding),
-            (f"{self.cell} ({KERAS_CELL_NAMES[self.cell]})", f"(None, {self.hidden_size})", self.rnn),
-            ("dense (Dense)", f"(None, {self.outputs})", self.fc),
-        ]
-        line = "_" * 65
+        keras_name = KERAS_CELL_NAMES[self.cell]
+        rows = [("embedding (Embedding)", f"(None, {t}, {self.embed_dim})", count_parameters(self.embedding))]
+        for k in range(self.num_layers):  # Keras' names: lstm, lstm_1, ... or bidirectional, bidirectional_1, ...
+            base = "bidirectional" if self.bidirectional else self.cell
+            name = f"{base}{f'_{k}' if k else ''} ({f'Bidirectional({keras_name})' if self.bidirectional else keras_name})"
+            units = self.hidden_size * self.directions
+            shape = f"(None, {t}, {units})" if k < self.num_layers - 1 else f"(None, {units})"
+            rows.append((name, shape, layer_parameters(self.rnn, k)))
+        rows.append(("dense (Dense)", f"(None, {self.outputs})", count_parameters(self.fc)))
+        width = max(30, max(len(r[0]) for r in rows) + 2)
+        line = "_" * (width + 35)
         out = [f'Model: "sentiment_{self.cell}"', line,
-               f"{'Layer (type)':<30}{'Output Shape':<22}{'Param #':>13}", "=" * 65]
+               f"{'Layer (type)':<{width}}{'Output Shape':<22}{'Param #':>13}", "=" * (width + 35)]
         total = 0
-        for name, shape, module in rows:
-            n = count_parameters(module)
+        for name, shape, n in rows:
             total += n
-            out.append(f"{name:<30}{shape:<22}{n:>13,}")
-        out += ["=" * 65, f"Total params: {total:,}", f"Trainable params: {total:,}",
+            out.append(f"{name:<{width}}{shape:<22}{n:>13,}")
+        out += ["=" * (width + 35), f"Total params: {total:,}", f"Trainable params: {total:,}",
                 "Non-trainable params: 0", line]
         return "\n".join(out)
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def layer_parameters(rnn: nn.Module, layer: int) -> int:
+    """Trainable parameters of one stacked layer (both directions): one row of Keras' summary."""
+    return sum(p.numel() for name, p in rnn.named_parameters()
+               if p.requires_grad and re.search(rf"_l{layer}(_reverse)?$", name))
 
 
 def _glorot_uniform(fan_in: int, fan_out: int) -> torch.Tensor:

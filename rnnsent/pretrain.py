@@ -29,7 +29,7 @@ from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.train import Trainer, shutdown
 
 KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
-SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size")  # what must agree to hand the weights over
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_layers", "bidirectional")  # what must agree to hand the weights over
 
 
 def cutoffs(vocab_size: int, hidden_size: int) -> list[int]:
@@ -38,6 +38,13 @@ def cutoffs(vocab_size: int, hidden_size: int) -> list[int]:
     quarter and a sixteenth of the hidden size. Empty (a plain softmax) where that is too small to split."""
     bounds = sorted({vocab_size // 10, vocab_size * 2 // 5})
     return bounds if vocab_size >= 50 and hidden_size >= 16 and bounds[0] >= 2 else []
+
+
+def refuse_bidirectional(settings: ModelConfig) -> None:
+    if settings.bidirectional:  # its backward half would read the very word it is asked to predict
+        raise ValueError("a bidirectional model cannot be pretrained as a next-word language model: its backward "
+                         "direction sees the word it predicts; pretrain without --bidirectional, or train the "
+                         "bidirectional classifier from scratch")
 
 
 class LanguageModel(nn.Module):
@@ -50,6 +57,7 @@ class LanguageModel(nn.Module):
 
     def __init__(self, settings: ModelConfig):
         super().__init__()
+        refuse_bidirectional(settings)
         body = SentimentRNN(settings, impl="torch")  # the classifier's own layers and initialisation
         self.settings = settings
         self.embedding, self.rnn = body.embedding, body.rnn
@@ -87,6 +95,7 @@ class PretrainTrainer(Trainer):
     reports_accuracy = False
 
     def __init__(self, config: TrainConfig, data=None):
+        refuse_bidirectional(config)  # before any data is read
         fine_tuning_only = [f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)]
         if fine_tuning_only:
             raise ValueError(f"{', '.join(fine_tuning_only)} apply to fine-tuning (scripts/train.py), not to pretraining")
@@ -176,7 +185,7 @@ def load_into(model: SentimentRNN, path, vocab) -> str:
     differ = [f"{k} {saved.get(k)!r} there, {getattr(model, k)!r} here" for k in SHAPE if saved.get(k) != getattr(model, k)]
     if differ:
         raise CheckpointError(f"the language model {path} has another shape ({'; '.join(differ)}); "
-                              "pretrain with the same --cell, --vocab-size, --embed-dim and --hidden-size")
+                              "pretrain with the same --cell, --vocab-size, --embed-dim, --hidden-size and --layers")
     if state.get("vocab") != vocab.to_dict():
         raise CheckpointError(f"the language model {path} was trained with another vocabulary than the data prepared "
                               "now; pretrain and fine-tune on the same data with the same --vocab-size and --limit")

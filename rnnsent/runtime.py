@@ -153,11 +153,11 @@ def build_in_memory(make, device: torch.device) -> torch.nn.Module:
     too_big = f"the model has {n:,} parameters and needs {need / 2**30:.1f} GiB for training"
     if need > have:
         raise ValueError(f"{too_big}, more than the {have / 2**30:.1f} GiB of {device}; lower --hidden-size, "
-                         "--embed-dim or --vocab-size")
+                         "--layers, --embed-dim or --vocab-size")
     try:
         return make().to(device)
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and "memory" not in str(e).lower():
             raise
-        raise ValueError(f"{too_big} and does not fit in free memory; lower --hidden-size, --embed-dim or "
-                         "--vocab-size") from None
+        raise ValueError(f"{too_big} and does not fit in free memory; lower --hidden-size, --layers, "
+                         "--embed-dim or --vocab-size") from None

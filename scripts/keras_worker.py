@@ -35,7 +35,7 @@ def run_keras(python: str, backend: str, spec: dict, arrays: dict) -> tuple[list
     """Train as `spec` says on `arrays` (x, y, xt, yt: pre-padded int token ids and labels); return (rows, versions).
 
     spec: layers ({cell: Keras layer name}), seeds, epochs, warmup, batch_size, device, threads, vocab_size,
-    embed_dim, hidden_size. Each row: cell, seed, per epoch test_accuracy / epoch_seconds / eval_seconds,
+    embed_dim, hidden_size, and optionally num_layers and bidirectional (stacked Keras layers, each in Bidirectional). Each row: cell, seed, per epoch test_accuracy / epoch_seconds / eval_seconds,
     the first epoch's peak memory and, unless warmup is None, its clock after `warmup` steps
     (timed_samples, timed_steps, timed_seconds).
     """
@@ -129,10 +129,13 @@ def worker(spec_path: str) -> None:
     for cell, layer in spec["layers"].items():
         for seed in spec["seeds"]:
             keras.utils.set_random_seed(seed)
+            layers, stacked = spec.get("num_layers", 1), []  # stacked / bidirectional: scripts/bench_models.py
+            for k in range(layers):
+                rnn = getattr(keras.layers, layer)(spec["hidden_size"], return_sequences=k < layers - 1)
+                stacked.append(keras.layers.Bidirectional(rnn) if spec.get("bidirectional") else rnn)
             model = keras.Sequential([keras.Input((x.shape[1],), dtype="int32"),
                                       keras.layers.Embedding(spec["vocab_size"], spec["embed_dim"]),
-                                      getattr(keras.layers, layer)(spec["hidden_size"]),
-                                      keras.layers.Dense(1, activation="sigmoid")])
+                                      *stacked, keras.layers.Dense(1, activation="sigmoid")])
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
             gc.collect()
             reset_peak_rss()

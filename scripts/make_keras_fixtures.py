@@ -11,8 +11,8 @@ Files, with v the Keras major version (2 or 3):
     k{v}_{lstm,gru,rnn}.h5 / .keras   Embedding(20, 4) -> cell(3) -> Dense(1, sigmoid), random weights
     k{v}_{lstm,gru,rnn}.npz           x: a fixed pre-padded int32 batch (4, 12); y: Keras' predict(x)
     k{v}_gru_reset_before.h5          GRU(reset_after=False): must be refused
-    k{v}_bidirectional.h5             Bidirectional(LSTM): must be refused
-    k{v}_stacked.h5                   LSTM(return_sequences=True) -> LSTM: must be refused
+    k{v}_bidirectional.h5             Bidirectional(LSTM): read (rnnsent's bidirectional=True)
+    k{v}_stacked.h5                   LSTM(return_sequences=True) -> LSTM: read (rnnsent's num_layers=2)
     k2_gru_input_length.h5/.npz       Keras 2 only: Embedding(20, 4, input_length=12), no Input layer
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
         np.savez(out / "k2_gru_input_length.npz", x=x, y=y, keras_version=np.array(version))
         print(out / "k2_gru_input_length.h5")
 
-    refused = {
+    refused = {  # the first is refused; the other two, once refused, are read now (tests/test_keras_io.py)
         "gru_reset_before": [L.GRU(UNITS, reset_after=False)],
         "bidirectional": [L.Bidirectional(L.LSTM(UNITS))],
         "stacked": [L.LSTM(UNITS, return_sequences=True), L.LSTM(UNITS)],

@@ -64,3 +64,20 @@ def test_bench_busy_mode_reports_idle_and_busy_medians(tmp_path):
         assert e["samples_per_second"] == (runs[0] + runs[1]) / 2  # the median of the two repeats
         assert e["vs_one_thread"] == e["samples_per_second"] / rows[(state, 1)]["samples_per_second"]
     assert "busy-machine comparison" in proc.stdout and "target >= 0.9x" in proc.stdout
+
+
+def test_bench_models_smoke_reports_fused_and_stock_for_both_models(tmp_path):
+    out = tmp_path / "models.json"
+    env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
+    fixture = SCRIPT.parent.parent / "tests" / "fixtures" / "imdb" / "reviews.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_models.py"), "--data", str(fixture), "--limit", "24",
+                           "--max-len", "30", "--batch-size", "4", "--warmup", "1", "--no-keras", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["system"]): r for r in result["rows"]}
+    assert result["machine"]["cores"] >= 1 and "machine:" in proc.stdout
+    assert rows[("keras-example-bilstm", "rnnsent fused")]["parameters"] == 2_757_761
+    for model in ("keras-example-bilstm", "gru-2layer-bidirectional"):
+        for system in ("rnnsent fused", "rnnsent stock"):
+            assert rows[(model, system)]["samples_per_second"] > 0

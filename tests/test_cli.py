@@ -53,6 +53,21 @@ def test_train_each_cell_end_to_end(tmp_path, cell):
         assert (tmp_path / "run" / name).is_file(), name
 
 
+def test_train_stacked_bidirectional_end_to_end_and_resume(tmp_path):
+    flags = ["--cell", "gru", "--layers", "2", "--bidirectional", "--layer-dropout", "0.2", "--out", tmp_path / "run",
+             "--cache-dir", tmp_path / "c", *TINY]
+    proc = run("train.py", *flags, "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "bidirectional_1 (Bidirectional(GRU))" in (tmp_path / "run" / "summary.txt").read_text()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["num_layers"], config["bidirectional"], config["layer_dropout"]) == (2, True, 0.2)
+    resumed = run("train.py", *flags, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert json.loads(resumed.stdout.decode().strip().splitlines()[-1])["epochs_run"] == 2
+    refused = run("train.py", *[f for f in flags if f != "--bidirectional"], "--epochs", "3", "--resume")
+    assert "bidirectional: checkpoint True, now False" in one_line_error(refused)
+
+
 def test_train_shows_progress_and_summary(trained, tmp_path):
     args = [a for a in TINY if a != "--quiet"]
     proc = run("train.py", "--cell", "gru", "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", trained / "cache", *args)
@@ -170,6 +185,9 @@ def test_library_calls_match_the_command_line(trained):
     (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
     (["--amp", "fp16", "--device", "cpu"], "drop --amp (or --amp none), or train with --device cuda"),
     (["--hidden-size", "100000"], "lower --hidden-size"),
+    (["--layers", "0"], "--layers/--num-layers: must be at least 1, got 0"),
+    (["--layers", "100", "--hidden-size", "3000"], "lower --hidden-size, --layers"),
+    (["--layer-dropout", "1.5"], "--layer-dropout: must be in [0, 1)"),
 ])
 def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, message):
     out = trained / "run"

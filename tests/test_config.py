@@ -24,8 +24,9 @@ OLD = FIXTURES / "checkpoints_08ac52f"  # best.pt and last.pt written by 08ac52f
 # A valid value other than the default for every model option. A new ModelConfig field fails the first test
 # until it is added here, and then has to pass every entry point below.
 NON_DEFAULT = {"cell": "lstm", "vocab_size": 301, "embed_dim": 7, "hidden_size": 5, "embed_dropout": 0.25,
-               "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375, "num_classes": 3}
-SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_classes")  # what a Keras file fixes
+               "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375, "num_classes": 3,
+               "num_layers": 2, "bidirectional": True, "layer_dropout": 0.0625}
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_classes", "num_layers", "bidirectional")  # what a Keras file fixes
 
 
 def fixture_config(tmp_path, **overrides) -> TrainConfig:
@@ -44,7 +45,8 @@ def test_every_model_option_passes_through_every_entry_point(tmp_path):
     assert SentimentRNN(*NON_DEFAULT.values()).config() == NON_DEFAULT  # positional, in ModelConfig's order
     assert SentimentRNN(ModelConfig(**NON_DEFAULT)).config() == NON_DEFAULT
 
-    flags = [a for k, v in NON_DEFAULT.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    flags = [a for k, v in NON_DEFAULT.items()
+             for a in ((f"--{k.replace('_', '-')}",) if v is True else (f"--{k.replace('_', '-')}", str(v)))]
     assert config_from_args(train_parser().parse_args(flags)).model_args() == NON_DEFAULT
 
     config = fixture_config(tmp_path, **NON_DEFAULT)

@@ -156,8 +156,14 @@ def test_dropout_layers_become_dropout_rates(keras):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda L: [L.Bidirectional(L.GRU(6))], "Bidirectional wrapper"),
-        (lambda L: [L.GRU(6, return_sequences=True), L.GRU(6)], "2 stacked recurrent layers"),
+        (lambda L: [L.Bidirectional(L.GRU(6), merge_mode="sum")], "merge_mode='sum'.*concat"),
+        (lambda L: [L.Bidirectional(L.GRU(6), merge_mode="mul")], "merge_mode='mul'"),
+        (lambda L: [L.GRU(6, return_sequences=True), L.LSTM(6)], "different kinds or sizes"),
+        (lambda L: [L.GRU(6, return_sequences=True), L.GRU(5)], "different kinds or sizes"),
+        (lambda L: [L.Bidirectional(L.GRU(6, return_sequences=True)), L.GRU(6)], "different kinds or sizes"),
+        (lambda L: [L.GRU(6, return_sequences=True), L.Dropout(0.1), L.GRU(6, return_sequences=True), L.Dropout(0.2),
+                    L.GRU(6)], "different rates"),
+        (lambda L: [L.TimeDistributed(L.Dense(4)), L.GRU(6)], "TimeDistributed wrapper"),
         (lambda L: [L.GRU(6, reset_after=False)], "reset_after=False"),
         (lambda L: [L.LSTM(6, return_sequences=True), L.GlobalMaxPooling1D()], "return_sequences=True"),
         (lambda L: [L.LSTM(6, go_backwards=True)], "go_backwards=True"),
@@ -256,8 +262,7 @@ def test_keras2_file_without_input_layer():
 @pytest.mark.parametrize("version", (2, 3))
 @pytest.mark.parametrize(
     "name, message",
-    [("gru_reset_before", "reset_after=False"), ("bidirectional", "Bidirectional wrapper"),
-     ("stacked", "2 stacked recurrent layers")],
+    [("gru_reset_before", "reset_after=False")],
 )
 def test_fixture_files_refused(version, name, message):
     with pytest.raises(KerasFormatError, match=message):
@@ -473,3 +478,118 @@ def test_refuses_two_class_softmax_and_multiclass_sigmoid(keras):
         from_keras(seq(L.Embedding(50, 8), L.GRU(6), L.Dense(2, activation="softmax")))
     with pytest.raises(KerasFormatError, match="units=4 and activation='sigmoid'"):
         from_keras(seq(L.Embedding(50, 8), L.GRU(6), L.Dense(4, activation="sigmoid")))
+
+
+# ----------------------------------------------------------------------------- stacked and bidirectional layers
+
+REVIEWS = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
+
+
+def real_reviews(vocab_size: int, rows: int = 8, max_len: int = 120) -> np.ndarray:
+    """Real IMDB reviews encoded as Keras feeds them: [1] + ids, pre-padded and pre-truncated to max_len."""
+    from rnnsent.data.text import Vocab, encode_keras, tokenize
+
+    texts = [r["t"] for r in json.loads(REVIEWS.read_text())[:rows]]
+    tokens = [tokenize(t) for t in texts]
+    vocab = Vocab.build(tokens, vocab_size)
+    x = encode_keras([vocab.encode(t) for t in tokens], [0.0] * rows, max_len).tokens
+    return x.numpy().astype("int32")
+
+
+def build_stack(keras, cell, layers, bidirectional, vocab=50, embed=8, units=6, dropout=None):
+    L = keras.layers
+    middle = []
+    for k in range(layers):
+        if k and dropout:
+            middle.append(L.Dropout(dropout))
+        rnn = getattr(L, KERAS_NAMES[cell])(units, return_sequences=k < layers - 1)
+        middle.append(L.Bidirectional(rnn) if bidirectional else rnn)
+    return build_keras(keras, cell, vocab=vocab, embed=embed, units=units, middle=middle)
+
+
+def summary_counts(model) -> list[int]:
+    rows = model.summary().splitlines()[4:-5]  # between the header's and the totals' rules
+    return [int(row.split()[-1].replace(",", "")) for row in rows]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_stacked_and_bidirectional_parameter_counts_are_keras(keras, cell):
+    for layers in (1, 2, 3):
+        for bidirectional in (False, True):
+            k = build_stack(keras, cell, layers, bidirectional, vocab=5000, embed=32, units=100)
+            model = SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100, num_layers=layers,
+                                 bidirectional=bidirectional)
+            assert count_parameters(model) == k.count_params(), (layers, bidirectional)
+            assert summary_counts(model) == [layer.count_params() for layer in k.layers], (layers, bidirectional)
+            assert [name.split(" (")[-1].rstrip(")") for name in (r.split("  ")[0] for r in model.summary().splitlines()[4:-5])][1:-1] \
+                == [f"Bidirectional({KERAS_NAMES[cell]}" if bidirectional else KERAS_NAMES[cell]] * layers
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers, bidirectional", [(1, True), (2, False), (3, True)])
+def test_stacked_and_bidirectional_models_match_keras(keras, cell, layers, bidirectional, tmp_path):
+    k = build_stack(keras, cell, layers, bidirectional, dropout=0.25 if layers > 1 else None)
+    x = real_reviews(50)
+    want = keras_probs(k, x)
+    model = from_keras(k)
+    assert (model.num_layers, model.bidirectional, model.layer_dropout) == (layers, bidirectional, 0.25 if layers > 1 else 0.0)
+    assert np.abs(torch_probs(model, x) - want).max() <= TOL
+    for suffix in (".keras", ".h5"):
+        k.save(tmp_path / f"m{suffix}")
+        assert np.abs(torch_probs(from_keras(tmp_path / f"m{suffix}"), x) - want).max() <= TOL
+    back = to_keras(model)
+    assert [type(layer).__name__ for layer in back.layers] == [type(layer).__name__ for layer in k.layers]
+    assert np.abs(keras_probs(back, x) - want).max() <= TOL
+
+
+@pytest.mark.parametrize("version", (2, 3))
+@pytest.mark.parametrize("name, layers", [("bidirectional", ["Bidirectional(LSTM(3))"]),
+                                          ("stacked", ["LSTM(3, return_sequences=True)", "LSTM(3)"])])
+def test_stacked_and_bidirectional_files_of_keras_2_and_3(keras, version, name, layers):
+    """Files written by real Keras 2 and 3: their arrays, in the file's weight_names order, set into the same
+    model built in Keras here give the predictions rnnsent's import gives."""
+    path = FIXTURES / f"k{version}_{name}.h5"
+    L = keras.layers
+    k = build_keras(keras, "lstm", vocab=20, embed=4, middle=[eval(m, {}, vars(L)) for m in layers], randomize=False)
+    with h5py.File(path) as f:
+        groups = f["model_weights"]
+        arrays = {}
+        for layer in groups:
+            for n in groups[layer].attrs.get("weight_names", []):
+                arrays.setdefault(layer, []).append(np.asarray(groups[layer][n]))
+    order = [n for n in json.loads(h5py.File(path).attrs["model_config"])["config"]["layers"] if n["class_name"] != "InputLayer"]
+    k.set_weights([a for entry in order for a in arrays.get(entry["config"]["name"], [])])
+    x = real_reviews(20, max_len=30)
+    assert np.abs(torch_probs(from_keras(path), x) - keras_probs(k, x)).max() <= TOL
+
+
+def test_keras_imdb_example_model_gives_keras_predictions(keras, tmp_path):
+    """Keras' own IMDB example: Embedding(20000, 128) -> Bidirectional(LSTM(64, return_sequences=True)) ->
+    Bidirectional(LSTM(64)) -> Dense(1, sigmoid), 2,757,761 parameters, saved by Keras and read back."""
+    L = keras.layers
+    k = keras.Sequential([keras.Input(shape=(None,), dtype="int32"), L.Embedding(20000, 128),
+                          L.Bidirectional(L.LSTM(64, return_sequences=True)), L.Bidirectional(L.LSTM(64)),
+                          L.Dense(1, activation="sigmoid")])
+    rng = np.random.default_rng(5)
+    k.set_weights([rng.normal(0.0, 0.3, size=w.shape).astype("float32") for w in k.get_weights()])
+    assert k.count_params() == 2_757_761
+    k.save(tmp_path / "bidirectional_lstm_imdb.keras")
+    x = real_reviews(20000, rows=16, max_len=200)
+    want = keras_probs(k, x)
+    assert want.std() > 0.01  # predictions that differ per review, so equal ones mean something
+    model = from_keras(tmp_path / "bidirectional_lstm_imdb.keras")
+    assert count_parameters(model) == 2_757_761
+    assert "bidirectional_1 (Bidirectional(LSTM))" in model.summary()
+    assert np.abs(torch_probs(model, x) - want).max() <= TOL
+    model.impl = "torch"
+    assert np.abs(torch_probs(model, x) - want).max() <= TOL
+
+
+def test_a_layer_rnnsent_cannot_map_is_named_with_what_is_supported(keras, tmp_path):
+    k = build_keras(keras, "gru", middle=[keras.layers.GRU(6, return_sequences=True), keras.layers.Conv1D(4, 3, name="conv"),
+                                          keras.layers.GRU(6)], randomize=False)
+    k.save(tmp_path / "conv.keras")
+    with pytest.raises(KerasFormatError, match=r"extra layer 'conv' \(Conv1D\); rnnsent reads only Embedding -> .*"
+                                               r"Bidirectional\(merge_mode='concat'\)") as e:
+        from_keras(tmp_path / "conv.keras")
+    assert len(str(e.value).splitlines()) == 1

@@ -148,3 +148,114 @@ def test_word_dropout_masks_words_in_training_only():
     assert SentimentRNN(**m.config()).word_dropout == 0.5
     with pytest.raises(ValueError, match="word_dropout must be in"):
         SentimentRNN("gru", word_dropout=1.0)
+
+
+# ----------------------------------------------------------------------------- stacked and bidirectional
+
+STACKS = [(1, True), (2, False), (2, True), (3, True)]  # (num_layers, bidirectional)
+
+
+def _right_padded(vocab: int, lengths, steps: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(len(lengths), steps, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = torch.randint(1, vocab, (n,), generator=g)
+    return tokens, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("impl", ["torch", "auto"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers, bidirectional", STACKS)
+def test_stacked_and_bidirectional_ignore_right_padding(cell, layers, bidirectional, impl):
+    """With lengths the backward direction starts at each row's last real token: padding changes nothing,
+    neither in what the head sees nor in the sequence (zeros past each row's length)."""
+    torch.manual_seed(0)
+    model = SentimentRNN(cell, vocab_size=30, embed_dim=6, hidden_size=5, num_layers=layers,
+                         bidirectional=bidirectional, impl=impl).eval()
+    padded, lengths = _right_padded(30, [7, 3, 1, 9], 9)
+    with torch.no_grad():
+        feats, seq, logits = model.features(padded, lengths), model.sequence(padded, lengths), model(padded, lengths)
+        dirs = 2 if bidirectional else 1
+        assert feats.shape == (4, 5 * dirs) and seq.shape == (4, 9, 5 * dirs) and logits.shape == (4,)
+        for i, n in enumerate(lengths.tolist()):
+            row = padded[i: i + 1, :n]  # the review alone, no padding: pre-padded and right-padded agree
+            torch.testing.assert_close(feats[i], model.features(row)[0], rtol=0, atol=1e-6)
+            torch.testing.assert_close(seq[i, :n], model.sequence(row)[0], rtol=0, atol=1e-6)
+            assert torch.equal(seq[i, n:], torch.zeros_like(seq[i, n:]))
+            torch.testing.assert_close(feats[i, :5], seq[i, n - 1, :5])  # forward: after the last real token
+            if bidirectional:
+                torch.testing.assert_close(feats[i, 5:], seq[i, 0, 5:])  # backward: ends at the first token
+        torch.testing.assert_close(logits, model.fc(feats).squeeze(-1))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_without_lengths_runs_both_directions_over_every_column(cell):
+    """Pre-padded input, as Keras feeds it: the backward direction reads the padding too (Keras without a mask),
+    so it is PyTorch's layer over the whole batch, backward final state at column 0."""
+    torch.manual_seed(0)
+    model = SentimentRNN(cell, vocab_size=30, embed_dim=6, hidden_size=5, num_layers=2, bidirectional=True).eval()
+    tokens = torch.randint(0, 30, (3, 8))
+    with torch.no_grad():
+        out, _ = model.rnn(model.embedding(tokens))  # (B, T, 2H)
+        torch.testing.assert_close(model.sequence(tokens), out)
+        torch.testing.assert_close(model.features(tokens), torch.cat([out[:, -1, :5], out[:, 0, 5:]], dim=-1))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_defaults_are_one_unidirectional_layer(cell):
+    model = SentimentRNN(cell)
+    assert (model.num_layers, model.bidirectional, model.layer_dropout) == (1, False, 0.0)
+    assert (model.rnn.num_layers, model.rnn.bidirectional) == (1, False)
+    assert set(model.config()) >= {"num_layers", "bidirectional", "layer_dropout"}
+    old = {k: v for k, v in model.config().items() if k not in ("num_layers", "bidirectional", "layer_dropout")}
+    assert SentimentRNN(**old).config() == model.config()  # an old checkpoint's config: the same model
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_init_for_every_layer_and_direction(cell):
+    torch.manual_seed(0)
+    h = 6
+    model = SentimentRNN(cell, vocab_size=40, embed_dim=5, hidden_size=h, num_layers=2, bidirectional=True)
+    g = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    names = [f"_l{k}{d}" for k in range(2) for d in ("", "_reverse")]
+    kernels = []
+    for sfx in names:
+        recurrent = keras_layout(model, getattr(model.rnn, f"weight_hh{sfx}")).t()  # (H, G*H)
+        if g > 1:
+            torch.testing.assert_close(recurrent @ recurrent.t(), torch.eye(h), rtol=0, atol=1e-5)
+        kernel = getattr(model.rnn, f"weight_ih{sfx}")
+        fan_in = 5 if sfx.startswith("_l0") else 2 * h
+        assert kernel.shape == (g * h, fan_in) and kernel.abs().max() <= (6 / (fan_in + g * h)) ** 0.5
+        kernels.append(kernel)
+        bias = keras_layout(model, getattr(model.rnn, f"bias_ih{sfx}"))
+        want = torch.zeros(g * h)
+        if cell == "lstm":
+            want[h: 2 * h] = 1.0  # unit_forget_bias in every layer and direction
+        assert torch.equal(bias, want)
+        assert torch.equal(getattr(model.rnn, f"bias_hh{sfx}"), torch.zeros(g * h))
+    assert not torch.equal(kernels[0], kernels[1])  # each direction initialised on its own
+    assert model.fc.weight.shape == (1, 2 * h)
+
+
+def test_layer_settings_are_checked_with_one_line_errors():
+    for bad, message in [({"num_layers": 0}, "num_layers must be a positive integer"),
+                         ({"num_layers": 1.5}, "num_layers must be a positive integer"),
+                         ({"bidirectional": "yes"}, "bidirectional must be True or False"),
+                         ({"layer_dropout": 1.0}, r"layer_dropout must be in \[0, 1\)")]:
+        with pytest.raises(ValueError, match=message) as e:
+            SentimentRNN("gru", **bad)
+        assert len(str(e.value).splitlines()) == 1
+
+
+def test_layer_dropout_acts_between_layers_in_training_only():
+    torch.manual_seed(0)
+    model = SentimentRNN("gru", vocab_size=30, embed_dim=6, hidden_size=5, num_layers=2, layer_dropout=0.5)
+    assert model.rnn.dropout == 0.5
+    tokens = torch.randint(1, 30, (4, 10))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(tokens), model(tokens))
+        eval_out = model(tokens)
+        model.train()
+        assert not torch.allclose(model(tokens), eval_out)
+    assert SentimentRNN("gru", layer_dropout=0.5).rnn.dropout == 0.0  # one layer: nothing between, no warning

@@ -125,3 +125,22 @@ def test_the_commands_as_a_user_runs_them(tmp_path):
     assert config["ema"] == 0.999 and config["adversarial"] == 0.05 and config["embed_dropout"] == 0.5
     bad = run("predict.py", "--checkpoint", tmp_path / "lm" / "best.pt", "a film")
     assert bad.returncode != 0 and "predicts words, not sentiment" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_stacked_models_pretrain_and_hand_over_every_layer(tmp_path):
+    pretrain(tiny(tmp_path, epochs=1, num_layers=2, layer_dropout=0.1))
+    lm = weights(tmp_path / "lm" / "best.pt")
+    assert "rnn.weight_hh_l1" in lm
+    trainer = Trainer(tiny(tmp_path, "ft", epochs=1, num_layers=2, pretrained=str(tmp_path / "lm")))
+    assert all(torch.equal(v, lm[k]) for k, v in trainer.model.state_dict().items() if k.startswith("rnn."))
+    with pytest.raises(CheckpointError, match="num_layers 2 there, 1 here"):
+        Trainer(tiny(tmp_path, "one", epochs=1, pretrained=str(tmp_path / "lm")))
+
+
+def test_bidirectional_pretraining_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="bidirectional model cannot be pretrained") as e:
+        PretrainTrainer(tiny(tmp_path, bidirectional=True))
+    assert len(str(e.value).splitlines()) == 1
+    refused = run("pretrain.py", *TINY, "--cache-dir", tmp_path / "cache", "--bidirectional", "--out", tmp_path / "lm")
+    assert refused.returncode == 2 and "bidirectional model cannot be pretrained" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -33,7 +33,8 @@ def _tiled(config: TrainConfig, times: int = 24):
 
 
 @pytest.mark.skipif(not fused.available(), reason=f"fused kernel unavailable: {fused.status()}")
-@pytest.mark.parametrize("cell,overrides", [("gru", {}), ("lstm", {"embed_dropout": 0.2}), ("rnn", {})])
+@pytest.mark.parametrize("cell,overrides", [("gru", {}), ("lstm", {"embed_dropout": 0.2}), ("rnn", {}),
+                                            ("gru", {"num_layers": 2, "bidirectional": True, "layer_dropout": 0.2})])
 def test_training_is_bit_identical_for_threads_1_2_3(tmp_path, cell, overrides):
     previous = torch.get_num_threads()
     try:

@@ -71,9 +71,10 @@ def _interrupt_at(trainer: Trainer, global_step: int):
     trainer.add_callback("on_step_end", stop)
 
 
-@pytest.mark.parametrize("where", ["inside epoch 1", "end of epoch 1", "inside epoch 2"])
-def test_resume_after_interrupt_reproduces_uninterrupted_weights(tmp_path, where):
-    common = dict(epochs=3, embed_dropout=0.2, output_dropout=0.1, seed=7)  # dropout: RNG state must be restored too
+@pytest.mark.parametrize("where, model", [("inside epoch 1", {}), ("end of epoch 1", {}), ("inside epoch 2", {}),
+                                         ("inside epoch 2", {"num_layers": 2, "bidirectional": True, "layer_dropout": 0.3})])
+def test_resume_after_interrupt_reproduces_uninterrupted_weights(tmp_path, where, model):
+    common = dict(epochs=3, embed_dropout=0.2, output_dropout=0.1, seed=7, **model)  # dropout: RNG state restored too
     Trainer(tiny(tmp_path / "a", **common)).fit()
     reference = weights(tmp_path / "a" / "run" / "last.pt")
 

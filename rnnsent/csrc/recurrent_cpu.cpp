@@ -1,4 +1,7 @@
-// Fused single-layer GRU / LSTM / Elman-RNN training kernels for the CPU (float32).
+// Fused GRU / LSTM / Elman-RNN training kernels for the CPU (float32): one direction of one layer per call.
+// Stacked and bidirectional models call it once per layer and direction (rnnsent/recurrent.py): a lower
+// layer hands its full sequence of states to the next, and the reverse direction runs on each row's real
+// steps reversed, so the kernel itself only ever runs forward in time.
 //
 // Why this exists: at rnnsent's size (batch 64, 100 units) a time step is ~4 MFLOP of matrix work,
 // and PyTorch's stock CPU layers spend more time than that dispatching the dozen small autograd ops
@@ -17,8 +20,9 @@
 //   GRU  r, z, n:   n = tanh(x_n + r * (h W_hn + b_hn)),  h' = n + z * (h - n)
 //   LSTM i, f, g, o: c' = f c + i g,  h' = o tanh(c')
 //   RNN:            h' = tanh(x + h W + b)
-// The initial state is zero. Each sequence's state after its last real step (lengths[b]) is returned;
-// the steps after it are computed (the batch is length-bucketed, so they are few) but receive no gradient.
+// The initial state is zero. Each sequence's state after its last real step (lengths[b]) is returned, and
+// with `full` every step's state too; the steps after a row's last real one are computed (the batch is
+// length-bucketed, so they are few) but receive no gradient.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -258,18 +262,20 @@ at::Tensor sum_in_order(const at::Tensor& parts) {
 // Returns {last state [B, H], hs, act, extra}. With save (training) the last three hold every step for
 // backward: hs [T+1, B, H] the states (hs[t] before step t), act [T, B, G*H] the gate activations, and
 // extra the LSTM's cell states [T+1, B, H] or the GRU's h W_hn + b_hn [T, B, H]. Without save
-// (inference) they are two-slot and one-slot scratch, so memory does not grow with the review length.
+// (inference) they are two-slot and one-slot scratch, so memory does not grow with the review length;
+// `full` keeps every state in hs all the same (a lower layer's output, or the sequence asked for).
 std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, const at::Tensor& w_hh,
-                                         const at::Tensor& b_hh, const at::Tensor& lengths, bool save) {
+                                         const at::Tensor& b_hh, const at::Tensor& lengths, bool save, bool full) {
   const int64_t G = gates_of(cell);
   check_inputs(x, w_hh, b_hh, lengths, G);
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
   const int64_t* len = lengths.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(len[b] >= 1 && len[b] <= T, "rnnsent fused kernel: lengths must lie in [1, T]");
+  const bool keep = save || full;  // every state in hs
   const int64_t state_slots = save ? T + 1 : 2, step_slots = save ? T : 1;
   auto opts = x.options();
-  auto hs = at::empty({state_slots, B, H}, opts);
+  auto hs = at::empty({keep ? T + 1 : 2, B, H}, opts);
   hs[0].zero_();
   at::Tensor act = at::empty({0}, opts), extra = at::empty({0}, opts);  // the Elman RNN needs only hs
   if (cell == 0) {
@@ -293,14 +299,16 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
     auto g = at::empty({nb, G * H}, opts);
     float* gp = g.data_ptr<float>();
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t s0 = save ? t : (t & 1), s1 = save ? t + 1 : ((t + 1) & 1), a = save ? t : 0;
+      // s: slots of the states in hs, c: of the LSTM's cell states, a: of the activations
+      const int64_t s0 = keep ? t : (t & 1), s1 = keep ? t + 1 : ((t + 1) & 1);
+      const int64_t c0 = save ? t : (t & 1), c1 = save ? t + 1 : ((t + 1) & 1), a = save ? t : 0;
       // h W_hh^T; the bias is added in the gate loop
       gemm(false, true, nb, G * H, H, hsp + (s0 * B + b0) * H, H, wp, H, 0.0f, gp, G * H);
       const float* xt = xp + (t * B + b0) * G * H;
       float* h_next = hsp + (s1 * B + b0) * H;
       if (cell == 0) {
-        lstm_step_forward(nb, H, xt, gp, bp, extrap + (s0 * B + b0) * H, actp + (a * B + b0) * 4 * H,
-                          extrap + (s1 * B + b0) * H, h_next);
+        lstm_step_forward(nb, H, xt, gp, bp, extrap + (c0 * B + b0) * H, actp + (a * B + b0) * 4 * H,
+                          extrap + (c1 * B + b0) * H, h_next);
       } else if (cell == 1) {
         gru_step_forward(nb, H, xt, gp, bp, hsp + (s0 * B + b0) * H, actp + (a * B + b0) * 3 * H,
                          extrap + (a * B + b0) * H, h_next);
@@ -314,15 +322,22 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
   return {last, hs, act, extra};
 }
 
-// grad_last: dL/d(last state) [B, H]. Returns {dL/dx [T, B, G*H], dL/dW_hh, dL/db_hh}.
-std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_last_in, const at::Tensor& w_hh,
-                                          const at::Tensor& lengths, const at::Tensor& hs, const at::Tensor& act,
-                                          const at::Tensor& extra) {
+// grad_last: dL/d(last state) [B, H]; grad_seq: dL/d(every step's state) [T, B, H], or empty when only
+// the last state was used (its steps past a row's length get none: they are not part of the output).
+// Returns {dL/dx [T, B, G*H], dL/dW_hh, dL/db_hh}.
+std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_last_in, const at::Tensor& grad_seq_in,
+                                          const at::Tensor& w_hh, const at::Tensor& lengths, const at::Tensor& hs,
+                                          const at::Tensor& act, const at::Tensor& extra) {
   const int64_t T = hs.size(0) - 1, B = hs.size(1), H = hs.size(2), GH = gates_of(cell) * H;
+  const bool has_seq = grad_seq_in.numel() > 0;
   TORCH_CHECK(cpu_float_contiguous(w_hh) && w_hh.size(0) == GH && w_hh.size(1) == H &&
-                  grad_last_in.size(0) == B && grad_last_in.size(1) == H && lengths.size(0) == B,
+                  grad_last_in.size(0) == B && grad_last_in.size(1) == H && lengths.size(0) == B &&
+                  (!has_seq || (grad_seq_in.dim() == 3 && grad_seq_in.size(0) == T && grad_seq_in.size(1) == B &&
+                                grad_seq_in.size(2) == H)),
               "rnnsent fused kernel: backward inputs do not match the saved forward state");
   const auto grad_last = grad_last_in.to(at::kFloat).contiguous();
+  const auto grad_seq = has_seq ? grad_seq_in.to(at::kFloat).contiguous() : grad_seq_in;
+  const float* gsp = has_seq ? grad_seq.data_ptr<float>() : nullptr;
   auto opts = hs.options();
   auto dx = at::empty({T, B, GH}, opts);
   // Each chunk sums its rows' dW_hh and db_hh while their gradients are still in cache; the partial
@@ -351,12 +366,17 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
     float* dgp = cell == 1 ? dg.data_ptr<float>() : nullptr;
     for (int64_t t = T - 1; t >= 0; --t) {
       // A sequence whose last real step is t receives its output gradient here.
-      for (int64_t b = b0; b < b1; ++b)
+      for (int64_t b = b0; b < b1; ++b) {
+        float* d = dhp + (b - b0) * H;
         if (len[b] == t + 1) {
-          float* d = dhp + (b - b0) * H;
           const float* gl = glp + b * H;
           for (int64_t j = 0; j < H; ++j) d[j] += gl[j];
         }
+        if (has_seq && t < len[b]) {  // this step's own output gradient
+          const float* gs = gsp + (t * B + b) * H;
+          for (int64_t j = 0; j < H; ++j) d[j] += gs[j];
+        }
+      }
       float* dxt = dxp + (t * B + b0) * GH;
       const float* h_prev = hsp + (t * B + b0) * H;
       float* drec = dxt;  // dL/d(h W_hh^T + b_hh): dL/dx itself, except for the GRU
@@ -380,10 +400,16 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
 
 }  // namespace
 
+// The schemas here, the CPU implementations below; rnnsent/fused.py adds the fake (meta) implementations
+// and the autograd formula, so that torch.compile and torch.func see an operator like PyTorch's own.
 TORCH_LIBRARY(rnnsent_cpu, m) {
-  m.def("sequence_forward(int cell, Tensor x, Tensor w_hh, Tensor b_hh, Tensor lengths, bool save) -> Tensor[]",
-        sequence_forward);
-  m.def("sequence_backward(int cell, Tensor grad_last, Tensor w_hh, Tensor lengths, Tensor hs, Tensor act, "
-        "Tensor extra) -> Tensor[]",
-        sequence_backward);
+  m.def("sequence_forward(int cell, Tensor x, Tensor w_hh, Tensor b_hh, Tensor lengths, bool save, bool full) "
+        "-> Tensor[]");
+  m.def("sequence_backward(int cell, Tensor grad_last, Tensor grad_seq, Tensor w_hh, Tensor lengths, Tensor hs, "
+        "Tensor act, Tensor extra) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(rnnsent_cpu, CPU, m) {
+  m.impl("sequence_forward", sequence_forward);
+  m.impl("sequence_backward", sequence_backward);
 }
