@@ -10,5 +10,6 @@ setup(
     packages=find_namespace_packages(include=["rnnsent*"]) + ["rnnsent.released"],
     package_dir={"rnnsent.released": "checkpoints"},
     # csrc: compiled on the user's machine by rnnsent.fused; released: the released models, loaded by name
-    package_data={"rnnsent": ["csrc/*.cpp"], "rnnsent.released": ["*.pt", "RESULTS.json"]},
+    # serve/page.html: the demo page rnnsent serve answers at /
+    package_data={"rnnsent": ["csrc/*.cpp"], "rnnsent.released": ["*.pt", "RESULTS.json"], "rnnsent.serve": ["page.html"]},
 )

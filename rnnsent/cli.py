@@ -364,9 +364,8 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
     except _user_errors() as e:
         return _fail(str(e))
     for text, pr in zip(texts, predictions):
-        if args.json:  # today's keys first; words, oov_share, note and probabilities were added
-            print(json.dumps({"probability": pr.probability, "label": pr.label, "text": text, "words": pr.words,
-                              "oov_share": pr.oov_share, "note": pr.note, "probabilities": pr.probabilities}))
+        if args.json:
+            print(json.dumps(pr.to_json(text)))
         else:
             shown = " ".join(text.split())
             shown = shown[:70] + "..." if len(shown) > 73 else shown
@@ -474,3 +473,80 @@ def _read_lines(path: str) -> list[str]:
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line starts no new one
     return [line.removesuffix("\r") for line in lines]
+
+
+def serve_parser(prog: str = "rnnsent serve") -> argparse.ArgumentParser:
+    """`rnnsent serve`'s flags: --checkpoint and --device, then one flag per ServeSettings field."""
+    from rnnsent.serve.settings import ServeSettings  # plain Python: no FastAPI needed for --help
+
+    p = _Parser(prog=prog, description="Serve a model over HTTP: the JSON API (/v1/predict, /v1/explain, /v1/model, "
+                                       "/healthz, /readyz), its OpenAPI page at /docs and a demo page at /. Concurrent "
+                                       "requests share forward passes (dynamic batching). Needs: pip install "
+                                       "'rnnsent[serve]'. See docs/serve.md.")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N [cpu]")
+    for f in dataclasses.fields(ServeSettings):
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help=f"{f.metadata['help']} [off]")
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=_number_type(kind, flag), default=default, help=f"{f.metadata['help']} [{default}]")
+    return p
+
+
+def _number_type(kind, flag: str):
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+    convert.__name__ = kind.__name__  # argparse names the type in its message
+    return convert
+
+
+def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> int:
+    """Load the model, bind, serve until SIGTERM or Ctrl-C (in-flight requests are answered first), exit 0."""
+    import signal
+
+    from rnnsent.serve.settings import ServeSettings
+
+    args = serve_parser(prog).parse_args(argv)
+    _show_log()
+    try:
+        settings = ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)})
+    except ValueError as e:
+        return _fail(str(e))
+    try:
+        import uvicorn
+
+        from rnnsent.serve.app import create_app
+    except ModuleNotFoundError as e:
+        return _fail(f"rnnsent serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'rnnsent[serve]'")
+    try:
+        import torch
+
+        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.runtime import resolve_device
+
+        torch.set_num_threads(settings.threads)
+        loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    except _user_errors() as e:
+        return _fail(str(e))
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(loaded, settings), host=settings.host, port=settings.port, log_level="info",
+        access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_s, lifespan="on"))
+    # uvicorn answers SIGTERM/SIGINT by draining, then re-raises the signal under the handler it found: a quiet one
+    # here, so that a drained server exits 0 instead of dying by the signal.
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's answer to an address it cannot bind; its log line above says why
+        pass
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    return 0 if server.started else _fail(f"could not listen on {settings.host}:{settings.port} (the port is taken, "
+                                          "or the address is not this machine's: see the line above)", 1)

@@ -93,6 +93,12 @@ class Prediction:
             return "no known words"
         return None
 
+    def to_json(self, text: str) -> dict:
+        """The JSON object of `rnnsent predict --json` (and the server's /v1/predict) for this text."""
+        # today's keys first; words, oov_share, note and probabilities were added
+        return {"probability": self.probability, "label": self.label, "text": text, "words": self.words,
+                "oov_share": self.oov_share, "note": self.note, "probabilities": self.probabilities}
+
 
 def as_texts(texts, what: str = "predict") -> list[str]:
     """One text (str, or UTF-8 bytes) or an iterable of them, as a list of str; anything else is a TypeError."""

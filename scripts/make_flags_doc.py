@@ -26,13 +26,14 @@ WIDTH = "10000"  # argparse wraps --help to $COLUMNS: this wide, no entry wraps,
 
 HEADER = """# Command-line flags
 
-Every flag of `rnnsent train`, `pretrain`, `evaluate`, `predict`, `explain` and `export` (the same flags as
+Every flag of `rnnsent train`, `pretrain`, `evaluate`, `predict`, `explain`, `export` and `serve` (the same flags as
 `scripts/train.py`, `pretrain.py`, `evaluate.py`, `predict.py`, `explain.py` and `export.py`), as their `--help` prints them; the default is in brackets.
 `scripts/make_flags_doc.py` writes this page from the commands themselves and `tests/test_docs.py` checks that
 it is current. What the flags do in practice: the [README's tour](../README.md#a-quick-tour),
 [results.md](results.md) (the recipes and levers), [own-data.md](own-data.md), [speed.md](speed.md) (the
 CPU settings), [fault-tolerance.md](fault-tolerance.md) (checkpoints and resuming) and [explain.md](explain.md)
-(word attributions, training in TensorBoard) and [export.md](export.md) (ONNX and onnxruntime).
+(word attributions, training in TensorBoard), [export.md](export.md) (ONNX and onnxruntime) and [serve.md](serve.md)
+(the HTTP server; `rnnsent serve` has no script of its own).
 """
 
 
@@ -118,10 +119,10 @@ def render() -> str:
         lines += ["Its flags are exactly [train's](#train).", ""]
     else:
         lines += table(pre_rows)
-    for command in ("evaluate", "predict", "explain", "export"):
+    for command in ("evaluate", "predict", "explain", "export", "serve"):
         description, rows = entries(help_text(command))
-        lines += [f"## {command}", "", f"`rnnsent {command}`, `scripts/{command}.py`: {cell(description)}", "",
-                  *table(rows)]
+        script = f", `scripts/{command}.py`" if (ROOT / "scripts" / f"{command}.py").is_file() else ""  # (serve: none)
+        lines += [f"## {command}", "", f"`rnnsent {command}`{script}: {cell(description)}", "", *table(rows)]
     return "\n".join(lines).rstrip() + "\n"
 
 

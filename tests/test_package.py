@@ -57,7 +57,7 @@ def test_the_fused_kernel_runs_without_dynamo():
     assert "fused-used" in mods and "torch._dynamo" not in mods
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["export"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["export"], ["serve"]])
 def test_help_answers_without_importing_torch(command):
     code = ("import sys\nfrom rnnsent.__main__ import main\n"
             f"try:\n    main({command + ['--help']!r})\nexcept SystemExit:\n    pass\n"
@@ -81,7 +81,7 @@ def test_the_command_has_exactly_the_scripts_flags(command):
 def test_unknown_command_is_one_line():
     proc = python("-m", "rnnsent", "fit")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict, explain, export (see rnnsent --help)"]
+        "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict, explain, export, serve (see rnnsent --help)"]
     proc = python("-m", "rnnsent")
     assert proc.returncode == 2 and "usage: rnnsent" in proc.stderr
 

@@ -75,7 +75,8 @@ def test_wheel_holds_the_code_the_kernel_source_and_the_released_models(installe
     _, _, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("rnnsent/__main__.py", "rnnsent/csrc/recurrent_cpu.cpp", "rnnsent/released/gru.pt",
-                 "rnnsent/released/lstm.pt", "rnnsent/released/rnn.pt", "rnnsent/released/RESULTS.json"):
+                 "rnnsent/released/lstm.pt", "rnnsent/released/rnn.pt", "rnnsent/released/RESULTS.json",
+                 "rnnsent/serve/page.html"):
         assert path in names, path
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
