@@ -164,6 +164,8 @@ def check_lengths(lengths: torch.Tensor, tokens: torch.Tensor) -> None:
     training on CUDA (the trainer's own batches come from Batcher, whose lengths are right by construction)."""
     if lengths.device.type != "cpu" and torch.is_grad_enabled():
         return
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return  # reading the values would break the graph (or freeze them into a trace); eager calls check
     if lengths.shape != tokens.shape[:1]:
         raise ValueError(f"lengths has shape {tuple(lengths.shape)} for a batch of {tokens.size(0)} rows")
     if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > tokens.size(1)):
