@@ -215,8 +215,8 @@ class _StderrLines(logging.StreamHandler):
         pass
 
 
-def _show_log() -> None:
-    logger = logging.getLogger("rnnsent")
+def _show_log(name: str = "rnnsent") -> None:
+    logger = logging.getLogger(name)
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines())
         logger.setLevel(logging.INFO)
@@ -515,6 +515,9 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
 
     args = serve_parser(prog).parse_args(argv)
     _show_log()
+    # uvicorn's own log set-up is logging.config.dictConfig, which closes every handler the process already has
+    # (an application's, a test runner's); its lines go through the same plain stderr lines as rnnsent's instead.
+    _show_log("uvicorn")
     try:
         settings = ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)})
     except ValueError as e:
@@ -536,7 +539,7 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
     except _user_errors() as e:
         return _fail(str(e))
     server = uvicorn.Server(uvicorn.Config(
-        create_app(loaded, settings), host=settings.host, port=settings.port, log_level="info",
+        create_app(loaded, settings), host=settings.host, port=settings.port, log_config=None,
         access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_s, lifespan="on"))
     # uvicorn answers SIGTERM/SIGINT by draining, then re-raises the signal under the handler it found: a quiet one
     # here, so that a drained server exits 0 instead of dying by the signal.

@@ -2,6 +2,7 @@
 real server process on loopback (slow and vanishing clients, SIGTERM's drain, nothing written to disk)."""
 import asyncio
 import json
+import logging
 import select
 import signal
 import socket
@@ -476,6 +477,32 @@ def test_serve_on_a_taken_port_fails_in_one_line(capsys):
     assert code == 1 and signal.getsignal(signal.SIGTERM) is handler, "the signal handlers are put back"
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: could not listen on 127.0.0.1:") and "Traceback" not in "\n".join(err)
+
+
+def test_serve_leaves_the_processs_own_log_handlers_open(capsys):
+    # uvicorn's default log set-up (dictConfig) closes every handler the process has; a handler that closes its
+    # stream then broke its owner's output (here: the test runner's, once TensorFlow's absl handler was loaded).
+    closed = []
+
+    class Probe(logging.Handler):
+        def emit(self, record):
+            pass
+
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    probe = Probe()
+    logging.getLogger("someone.elses").addHandler(probe)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            assert cli.serve_main(["--checkpoint", "gru", "--port", str(taken.getsockname()[1])]) == 1
+    finally:
+        logging.getLogger("someone.elses").removeHandler(probe)
+    assert not closed
+    assert "error while attempting to bind" in capsys.readouterr().err  # uvicorn's own line still shows
 
 
 @pytest.mark.slow  # two server processes and a few hundred requests: a minute on a busy 2-core machine
