@@ -2,7 +2,7 @@
 """Load on `rnnsent serve` over loopback: requests/s, texts/s and p50/p99 latency at several concurrencies, with
 dynamic batching on and off (off: --max-batch 1, one forward per text), and a soak mode of mixed valid and invalid
 requests that reports the server's memory and checks every answer. It starts its own server processes, talks to
-127.0.0.1 only, and every run is bounded in requests and seconds. Run it alone (flock /tmp/bench.lock ...).
+127.0.0.1 only, and every run is bounded in requests and seconds. Run it alone on the machine.
 
     python scripts/bench_serve.py                     # the table (docs/serve.md)
     python scripts/bench_serve.py --soak 180          # the soak run
