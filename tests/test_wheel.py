@@ -44,7 +44,9 @@ def copy_sources(dest: Path) -> Path:
 
 def fresh_venv(venv: Path, cwd: Path) -> tuple[Path, dict]:
     """(python, env) of a new venv that takes torch and the other dependencies from this one (offline)."""
-    run([sys.executable, "-m", "venv", venv], cwd=cwd)
+    # --without-pip: no setuptools of its own (ensurepip's may be too old to build an editable install without the
+    # wheel package); pip and setuptools come from this environment through the .pth file, as torch does.
+    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=cwd)
     py = venv / "bin" / "python"
     site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=cwd).stdout.strip()
     ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))  # torch, numpy, tqdm, ninja
