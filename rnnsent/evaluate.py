@@ -138,10 +138,6 @@ def predict(
     Right-padded (bucketed) texts are batched by length, longest first, so that a batch is as wide as its own
     longest text; the answers come back in input order, and each row's result does not depend on its batch
     (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order."""
-    texts = as_texts(texts)
-    k = model.num_classes
-    if classes is not None and len(classes) != k:
-        raise ValueError(f"classes names {len(classes)} classes but the model has {k}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -161,6 +157,8 @@ def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, e
     """predict() with any `forward(tokens (B, T) int64, lengths (B,) or None for pre-padded rows) -> (B, K)
     probabilities` (a PyTorch model, an onnxruntime session: rnnsent.export.OnnxPredictor)."""
     texts = as_texts(texts)
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"classes names {len(classes)} classes but the model has {num_classes}")
     tokenize = tokenizer_for(vocab.tokenizer)
     ids = [vocab.encode(tokenize(t)) for t in texts]
     labels = [0] * len(ids)
