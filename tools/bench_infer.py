@@ -12,8 +12,8 @@ Systems, each from raw text to probabilities unless said otherwise:
 Batch 1 runs the first --batch1-reviews reviews one call each; every clock starts after one untimed call. The
 PyTorch and onnxruntime systems run --repeats times in turn and the best rate counts (Keras runs once).
 
-    python scripts/bench_infer.py --checkpoint gru --threads 1 --json infer.json
-    python scripts/bench_infer.py --smoke --json /tmp/smoke.json      # fixture reviews, seconds (tests)
+    python tools/bench_infer.py --checkpoint gru --threads 1 --json infer.json
+    python tools/bench_infer.py --smoke --json /tmp/smoke.json      # fixture reviews, seconds (tests)
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Bidirectional(LSTM(64)) -> Dense(1)) and a 2-layer bidirectional GRU of the exer
 GRU(100)). Every system trains on the same pre-padded reviews (Keras' input, no lengths), batch 64, Adam 1e-3,
 one epoch; each clock starts after `--warmup` steps and stops at the epoch's end. Samples per second.
 
-    python scripts/bench_models.py --limit 1280 --max-len 200 --threads 1 --json out.json
+    python tools/bench_models.py --limit 1280 --max-len 200 --threads 1 --json out.json
 """
 from __future__ import annotations
 
