@@ -4,7 +4,7 @@
 Per cell, on the same reviews, batch 64, Adam 1e-3: rnnsent (Trainer.train_epoch, encoding "bucketed"; the
 fused kernel on CPU, cuDNN on CUDA); plain (DataLoader over 500-token pre-padded tensors, stock modules, no
 flush-to-zero); plain+ftz (the same with torch.set_flush_denormal(True)); keras (Keras 3 model.fit in
-scripts/keras_worker.py: TensorFlow where importable, else torch). Each clock runs from the end of step
+tools/keras_worker.py: TensorFlow where importable, else torch). Each clock runs from the end of step
 warmup-1 to the end of the epoch: data preparation, model building and evaluation are never timed. On CPU
 --limit keeps the plain loop's epoch short (test accuracy is then on the limited test split). Each timed
 PyTorch run gets a fresh process that sets its threads and flush-to-zero before its first op (see run_job).
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 
 # rnnsent before torch in every process of the bench, the plain loop's too: its OpenMP settings, as in its CLI.
 from rnnsent.config import CELLS, KERAS_CELL_NAMES, TrainConfig  # noqa: E402

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 
 import rnnsent  # noqa: E402  (before torch: its OpenMP settings)
 import torch  # noqa: E402

@@ -64,7 +64,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--keras-worker"]:
     keras_worker(sys.argv[2])
     sys.exit(0)
 
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 import rnnsent  # noqa: E402  (before torch: its OpenMP settings)
 import torch  # noqa: E402
 from bench_report import machine_info  # noqa: E402

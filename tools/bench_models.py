@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training throughput of stacked and bidirectional models: rnnsent's fused CPU kernel, PyTorch's stock layers
-(impl="torch") and Keras 3 on TensorFlow (scripts/keras_worker.py), in one run on the same reviews.
+(impl="torch") and Keras 3 on TensorFlow (tools/keras_worker.py), in one run on the same reviews.
 
 Models: Keras' IMDB example (Embedding(20000, 128) -> Bidirectional(LSTM(64), return_sequences) ->
 Bidirectional(LSTM(64)) -> Dense(1)) and a 2-layer bidirectional GRU of the exercise's size (Embedding(5000, 32),
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 
 import rnnsent  # noqa: E402,F401 (before torch: its OpenMP settings)
 import torch  # noqa: E402

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The Keras side of tools/bench.py and scripts/keras_parity.py: the exercise's model in Keras 3, trained and
+"""The Keras side of tools/bench.py and tools/keras_parity.py: the exercise's model in Keras 3, trained and
 scored in a process of its own, because Keras fixes its backend at first import (and a TensorFlow process
 should not load PyTorch). This file imports neither torch nor rnnsent.
 
     run_keras(python, backend, spec, arrays)   from the parent: writes the arrays, runs this file, returns its rows
-    python scripts/keras_worker.py SPEC.json    the worker itself (KERAS_BACKEND set by run_keras)
+    python tools/keras_worker.py SPEC.json    the worker itself (KERAS_BACKEND set by run_keras)
 """
 from __future__ import annotations
 
