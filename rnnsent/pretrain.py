@@ -22,15 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_checkpoint
+from rnnsent.checkpoint import load_checkpoint_state
 from rnnsent.config import FINE_TUNING_ONLY, ModelConfig, TrainConfig
 from rnnsent.evaluate import autocast_context
+from rnnsent.handover import KIND, SHAPE, load_into  # noqa: F401 (re-exported: fine-tuning reads these files)
 from rnnsent.models import SentimentRNN, count_parameters
-from rnnsent.runfolder import check_run_folder
-from rnnsent.train import Trainer, shutdown
-
-KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
-SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_layers", "bidirectional")  # what must agree to hand the weights over
+from rnnsent.train import Trainer, run_task
 
 
 def cutoffs(vocab_size: int, hidden_size: int) -> list[int]:
@@ -89,55 +86,54 @@ class LanguageModel(nn.Module):
         return self.head(hidden, targets[keep]).loss
 
 
-class PretrainTrainer(Trainer):
-    """Trainer for a LanguageModel: the same loop, checkpoints and resume; best.pt has the lowest
-    validation loss per word. Labels and the test split are not used."""
+class LanguageModelling:
+    """The language model's task for the Trainer (see rnnsent.train.Classification for the interface): the
+    same loop, checkpoints and resume; best.pt has the lowest validation loss per word. Labels and the
+    test split are not used."""
 
-    reports_accuracy = False
     kind = KIND
+    reports_accuracy = False
 
-    def __init__(self, config: TrainConfig, data=None):
+    def settings(self, config: TrainConfig) -> TrainConfig:
         refuse_bidirectional(config)  # before any data is read
         fine_tuning_only = [f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)]
         if fine_tuning_only:
             raise ValueError(f"{', '.join(fine_tuning_only)} apply to fine-tuning (scripts/train.py), not to pretraining")
-        super().__init__(TrainConfig(**{**config.to_dict(), "monitor": "loss"}), data)
+        return TrainConfig(**{**config.to_dict(), "monitor": "loss"})
 
-    def build_model(self) -> nn.Module:
-        return LanguageModel(ModelConfig(**self.config.model_args()))
+    def build_model(self, config: TrainConfig) -> nn.Module:
+        return LanguageModel(ModelConfig(**config.model_args()))
 
-    def rnn_implementation(self) -> str:
+    def rnn_implementation(self, t) -> str:
         return "PyTorch's layers (a language model needs the state after every word, which the fused kernel does not keep)"
 
-    def forward_backward(self, model, x, lengths, y):
-        with autocast_context(self.device, self.config.amp):
+    def forward_backward(self, t, model, x, lengths, y):
+        """The batch's mean loss per word; no right predictions to count (None)."""
+        with autocast_context(t.device, t.config.amp):
             loss = model(x)
-        self.scaler.scale(loss).backward()
-        return loss, torch.zeros((), device=loss.device)
+        t.scaler.scale(loss).backward()
+        return loss, None
 
-    def state(self, full: bool = True) -> dict:
-        return {**super().state(full), "kind": KIND}
-
-    def _evaluate(self, split, batcher) -> dict:
+    def evaluate(self, t, split, batcher) -> dict:
         """Loss per word on `split` (validation): summed over words, so batch size changes nothing."""
-        model = self.model
+        model = t.model
         model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * words, words
+        sums = torch.zeros(2, dtype=torch.float64, device=t.device)  # loss * words, words
         with torch.no_grad():
             for x, _, _ in batcher.iterate(0):
-                with autocast_context(self.device, self.config.amp):
+                with autocast_context(t.device, t.config.amp):
                     loss = model(x)
                 words = (x[:, 1:] != 0).sum()
                 sums += torch.stack([loss.double() * words, words.double()])
         model.train()
-        loss_sum, words = self.dist.sum(sums).tolist()
+        loss_sum, words = t.dist.sum(sums).tolist()
         loss = loss_sum / max(words, 1.0)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "words": int(words)}
 
-    def validate(self, train_metrics: dict) -> tuple[dict, float]:
+    def validate(self, t, train_metrics: dict) -> tuple[dict, float]:
         """The epoch's row (losses per word, perplexity; no accuracy) and the score: lower loss is better."""
-        val = self._evaluate(self.data.val, self.val_batches)
-        row = {"epoch": self.epoch + 1, "global_step": self.global_step, "train_loss": train_metrics["train_loss"],
+        val = t._evaluate(t.data.val, t.val_batches)
+        row = {"epoch": t.epoch + 1, "global_step": t.global_step, "train_loss": train_metrics["train_loss"],
                "epoch_seconds": train_metrics["epoch_seconds"], "samples_per_second": train_metrics["samples_per_second"],
                "val_loss": val["loss"], "val_perplexity": val["perplexity"]}
         return row, -val["loss"]
@@ -147,59 +143,30 @@ class PretrainTrainer(Trainer):
                 f"perplexity {row['val_perplexity']:.1f} | {row['epoch_seconds']:.1f} s, "
                 f"{row['samples_per_second']:.0f} reviews/s" + (" (best)" if improved else ""))
 
-    def finish(self) -> dict:
+    def finish(self, t) -> dict:
         """Score best.pt on validation again and write report.json; the test split stays untouched."""
-        best = self.out / "best.pt"
-        self.dist.barrier()
-        self.model.load_state_dict(load_checkpoint_state(best)["model_state"])
-        val = self._evaluate(self.data.val, self.val_batches)
-        result = {"task": KIND, "cell": self.config.cell, "best_val_loss": val["loss"],
-                  "val_perplexity": val["perplexity"], "val_words": val["words"], "epochs": len(self.history),
-                  "epoch_seconds": [r["epoch_seconds"] for r in self.history], "device": str(self.device),
+        best = t.out / "best.pt"
+        t.dist.barrier()
+        t.model.load_state_dict(load_checkpoint_state(best)["model_state"])
+        val = t._evaluate(t.data.val, t.val_batches)
+        result = {"task": KIND, "cell": t.config.cell, "best_val_loss": val["loss"],
+                  "val_perplexity": val["perplexity"], "val_words": val["words"], "epochs": len(t.history),
+                  "epoch_seconds": [r["epoch_seconds"] for r in t.history], "device": str(t.device),
                   "checkpoint": str(best)}
-        if self.is_main:
-            (self.out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-            self.log(f"language model: validation perplexity {val['perplexity']:.1f} ({val['loss']:.4f} per word); "
-                     f"fine-tune it with scripts/train.py --pretrained {self.out}")
+        if t.is_main:
+            (t.out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+            t.log(f"language model: validation perplexity {val['perplexity']:.1f} ({val['loss']:.4f} per word); "
+                  f"fine-tune it with scripts/train.py --pretrained {t.out}")
         return result
+
+
+class PretrainTrainer(Trainer):
+    """A Trainer of the LanguageModelling task."""
+
+    def __init__(self, config: TrainConfig, data=None):
+        super().__init__(config, data, task=LanguageModelling())
 
 
 def pretrain(config: TrainConfig, data=None) -> dict:
     """Pretrain a language model as `config` says (out, epochs, data, ...); returns its report."""
-    agreed = False
-    check_run_folder(config)  # before the data is prepared, as train() does
-    try:
-        result = PretrainTrainer(config, data).fit()
-        agreed = True
-        return result
-    finally:
-        shutdown(wait_for_peers=agreed)
-
-
-def load_into(model: SentimentRNN, path, vocab) -> str:
-    """Copy a pretrained language model's embedding and recurrent layer into `model`; returns a log line.
-    Refuses (CheckpointError, one line) a classifier checkpoint, another shape or another vocabulary."""
-    path = resolve_checkpoint(path)
-    state = load_checkpoint_state(path)
-    if state.get("kind") != KIND:
-        raise CheckpointError(f"{path} is not a language model from scripts/pretrain.py (it is a classifier "
-                              "checkpoint); pass --pretrained the folder or best.pt of a pretraining run")
-    saved = state["model_config"]
-    differ = [f"{k} {saved.get(k)!r} there, {getattr(model, k)!r} here" for k in SHAPE if saved.get(k) != getattr(model, k)]
-    if differ:
-        raise CheckpointError(f"the language model {path} has another shape ({'; '.join(differ)}); "
-                              "pretrain with the same --cell, --vocab-size, --embed-dim, --hidden-size and --layers")
-    if state.get("vocab") != vocab.to_dict():
-        raise CheckpointError(f"the language model {path} was trained with another vocabulary than the data prepared "
-                              "now; pretrain and fine-tune on the same data with the same --vocab-size and --limit")
-    weights = {k: v for k, v in state["model_state"].items() if k.startswith(("embedding.", "rnn."))}
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # a weight of another size than its own description says
-        raise CheckpointError(f"the language model {path} does not fit its own description: {str(e).splitlines()[-1].strip()}") from None
-    if unexpected or any(not k.startswith("fc.") for k in missing):
-        raise CheckpointError(f"the language model {path} does not fit this model (missing {missing}, unexpected {unexpected})")
-    at = state.get("metrics") or {}  # the epoch this file was saved at
-    ppl = at.get("val_perplexity")
-    return (f"started from the language model {path}: embedding and recurrent layer"
-            + (f" (validation perplexity {ppl:.1f}, its epoch {at.get('epoch')})" if ppl else ""))
+    return run_task(config, data, LanguageModelling())

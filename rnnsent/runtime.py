@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import torch
 
@@ -161,3 +163,21 @@ def build_in_memory(make, device: torch.device) -> torch.nn.Module:
             raise
         raise ValueError(f"{too_big} and does not fit in free memory; lower --hidden-size, --layers, "
                          "--embed-dim or --vocab-size") from None
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo says it (for the tables of results and benchmarks)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    """The machine a run on `device` uses, in words: the GPU's name, or the CPU's and its core count."""
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_name()}, {os.cpu_count()} cores"

@@ -35,6 +35,7 @@ from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, 
 from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
+from rnnsent.handover import load_into
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
@@ -62,6 +63,93 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.lr_at(step, total_steps)
 
 
+class Classification:
+    """What the Trainer trains: the task object, here the classifier's (rnnsent.pretrain.LanguageModelling is
+    the language model's). The loop, checkpoints and resume are the Trainer's; a task says what differs:
+
+        kind, reports_accuracy   the "kind" its checkpoints carry (None here); whether batches have right answers
+        settings(config)         the config it trains with, checked before anything is read
+        build_model(config)      the model
+        rnn_implementation(t)    what runs the recurrent layer, for logs and reports
+        forward_backward(t, model, x, lengths, y)   a batch's loss, backward done, and its right predictions
+                                                    (a () tensor, or None without any)
+        evaluate(t, split, batcher)                 the scores of a split, summed over ranks
+        validate(t, train_metrics)                  the epoch's metrics row and the score best.pt keeps the highest of
+        epoch_line(row, improved)                   the line logged after each epoch
+        finish(t)                                   the end of the run (here: test best.pt, write the report)
+
+    Its methods take the Trainer `t` for the run's device, scaler, data and model.
+    """
+
+    kind = None
+    reports_accuracy = True
+
+    def settings(self, config: TrainConfig) -> TrainConfig:
+        return config
+
+    def build_model(self, config: TrainConfig) -> torch.nn.Module:
+        return SentimentRNN(**config.model_args(), impl=config.rnn_impl)
+
+    def rnn_implementation(self, t) -> str:
+        return recurrent.describe(t.config.rnn_impl, t.device)
+
+    def forward_backward(self, t, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """With adversarial training, a second pass on perturbed embeddings adds its gradients
+        (rnnsent.regularise.EmbeddingPerturbation)."""
+        c = t.config
+        with EmbeddingPerturbation(t.model.embedding) if c.adversarial else contextlib.nullcontext() as perturb:
+            # DDP must not average the first of two backward passes on its own: the second one sums both
+            with model.no_sync() if c.adversarial and hasattr(model, "no_sync") else contextlib.nullcontext():
+                with autocast_context(t.device, c.amp):
+                    logits = model(x, lengths)  # (B,) or (B, K)
+                    loss = objective.loss(logits, y, smoothing=c.label_smoothing)
+                t.scaler.scale(loss).backward()
+            if c.adversarial:
+                perturb.aim(c.adversarial)
+                with autocast_context(t.device, c.amp):
+                    adversarial_loss = objective.loss(model(x, lengths), y, smoothing=c.label_smoothing)
+                t.scaler.scale(adversarial_loss).backward()
+        return loss, (objective.predicted(logits.detach()) == y.long()).sum()
+
+    def evaluate(self, t, split, batcher: Batcher) -> dict:
+        """evaluate() on this rank's share of `split` (its batcher), summed over ranks."""
+        if len(batcher) == 0:  # more ranks than batches (evaluate() would take an empty batcher for none)
+            k = t.model.num_classes
+            r = {"loss": 0.0, "n": 0, "confusion_matrix": [[0] * k for _ in range(k)]}
+        else:
+            r = evaluate(t.model, split, device=t.device, amp=t.config.amp, batcher=batcher)
+        return t.dist.sum_scores(r, t.device)
+
+    def validate(self, t, train_metrics: dict) -> tuple[dict, float]:
+        c = t.config
+        with t.averaged():
+            val = t._evaluate(t.data.val, t.val_batches)
+        row = {"epoch": t.epoch + 1, "global_step": t.global_step, **train_metrics,
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(t.global_step - 1, t.total_steps, c)}
+        if c.num_classes > 2 or c.monitor:
+            row["val_macro_f1"] = val["macro_f1"]
+        monitored = c.monitored()
+        return row, -val["loss"] if monitored == "loss" else val[monitored]
+
+    def epoch_line(self, row: dict, improved: bool) -> str:
+        return report.epoch_line(row, improved)
+
+    def finish(self, t) -> dict:
+        """Test the best checkpoint, write report.json, the plot and the summary; return the report."""
+        best_path = t.out / "best.pt"
+        t.dist.barrier()  # rank 0 has finished writing best.pt
+        if best_path.exists():
+            t.model.load_state_dict(load_checkpoint_state(best_path)["model_state"])
+        test = t._evaluate(t.data.test, t.test_batches)
+        result = report.final_report(t.config.cell, test, t.best_val, t.history, t.device,
+                                     t.rnn_implementation(), count_parameters(t.model),
+                                     t.config.monitored(), t.data.meta.get("classes"))
+        if t.is_main:
+            keras_steps = t.config.max_len if t.config.encoding == "keras" else None
+            t.log(report.write_report(t.out, result, test, t.history, t.model.summary(time_steps=keras_steps)))
+        return result
+
+
 class Trainer:
     """Holds a run's state; `fit()` trains, validates, checkpoints, and returns the final metrics.
 
@@ -69,11 +157,11 @@ class Trainer:
     `finish`, `save`) directly.
     """
 
-    reports_accuracy = True  # the progress bar shows training accuracy (a language model has none)
-    kind = None  # the "kind" its checkpoints carry (a classifier's none; rnnsent.pretrain's "language_model")
-
-    def __init__(self, config: TrainConfig, data=None):
-        self.config = config
+    def __init__(self, config: TrainConfig, data=None, task=None):
+        self.task = task if task is not None else Classification()  # what is trained: the loss, metrics, epoch row
+        self.kind = self.task.kind  # the "kind" its checkpoints carry (a classifier's none)
+        self.reports_accuracy = self.task.reports_accuracy  # the progress bar shows training accuracy
+        self.config = config = self.task.settings(config)
         self.dist, self.device = Distributed.from_env(resolve_device(config.device))
         self.is_main = self.dist.is_main
         self.out = Path(config.out)
@@ -132,8 +220,6 @@ class Trainer:
             )
         self.model = runtime.build_in_memory(self.build_model, self.device)
         if config.pretrained and resume_state is None:  # a resumed run has its own weights already
-            from rnnsent.pretrain import load_into  # it builds on this module
-
             self.log(load_into(self.model, config.pretrained, self.data.vocab))
         self.ema = WeightAverage(self.model, config.ema) if config.ema else None
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
@@ -174,7 +260,7 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
-        return SentimentRNN(**self.config.model_args(), impl=self.config.rnn_impl)
+        return self.task.build_model(self.config)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -219,7 +305,10 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self, full: bool = True) -> dict:
         """Everything a checkpoint holds (see checkpoint.training_state). Distributed: every rank must call it."""
-        return training_state(self, full)
+        state = training_state(self, full)
+        if self.kind is not None:
+            state["kind"] = self.kind
+        return state
 
     def global_sums(self) -> tuple[float, float, int]:
         """This epoch's running training sums over all ranks: (loss * samples, correct, samples)."""
@@ -248,7 +337,7 @@ class Trainer:
 
     def rnn_implementation(self) -> str:
         """What runs the recurrent layer in this run, for logs and reports."""
-        return recurrent.describe(self.config.rnn_impl, self.device)
+        return self.task.rnn_implementation(self)
 
     def fit(self) -> dict:
         """Train to the configured number of epochs (or early stop), then report test metrics."""
@@ -302,6 +391,8 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     loss, correct = self.forward_backward(model, x, lengths if lengths_needed else None, y)
+                    if correct is None:  # a task without right answers to count (a language model)
+                        correct = torch.zeros((), device=loss.device)
                     finite = self.dist.all_true(torch.isfinite(loss))  # every rank agrees, so every rank stops
                     if c.clip is not None:
                         self.scaler.unscale_(self.optimizer)
@@ -368,24 +459,10 @@ class Trainer:
             norm = norm / self.scaler._get_scale_async()
         return norm
 
-    def forward_backward(self, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_backward(self, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One batch's forward and backward passes (gradients accumulate in the parameters); returns the
-        loss and the number of right predictions. With adversarial training, a second pass on perturbed
-        embeddings adds its gradients (rnnsent.regularise.EmbeddingPerturbation)."""
-        c = self.config
-        with EmbeddingPerturbation(self.model.embedding) if c.adversarial else contextlib.nullcontext() as perturb:
-            # DDP must not average the first of two backward passes on its own: the second one sums both
-            with model.no_sync() if c.adversarial and hasattr(model, "no_sync") else contextlib.nullcontext():
-                with autocast_context(self.device, c.amp):
-                    logits = model(x, lengths)  # (B,) or (B, K)
-                    loss = objective.loss(logits, y, smoothing=c.label_smoothing)
-                self.scaler.scale(loss).backward()
-            if c.adversarial:
-                perturb.aim(c.adversarial)
-                with autocast_context(self.device, c.amp):
-                    adversarial_loss = objective.loss(model(x, lengths), y, smoothing=c.label_smoothing)
-                self.scaler.scale(adversarial_loss).backward()
-        return loss, (objective.predicted(logits.detach()) == y.long()).sum()
+        loss and the number of right predictions (None where the task has none)."""
+        return self.task.forward_backward(self, model, x, lengths, y)
 
     def _save_and_stop(self, bar, t0: float) -> None:
         bar.close()
@@ -400,28 +477,15 @@ class Trainer:
             raise stopping.non_finite(self, int(bad_step))
 
     def _evaluate(self, split, batcher: Batcher) -> dict:
-        """evaluate() on this rank's share of `split` (its batcher), summed over ranks."""
-        if len(batcher) == 0:  # more ranks than batches (evaluate() would take an empty batcher for none)
-            k = self.model.num_classes
-            r = {"loss": 0.0, "n": 0, "confusion_matrix": [[0] * k for _ in range(k)]}
-        else:
-            r = evaluate(self.model, split, device=self.device, amp=self.config.amp, batcher=batcher)
-        return self.dist.sum_scores(r, self.device)
+        """The task's scores of `split` (this rank's batcher), summed over ranks."""
+        return self.task.evaluate(self, split, batcher)
 
     def validate(self, train_metrics: dict) -> tuple[dict, float]:
         """Score the validation split: the epoch's metrics row, and the monitored score (higher is better)."""
-        c = self.config
-        with self.averaged():
-            val = self._evaluate(self.data.val, self.val_batches)
-        row = {"epoch": self.epoch + 1, "global_step": self.global_step, **train_metrics,
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(self.global_step - 1, self.total_steps, c)}
-        if c.num_classes > 2 or c.monitor:
-            row["val_macro_f1"] = val["macro_f1"]
-        monitored = c.monitored()
-        return row, -val["loss"] if monitored == "loss" else val[monitored]
+        return self.task.validate(self, train_metrics)
 
     def epoch_line(self, row: dict, improved: bool) -> str:
-        return report.epoch_line(row, improved)
+        return self.task.epoch_line(row, improved)
 
     def end_epoch(self, train_metrics: dict) -> bool:
         """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
@@ -453,19 +517,8 @@ class Trainer:
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
     def finish(self) -> dict:
-        """Test the best checkpoint, write report.json, the plot and the summary; return the report."""
-        best_path = self.out / "best.pt"
-        self.dist.barrier()  # rank 0 has finished writing best.pt
-        if best_path.exists():
-            self.model.load_state_dict(load_checkpoint_state(best_path)["model_state"])
-        test = self._evaluate(self.data.test, self.test_batches)
-        result = report.final_report(self.config.cell, test, self.best_val, self.history, self.device,
-                                     self.rnn_implementation(), count_parameters(self.model),
-                                     self.config.monitored(), self.data.meta.get("classes"))
-        if self.is_main:
-            keras_steps = self.config.max_len if self.config.encoding == "keras" else None
-            self.log(report.write_report(self.out, result, test, self.history, self.model.summary(time_steps=keras_steps)))
-        return result
+        """The task's end of the run (the classifier tests best.pt); returns its report."""
+        return self.task.finish(self)
 
 
 def _clip_with_norm(parameters, max_norm: float, norm: torch.Tensor) -> None:
@@ -476,12 +529,13 @@ def _clip_with_norm(parameters, max_norm: float, norm: torch.Tensor) -> None:
         torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
-def train(config: TrainConfig, data=None) -> dict:
-    """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
+def run_task(config: TrainConfig, data=None, task=None) -> dict:
+    """Train `task` (the classifier when None) as `config` says; returns its final report. Under torchrun,
+    the process group is left last, after waiting for the peers when every rank stopped together."""
     agreed = False  # did every rank stop here together?
     check_run_folder(config)  # before the data is prepared; fit() checks again under the folder's lock
     try:
-        result = Trainer(config, data).fit()
+        result = Trainer(config, data, task).fit()
         agreed = True
         return result
     except TrainingInterrupted:
@@ -489,3 +543,8 @@ def train(config: TrainConfig, data=None) -> dict:
         raise
     finally:
         shutdown(wait_for_peers=agreed)  # leave the process group torchrun set up, if any
+
+
+def train(config: TrainConfig, data=None) -> dict:
+    """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
+    return run_task(config, data)

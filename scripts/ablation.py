@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from results import device_name  # noqa: E402  (scripts/results.py)
+from rnnsent.runtime import device_name  # noqa: E402
 
 LM = "lm"  # a pretraining run; its variant's flags are scripts/pretrain.py's
 # name -> (flags on top of --recipe best, whether it fine-tunes the cell's language model)

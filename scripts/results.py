@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,24 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.checkpoint.RELEASED)
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return torch.cuda.get_device_name(0)
-    return f"{cpu_name()}, {os.cpu_count()} cores"
+from rnnsent.releasing import check_released, release  # noqa: E402
+from rnnsent.runtime import device_name  # noqa: E402
 
 
 def needs_pretraining(recipe: str) -> bool:
@@ -147,72 +129,6 @@ def markdown(args, table: list[dict], rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def release(table: list[dict], dest: Path) -> None:
-    """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt (best.pt has no optimizer state) and
-    index it in dest/RESULTS.json; cells not in `table` keep their entries."""
-    from rnnsent.checkpoint import load_checkpoint_state, portable_state, save_checkpoint
-
-    dest.mkdir(parents=True, exist_ok=True)
-    index = json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {}  # other cells stay
-    for t in table:
-        # Released files travel: no path of this machine goes in them (data_root, --out, --data). They predict
-        # and cannot resume (best.pt has no optimizer state), so the per-epoch history stays in the run's
-        # metrics.jsonl and the file keeps the chosen epoch's metrics: its size does not grow with the epochs.
-        state = {**portable_state(load_checkpoint_state(Path(t["best_run"]) / "best.pt")), "history": []}
-        save_checkpoint(dest / f"{t['cell']}.pt", state)
-        report = json.loads((Path(t["best_run"]) / "report.json").read_text())
-        command = recorded_command(Path(t["best_run"]))
-        pretrained = json.loads((Path(t["best_run"]) / "config.json").read_text()).get("pretrained")
-        if pretrained:  # the language model's command first: both together reproduce the file
-            lm = Path(pretrained)
-            command = recorded_command(lm if lm.is_dir() else lm.parent) + " && " + command
-        index[t["cell"]] = {"file": f"{t['cell']}.pt", "test_accuracy": report["test_accuracy"], "command": command}
-    (dest / "RESULTS.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def recorded_command(run: Path) -> str:
-    """The command that made run folder `run` (its command.txt), without this machine's paths."""
-    return " ".join(portable_command((run / "command.txt").read_text().split()))
-
-
-def portable_command(argv: list[str]) -> list[str]:
-    """A train.py command line without this machine's paths: --data goes (the data is found by the normal
-    search and proved by its vocabulary), --out and --pretrained become runs/<its folder name>."""
-    from rnnsent.checkpoint import portable_run_path
-
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if arg == "--data":
-            skip = True
-            continue
-        if arg.startswith("--data="):
-            continue
-        if i > 0 and argv[i - 1] in ("--out", "--pretrained"):
-            arg = portable_run_path(arg)
-        out.append(arg)
-    return out
-
-
-def check_released(args) -> int:
-    """Re-evaluate the released models on the full test split; fail if any differs from RESULTS.json."""
-    from rnnsent.checkpoint import load_checkpoint
-    from rnnsent.evaluate import evaluate
-
-    index = json.loads((RELEASED / "RESULTS.json").read_text())
-    failed = 0
-    for cell, entry in index.items():
-        loaded = load_checkpoint(RELEASED / entry["file"])
-        data = loaded.prepare_data(root=args.data)
-        acc = evaluate(loaded.model, data.test)["accuracy"]
-        ok = abs(acc - entry["test_accuracy"]) < 1e-6
-        failed += not ok
-        print(f"{cell}: test accuracy {acc:.4f}, table {entry['test_accuracy']:.4f} {'ok' if ok else 'MISMATCH'}")
-    return 1 if failed else 0
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="best")
@@ -229,7 +145,7 @@ def main() -> int:
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     args = p.parse_args()
     if args.check_released:
-        return check_released(args)
+        return check_released(RELEASED, args.data)
     jobs = [(c, s) for c in args.cells for s in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         if needs_pretraining(args.recipe):

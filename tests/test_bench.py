@@ -1,4 +1,4 @@
-"""scripts/bench.py --smoke: every system and cell runs end to end on the fixture and reports a throughput."""
+"""tools/bench.py --smoke: every system and cell runs end to end on the fixture and reports a throughput."""
 import importlib.util
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
 
 
 def test_bench_smoke_reports_every_system_and_cell(tmp_path):

@@ -1,4 +1,4 @@
-"""scripts/bench_infer.py --smoke: every system runs from text to predictions and reports a throughput."""
+"""tools/bench_infer.py --smoke: every system runs from text to predictions and reports a throughput."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("onnxruntime")
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_infer.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "bench_infer.py"
 
 
 def test_bench_infer_smoke_reports_every_system_at_both_batch_sizes(tmp_path):

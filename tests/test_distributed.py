@@ -6,14 +6,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from rnnsent import distributed, faults
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.data import Batcher, encode_fast
-from rnnsent.train import Trainer, TrainConfig
+from rnnsent.pretrain import pretrain
+from rnnsent.train import Trainer, TrainConfig, TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
@@ -134,3 +137,29 @@ def test_two_process_nccl_run(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     state = load_checkpoint_state(tmp_path / "run" / "last.pt")
     assert state["progress"]["world_size"] == 2 and "cuda" in state["rng_ranks"][1]
+
+
+def _ctrl_c_at_step_2(trainer) -> None:
+    def stop(t):
+        if t.global_step == 2:
+            raise KeyboardInterrupt  # as the first Ctrl-C does, agreed by every rank between two steps
+
+    trainer.add_callback("on_step_end", stop)
+
+
+@pytest.mark.parametrize("run", [train, pretrain])
+def test_an_agreed_ctrl_c_waits_for_the_peers_before_leaving_the_group(tmp_path, monkeypatch, run):
+    """Under torchrun, a Ctrl-C every rank stopped at together ends with a barrier before the process group is
+    left (distributed.shutdown says why: a rank leaving early makes its peers abort at exit), in train() and
+    pretrain() alike. The process group is a recording stand-in, so one process shows what every rank does."""
+    calls = []
+    group = SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                            barrier=lambda: calls.append("barrier"), destroy_process_group=lambda: calls.append("leave"))
+    monkeypatch.setattr(distributed, "dist", group)
+    monkeypatch.setattr(faults, "install", _ctrl_c_at_step_2)
+    config = TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4,
+                         data_root=str(FIXTURE), cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"),
+                         quiet=True, val_fraction=0.25, threads=1)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run(config)
+    assert calls == ["barrier", "leave"]

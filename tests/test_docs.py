@@ -108,10 +108,10 @@ def test_the_readme_test_command_is_what_ci_runs():
 
 
 def test_flags_page_is_the_commands_real_help():
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "tools"))
     try:
         from make_flags_doc import render
     finally:
-        sys.path.remove(str(ROOT / "scripts"))
+        sys.path.remove(str(ROOT / "tools"))
     assert (ROOT / "docs" / "flags.md").read_text(encoding="utf-8") == render(), \
-        "docs/flags.md differs from the commands' --help: run python scripts/make_flags_doc.py"
+        "docs/flags.md differs from the commands' --help: run python tools/make_flags_doc.py"

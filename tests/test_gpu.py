@@ -1,6 +1,6 @@
 """The CUDA path against the CPU path: forward and gradients, mixed precision, checkpoints that cross
 machines, resume after a crash, and torchrun. Everything here needs a CUDA device and skips cleanly
-without one (`pytest -m gpu` selects these tests; scripts/gpu_check.sh runs them on a GPU machine)."""
+without one (`pytest -m gpu` selects these tests; tools/gpu_check.sh runs them on a GPU machine)."""
 import copy
 import json
 import os

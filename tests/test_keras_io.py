@@ -1,5 +1,5 @@
 """Keras interop checked against Keras itself: live Keras 3 models built here (torch backend, see
-conftest.py) and small files written by real Keras 2 and Keras 3 (scripts/make_keras_fixtures.py)."""
+conftest.py) and small files written by real Keras 2 and Keras 3 (tools/make_keras_fixtures.py)."""
 import json
 import shutil
 import subprocess

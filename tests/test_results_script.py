@@ -1,7 +1,6 @@
-"""scripts/results.py's release step: no path of the training machine in what is released, and a released
+"""scripts/results.py's release step (rnnsent.releasing): no path of the training machine in what is released, and a released
 file no larger than its run's best.pt however long the run trained."""
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -10,8 +9,7 @@ from rnnsent.checkpoint import load_checkpoint, load_checkpoint_state, portable_
 from rnnsent.config import TrainConfig
 from rnnsent.train import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from results import portable_command, release  # noqa: E402
+from rnnsent.releasing import portable_command, release
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
 

@@ -509,7 +509,7 @@ def test_serve_leaves_the_processs_own_log_handlers_open(capsys):
 def test_bench_serve_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_serve.py"), "--fixture", "--requests", "40",
+        [sys.executable, str(ROOT / "tools" / "bench_serve.py"), "--fixture", "--requests", "40",
          "--seconds", "5", "--concurrency", "1,4", "--json", str(out)], capture_output=True, text=True,
         env=environment(OMP_NUM_THREADS="1"), timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

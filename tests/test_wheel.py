@@ -80,7 +80,7 @@ def test_wheel_holds_the_code_the_kernel_source_and_the_released_models(installe
                  "rnnsent/released/lstm.pt", "rnnsent/released/rnn.pt", "rnnsent/released/RESULTS.json",
                  "rnnsent/serve/page.html"):
         assert path in names, path
-    assert not any(n.startswith(("tests/", "scripts/")) for n in names)
+    assert not any(n.startswith(("tests/", "scripts/", "tools/")) for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "rnnsent = rnnsent.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -1,5 +1,5 @@
 """`rnnsent serve` as a child process on a free loopback port, ready when the context opens: for tests of code that
-calls the API (rnnsent's own, scripts/bench_serve.py, or an application's), with every wait bounded in time."""
+calls the API (rnnsent's own, tools/bench_serve.py, or an application's), with every wait bounded in time."""
 from __future__ import annotations
 
 import os

@@ -2,7 +2,7 @@
 """What a short CUDA training run costs the host: host syncs and warnings per source line, and the top
 CUDA kernels with their launch counts, so a sync or warning per step, or a stray copy, shows up by name.
 
-    python scripts/gpu_diag.py --data PATH --cell gru --limit 3000 --json diag.json
+    python tools/gpu_diag.py --data PATH --cell gru --limit 3000 --json diag.json
 
 Runs rnnsent's own Trainer.fit() (the command line's code path) once under
 torch.cuda.set_sync_debug_mode("warn"), which reports every operation that makes the host wait for the

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """rnnsent's `--recipe keras` next to a real Keras 3 model, on the same encoded data, in one run.
 
-    python scripts/keras_parity.py --cells gru --epochs 3 --keras-python /path/to/venv/bin/python
+    python tools/keras_parity.py --cells gru --epochs 3 --keras-python /path/to/venv/bin/python
 
 Both train the exercise's model (Embedding(5000, 32) -> cell(100) -> Dense(1, sigmoid), Adam 1e-3,
 batch 64, 500-token pre-padded reviews) on the same training split (the validation share carved out,
 as in every rnnsent run) and are scored on the full 25,000-review test split after each epoch, with
 the weights of that epoch (as Keras' model.evaluate does). Keras runs in its own process
-(scripts/keras_worker.py, shared with bench.py), because its backend is fixed at import: TensorFlow where
+(tools/keras_worker.py, shared with bench.py), because its backend is fixed at import: TensorFlow where
 that interpreter has it, else torch. The table goes to stdout and, with --json, to a file.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path.insert(0, str(ROOT))  # run from a checkout too (keras_worker is in this folder)
 
 from keras_worker import keras_backend, run_keras  # noqa: E402
 from rnnsent.config import KERAS_CELL_NAMES, TrainConfig, recipe_settings  # noqa: E402

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Speed and quality of rnnsent.explain on real IMDB test reviews (docs/explain.md).
 
-    python scripts/bench_explain.py --threads 1                  # seconds for one 500-word review, reviews/s for 200
-    python scripts/bench_explain.py --quality --threads 1        # per released cell, on 100 test reviews: the
+    python tools/bench_explain.py --threads 1                  # seconds for one 500-word review, reviews/s for 200
+    python tools/bench_explain.py --quality --threads 1        # per released cell, on 100 test reviews: the
                                                                  # completeness gaps and IG/occlusion sign agreement
 
 Speed: the defaults of `rnnsent explain` (integrated gradients, 50 steps, 8 texts per pass) with a released model;
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 
 import rnnsent  # noqa: E402  (before torch: its OpenMP settings)
 import torch  # noqa: E402
@@ -103,7 +103,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     reviews = load_imdb_reviews("test", root=args.data)
     result = {"machine": {**machine_info("cpu"), "threads": torch.get_num_threads()},
-              "command": "python scripts/bench_explain.py " + " ".join(sys.argv[1:])}
+              "command": "python tools/bench_explain.py " + " ".join(sys.argv[1:])}
     if args.quality:
         result["quality"] = rows = quality(args, reviews)
         print(f"{'cell':<5} {'steps':>5} {'gap mean':>9} {'gap max':>9} {'rel. mean':>9} {'rel. max':>9} {'warned':>6} "

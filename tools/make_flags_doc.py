@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write docs/flags.md from the real `--help` of rnnsent train, pretrain, evaluate, predict, explain and export.
 
-    python scripts/make_flags_doc.py            # rewrite docs/flags.md
-    python scripts/make_flags_doc.py --check    # exit 1 if docs/flags.md is out of date (tests/test_docs.py does this)
+    python tools/make_flags_doc.py            # rewrite docs/flags.md
+    python tools/make_flags_doc.py --check    # exit 1 if docs/flags.md is out of date (tests/test_docs.py does this)
 
 Each flag's line is its --help entry word for word. Training's flags are grouped by the settings class that
 holds them (rnnsent.config: ModelConfig, DataConfig, OptimConfig, RunConfig), so a new field lands in its
@@ -28,7 +28,7 @@ HEADER = """# Command-line flags
 
 Every flag of `rnnsent train`, `pretrain`, `evaluate`, `predict`, `explain`, `export` and `serve` (the same flags as
 `scripts/train.py`, `pretrain.py`, `evaluate.py`, `predict.py`, `explain.py` and `export.py`), as their `--help` prints them; the default is in brackets.
-`scripts/make_flags_doc.py` writes this page from the commands themselves and `tests/test_docs.py` checks that
+`tools/make_flags_doc.py` writes this page from the commands themselves and `tests/test_docs.py` checks that
 it is current. What the flags do in practice: the [README's tour](../README.md#a-quick-tour),
 [results.md](results.md) (the recipes and levers), [own-data.md](own-data.md), [speed.md](speed.md) (the
 CPU settings), [fault-tolerance.md](fault-tolerance.md) (checkpoints and resuming) and [explain.md](explain.md)
@@ -133,7 +133,7 @@ def main() -> int:
     text = render()
     if args.check:
         current = DOC.is_file() and DOC.read_text(encoding="utf-8") == text
-        print("docs/flags.md is current" if current else "docs/flags.md is out of date: run scripts/make_flags_doc.py")
+        print("docs/flags.md is current" if current else "docs/flags.md is out of date: run tools/make_flags_doc.py")
         return 0 if current else 1
     DOC.write_text(text, encoding="utf-8")
     print(f"wrote {DOC.relative_to(ROOT)}")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What importing rnnsent costs on top of importing torch, measured in fresh processes.
 
-    python scripts/bench_import.py                  # this checkout, 7 rounds
-    python scripts/bench_import.py --root OTHER     # another copy of rnnsent (an older commit, to compare)
+    python tools/bench_import.py                  # this checkout, 7 rounds
+    python tools/bench_import.py --root OTHER     # another copy of rnnsent (an older commit, to compare)
 
 Each statement runs in its own new interpreter (nothing cached in the process), timed from the first
 import to the end of the statement; the rounds are interleaved so that a machine busy with other work

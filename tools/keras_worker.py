@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The Keras side of scripts/bench.py and scripts/keras_parity.py: the exercise's model in Keras 3, trained and
+"""The Keras side of tools/bench.py and tools/keras_parity.py: the exercise's model in Keras 3, trained and
 scored in a process of its own, because Keras fixes its backend at first import (and a TensorFlow process
 should not load PyTorch). This file imports neither torch nor rnnsent.
 
     run_keras(python, backend, spec, arrays)   from the parent: writes the arrays, runs this file, returns its rows
-    python scripts/keras_worker.py SPEC.json    the worker itself (KERAS_BACKEND set by run_keras)
+    python tools/keras_worker.py SPEC.json    the worker itself (KERAS_BACKEND set by run_keras)
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def worker(spec_path: str) -> None:
     for cell, layer in spec["layers"].items():
         for seed in spec["seeds"]:
             keras.utils.set_random_seed(seed)
-            layers, stacked = spec.get("num_layers", 1), []  # stacked / bidirectional: scripts/bench_models.py
+            layers, stacked = spec.get("num_layers", 1), []  # stacked / bidirectional: tools/bench_models.py
             for k in range(layers):
                 rnn = getattr(keras.layers, layer)(spec["hidden_size"], return_sequences=k < layers - 1)
                 stacked.append(keras.layers.Bidirectional(rnn) if spec.get("bidirectional") else rnn)

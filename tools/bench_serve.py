@@ -4,9 +4,9 @@ dynamic batching on and off (off: --max-batch 1, one forward per text), and a so
 requests that reports the server's memory and checks every answer. It starts its own server processes, talks to
 127.0.0.1 only, and every run is bounded in requests and seconds. Run it alone on the machine.
 
-    python scripts/bench_serve.py                     # the table (docs/serve.md)
-    python scripts/bench_serve.py --soak 180          # the soak run
-    python scripts/bench_serve.py --model-only        # no server: what batching gains in the model alone
+    python tools/bench_serve.py                     # the table (docs/serve.md)
+    python tools/bench_serve.py --soak 180          # the soak run
+    python tools/bench_serve.py --model-only        # no server: what batching gains in the model alone
 """
 from __future__ import annotations
 
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     from bench_report import machine_info
 
     result["machine"] = machine_info("cpu")
-    result["command"] = "python scripts/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = "python tools/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check and measurement in one call, for a lent GPU machine with its own CUDA torch:
-#   scripts/gpu_check.sh OUT_DIR DATA [WHEELS_DIR] [STEP_FLOOR_SCRIPT]
+#   tools/gpu_check.sh OUT_DIR DATA [WHEELS_DIR] [STEP_FLOOR_SCRIPT]
 # OUT_DIR receives the logs, tables and JSON; DATA is the IMDB data (the npm package's .tgz is enough);
 # WHEELS_DIR holds wheels the machine lacks (Keras 3 and its small dependencies), installed to a
 # private folder; STEP_FLOOR_SCRIPT is the measuring stick run beside the bench (optional).
 # Steps go on after a failure; the summary at the end says which failed. Under 5 minutes on one H200.
 set -uo pipefail
-out=${1:?usage: scripts/gpu_check.sh OUT_DIR DATA [WHEELS_DIR] [STEP_FLOOR_SCRIPT]}
-data=${2:?usage: scripts/gpu_check.sh OUT_DIR DATA [WHEELS_DIR] [STEP_FLOOR_SCRIPT]}
+out=${1:?usage: tools/gpu_check.sh OUT_DIR DATA [WHEELS_DIR] [STEP_FLOOR_SCRIPT]}
+data=${2:?usage: tools/gpu_check.sh OUT_DIR DATA [WHEELS_DIR] [STEP_FLOOR_SCRIPT]}
 wheels=${3:-}
 floor=${4:-}
 mkdir -p "$out"
@@ -38,14 +38,14 @@ fi
 step pytest_gpu $py -m pytest -m gpu -q -p no:cacheprovider tests
 # The headline command, full data, default settings (3 epochs, batch 64), then bf16 and the other cells.
 step train_gru $py scripts/train.py --cell gru --device cuda --data "$data" --out "$out/runs/gru"
-step diag $py scripts/gpu_diag.py --data "$data" --cell gru --json "$out/diag.json"
+step diag $py tools/gpu_diag.py --data "$data" --cell gru --json "$out/diag.json"
 # Keras' torch backend runs SimpleRNN as a Python loop over the 500 steps (186 samples/s on an H200, 131 s
 # for the epoch and its test pass), so it joins only with RNNSENT_GPU_CHECK_ALL=1; the rest stays under 5 minutes.
 if [ -n "${RNNSENT_GPU_CHECK_ALL:-}" ]; then
-  step bench $py scripts/bench.py --device cuda --data "$data" --systems rnnsent plain keras --json "$out/bench_cuda.json"
+  step bench $py tools/bench.py --device cuda --data "$data" --systems rnnsent plain keras --json "$out/bench_cuda.json"
 else
-  step bench $py scripts/bench.py --device cuda --data "$data" --cells gru lstm --systems rnnsent plain keras --json "$out/bench_cuda.json"
-  step bench_rnn $py scripts/bench.py --device cuda --data "$data" --cells rnn --systems rnnsent plain --json "$out/bench_cuda_rnn.json"
+  step bench $py tools/bench.py --device cuda --data "$data" --cells gru lstm --systems rnnsent plain keras --json "$out/bench_cuda.json"
+  step bench_rnn $py tools/bench.py --device cuda --data "$data" --cells rnn --systems rnnsent plain --json "$out/bench_cuda_rnn.json"
 fi
 [ -n "$floor" ] && step step_floor $py "$floor" "$out/gpu_step_floor.json"
 step train_gru_bf16 $py scripts/train.py --cell gru --device cuda --amp bf16 --data "$data" --out "$out/runs/gru-bf16"

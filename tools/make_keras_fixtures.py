@@ -3,9 +3,9 @@
 Run it once under each Keras major version; it writes the files for the version it finds:
 
     # Keras 3 (the project venv; the torch backend is used unless KERAS_BACKEND says otherwise)
-    python scripts/make_keras_fixtures.py
+    python tools/make_keras_fixtures.py
     # Keras 2 (tf.keras from TensorFlow 2.15, kept in a venv outside the repo)
-    PATH/TO/venv-tf215/bin/python scripts/make_keras_fixtures.py
+    PATH/TO/venv-tf215/bin/python tools/make_keras_fixtures.py
 
 Files, with v the Keras major version (2 or 3):
     k{v}_{lstm,gru,rnn}.h5 / .keras   Embedding(20, 4) -> cell(3) -> Dense(1, sigmoid), random weights

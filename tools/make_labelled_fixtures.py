@@ -7,7 +7,7 @@
   debian_sections.csv   a multi-class source: the short descriptions of Debian packages (an apt Packages
       file), labelled by their Section; the first 12 packages of each of four sections, in file order.
 
-    python scripts/make_labelled_fixtures.py --packages PACKAGES_FILE
+    python tools/make_labelled_fixtures.py --packages PACKAGES_FILE
 (a Packages file: /usr/lib/apt/apt-helper cat-file /var/lib/apt/lists/*_main_binary-amd64_Packages.lz4 > Packages)
 """
 from __future__ import annotations

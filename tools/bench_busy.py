@@ -1,4 +1,4 @@
-"""scripts/bench.py --busy: rnnsent's CPU throughput on an idle machine and beside busy processes.
+"""tools/bench.py --busy: rnnsent's CPU throughput on an idle machine and beside busy processes.
 
 Real users train beside a browser or a data job. For each cell this times rnnsent's training epoch (the
 same job as bench.py's rnnsent row, each in a fresh process) with the default thread count (all cores)

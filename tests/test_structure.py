@@ -1,0 +1,75 @@
+"""The package's shape: rnnsent's modules import one another without a cycle, so each can be read (and
+imported) after what it builds on."""
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "rnnsent"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+# Imports inside a function that reach a module which imports this one back. Each is a cycle hidden from
+# Python's import machinery, not from a reader: list one here only with its reason.
+LAZY_CYCLES = {
+    ("rnnsent.config", "rnnsent.data.tabular"),  # DataConfig.labelled_args builds the reader's Columns
+}
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The rnnsent modules `path` imports, at module level or inside a function (a lazy import still makes
+    the two modules depend on each other). `from rnnsent import x` imports rnnsent.x."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x, from .data import y
+                base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in modules}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first walk (each reported once, from the module where the walk met it)."""
+    found, state = [], {}  # state: 1 on the current path, 2 done
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                found.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    return found
+
+
+def package_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    # a package's __init__ runs before its modules: a module importing its own package is not an edge back
+    return {module_name(f): {m for m in imports(f, modules)
+                             if not module_name(f).startswith(m + ".") and (module_name(f), m) not in LAZY_CYCLES}
+            for f in files}
+
+
+def test_the_package_has_no_import_cycle():
+    graph = package_graph()
+    assert "rnnsent.train" in graph["rnnsent.pretrain"] and "rnnsent.data.tabular" in graph["rnnsent.data.labelled"]
+    assert all(b in imports(PACKAGE.parent / (a.replace(".", "/") + ".py"), set(graph)) for a, b in LAZY_CYCLES)
+    assert cycles(graph) == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
