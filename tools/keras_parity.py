@@ -9,6 +9,12 @@ as in every rnnsent run) and are scored on the full 25,000-review test split aft
 the weights of that epoch (as Keras' model.evaluate does). Keras runs in its own process
 (tools/keras_worker.py, shared with bench.py), because its backend is fixed at import: TensorFlow where
 that interpreter has it, else torch. The table goes to stdout and, with --json, to a file.
+
+    python tools/keras_parity.py --model keras-example --cells lstm --epochs 2 --threads 1
+
+--model keras-example trains Keras' own IMDB example instead, in both: Embedding(20000, 128) ->
+Bidirectional(LSTM(64), return_sequences) -> Bidirectional(LSTM(64)) -> Dense(1, sigmoid), 200-token
+pre-padded reviews, batch 32 (the example's settings), everything else as above.
 """
 from __future__ import annotations
 
@@ -23,19 +29,27 @@ sys.path.insert(0, str(ROOT))  # run from a checkout too (keras_worker is in thi
 from keras_worker import keras_backend, run_keras  # noqa: E402
 from rnnsent.config import KERAS_CELL_NAMES, TrainConfig, recipe_settings  # noqa: E402
 
+# --model: the architecture and the data settings both sides train with (rnnsent's TrainConfig fields).
+MODELS = {
+    "exercise": {},  # --recipe keras as it is
+    "keras-example": {"vocab_size": 20000, "embed_dim": 128, "hidden_size": 64, "num_layers": 2,
+                      "bidirectional": True, "max_len": 200, "batch_size": 32},
+}
+
 
 def run_rnnsent(cell: str, epochs: int, seed: int, data, args) -> dict:
     from rnnsent.evaluate import evaluate
     from rnnsent.train import Trainer
 
     recipe = recipe_settings("keras", cell)
+    recipe.update(MODELS[args.model])
     recipe.update(epochs=epochs, cell=cell, seed=seed, device=args.device, threads=args.threads,
                   out=str(Path(args.out) / f"rnnsent-{cell}-seed{seed}"), quiet=True)
     trainer = Trainer(TrainConfig(**recipe), data=data)
     test_acc = []  # with each epoch's weights, before fit() reloads the best ones for its own report
     trainer.add_callback("on_epoch_end", lambda t: test_acc.append(evaluate(t.model, data.test, device=t.device)["accuracy"]))
     trainer.fit()
-    return {"system": "rnnsent --recipe keras", "cell": cell, "seed": seed, "test_accuracy": test_acc,
+    return {"system": "rnnsent --recipe keras" + ("" if args.model == "exercise" else f" ({args.model})"), "cell": cell, "seed": seed, "test_accuracy": test_acc,
             "epoch_seconds": [r["epoch_seconds"] for r in trainer.history]}
 
 
@@ -51,6 +65,8 @@ def table(rows: list[dict], epochs: int) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="exercise", choices=sorted(MODELS),
+                   help="exercise: the exercise's model; keras-example: Keras' IMDB example (see above)")
     p.add_argument("--cells", nargs="+", default=["gru"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -69,15 +85,16 @@ def main() -> int:
         print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked", file=sys.stderr)
     from rnnsent.data import prepare_imdb
 
-    config = TrainConfig(**recipe_settings("keras"), limit=args.limit)
+    config = TrainConfig(**{**recipe_settings("keras"), **MODELS[args.model]}, limit=args.limit)
     data = prepare_imdb(**config.data_args(), root=args.data)
     rows = [run_rnnsent(c, args.epochs, s, data, args) for c in args.cells for s in args.seeds]
     backend = keras_backend(args.keras_backend, args.keras_python)
     if backend is None:
         raise SystemExit(f"{args.keras_python} has no Keras; pass --keras-python with one that has Keras 3")
     spec = {"layers": {c: KERAS_CELL_NAMES[c] for c in args.cells}, "seeds": args.seeds, "epochs": args.epochs,
-            "warmup": None, "batch_size": 64, "device": args.device, "threads": args.threads,
-            "vocab_size": config.vocab_size, "embed_dim": config.embed_dim, "hidden_size": config.hidden_size}
+            "warmup": None, "batch_size": config.batch_size, "device": args.device, "threads": args.threads,
+            "vocab_size": config.vocab_size, "embed_dim": config.embed_dim, "hidden_size": config.hidden_size,
+            "num_layers": config.num_layers, "bidirectional": config.bidirectional}
     arrays = {"x": data.train.tokens.numpy().astype("int32"), "y": data.train.labels.numpy(),
               "xt": data.test.tokens.numpy().astype("int32"), "yt": data.test.labels.numpy()}
     keras_rows, versions = run_keras(args.keras_python, backend, spec, arrays)
