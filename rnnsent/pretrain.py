@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_checkpoint
+from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.loading import resolve_checkpoint
 from rnnsent.config import FINE_TUNING_ONLY, ModelConfig, TrainConfig
 from rnnsent.evaluate import autocast_context
 from rnnsent.models import SentimentRNN, count_parameters

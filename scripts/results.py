@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.checkpoint.RELEASED)
+RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.loading.RELEASED)
 sys.path.insert(0, str(ROOT))
 
 
@@ -150,7 +150,8 @@ def markdown(args, table: list[dict], rows: list[dict], machine: str) -> str:
 def release(table: list[dict], dest: Path) -> None:
     """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt (best.pt has no optimizer state) and
     index it in dest/RESULTS.json; cells not in `table` keep their entries."""
-    from rnnsent.checkpoint import load_checkpoint_state, portable_state, save_checkpoint
+    from rnnsent.checkpoint import load_checkpoint_state, save_checkpoint
+    from rnnsent.release import portable_state
 
     dest.mkdir(parents=True, exist_ok=True)
     index = json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {}  # other cells stay
@@ -178,7 +179,7 @@ def recorded_command(run: Path) -> str:
 def portable_command(argv: list[str]) -> list[str]:
     """A train.py command line without this machine's paths: --data goes (the data is found by the normal
     search and proved by its vocabulary), --out and --pretrained become runs/<its folder name>."""
-    from rnnsent.checkpoint import portable_run_path
+    from rnnsent.release import portable_run_path
 
     out, skip = [], False
     for i, arg in enumerate(argv):
@@ -198,7 +199,7 @@ def portable_command(argv: list[str]) -> list[str]:
 
 def check_released(args) -> int:
     """Re-evaluate the released models on the full test split; fail if any differs from RESULTS.json."""
-    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.loading import load_checkpoint
     from rnnsent.evaluate import evaluate
 
     index = json.loads((RELEASED / "RESULTS.json").read_text())
