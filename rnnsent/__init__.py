@@ -29,7 +29,7 @@ _EXPORTS = {
     "CELLS": "rnnsent.models", "SentimentRNN": "rnnsent.models", "count_parameters": "rnnsent.models",
     "KerasFormatError": "rnnsent.keras_io", "from_keras": "rnnsent.keras_io", "to_keras": "rnnsent.keras_io",
     "save_keras": "rnnsent.keras_io",
-    "load_checkpoint": "rnnsent.checkpoint",
+    "load_checkpoint": "rnnsent.loading",
     "TrainConfig": "rnnsent.config",
     "train": "rnnsent.train",
     "prepare_texts": "rnnsent.data", "prepare_labelled": "rnnsent.data",
@@ -39,7 +39,7 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "predict", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below does this on demand
-    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.loading import load_checkpoint
     from rnnsent.config import TrainConfig
     from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
     from rnnsent.models import CELLS, SentimentRNN, count_parameters
@@ -64,7 +64,7 @@ def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras
             classes=None):
     """Sentiment (or your own classes) of raw texts (one, or any iterable of them), from a loaded checkpoint or from a
     model plus its vocabulary; `classes` names an in-memory model's classes in order (a checkpoint has its own)."""
-    from rnnsent.checkpoint import LoadedModel
+    from rnnsent.loading import LoadedModel
     from rnnsent.evaluate import predict
 
     if isinstance(model, LoadedModel):

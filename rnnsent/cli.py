@@ -240,7 +240,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.loading import load_checkpoint
         from rnnsent.evaluate import evaluate
         from rnnsent.runtime import resolve_device
 
@@ -291,7 +291,7 @@ def _text_arguments(p: argparse.ArgumentParser) -> None:
 
 def _texts_and_model(args: argparse.Namespace):
     """The texts (arguments, then --file's lines) and the loaded checkpoint of _text_arguments' flags."""
-    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.loading import load_checkpoint
     from rnnsent.runtime import resolve_device
 
     texts = list(args.texts)
@@ -386,7 +386,7 @@ def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
         from rnnsent.export import export, require_onnxruntime
 
         require_onnxruntime()  # before loading anything: the one-line install hint comes first
-        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.loading import load_checkpoint
 
         result = export(load_checkpoint(args.checkpoint), args.onnx, args.tokenizer)
     except _user_errors() as e:
@@ -481,7 +481,7 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
     try:
         import torch
 
-        from rnnsent.checkpoint import load_checkpoint
+        from rnnsent.loading import load_checkpoint
         from rnnsent.runtime import resolve_device
 
         torch.set_num_threads(settings.threads)

@@ -5,7 +5,8 @@ trainer can fine-tune from one without importing the pretraining code.
 """
 from __future__ import annotations
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, resolve_checkpoint
+from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.loading import resolve_checkpoint
 from rnnsent.models import SentimentRNN
 
 KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none

@@ -12,7 +12,8 @@ from pathlib import Path
 def release(table: list[dict], dest: Path) -> None:
     """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt (best.pt has no optimizer state) and
     index it in dest/RESULTS.json; cells not in `table` keep their entries."""
-    from rnnsent.checkpoint import load_checkpoint_state, portable_state, save_checkpoint
+    from rnnsent.checkpoint import load_checkpoint_state, save_checkpoint
+    from rnnsent.release import portable_state
 
     dest.mkdir(parents=True, exist_ok=True)
     index = json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {}  # other cells stay
@@ -40,7 +41,7 @@ def recorded_command(run: Path) -> str:
 def portable_command(argv: list[str]) -> list[str]:
     """A train.py command line without this machine's paths: --data goes (the data is found by the normal
     search and proved by its vocabulary), --out and --pretrained become runs/<its folder name>."""
-    from rnnsent.checkpoint import portable_run_path
+    from rnnsent.release import portable_run_path
 
     out, skip = [], False
     for i, arg in enumerate(argv):
@@ -61,7 +62,7 @@ def portable_command(argv: list[str]) -> list[str]:
 def check_released(released: Path, data_root=None) -> int:
     """Re-evaluate the released models in `released` on the full test split; 1 if any differs from its
     RESULTS.json, else 0 (a line per model either way)."""
-    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.loading import load_checkpoint
     from rnnsent.evaluate import evaluate
 
     index = json.loads((released / "RESULTS.json").read_text())

@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 
 from rnnsent import faults, objective, recurrent, report, stopping
-from rnnsent.checkpoint import (CheckpointError, CheckpointWriteError, load_checkpoint_state, restore_training_state,
-                                save_checkpoint, training_state)
+from rnnsent.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint_state, save_checkpoint
 from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
                             ModelConfig, TrainConfig, canonical_encoding, resume_differences)
 from rnnsent.data import Batcher, prepare_data
@@ -38,6 +37,7 @@ from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.handover import load_into
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
+from rnnsent.resume import restore_training_state, training_state
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
 from rnnsent.runfolder import RunLock, check_new_run, check_run_folder, load_resume, resume_path
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
@@ -304,7 +304,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self, full: bool = True) -> dict:
-        """Everything a checkpoint holds (see checkpoint.training_state). Distributed: every rank must call it."""
+        """Everything a checkpoint holds (see resume.training_state). Distributed: every rank must call it."""
         state = training_state(self, full)
         if self.kind is not None:
             state["kind"] = self.kind

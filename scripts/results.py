@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.checkpoint.RELEASED)
+RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.loading.RELEASED)
 sys.path.insert(0, str(ROOT))
 from rnnsent.releasing import check_released, release  # noqa: E402
 from rnnsent.runtime import device_name  # noqa: E402

@@ -240,7 +240,7 @@ def _import_explain():
 
 def _released_entry(path: Path | None) -> dict | None:
     """RESULTS.json's entry (test accuracy, training command) when the model is one of the released files."""
-    from rnnsent.checkpoint import RELEASED
+    from rnnsent.loading import RELEASED
 
     if path is None or path.resolve().parent != RELEASED.resolve():
         return None

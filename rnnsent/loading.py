@@ -1,0 +1,211 @@
+"""Loading a model: a checkpoint file, a run folder or a released model's name -> a LoadedModel (the model in eval
+mode, its vocabulary and encoding settings), checked before anything is built from it.
+
+The file format itself (save, verify, read) is rnnsent.checkpoint's; this module decides what a verified file
+may make the program build, and finds a loaded model's data again (LoadedModel.prepare_data).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding, field_names, warn_expected_per_block
+from rnnsent.envelope import first_line as _first_line
+
+# The released models (docs/results.md), loaded by name: load_checkpoint("gru") finds them. They live in the
+# repository's checkpoints/; the wheel carries them as rnnsent/released/ (setup.py). So an installed copy finds
+# them in the package, and a clone or an editable install in the checkout beside it.
+_PACKAGE = Path(__file__).resolve().parent
+RELEASED = next((d for d in (_PACKAGE / "released", _PACKAGE.parent / "checkpoints") if (d / "RESULTS.json").is_file()),
+                _PACKAGE.parent / "checkpoints")
+RELEASED_NAMES = ("gru", "lstm", "rnn")
+# The name the log has always used (docs: "the log (logger rnnsent.checkpoint) says which").
+log = logging.getLogger("rnnsent.checkpoint")
+# The largest values a checkpoint's settings may carry: a forged file must not make predict allocate
+# without bound (max_len sizes every pre-padded row, vocab_size the embedding).
+MAX_LEN_LIMIT = 10_000_000
+VOCAB_LIMIT = 10_000_000
+
+
+def _check_declared_sizes(path, config: dict, weights) -> None:
+    """Bound every size the file declares by what it really stores, before a model is built from them.
+
+    Each weight must hold its own elements: a stride-0 (expanded) tensor of shape (10**6, 10**4) is stored in
+    4 bytes, passes a shape check, and would make the model allocate 40 GB. Then every whole number in
+    model_config (vocab_size, embed_dim, hidden_size, num_classes, and any size a later model adds, such as a
+    layer count) is at most the elements stored: each one is a dimension of some weight, or a count of them."""
+    if not isinstance(weights, dict):
+        return  # the shape check refuses it, naming what is there
+    stored = 0
+    for name, v in weights.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        held = v.untyped_storage().nbytes() - v.storage_offset() * v.element_size()
+        if v.numel() and (not v.is_contiguous() or held < v.numel() * v.element_size()):
+            raise CheckpointError(f"{path}: weight {name!r} of shape {tuple(v.shape)} does not store its own elements "
+                                  f"(strides {v.stride()}, {max(held, 0):,} bytes stored); refusing a forged checkpoint")
+        stored += v.numel()
+    for key, value in config.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value > max(stored, 1):
+            raise CheckpointError(f"{path} declares {key} {value:,}, more than the {stored:,} weights it stores; "
+                                  "refusing a forged or damaged checkpoint")
+
+
+def _available_memory() -> int:
+    """Memory the system can give without swapping (Linux's MemAvailable), else all of it, else no bound."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """An existing file or folder as it is; otherwise a released model's name (gru, lstm, rnn) -> its file
+    in the package. A path always wins over a name; the log (logger rnnsent.checkpoint) says which."""
+    given, name = Path(path), str(path).strip().lower()
+    if name not in RELEASED_NAMES:
+        return given
+    if given.exists():
+        log.info(f"checkpoint {str(path)!r}: {given.resolve()} (a path here wins over the released model {name})")
+        return given
+    log.info(f"checkpoint {str(path)!r}: the released {name} model, {RELEASED / f'{name}.pt'}")
+    return RELEASED / f"{name}.pt"
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", impl: str = "auto") -> "LoadedModel":
+    """Rebuild the model from a checkpoint (a file, a run folder holding best.pt/last.pt, or the name of a
+    released model: "gru", "lstm" or "rnn"; an existing path of that name wins).
+
+    Returns a LoadedModel: the model in eval mode on `device`, its vocabulary and the encoding
+    settings it was trained with, so `rnnsent.predict(loaded, texts)` needs nothing else. impl says how the
+    recurrent layer runs (rnnsent.recurrent: "auto", "fused" or "torch"); it changes no result.
+    """
+    from rnnsent.data import Vocab
+    from rnnsent.models import SentimentRNN
+
+    path = resolve_checkpoint(path)
+    state = load_checkpoint_state(path)
+    if state.get("kind") == "language_model":
+        raise CheckpointError(f"{path} is a language model from scripts/pretrain.py: it predicts words, not sentiment; "
+                              f"fine-tune it first with scripts/train.py --pretrained {path}")
+    # Everything below comes from the file: check it before it can reach a constructor or an index.
+    config = state["model_config"]
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{path} has a model_config that is not a dict of named settings")
+    weights = state["model_state"]
+    if isinstance(config.get("vocab_size"), int) and not 0 < config["vocab_size"] <= VOCAB_LIMIT:
+        raise CheckpointError(f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}")
+    _check_declared_sizes(path, config, weights)
+    try:
+        with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
+            expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} describes a model this rnnsent cannot build: {_first_line(e)}") from None
+    found = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)} if isinstance(weights, dict) else {}
+    if found != expected:
+        raise CheckpointError(
+            f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of {expected}"
+        )
+    need = 4 * sum(math.prod(shape) for shape in expected.values())  # float32, as the model is built
+    have = _available_memory()
+    if need > have:
+        raise CheckpointError(f"{path} describes a model of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+                              "of memory available; refusing to build it")
+    model = SentimentRNN(**config, impl=impl)
+    model.load_state_dict(weights)
+    try:
+        vocab = Vocab.from_dict(state["vocab"])
+        if not all(isinstance(w, str) for w in vocab.words):
+            raise ValueError("its words are not all strings")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has no usable vocabulary: {_first_line(e)}") from None
+    if len(vocab) > model.vocab_size:
+        raise CheckpointError(
+            f"{path} has a vocabulary of {len(vocab)} ids but an embedding of {model.vocab_size} rows; "
+            "its ids would fall outside the model"
+        )
+    data = state.get("data", {})
+    max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
+    if type(max_len) is not int or not 1 <= max_len <= MAX_LEN_LIMIT or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
+        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r}; "
+                              f"max_len may be 1 to {MAX_LEN_LIMIT:,})")
+    encoding = canonical_encoding(encoding, warn=False)  # "fast" in checkpoints from before the rename
+    classes = data.get("classes")  # the user's own data: class names in the model's output order; IMDB: none
+    if classes is not None and (not isinstance(classes, list) or len(classes) != model.num_classes
+                                or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+        raise CheckpointError(f"{path} has unusable class names ({str(classes):.100}) for a model of {model.num_classes} classes")
+    return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
+                       path=Path(path), classes=classes)
+
+
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with what it needs to read raw text."""
+
+    def __init__(self, model, vocab, max_len: int, encoding: str, state: dict, path: Path | None = None,
+                 classes: list | None = None):
+        self.model, self.vocab, self.max_len, self.encoding, self.state = model, vocab, max_len, encoding, state
+        self.path, self.classes = path, classes
+
+    @property
+    def metrics(self) -> dict:
+        return self.state.get("metrics", {})
+
+    @property
+    def config(self) -> dict:
+        return self.state.get("config", {})
+
+    def predict(self, texts, batch_size: int = 256):
+        from rnnsent.evaluate import predict
+
+        return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size, classes=self.classes)
+
+    def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):  # the last is deprecated
+        """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,
+        encoding, validation carve and limit, unless given). Raises CheckpointError if the vocabulary
+        built from that data is not the model's: scores on other ids would mean nothing. (A model trained on
+        your own data scores a file of yours with rnnsent.data.encode_labelled.)"""
+        from rnnsent.data import prepare_imdb
+
+        warn_expected_per_block(expected_per_block)
+        # (field_names, not __dataclass_fields__: a checkpoint's old expected_per_block is left behind unread)
+        saved = {k: v for k, v in self.config.items() if k in field_names(DataConfig)}
+        saved.update(max_len=self.max_len, encoding=self.encoding)
+        if limit is not None:
+            saved["limit"] = limit
+        saved["data_root"] = data_root(root, saved.get("data_root"), cache_dir)
+        settings = DataConfig(**saved)
+        data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
+        if data.vocab.to_dict() != self.vocab.to_dict():
+            raise CheckpointError(
+                f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this data "
+                "(another source, --vocab-size or --limit); pass the data the model was trained on")
+        return data
+
+
+def data_root(explicit, recorded, cache_dir=None):
+    """Where to read a checkpoint's data: `explicit` (--data), else RNNSENT_DATA, else the normal search
+    (the cache). The path `recorded` in the checkpoint is a path of the machine that trained it, so it
+    is only a hint, tried before a download when it exists here. Whatever is found is proved to be
+    the same data by the vocabulary check in LoadedModel.prepare_data, not by its path."""
+    from rnnsent.data.fetch import NoSourceError, find_imdb
+
+    if explicit is not None or os.environ.get("RNNSENT_DATA") or not recorded or not Path(str(recorded)).exists():
+        return explicit
+    try:
+        find_imdb(None, cache_dir, download=False)
+        return None
+    except NoSourceError:
+        return recorded
+
