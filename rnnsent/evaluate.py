@@ -129,6 +129,7 @@ def predict(
     batch_size: int = 256,
     classes: list | None = None,
     sort_by_length: bool = True,
+    groups=None,
 ) -> list[Prediction]:
     """The class of each raw text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start token
     alone, and its Prediction.note says so ("empty", "no known words").
@@ -137,7 +138,9 @@ def predict(
     classes in order (a checkpoint stores them); without, IMDB's negative/positive for two classes.
     Right-padded (bucketed) texts are batched by length, longest first, so that a batch is as wide as its own
     longest text; the answers come back in input order, and each row's result does not depend on its batch
-    (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order."""
+    (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order.
+    `groups(steps)`, given each text's time steps, returns the forwards to run as lists of indices (every text in
+    one of them); rnnsent serve passes its length buckets."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -147,15 +150,17 @@ def predict(
         return objective.probabilities(logits).cpu()  # (B, K)
 
     try:
-        return predict_with(forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes, sort_by_length)
+        return predict_with(forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes, sort_by_length,
+                            groups)
     finally:
         model.train(was_training)
 
 
 def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, encoding: str, batch_size: int = 256,
-                 classes: list | None = None, sort_by_length: bool = True) -> list[Prediction]:
+                 classes: list | None = None, sort_by_length: bool = True, groups=None) -> list[Prediction]:
     """predict() with any `forward(tokens (B, T) int64, lengths (B,) or None for pre-padded rows) -> (B, K)
-    probabilities` (a PyTorch model, an onnxruntime session: rnnsent.export.OnnxPredictor)."""
+    probabilities` (a PyTorch model, an onnxruntime session: rnnsent.export.OnnxPredictor). Each text is
+    tokenized once, whatever `groups` does with it."""
     texts = as_texts(texts)
     if classes is not None and len(classes) != num_classes:
         raise ValueError(f"classes names {len(classes)} classes but the model has {num_classes}")
@@ -166,11 +171,17 @@ def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, e
     names = class_names(num_classes, classes)
     right_padded = split.padding == "post"
     # Pre-padded rows are all max_len wide, so only right-padded ones gain from batching by length.
-    order = (torch.argsort(split.lengths, descending=True, stable=True) if right_padded and sort_by_length
-             else torch.arange(len(texts)))
+    if groups is not None:
+        steps = split.lengths.tolist() if right_padded else [split.tokens.size(1)] * len(texts)
+        batches = [torch.as_tensor(g, dtype=torch.long) for g in groups(steps)]
+        if sorted(int(i) for g in batches for i in g) != list(range(len(texts))):
+            raise ValueError("groups must put every text in exactly one forward")
+    else:
+        order = (torch.argsort(split.lengths, descending=True, stable=True) if right_padded and sort_by_length
+                 else torch.arange(len(texts)))
+        batches = [order[start: start + batch_size] for start in range(0, len(texts), batch_size)]
     probs = torch.empty(len(texts), len(names))  # (N, K)
-    for start in range(0, len(texts), batch_size):
-        idx = order[start: start + batch_size]
+    for idx in batches:
         x, lengths = split.tokens[idx], split.lengths[idx]  # (B, L), (B,)
         if right_padded:
             x = x[:, : int(lengths.max())]  # (B, longest in the batch)

@@ -166,10 +166,12 @@ class LoadedModel:
     def config(self) -> dict:
         return self.state.get("config", {})
 
-    def predict(self, texts, batch_size: int = 256):
+    def predict(self, texts, batch_size: int = 256, groups=None):
+        """rnnsent.evaluate.predict with this model's vocabulary, length, encoding and class names."""
         from rnnsent.evaluate import predict
 
-        return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size, classes=self.classes)
+        return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size,
+                       classes=self.classes, groups=groups)
 
     def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):  # the last is deprecated
         """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,

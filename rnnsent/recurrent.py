@@ -10,6 +10,8 @@ vocabulary's embedding table once instead of every token (see last_state).
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -204,6 +206,29 @@ def _reversal(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.where(t < n, n - 1 - t, t)  # (T, B), its own inverse
 
 
+# Inference reuses the projected vocabulary table while the weights stay what they were: projecting 5,000 words costs
+# more than a small batch's whole forward (a server's length buckets). Held per W_ih (by id, dropped with it) and
+# checked by each tensor's identity and in-place version, so training steps, load_state_dict and edits make a new one.
+_TABLES: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+
+def _projected_table(weight: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
+    """F.linear(weight, w_ih, b_ih), (V, G*H); without gradients, the copy from the last call while valid."""
+    tensors = (weight, w_ih, b_ih)
+    if ((torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch.is_inference_mode_enabled()):
+        return F.linear(weight, w_ih, b_ih)
+    key = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+    cached = _TABLES.get(id(w_ih))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is None:
+        weakref.finalize(w_ih, _TABLES.pop, id(w_ih), None)
+    table = F.linear(weight, w_ih, b_ih)
+    _TABLES[id(w_ih)] = (key, table)
+    return table
+
+
 def _fused(cell, rnn, inputs, tokens, embedding, lengths, steps, sequence) -> tuple[torch.Tensor, torch.Tensor | None]:
     """encode() through the fused CPU kernel: one call per layer and direction, time-major inside. The reverse
     direction is the kernel run forward over each row's real steps reversed, its outputs put back in order.
@@ -228,7 +253,7 @@ def _fused(cell, rnn, inputs, tokens, embedding, lengths, steps, sequence) -> tu
                 # once and gather its rows: (V x E x G*H) multiply-adds instead of (B*T x E x G*H), and the
                 # backward pass sums rows per word. Dropout between the two would break this, and the
                 # embedding module is not called, so hooks on it send the tokens through it instead.
-                table = F.linear(embedding.weight, w_ih, b_ih)  # (V, G*H)
+                table = _projected_table(embedding.weight, w_ih, b_ih)  # (V, G*H)
                 ids = tokens.t() if d == 0 else tokens.t().gather(0, rev)  # (T, B)
                 x_proj = F.embedding(ids, table)  # (T, B, G*H)
             else:

@@ -57,3 +57,20 @@ def test_pre_padded_texts_keep_their_width(texts):
         handle.remove()
         loaded.model.impl = "auto"
     assert set(seen) == {300}
+
+
+def test_groups_choose_the_forwards_and_every_text_keeps_its_answer(texts):
+    loaded = load_checkpoint("gru")
+    seen = []
+
+    def pairs(steps):  # in input order, two at a time: any cut must give each text its own answer
+        seen.append(list(steps))
+        return [list(range(i, min(i + 2, len(steps)))) for i in range(0, len(steps), 2)]
+
+    out, ref = loaded.predict(texts, groups=pairs), loaded.predict(texts)
+    # (a forward over rows of other lengths may sum in another order: float rounding apart, the same answers)
+    assert [(p.label, p.tokens, p.words) for p in out] == [(p.label, p.tokens, p.words) for p in ref]
+    assert [p.probability for p in out] == pytest.approx([p.probability for p in ref], abs=1e-6)
+    assert seen == [[p.tokens for p in out]]  # each text's time steps, tokenized once
+    with pytest.raises(ValueError, match="every text in exactly one forward"):
+        loaded.predict(texts, groups=lambda steps: [list(range(len(steps) - 1))])

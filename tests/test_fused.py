@@ -544,3 +544,27 @@ def test_load_checkpoint_takes_impl(tmp_path):
     assert rnnsent.load_checkpoint("gru").model.impl == "auto"
     with pytest.raises(ValueError, match="unknown impl 'cuda'"):
         rnnsent.load_checkpoint("gru", impl="cuda")
+
+
+@needs_kernel
+def test_inference_reuses_the_projected_vocabulary_only_while_the_weights_are_unchanged():
+    model = _model("gru", vocab_size=50).eval()
+    tokens = torch.randint(1, 50, (8, 12))  # 96 tokens >= 50 words: the projected-table path
+    lengths = torch.tensor([12, 3, 7, 12, 1, 5, 9, 2])
+    assert _uses_fused(model, tokens)
+
+    def reference():  # with gradients the table is projected anew every call
+        with torch.enable_grad():
+            return model(tokens, lengths).detach()
+
+    with torch.no_grad():
+        first = model(tokens, lengths)
+        assert torch.equal(model(tokens, lengths), first) and torch.equal(first, reference())
+        model.rnn.weight_ih_l0.mul_(0.5)  # in place: the cached table is stale now
+        model.embedding.weight[7].add_(1.0)
+        changed = model(tokens, lengths)
+    assert not torch.equal(changed, first)
+    assert torch.equal(changed, reference())
+    model.load_state_dict(_model("gru", vocab_size=50).state_dict())  # new tensors' values, the same objects
+    with torch.no_grad():
+        assert torch.equal(model(tokens, lengths), first)

@@ -96,9 +96,9 @@ def test_concurrent_requests_are_batched_and_answered_as_predict_does(which, req
     threads = set()
     original = loaded.predict
 
-    def recording(texts, batch_size=256):
+    def recording(texts, batch_size=256, groups=None):
         threads.add(threading.current_thread().name)
-        return original(texts, batch_size=batch_size)
+        return original(texts, batch_size=batch_size, groups=groups)
 
     monkeypatch.setattr(loaded, "predict", recording)
     sizes = [1, 3, 2, 5, 1, 4, 2, 1, 6, 3]
@@ -132,9 +132,13 @@ def test_max_batch_1_runs_one_forward_per_text(four_classes, monkeypatch):
     calls = []
     original = four_classes.predict
 
-    def recording(texts, batch_size=256):
-        calls.append((len(texts), batch_size))
-        return original(texts, batch_size=batch_size)
+    def recording(texts, batch_size=256, groups=None):
+        def counted(steps):  # the forwards predict runs for these texts
+            cut = groups(steps)
+            calls.extend((len(texts), len(g)) for g in cut)
+            return cut
+
+        return original(texts, batch_size=batch_size, groups=counted)
 
     monkeypatch.setattr(four_classes, "predict", recording)
     app = create_app(four_classes, max_batch=1, max_wait_ms=20)
@@ -146,9 +150,9 @@ def test_max_batch_1_runs_one_forward_per_text(four_classes, monkeypatch):
     replies = serve_in_process(app, scenario)
     for group, reply in zip(groups, replies):
         assert_same_answers(reply.json()["results"], group, rnnsent.predict(four_classes, group))
-    assert {size for _, size in calls} == {1}, "rnnsent.predict's batches of one text: a forward each"
+    assert {size for _, size in calls} == {1}, "forwards of one text each"
     assert app.state.batcher.batches == len(groups) + 1  # + the warm-up's batch, of two texts: two forwards
-    assert [n for n, _ in calls] == [1] * (len(groups) + 2)
+    assert [n for n, _ in calls] == [2, 2] + [1] * len(groups)
 
 
 def test_predict_keys_are_those_of_rnnsent_predict_json(released, capsys):
@@ -189,9 +193,9 @@ def test_readiness_waits_for_the_warm_up_and_a_full_queue_is_503(four_classes, m
     gate = threading.Event()
     original = four_classes.predict
 
-    def held(texts, batch_size=256):
+    def held(texts, batch_size=256, groups=None):
         assert gate.wait(30)
-        return original(texts, batch_size=batch_size)
+        return original(texts, batch_size=batch_size, groups=groups)
 
     monkeypatch.setattr(four_classes, "predict", held)
     app = create_app(four_classes, max_queue=4, max_wait_ms=0)

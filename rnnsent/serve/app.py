@@ -206,23 +206,10 @@ def length_buckets(lengths: list[int], max_batch: int, step_rows: float = STEP_R
 
 
 def predict_work(loaded, max_batch: int):
-    """work(texts) -> Predictions, for the batcher: tokenized, cut into length buckets (length_buckets) and run as
-    one rnnsent.predict forward per bucket; the answers go back in the texts' order."""
-    from rnnsent.data.text import tokenizer_for
-
-    tokenize = tokenizer_for(loaded.vocab.tokenizer)
-
-    def steps(text: str) -> int:  # the time steps the model runs for this text
-        if loaded.encoding == "keras":  # pre-padded to max_len: every text the same
-            return loaded.max_len
-        return min(len(tokenize(text)) + 1, loaded.max_len)  # + the start token
-
+    """work(texts) -> Predictions, for the batcher: each text tokenized once, the texts cut into length buckets
+    (length_buckets) and run as one forward per bucket; the answers go back in the texts' order."""
     def work(texts: list[str]) -> list:
-        out = [None] * len(texts)
-        for group in length_buckets([steps(t) for t in texts], max_batch):
-            for i, p in zip(group, loaded.predict([texts[i] for i in group], batch_size=len(group))):
-                out[i] = p
-        return out
+        return loaded.predict(texts, groups=lambda steps: length_buckets(steps, max_batch))
 
     return work
 
