@@ -8,7 +8,7 @@ never executed. The checksum catches a file that was truncated or corrupted afte
 (disk full, a machine that died mid-write on a file system without ordered writes, bit rot).
 
 This module is the file format only. Building a model from a file is rnnsent.loading's (load_checkpoint), a
-trainer's resumable state rnnsent.resume's, and what a released file leaves out rnnsent.release's.
+resuming a run (which file, its fallback, the checks, the trainer's state) rnnsent.resume's, and what a released file leaves out rnnsent.release's.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
     If anything fails (disk full, interrupted), the previous file at `path` is left untouched and
     CheckpointWriteError says so. With keep_previous, the file being replaced is first kept as
     previous_path(path) (hard link + rename, so `path` exists at every moment): if the new file is
-    later found damaged, load_resume_state falls back to it.
+    later found damaged, rnnsent.resume.load_resume_state falls back to it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,32 +98,6 @@ def _verifies(path: Path) -> bool:
         return False
 
 
-def load_resume_state(path: str | os.PathLike) -> tuple[dict, str | None]:
-    """Load a checkpoint to resume from; if it is unreadable, fall back to the one it replaced.
-
-    Returns (state, note): note is None, or says which file was damaged, which one is used instead
-    and at which step the run continues. Raises CheckpointError when neither file is readable.
-    """
-    path = Path(path)
-    try:
-        return load_checkpoint_state(path), None
-    except CheckpointError as e:
-        first = str(e)  # `e` is unbound after the except block
-        prev = previous_path(path)
-        if path.is_dir() or not prev.is_file():
-            raise
-        try:
-            state = load_checkpoint_state(prev)
-        except CheckpointError as second:
-            raise CheckpointError(f"{first}; the fallback {prev.name} is unusable too: {second}") from None
-    p = state.get("progress", {})
-    return state, (
-        f"warning: {first}. Falling back to the previous checkpoint {prev} (epoch {p.get('epoch', 0) + 1}, "
-        f"step {p.get('step_in_epoch')}, global step {p.get('global_step')}): the steps done after it are lost "
-        "and will be trained again"
-    )
-
-
 def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read and verify a checkpoint file; return its state dict. Raises CheckpointError with the reason."""
     path = Path(path)
@@ -156,7 +130,7 @@ def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
 _MOVED = {
     **dict.fromkeys(("load_checkpoint", "LoadedModel", "resolve_checkpoint", "RELEASED", "RELEASED_NAMES",
                      "MAX_LEN_LIMIT", "VOCAB_LIMIT", "data_root"), "rnnsent.loading"),
-    **dict.fromkeys(("training_state", "restore_training_state"), "rnnsent.resume"),
+    **dict.fromkeys(("training_state", "restore_training_state", "load_resume_state"), "rnnsent.resume"),
     **dict.fromkeys(("MACHINE_PATHS", "portable_run_path", "portable_state"), "rnnsent.release"),
 }
 

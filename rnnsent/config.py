@@ -390,23 +390,6 @@ def field_names(group) -> tuple[str, ...]:
 FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0}
 
 
-# Settings that must agree between a checkpoint and the run that resumes it: changing any of them would
-# silently train a different model or on different data. Where the data lies, epochs, patience and the
-# machinery may change, and so may where the pretrained start came from (a resumed run has its weights).
-MAY_CHANGE_ON_RESUME = ("data_root", "cache_dir", "epochs", "patience", "pretrained")
-RESUME_MUST_MATCH = tuple(name for group in (ModelConfig, DataConfig, OptimConfig) for name in field_names(group)
-                          if name not in MAY_CHANGE_ON_RESUME)
-
-
-def resume_differences(saved: dict, config: TrainConfig) -> list[str]:
-    """'name: checkpoint X, now Y' for each RESUME_MUST_MATCH setting a checkpoint's config holds otherwise."""
-    saved = dict(saved)
-    if isinstance(saved.get("encoding"), str) and saved["encoding"] in LEGACY_ENCODINGS:
-        saved["encoding"] = LEGACY_ENCODINGS[saved["encoding"]]  # a checkpoint from before the rename
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(config, k)!r}"
-            for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(config, k)]
-
-
 # Named, documented sets of training settings (scripts/train.py --recipe NAME). Explicit flags win. Besides
 # TrainConfig values a recipe may hold "doc", "pretrain" (its language model's settings, scripts/pretrain.py) and
 # "by_cell" (settings for one cell only, over the shared ones): read them through recipe_settings.
@@ -470,3 +453,12 @@ def recipe_settings(name: str | None, cell: str | None = None, pretraining: bool
         values.update(FINE_TUNING_ONLY)
         values.update(recipe.get("pretrain", {}))
     return values
+
+
+def __getattr__(name: str):
+    # Kept for compatibility: the resume checks moved to rnnsent.resume, which imports this module.
+    if name in ("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences"):
+        import rnnsent.resume
+
+        return getattr(rnnsent.resume, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

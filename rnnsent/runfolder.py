@@ -1,4 +1,4 @@
-"""A run folder (`--out`): one run at a time in it, which of its checkpoints a resume means, and a run that is
+"""A run folder (`--out`): one run at a time in it, and a run that is
 already in it is never overwritten unless the user says so (--resume continues it, --overwrite replaces it).
 
 The lock is an advisory `fcntl.flock` on `<out>/run.lock`: the kernel drops it when the process
@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from rnnsent.checkpoint import load_resume_state, previous_path
+from rnnsent.checkpoint import previous_path
+from rnnsent.resume import RESUME_AUTO, load_resume, resume_path  # noqa: F401 (RESUME_AUTO, load_resume: their old home)
 
 LOCK_NAME = "run.lock"
-RESUME_AUTO = "auto"
 # What a run writes into its folder (rnnsent.report, the trainer's checkpoints). Only these are ever replaced
 # or removed: anything else in the folder is the user's.
 RUN_FILES = ("best.pt", "last.pt", "last.prev.pt", "metrics.jsonl", "report.json", "summary.txt", "curves.png",
@@ -149,30 +149,3 @@ def check_run_folder(config) -> None:
     if resume is not None and not Path(resume).is_file() and previous_path(resume).is_file():
         resume = str(previous_path(resume))
     check_new_run(config.out, resume, config.overwrite)
-
-
-def resume_path(resume: str | None, out: str | os.PathLike) -> tuple[str | None, str | None]:
-    """What `--resume` means, as (checkpoint to load or None, note to log).
-
-    "auto": the run folder's last.pt (or its last.prev.pt) when there is one, else a fresh start with a
-    note, so a job script can always pass it. A folder: its last.pt, which falls back to last.prev.pt
-    (a folder's best.pt holds no optimizer state and cannot be resumed). Anything else is a file.
-    """
-    if resume is None:
-        return None, None
-    if resume == RESUME_AUTO:
-        last = Path(out) / "last.pt"
-        if last.is_file() or previous_path(last).is_file():
-            return str(last), None
-        return None, f"--resume auto: no last.pt in {out}, starting a new run"
-    if Path(resume).is_dir():
-        return str(Path(resume) / "last.pt"), None
-    return resume, None
-
-
-def load_resume(path: str) -> tuple[dict, str, str | None]:
-    """load_resume_state, also returning the file actually used (last.pt, or last.prev.pt after a fallback)."""
-    state, note = load_resume_state(path)
-    if note is None:
-        return state, path, None
-    return state, str(previous_path(path)), note

@@ -29,17 +29,17 @@ import torch
 
 from rnnsent import faults, objective, recurrent, report, stopping
 from rnnsent.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint_state, save_checkpoint
-from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, RESUME_MUST_MATCH, SCHEDULES,  # noqa: F401 (re-exported)
-                            ModelConfig, TrainConfig, canonical_encoding, resume_differences)
+from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES,  # noqa: F401 (re-exported)
+                            ModelConfig, TrainConfig, canonical_encoding)
 from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
 from rnnsent.evaluate import autocast_context, evaluate
 from rnnsent.handover import load_into
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
-from rnnsent.resume import restore_training_state, training_state
+from rnnsent.resume import RESUME_MUST_MATCH, check_resume, find_resume, restore_training_state, training_state  # noqa: F401
 from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
-from rnnsent.runfolder import RunLock, check_new_run, check_run_folder, load_resume, resume_path
+from rnnsent.runfolder import RunLock, check_new_run, check_run_folder
 from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
 from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted  # noqa: F401 (re-exported)
 
@@ -180,28 +180,12 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
                              "so that the global batch equals a one-process run's")
 
-        resume, note = resume_path(config.resume, self.out)  # --resume auto / a run folder -> a file or None
-        if note:
+        point = find_resume(config.resume, self.out, self.kind)  # --resume auto / a run folder -> a file, loaded
+        for note in point.notes:
             self.log(note, always=True)
-        if resume != config.resume:
-            config = self.config = dataclasses.replace(config, resume=resume)
-        resume_state, self.resumed_from = None, None
-        if config.resume:
-            resume_state, self.resumed_from, note = load_resume(config.resume)
-            if note:
-                self.log(note, always=True)
-            if resume_state.get("kind") != self.kind:  # before any setting is compared: that is not the difference
-                raise CheckpointError(
-                    f"{config.resume} is a language model's checkpoint (scripts/pretrain.py), not a classifier's: continue "
-                    f"it with scripts/pretrain.py and --resume, or fine-tune a classifier from it with --pretrained "
-                    f"{Path(config.resume).parent} and another --out" if resume_state.get("kind") else
-                    f"{config.resume} is a classifier's checkpoint (scripts/train.py), not a language model's: continue it "
-                    "with scripts/train.py and --resume")
-            if "optimizer" not in resume_state:
-                raise CheckpointError(
-                    f"{config.resume} holds weights only (a best or released checkpoint), not a resumable run; "
-                    "resume from the run's last.pt"
-                )
+        if point.path != config.resume:
+            config = self.config = dataclasses.replace(config, resume=point.path)
+        resume_state, self.resumed_from = point.state, point.loaded_from
 
         torch.manual_seed(config.seed)
         self.data = data if data is not None else prepare_data(config, config.vocab_size)
@@ -212,12 +196,7 @@ class Trainer:
                 raise ValueError(f"num_classes={config.num_classes} but the data has {len(classes)} classes; leave it unset")
             self.config = config = dataclasses.replace(config, num_classes=len(classes))
         if resume_state is not None:  # checked once the data has sized the head
-            self._check_resume(resume_state)
-        if resume_state is not None and resume_state.get("vocab") != self.data.vocab.to_dict():
-            raise CheckpointError(
-                f"{config.resume} was trained with another vocabulary than the data prepared now; "
-                "resume with the same data source and --vocab-size"
-            )
+            check_resume(resume_state, config, self.data.vocab)
         self.model = runtime.build_in_memory(self.build_model, self.device)
         if config.pretrained and resume_state is None:  # a resumed run has its own weights already
             self.log(load_into(self.model, config.pretrained, self.data.vocab))
@@ -293,14 +272,6 @@ class Trainer:
             raise ValueError(f"the data's vocabulary has {len(self.data.vocab)} ids but vocab_size is {config.vocab_size}; "
                              "its ids would fall outside the embedding")
         return config
-
-    def _check_resume(self, state: dict) -> None:
-        diffs = resume_differences(state.get("config", {}), self.config)
-        if diffs:
-            raise CheckpointError(
-                f"cannot resume from {self.config.resume}: it was trained with other settings ({'; '.join(diffs)}). "
-                "Resume with the original command line, or start a new run with another --out"
-            )
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self, full: bool = True) -> dict:

@@ -11,8 +11,9 @@ import torch
 import rnnsent
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
 from rnnsent.cli import config_from_args, train_parser
-from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RESUME_MUST_MATCH, DataConfig, ModelConfig, OptimConfig,
-                            Range, TrainConfig, field_names, resume_differences, setting)
+from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, DataConfig, ModelConfig, OptimConfig,
+                            Range, TrainConfig, field_names, setting)
+from rnnsent.resume import RESUME_MUST_MATCH, resume_differences
 from rnnsent.config import RECIPES
 from rnnsent.models import SentimentRNN
 from rnnsent.train import Trainer

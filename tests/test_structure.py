@@ -15,6 +15,7 @@ def module_name(path: Path) -> str:
 # Python's import machinery, not from a reader: list one here only with its reason.
 LAZY_CYCLES = {
     ("rnnsent.config", "rnnsent.data.tabular"),  # DataConfig.labelled_args builds the reader's Columns
+    ("rnnsent.config", "rnnsent.resume"),  # the resume checks' old names, still importable from config
 }
 
 
@@ -73,3 +74,47 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# Names that moved to a module of their own, at their old home: code outside rnnsent imports them from there.
+MOVED = {
+    "rnnsent.checkpoint": {"rnnsent.loading": ("load_checkpoint", "LoadedModel", "RELEASED_NAMES"),
+                           "rnnsent.resume": ("training_state", "restore_training_state", "load_resume_state"),
+                           "rnnsent.release": ("portable_state",)},
+    "rnnsent.runfolder": {"rnnsent.resume": ("RESUME_AUTO", "resume_path", "load_resume")},
+    "rnnsent.config": {"rnnsent.resume": ("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences")},
+}
+
+
+def test_moved_names_still_import_from_their_old_home():
+    import importlib
+
+    for old, homes in MOVED.items():
+        for new, names in homes.items():
+            for name in names:
+                assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name), \
+                    f"{old}.{name}"
+        try:
+            getattr(importlib.import_module(old), "no_such_name")
+        except AttributeError as e:
+            assert "no_such_name" in str(e)
+        else:
+            raise AssertionError(f"{old} invents names")
+
+
+def test_resume_is_read_in_one_module():
+    """What --resume names, loading it, checking it and restoring the trainer are rnnsent.resume's: no other
+    module defines them (the old homes only import them)."""
+    import rnnsent.resume as resume
+
+    story = ("RESUME_AUTO", "resume_path", "load_resume_state", "load_resume", "find_resume", "RESUME_MUST_MATCH",
+             "resume_differences", "check_resume", "training_state", "restore_training_state")
+    for name in story:
+        assert hasattr(resume, name), name
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "resume.py":
+            continue
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assert not defined & set(story), f"{path.name} defines {sorted(defined & set(story))}"
