@@ -1,6 +1,7 @@
 """One definition per setting: every model option and data setting reaches every entry point, and runs
 written by the code before the restructuring (commit 08ac52f, encoding then called "fast") still load and resume."""
 import dataclasses
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -131,6 +132,39 @@ def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
         assert torch.allclose(resumed["model_state"][k], v, rtol=1e-4, atol=1e-6), f"{k} differs"
     with pytest.raises(CheckpointError, match="encoding: checkpoint 'bucketed', now 'keras'"):
         Trainer(_old_config(tmp_path / "c", epochs=2, encoding="keras", resume=str(OLD / "last.pt")))
+
+
+# A run folder written by fb73b0c (main before issue 22 moved the trainer, checkpoints and resume into modules of
+# their own), killed by RNNSENT_FAULT_KILL_AT_STEP=6 at global step 6 of 12, in the middle of epoch 2:
+#   python scripts/train.py {RUN_ARGS} --out run-fb73b0c
+# It holds last.pt (step 6), last.prev.pt (step 5), best.pt, epoch 1's metrics row and the dead run's run.lock.
+RUN_FB73B0C = FIXTURES / "run_fb73b0c"
+RUN_ARGS = ("--cell lstm --vocab-size 300 --embed-dim 8 --hidden-size 6 --max-len 60 --epochs 3 --batch-size 2 "
+            "--embed-dropout 0.2 --seed 3 --data tests/fixtures/imdb/reviews.json --cache-dir .cache-fixture "
+            "--val-fraction 0.25 --threads 1 --ckpt-every 1")
+
+
+def test_a_run_folder_of_the_main_before_the_restructuring_resumes_bit_for_bit(tmp_path, monkeypatch):
+    from rnnsent.cli import train_main
+
+    monkeypatch.chdir(tmp_path)  # the folder's config.json and command.txt hold paths relative to the repository
+    (tmp_path / "tests" / "fixtures" / "imdb").mkdir(parents=True)
+    for name in (FIXTURE.name, "imdb_subset.json"):
+        shutil.copy(FIXTURE.parent / name, tmp_path / "tests" / "fixtures" / "imdb" / name)
+    shutil.copytree(RUN_FB73B0C, "run-fb73b0c")
+    args = RUN_ARGS.split() + ["--quiet"]
+    assert train_main(args + ["--out", "run-fb73b0c", "--resume", "auto"]) == 0
+    assert train_main(args + ["--out", "fresh"]) == 0  # today's code, uninterrupted
+    resumed, fresh = (load_checkpoint_state(Path(run) / "last.pt") for run in ("run-fb73b0c", "fresh"))
+    assert resumed["progress"]["global_step"] == fresh["progress"]["global_step"] == 12
+    for k, v in fresh["model_state"].items():
+        assert torch.equal(resumed["model_state"][k], v), f"{k} differs"
+    for a, b in zip(resumed["optimizer"]["state"].values(), fresh["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    timing = {"epoch_seconds", "samples_per_second"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in (Path(run) / "metrics.jsonl")
+             .read_text().splitlines()] for run in ("run-fb73b0c", "fresh")]
+    assert rows[0] == rows[1] and [r["epoch"] for r in rows[0]] == [1, 2, 3]
 
 
 def test_the_retired_expected_per_block_is_accepted_ignored_and_never_stored(tmp_path):
