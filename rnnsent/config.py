@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -74,15 +74,6 @@ def canonical_encoding(name: str, warn: bool = True) -> str:
     if name not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {name!r}")
     return name
-
-
-def warn_expected_per_block(value) -> None:
-    """The old expected_per_block setting: accepted and ignored, with a deprecation message. The data reader now
-    checks 12,500 reviews per split and label, or what a smaller copy declares in imdb_subset.json beside it."""
-    if value is not None:
-        warnings.warn("expected_per_block is no longer needed and is ignored: the reader checks 12,500 reviews per "
-                      "split and label, or what a smaller copy declares in imdb_subset.json beside it",
-                      FutureWarning, stacklevel=3)
 
 
 def check_val_fraction(value: float) -> float:
@@ -227,8 +218,6 @@ class DataConfig:
               "imdb.npz; also the RNNSENT_DATA environment variable) or your own labelled text: a .csv, .tsv or .jsonl "
               "file, or a folder root/train/<label>/*.txt (README: Your own data) [IMDB: search the cache, then download]",
         flags=("--data",))
-    # Deprecated, ignored, not stored: the reader checks a copy's size itself (rnnsent.data.fetch.block_size).
-    expected_per_block: InitVar[int | None] = None
     cache_dir: str | None = setting(None, "rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
     # Your own data (data_root a .csv, .tsv, .jsonl file or a class folder; see rnnsent.data.tabular):
     test_data: str | None = setting(  # a file of test rows; else the split column, the folder's test/, or a carve
@@ -249,8 +238,7 @@ class DataConfig:
         "skip", "your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an "
                 "error [{default}]", choices=ON_MISSING_LABEL)
 
-    def __post_init__(self, expected_per_block=None):
-        warn_expected_per_block(expected_per_block)
+    def __post_init__(self):
         object.__setattr__(self, "encoding", canonical_encoding(self.encoding))
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
@@ -365,9 +353,9 @@ class RunConfig:
 class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     """Everything a training run needs: the fields of ModelConfig, DataConfig, OptimConfig and RunConfig."""
 
-    def __post_init__(self, expected_per_block=None):
+    def __post_init__(self):
         ModelConfig.__post_init__(self)
-        DataConfig.__post_init__(self, expected_per_block)
+        DataConfig.__post_init__(self)
         check_settings(self)  # every field's choices and range (setting()), as its flag checks them
 
     def monitored(self) -> str:

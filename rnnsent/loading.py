@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
-from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding, field_names, warn_expected_per_block
+from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding, field_names
 from rnnsent.envelope import first_line as _first_line
 
 # The released models (docs/results.md), loaded by name: load_checkpoint("gru") finds them. They live in the
@@ -173,14 +173,13 @@ class LoadedModel:
         return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size,
                        classes=self.classes, groups=groups)
 
-    def prepare_data(self, root=None, cache_dir=None, limit=None, expected_per_block=None):  # the last is deprecated
+    def prepare_data(self, root=None, cache_dir=None, limit=None):
         """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,
         encoding, validation carve and limit, unless given). Raises CheckpointError if the vocabulary
         built from that data is not the model's: scores on other ids would mean nothing. (A model trained on
         your own data scores a file of yours with rnnsent.data.encode_labelled.)"""
         from rnnsent.data import prepare_imdb
 
-        warn_expected_per_block(expected_per_block)
         # (field_names, not __dataclass_fields__: a checkpoint's old expected_per_block is left behind unread)
         saved = {k: v for k, v in self.config.items() if k in field_names(DataConfig)}
         saved.update(max_len=self.max_len, encoding=self.encoding)

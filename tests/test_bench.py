@@ -37,8 +37,7 @@ def test_bench_large_batch_is_labelled_and_runs_isolated(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--batch-size", "5", "--cells", "rnn",
-                           "--systems", "rnnsent", "plain+ftz", "--isolation", "process", "--json", str(out),
-                           "--expect-per-block", "6"],  # retired: noted once (not by each worker), then ignored
+                           "--systems", "rnnsent", "plain+ftz", "--isolation", "process", "--json", str(out)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -46,7 +45,6 @@ def test_bench_large_batch_is_labelled_and_runs_isolated(tmp_path):
     assert {r["system"] for r in result["rows"]} == {"rnnsent", "plain+ftz"}
     assert all(r["samples_per_second"] > 0 and r["flush_denormal"] for r in result["rows"])
     assert "LARGE-BATCH MODE" in proc.stdout
-    assert proc.stderr.count("--expect-per-block is no longer needed") == 1
 
 
 def test_bench_busy_mode_reports_idle_and_busy_medians(tmp_path):

@@ -167,10 +167,12 @@ def test_a_run_folder_of_the_main_before_the_restructuring_resumes_bit_for_bit(t
     assert rows[0] == rows[1] and [r["epoch"] for r in rows[0]] == [1, 2, 3]
 
 
-def test_the_retired_expected_per_block_is_accepted_ignored_and_never_stored(tmp_path):
-    with pytest.warns(FutureWarning, match="expected_per_block is no longer needed and is ignored"):
-        config = fixture_config(tmp_path, expected_per_block=6)
-    assert config == fixture_config(tmp_path) and "expected_per_block" not in config.to_dict()
+def test_the_retired_expected_per_block_is_gone_but_checkpoints_holding_it_resume(tmp_path):
+    # The keyword was deprecated, then dropped (issue 22): old checkpoints and caches holding it still load.
+    with pytest.raises(TypeError, match="expected_per_block"):
+        fixture_config(tmp_path, expected_per_block=6)
+    config = fixture_config(tmp_path)
+    assert "expected_per_block" not in config.to_dict()
     assert "expected_per_block" not in RESUME_MUST_MATCH and "expected_per_block" not in config.data_args()
     # A last.pt of a fixture run (6), of a full-data run (12500) or of one that skipped the check (None) resumes alike.
     saved = load_checkpoint_state(OLD / "last.pt")["config"]

@@ -235,7 +235,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None,
                    help="reviews per split, the same for every system [2844 on CPU, i.e. 40 train batches "
                         "after the 10%% validation carve-out; all on CUDA]")
-    p.add_argument("--expect-per-block", type=int, default=None, help=argparse.SUPPRESS)  # deprecated: main() says so
     p.add_argument("--max-len", type=int, default=500, help="[500]")
     p.add_argument("--batch-size", type=int, default=64,
                    help="64 is the comparison; anything else is reported as a separate large-batch mode [64]")
@@ -249,7 +248,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="rnnsent only: default threads and 1 thread, idle and beside N busy processes of the "
                         "bench's own, medians of --repeats interleaved runs (tools/bench_busy.py) [off; N: 1]")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per condition for --busy [5]")
-    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # removed; main() says what to do instead
     p.add_argument("--isolation", choices=("process", "none"), default=None,
                    help="process: each timed torch run in a fresh process, flush-to-zero set before its first op; "
                         "none: all in this process (quick) [process; none with --smoke]")
@@ -278,11 +276,6 @@ def main(argv=None) -> int:
         spec = json.loads(args.torch_worker)
         Path(spec["out"]).write_text(json.dumps(execute_job(args, spec, None)))
         return 0
-    if args.profile:
-        raise SystemExit("--profile was removed: run torch.profiler.profile() around Trainer(config).train_epoch()")
-    if args.expect_per_block is not None:
-        print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked "
-              "(12,500 per split and label, or what imdb_subset.json beside a smaller copy declares)", file=sys.stderr)
     from rnnsent.runtime import resolve_device
 
     args.device = str(resolve_device(args.device))

@@ -74,15 +74,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data", default=None)
     p.add_argument("--limit", type=int, default=None, help="only N reviews per split (smoke runs)")
-    p.add_argument("--expect-per-block", type=int, default=None, help=argparse.SUPPRESS)  # deprecated, ignored
     p.add_argument("--keras-python", default=sys.executable, help="an interpreter with Keras 3 (and TensorFlow)")
     p.add_argument("--keras-backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"),
                    help="auto: tensorflow where importable, else torch")
     p.add_argument("--out", default="runs/keras_parity")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    if args.expect_per_block is not None:
-        print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked", file=sys.stderr)
     from rnnsent.data import prepare_imdb
 
     config = TrainConfig(**{**recipe_settings("keras"), **MODELS[args.model]}, limit=args.limit)

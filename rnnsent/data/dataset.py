@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnsent.config import canonical_encoding, check_val_fraction, warn_expected_per_block
+from rnnsent.config import canonical_encoding, check_val_fraction
 from rnnsent.envelope import first_line, seal, unseal
 from rnnsent.files import atomic_write
 from rnnsent.data.fetch import Source, block_size, cache_root, find_imdb, read_blocks, read_keras_word_index
@@ -197,7 +197,6 @@ def prepare_imdb(
     limit: int | None = None,
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    expected_per_block: int | None = None,
     download: bool = True,
     use_cache: bool = True,
 ) -> ImdbData:
@@ -205,10 +204,9 @@ def prepare_imdb(
 
     encoding "keras" gives Keras-parity pre-padded rows of width max_len; "bucketed" (once "fast") gives the same ids
     right-padded to the longest row, for length bucketing. `limit` keeps that many reviews per split
-    (half of each label, the first in canonical order) for smoke runs. `expected_per_block` is deprecated
-    and ignored: the source's own size is checked (rnnsent.data.fetch.block_size).
+    (half of each label, the first in canonical order) for smoke runs. The source's own size is checked
+    (rnnsent.data.fetch.block_size).
     """
-    warn_expected_per_block(expected_per_block)
     encoding = canonical_encoding(encoding)
     check_vocab_size(vocab_size)  # fail before any reading
     check_max_len(max_len)

@@ -45,7 +45,6 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npformat
 
-from rnnsent.config import warn_expected_per_block
 from rnnsent.files import MAX_MEMBER_BYTES, atomic_write, read_bounded
 
 log = logging.getLogger(__name__)
@@ -606,16 +605,14 @@ def load_imdb_reviews(
     split: str,
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    expected_per_block: int | None = None,
     download: bool = True,
 ) -> list[tuple[str, int]]:
     """[(text, label)] of the canonical `split` ("train" or "test"): negatives, then positives.
 
     The counts, labels and first reviews are verified (see read_blocks). For Keras' imdb.npz the texts are
     rebuilt from the word index (lower-case words joined by spaces; punctuation is gone, as in Keras' own
-    preprocessing). expected_per_block is deprecated and ignored (see block_size).
+    preprocessing).
     """
-    warn_expected_per_block(expected_per_block)
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     source = find_imdb(root, cache_dir, download)
