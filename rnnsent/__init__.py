@@ -31,7 +31,7 @@ _EXPORTS = {
     "save_keras": "rnnsent.keras_io",
     "load_checkpoint": "rnnsent.loading",
     "TrainConfig": "rnnsent.config",
-    "train": "rnnsent.train",
+    "train": "rnnsent.trainer",
     "prepare_texts": "rnnsent.data", "prepare_labelled": "rnnsent.data",
     "explain": "rnnsent.explain", "Explanation": "rnnsent.explain",
 }
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     from rnnsent.models import CELLS, SentimentRNN, count_parameters
     from rnnsent.data import prepare_labelled, prepare_texts
     from rnnsent.explain import Explanation, explain
-    from rnnsent.train import train
+    from rnnsent.trainer import train
 
 
 def __getattr__(name: str):

@@ -12,7 +12,6 @@ resuming a run (which file, its fallback, the checks, the trainer's state) rnnse
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rnnsent import moved
 from rnnsent.envelope import first_line as _first_line, seal, unseal
 from rnnsent.files import atomic_write
 
@@ -125,8 +125,7 @@ def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 # Kept for compatibility: these names lived here before loading a model, resuming a run and releasing a model got
-# modules of their own, and code outside rnnsent imports them from here. They are looked up on first use, because
-# those modules import this one.
+# modules of their own, and code outside rnnsent imports them from here.
 _MOVED = {
     **dict.fromkeys(("load_checkpoint", "LoadedModel", "resolve_checkpoint", "RELEASED", "RELEASED_NAMES",
                      "MAX_LEN_LIMIT", "VOCAB_LIMIT", "data_root"), "rnnsent.loading"),
@@ -135,7 +134,4 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_MOVED[name]), name)
+__getattr__ = moved.names(__name__, _MOVED)

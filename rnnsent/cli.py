@@ -187,14 +187,14 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
 def _run(args: argparse.Namespace, pretraining: bool) -> int:
     """A training or pretraining run from parsed flags; failures become one-line errors with their exit codes."""
     from rnnsent.checkpoint import CheckpointWriteError
-    from rnnsent.train import NonFiniteLoss, TrainingInterrupted
+    from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted
 
     try:
         config = config_from_args(args, pretraining=pretraining)
         if pretraining:
             from rnnsent.pretrain import pretrain as run
         else:
-            from rnnsent.train import train as run
+            from rnnsent.trainer import train as run
         report = run(config)
     except TrainingInterrupted as e:
         return _fail(str(e), e.exit_code)

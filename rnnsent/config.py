@@ -14,6 +14,8 @@ import math
 import warnings
 from dataclasses import dataclass
 
+from rnnsent import moved
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -443,10 +445,6 @@ def recipe_settings(name: str | None, cell: str | None = None, pretraining: bool
     return values
 
 
-def __getattr__(name: str):
-    # Kept for compatibility: the resume checks moved to rnnsent.resume, which imports this module.
-    if name in ("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences"):
-        import rnnsent.resume
-
-        return getattr(rnnsent.resume, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Kept for compatibility: the resume checks moved to rnnsent.resume.
+__getattr__ = moved.names(__name__, dict.fromkeys(("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences"),
+                                                  "rnnsent.resume"))

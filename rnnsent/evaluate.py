@@ -1,7 +1,6 @@
 """Evaluation (loss, accuracy, macro-F1, confusion counts) and prediction on raw review text."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -10,15 +9,9 @@ from rnnsent import objective
 from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_fast, encode_keras
 from rnnsent.data.text import OOV_ID, tokenizer_for
 from rnnsent.models import SentimentRNN
+from rnnsent.runtime import autocast_context
 
 IMDB_LABELS = ("negative", "positive")  # what a model without stored classes (IMDB's) calls its two classes
-
-
-def autocast_context(device: torch.device, amp: str | None):
-    """bf16/fp16 autocast on CUDA; a no-op elsewhere so one loop serves every device."""
-    if amp in (None, "none", "off") or device.type != "cuda":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()

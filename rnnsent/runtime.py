@@ -1,6 +1,8 @@
-"""The machine, set up once per run: device, CPU threads, denormals, the allocator, determinism, RNG state."""
+"""The machine, set up once per run: device, CPU threads, denormals, the allocator, determinism, RNG state;
+and mixed precision (autocast_context), which only CUDA has."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -140,6 +142,13 @@ def check_amp(amp: str, device: torch.device) -> None:
     if amp != "none" and device.type != "cuda":
         raise ValueError(f"--amp {amp} needs a CUDA device, but this run is on {device}, where it would silently "
                          "do nothing; drop --amp (or --amp none), or train with --device cuda")
+
+
+def autocast_context(device: torch.device, amp: str | None):
+    """bf16/fp16 autocast on CUDA; a no-op elsewhere so one loop serves every device."""
+    if amp in (None, "none", "off") or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def build_in_memory(make, device: torch.device) -> torch.nn.Module:

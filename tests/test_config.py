@@ -12,12 +12,11 @@ import torch
 import rnnsent
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
 from rnnsent.cli import config_from_args, train_parser
-from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, DataConfig, ModelConfig, OptimConfig,
-                            Range, TrainConfig, field_names, setting)
-from rnnsent.resume import RESUME_MUST_MATCH, resume_differences
-from rnnsent.config import RECIPES
+from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RECIPES, DataConfig, ModelConfig, OptimConfig, Range,
+                            TrainConfig, field_names, setting)
 from rnnsent.models import SentimentRNN
-from rnnsent.train import Trainer
+from rnnsent.resume import RESUME_MUST_MATCH, resume_differences
+from rnnsent.trainer import Trainer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "imdb" / "reviews.json"

@@ -225,7 +225,8 @@ def test_trainer_on_lists_sizes_the_head_and_resumes_bit_for_bit(tmp_path):
     """Four classes from Python lists: Dense(4), macro-F1 picks best.pt, and a run stopped after one epoch and
     resumed equals an uninterrupted one (weights and history)."""
     from rnnsent.checkpoint import load_checkpoint
-    from rnnsent.train import TrainConfig, Trainer
+    from rnnsent.config import TrainConfig
+    from rnnsent.trainer import Trainer
     from helpers import assert_same_weights, weights
 
     rows = list(read_rows(LABELLED / "debian_sections.csv", Columns("description", "section")))

@@ -16,7 +16,9 @@ from rnnsent import distributed, faults
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.data import Batcher, encode_fast
 from rnnsent.pretrain import pretrain
-from rnnsent.train import Trainer, TrainConfig, TrainingInterrupted, train
+from rnnsent.config import TrainConfig
+from rnnsent.stopping import TrainingInterrupted
+from rnnsent.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"

@@ -205,7 +205,7 @@ def small_data():
 
 
 def test_6_the_trainer_takes_vocab_size_and_max_len_from_the_data(small_data, tmp_path):
-    from rnnsent.train import Trainer
+    from rnnsent.trainer import Trainer
 
     config = TrainConfig(out=str(tmp_path / "run"), epochs=1, embed_dim=4, hidden_size=3, threads=1, quiet=True)
     Trainer(config, small_data).fit()
@@ -217,7 +217,7 @@ def test_6_the_trainer_takes_vocab_size_and_max_len_from_the_data(small_data, tm
 
 
 def test_6_the_trainer_refuses_settings_that_contradict_the_data(small_data, tmp_path):
-    from rnnsent.train import Trainer
+    from rnnsent.trainer import Trainer
 
     config = TrainConfig(out=str(tmp_path / "run"), vocab_size=5001, embed_dim=4, hidden_size=3, threads=1, quiet=True)
     with pytest.raises(ValueError, match="vocab_size=5001 but the data was prepared with vocab_size 40"):
@@ -366,7 +366,7 @@ def test_12_a_label_folder_name_that_is_not_utf8_is_refused_before_training(tmp_
 
 # 13. Ctrl-C while the data is prepared ---------------------------------------------------------------------------
 def test_13_ctrl_c_during_data_preparation_is_one_line_and_130(tmp_path, capsys, monkeypatch):
-    from rnnsent import train as train_module
+    from rnnsent import trainer as train_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -427,7 +427,7 @@ def test_14_weight_decay_inf_is_refused_as_a_flag(capsys):
 
 # 15. An epoch listed twice in metrics.jsonl after a kill ---------------------------------------------------------
 def test_15_a_kill_between_the_metrics_row_and_the_checkpoints_lists_the_epoch_once(finished, tmp_path, monkeypatch):
-    from rnnsent import train as train_module
+    from rnnsent import trainer as train_module
 
     class Killed(BaseException):
         pass

@@ -16,7 +16,8 @@ import rnnsent
 from rnnsent.checkpoint import load_checkpoint_state
 from rnnsent.data import ImdbData, Vocab, encode_fast
 from rnnsent.models import SentimentRNN
-from rnnsent.train import TrainConfig, Trainer
+from rnnsent.config import TrainConfig
+from rnnsent.trainer import Trainer
 
 from helpers import weights
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
-from rnnsent.config import ModelConfig
+from rnnsent.config import ModelConfig, TrainConfig
 from rnnsent.pretrain import LanguageModel, PretrainTrainer, cutoffs, load_into, pretrain
-from rnnsent.train import Trainer, TrainConfig, TrainingInterrupted
+from rnnsent.stopping import TrainingInterrupted
+from rnnsent.trainer import Trainer
 from helpers import assert_same_weights, weights
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,9 @@ from rnnsent.checkpoint import load_checkpoint_state
 from rnnsent.evaluate import evaluate
 from rnnsent.models import SentimentRNN
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
-from rnnsent.train import Trainer, TrainConfig, TrainingInterrupted
+from rnnsent.config import TrainConfig
+from rnnsent.stopping import TrainingInterrupted
+from rnnsent.trainer import Trainer
 from helpers import assert_same_weights, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"

@@ -7,7 +7,7 @@ import torch
 
 from rnnsent.checkpoint import load_checkpoint, load_checkpoint_state, portable_run_path, portable_state
 from rnnsent.config import TrainConfig
-from rnnsent.train import Trainer
+from rnnsent.trainer import Trainer
 
 from rnnsent.releasing import portable_command, release
 

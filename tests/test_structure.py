@@ -15,7 +15,6 @@ def module_name(path: Path) -> str:
 # Python's import machinery, not from a reader: list one here only with its reason.
 LAZY_CYCLES = {
     ("rnnsent.config", "rnnsent.data.tabular"),  # DataConfig.labelled_args builds the reader's Columns
-    ("rnnsent.config", "rnnsent.resume"),  # the resume checks' old names, still importable from config
 }
 
 
@@ -66,7 +65,7 @@ def package_graph() -> dict[str, set[str]]:
 
 def test_the_package_has_no_import_cycle():
     graph = package_graph()
-    assert "rnnsent.train" in graph["rnnsent.pretrain"] and "rnnsent.data.tabular" in graph["rnnsent.data.labelled"]
+    assert "rnnsent.trainer" in graph["rnnsent.pretrain"] and "rnnsent.data.tabular" in graph["rnnsent.data.labelled"]
     assert all(b in imports(PACKAGE.parent / (a.replace(".", "/") + ".py"), set(graph)) for a, b in LAZY_CYCLES)
     assert cycles(graph) == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles(graph))
 
@@ -118,3 +117,32 @@ def test_resume_is_read_in_one_module():
         defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         defined |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
         assert not defined & set(story), f"{path.name} defines {sorted(defined & set(story))}"
+
+
+def test_rnnsent_train_is_the_train_function_whichever_is_imported_first():
+    """`import rnnsent.train` (the old module name) binds the package's attribute to that module: it must still
+    call the train function, and give the old names; rnnsent.trainer is where they live now."""
+    import subprocess
+    import sys
+
+    probe = """
+import warnings
+import rnnsent, rnnsent.trainer
+rnnsent.trainer.train = lambda config, data=None: {"trained": config}  # a stand-in: no training needed here
+if ORDER == "function":
+    assert rnnsent.train("a") == {"trained": "a"}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import rnnsent.train
+assert any(w.category is DeprecationWarning and "rnnsent.trainer" in str(w.message) for w in caught), caught
+assert rnnsent.train("b") == {"trained": "b"}, "rnnsent.train(config) does not train"
+from rnnsent.train import RECIPES, Trainer, TrainConfig, TrainingInterrupted, resolve_device
+import rnnsent.config, rnnsent.stopping, rnnsent.runtime
+assert Trainer is rnnsent.trainer.Trainer and (RECIPES, TrainConfig) == (rnnsent.config.RECIPES, rnnsent.config.TrainConfig)
+assert TrainingInterrupted is rnnsent.stopping.TrainingInterrupted and resolve_device is rnnsent.runtime.resolve_device
+print("ok")
+"""
+    for order in ("function", "module"):
+        proc = subprocess.run([sys.executable, "-c", f"ORDER = {order!r}\n" + probe], capture_output=True, text=True,
+                              cwd=PACKAGE.parent, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("ok"), order + ": " + proc.stderr[-2000:]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnnsent.cli import config_from_args, train_main, train_parser
-from rnnsent.train import Trainer
+from rnnsent.trainer import Trainer
 from helpers import assert_same_weights, weights
 from test_train import tiny
 

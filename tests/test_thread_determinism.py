@@ -7,7 +7,8 @@ import torch
 
 from rnnsent import fused
 from rnnsent.data import prepare_imdb
-from rnnsent.train import Trainer, TrainConfig
+from rnnsent.config import TrainConfig
+from rnnsent.trainer import Trainer
 from helpers import assert_same_weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"

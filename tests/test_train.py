@@ -7,8 +7,10 @@ import torch
 
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
 from rnnsent.evaluate import evaluate
-from rnnsent.config import CELLS, recipe_settings
-from rnnsent.train import RECIPES, NonFiniteLoss, Trainer, TrainConfig, TrainingInterrupted, lr_at, resolve_device
+from rnnsent.config import CELLS, RECIPES, TrainConfig, recipe_settings
+from rnnsent.runtime import resolve_device
+from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted
+from rnnsent.trainer import Trainer, lr_at
 from helpers import assert_same_weights, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"

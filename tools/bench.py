@@ -116,7 +116,7 @@ def prepare(args) -> dict:
 def run_rnnsent(args, config: TrainConfig, data, system="rnnsent", save_checkpoint=False) -> dict:
     """rnnsent's Trainer and its real train_epoch(); a step callback drives the clock."""
     from rnnsent.evaluate import evaluate
-    from rnnsent.train import Trainer
+    from rnnsent.trainer import Trainer
 
     trainer = Trainer(config, data)
     clock = Clock(trainer.device, args.warmup)

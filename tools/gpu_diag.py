@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 def run(config_kwargs: dict) -> dict:
     import torch
 
-    from rnnsent.train import TrainConfig, Trainer
+    from rnnsent.config import TrainConfig
+    from rnnsent.trainer import Trainer
 
     config = TrainConfig(**config_kwargs)
     trainer = Trainer(config)
@@ -49,7 +50,8 @@ def profile(config_kwargs: dict, rows: int = 20) -> dict:
     import torch
     from torch.profiler import ProfilerActivity
 
-    from rnnsent.train import TrainConfig, Trainer
+    from rnnsent.config import TrainConfig
+    from rnnsent.trainer import Trainer
 
     trainer = Trainer(TrainConfig(**config_kwargs))
     with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -39,7 +39,7 @@ MODELS = {
 
 def run_rnnsent(cell: str, epochs: int, seed: int, data, args) -> dict:
     from rnnsent.evaluate import evaluate
-    from rnnsent.train import Trainer
+    from rnnsent.trainer import Trainer
 
     recipe = recipe_settings("keras", cell)
     recipe.update(MODELS[args.model])

@@ -28,20 +28,18 @@ from pathlib import Path
 import torch
 
 from rnnsent import faults, objective, recurrent, report, stopping
-from rnnsent.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint_state, save_checkpoint
-from rnnsent.config import (AMPS, ENCODINGS, IMPLS, RECIPES, SCHEDULES,  # noqa: F401 (re-exported)
-                            ModelConfig, TrainConfig, canonical_encoding)
+from rnnsent.checkpoint import CheckpointWriteError, load_checkpoint_state, save_checkpoint
+from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
 from rnnsent.data import Batcher, prepare_data
 from rnnsent.distributed import Distributed, shutdown
-from rnnsent.evaluate import autocast_context, evaluate
+from rnnsent.evaluate import evaluate
 from rnnsent.handover import load_into
 from rnnsent.models import SentimentRNN, count_parameters
 from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
-from rnnsent.resume import RESUME_MUST_MATCH, check_resume, find_resume, restore_training_state, training_state  # noqa: F401
-from rnnsent.report import plot_curves  # noqa: F401 (re-exported)
+from rnnsent.resume import check_resume, find_resume, restore_training_state, training_state
 from rnnsent.runfolder import RunLock, check_new_run, check_run_folder
-from rnnsent.runtime import StopFlag, StopNow, resolve_device, retain_freed_memory  # noqa: F401 (re-exported)
-from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted  # noqa: F401 (re-exported)
+from rnnsent.runtime import StopFlag, StopNow, autocast_context, resolve_device
+from rnnsent.stopping import TrainingInterrupted
 
 EVENTS = ("on_step_end", "on_epoch_end", "on_backward_end")
 
