@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # Where each public name lives. Each module is imported on first use of one of its names, so that
 # `import rnnsent` (and with it the `rnnsent` command's --help) loads neither torch nor the data pipeline.
 _EXPORTS = {
-    "CELLS": "rnnsent.models", "SentimentRNN": "rnnsent.models", "count_parameters": "rnnsent.models",
+    "CELLS": "rnnsent.config", "SentimentRNN": "rnnsent.models", "count_parameters": "rnnsent.models",
     "KerasFormatError": "rnnsent.keras_io", "from_keras": "rnnsent.keras_io", "to_keras": "rnnsent.keras_io",
     "save_keras": "rnnsent.keras_io",
     "load_checkpoint": "rnnsent.loading",
@@ -42,7 +42,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     from rnnsent.loading import load_checkpoint
     from rnnsent.config import TrainConfig
     from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
-    from rnnsent.models import CELLS, SentimentRNN, count_parameters
+    from rnnsent.config import CELLS
+    from rnnsent.models import SentimentRNN, count_parameters
     from rnnsent.data import prepare_labelled, prepare_texts
     from rnnsent.explain import Explanation, explain
     from rnnsent.trainer import train

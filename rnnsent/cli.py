@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import QUOTINGS, RECIPES, TrainConfig, canonical_cell, recipe_settings
+from rnnsent.config import LEGACY_RECIPES, QUOTINGS, RECIPES, TrainConfig, canonical_cell, canonical_recipe, recipe_settings
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -107,6 +107,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def recipe_flag(text: str) -> str:
+    """--recipe's value: an old recipe name becomes its new one, with a note (argparse then checks the choices,
+    choices=sorted(RECIPES))."""
+    if text in LEGACY_RECIPES:
+        return canonical_recipe(text, note=lambda message: print(f"note: {message}", file=sys.stderr))
+    return text
+
+
 def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
@@ -114,8 +122,9 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
                     "(Embedding(5000, 32) -> GRU(100) -> Dense(1), Adam 1e-3, batch 64, 500 tokens); "
                     "--recipe picks a documented set of training settings, explicit flags override it.",
     )  # each help ends with its default in [brackets], taken from TrainConfig: shown once, never "None"
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()) + " [none]")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None, type=recipe_flag,
+                   help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items())
+                   + "".join(f"; {old}: {new}'s old name" for old, new in LEGACY_RECIPES.items()) + " [none]")
     for name in [*FLAG_ORDER, *(f.name for f in dataclasses.fields(config) if f.name not in FLAG_ORDER)]:
         if name == "expect_per_block":
             p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated

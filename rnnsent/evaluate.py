@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnsent import objective
-from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_fast, encode_keras
+from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_bucketed, encode_keras
 from rnnsent.data.text import OOV_ID, tokenizer_for
 from rnnsent.models import SentimentRNN
 from rnnsent.runtime import autocast_context
@@ -160,7 +160,7 @@ def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, e
     tokenize = tokenizer_for(vocab.tokenizer)
     ids = [vocab.encode(tokenize(t)) for t in texts]
     labels = [0] * len(ids)
-    split = (encode_keras if encoding == "keras" else encode_fast)(ids, labels, max_len)
+    split = (encode_keras if encoding == "keras" else encode_bucketed)(ids, labels, max_len)
     names = class_names(num_classes, classes)
     right_padded = split.padding == "post"
     # Pre-padded rows are all max_len wide, so only right-padded ones gain from batching by length.

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnsent.data import encode_fast, encode_keras
+from rnnsent.data import encode_bucketed, encode_keras
 from rnnsent.data.text import OOV_ID, PAD_ID, START_ID, tokenizer_for
 from rnnsent.evaluate import as_texts, class_names, predict
 
@@ -146,7 +146,7 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
     tokenize = tokenizer_for(loaded.vocab.tokenizer)
     aligned = [align_words(t, tokenize) for t in texts]
     ids = [loaded.vocab.encode(tokens) for _, tokens, _ in aligned]
-    split = (encode_keras if loaded.encoding == "keras" else encode_fast)(ids, [0] * len(ids), loaded.max_len)
+    split = (encode_keras if loaded.encoding == "keras" else encode_bucketed)(ids, [0] * len(ids), loaded.max_len)
     targets = [names.index(str(target)) if target is not None else 1 if len(names) == 2 else names.index(p.label)
                for p in predictions]
 

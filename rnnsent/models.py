@@ -1,9 +1,12 @@
 """SentimentRNN: Embedding -> LSTM | GRU | SimpleRNN -> Dense(1) (or Dense(K) for K > 2 classes), exactly as Keras;
 optionally stacked (num_layers) and bidirectional, as Keras' Bidirectional(merge_mode="concat").
 
-The forward pass reads as the architecture: embed, recur, take the last state, project. How the
-recurrence runs (rnnsent's fused CPU kernel or PyTorch's layers) and why its weights hold exactly
-Keras' parameters is rnnsent.recurrent's business; the settings are rnnsent.config.ModelConfig's.
+The forward pass is features, then output dropout and the dense head. The features are one call,
+rnnsent.recurrent.encode: it embeds the tokens, applies the embedding dropout, runs every layer and direction
+and returns the final states. Embedding happens inside it because the fused CPU kernel can skip it: when no
+dropout applies it reads each token's input projection from a table computed once per vocabulary word. How the
+recurrence runs (that kernel or PyTorch's layers) and why its weights hold exactly Keras' parameters is
+rnnsent.recurrent's business; the settings are rnnsent.config.ModelConfig's.
 """
 from __future__ import annotations
 
@@ -13,9 +16,8 @@ import re
 import torch
 from torch import nn
 
-from rnnsent import recurrent
-from rnnsent.config import (CELL_TABLE, CELLS, INITS, KERAS_CELL_NAMES, KERAS_GATE_ORDER,  # noqa: F401 (re-exported)
-                            ModelConfig, canonical_cell)
+from rnnsent import moved, recurrent
+from rnnsent.config import CELL_TABLE, KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig
 
 
 def permute_gates(w: torch.Tensor, order: tuple[int, ...], dim: int = 0) -> torch.Tensor:
@@ -95,7 +97,7 @@ class SentimentRNN(nn.Module):
         self.fc.bias.zero_()
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        # embed -> dropout -> recur -> the final states -> project
+        # features (embed -> dropout -> recur -> the final states, in recurrent.encode) -> dropout -> project
         logits = self.fc(self.drop_out(self.features(tokens, lengths)))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
@@ -199,3 +201,7 @@ def _orthogonal(rows: int, cols: int) -> torch.Tensor:
         torch.set_num_threads(threads)
     q = q * torch.sign(torch.diagonal(r))  # make the decomposition unique, as Keras does
     return q.t() if rows < cols else q
+
+
+# CELLS, INITS and canonical_cell were importable from here; they are rnnsent.config's.
+__getattr__ = moved.names(__name__, dict.fromkeys(("CELLS", "INITS", "canonical_cell"), "rnnsent.config"))

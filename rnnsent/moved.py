@@ -1,7 +1,7 @@
 """Names that moved or were renamed, still found at their old place: one module `__getattr__` for all of them.
 
     __getattr__ = moved.names(__name__, {"load_checkpoint": "rnnsent.loading"},
-                              renamed={"ImdbData": "rnnsent.data.prepared:PreparedData"})
+                              renamed={"ImdbData": "rnnsent.data.text:PreparedData"})
 
 A moved name is looked up in its new module on first use, without a word (the old import path stays valid).
 A renamed one warns (DeprecationWarning, naming the new name) and gives the same object. The new modules are

@@ -13,7 +13,7 @@ import rnnsent
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
 from rnnsent.cli import config_from_args, train_parser
 from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RECIPES, DataConfig, ModelConfig, OptimConfig, Range,
-                            TrainConfig, field_names, setting)
+                            TrainConfig, field_names, recipe_settings, setting)
 from rnnsent.models import SentimentRNN
 from rnnsent.resume import RESUME_MUST_MATCH, resume_differences
 from rnnsent.trainer import Trainer
@@ -186,6 +186,17 @@ def test_old_checkpoints_holding_expected_per_block_evaluate_without_a_warning(t
         warnings.simplefilter("error")  # the old key is left unread, not passed on to be warned about
         data = loaded.prepare_data(root=FIXTURE, cache_dir=tmp_path)
     assert (len(data.test), len(data.train) + len(data.val)) == (12, 12)
+
+
+def test_the_recipe_once_called_best_is_regularised_and_the_old_name_still_runs_it(capsys):
+    assert "best" not in RECIPES and recipe_settings("best") == recipe_settings("regularised")
+    old = config_from_args(train_parser().parse_args(["--recipe", "best", "--cell", "lstm"]))
+    assert capsys.readouterr().err == "note: --recipe best is now called regularised; the old name will go away\n"
+    assert old == config_from_args(train_parser().parse_args(["--recipe", "regularised", "--cell", "lstm"]))
+    assert old.max_len == 1000 and old.word_dropout == 0.2 and old.epochs == 10
+    with pytest.raises(SystemExit):
+        train_parser().parse_args(["--recipe", "bestest"])
+    assert "invalid choice: 'bestest'" in capsys.readouterr().err
 
 
 def test_a_recipe_can_set_one_cell_apart_and_flags_still_win(tmp_path, monkeypatch):

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from rnnsent.data.batches import BUCKET_BATCHES, Batcher
-from rnnsent.data.text import encode_fast, encode_keras
+from rnnsent.data.text import encode_bucketed, encode_keras
 
 
 def make_split(n=1000, max_len=60, padding="post", seed=0):
     rng = random.Random(seed)
     ids = [[rng.randrange(3, 100) for _ in range(rng.randrange(0, 90))] for _ in range(n)]
     labels = [rng.randrange(2) for _ in range(n)]
-    return (encode_fast if padding == "post" else encode_keras)(ids, labels, max_len)
+    return (encode_bucketed if padding == "post" else encode_keras)(ids, labels, max_len)
 
 
 def as_lists(batches):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rnnsent.data.dataset as dataset
-from rnnsent.data import Batcher, ImdbData, Vocab, load_imdb_reviews, prepare_imdb, tokenize, train_val_split
+from rnnsent.data import Batcher, PreparedData, Vocab, load_imdb_reviews, prepare_imdb, tokenize, train_val_split
 from rnnsent.data.fetch import PER_BLOCK
 from rnnsent.envelope import unseal
 
@@ -57,7 +57,7 @@ def test_train_val_split_rejects_bad_fractions(bad):
 
 def test_counts_shapes_and_meta(tmp_path):
     data = prep(tmp_path)
-    assert isinstance(data, ImdbData)
+    assert isinstance(data, PreparedData)
     # val_fraction 0.25 of 6 reviews per label: round(1.5) = 2 per label go to validation
     assert data.meta["counts"] == {
         "train": {"total": 8, "pos": 4, "neg": 4},
@@ -193,7 +193,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert prep(tmp_path).meta["cache_hit"] is True  # the rebuilt file is good
 
 
-def _same(a: ImdbData, b: ImdbData) -> bool:
+def _same(a: PreparedData, b: PreparedData) -> bool:
     splits = [(getattr(a, s), getattr(b, s)) for s in ("train", "val", "test")]
     return a.vocab == b.vocab and all(torch.equal(x.tokens, y.tokens) and torch.equal(x.lengths, y.lengths)
                                       and torch.equal(x.labels, y.labels) for x, y in splits)

@@ -283,12 +283,12 @@ def test_scores_macro_f1_and_confusion_against_counting_by_hand():
 def test_vectorised_encoding_equals_encode_keras_and_fast(encoding):
     import numpy as np
 
-    from rnnsent.data.text import encode_fast, encode_keras
+    from rnnsent.data.text import encode_bucketed, encode_keras
 
     rng = np.random.default_rng(1)
     rows = [rng.integers(2, 50, size=n) for n in (0, 1, 5, 9, 10, 11, 30, 3)]
     labels = torch.arange(len(rows), dtype=torch.float32)
     for max_len in (1, 2, 10, 11, 40):
-        want = (encode_keras if encoding == "keras" else encode_fast)(rows, labels, max_len)
+        want = (encode_keras if encoding == "keras" else encode_bucketed)(rows, labels, max_len)
         got = labelled._encode(np.concatenate(rows), np.array([len(r) for r in rows]), labels, max_len, encoding)
         assert torch.equal(got.tokens, want.tokens) and torch.equal(got.lengths, want.lengths) and got.padding == want.padding

@@ -16,7 +16,7 @@ from rnnsent.data.text import (
     UNUSED_NAME,
     EncodedSplit,
     Vocab,
-    encode_fast,
+    encode_bucketed,
     encode_keras,
     tokenize,
 )
@@ -160,9 +160,9 @@ def test_encode_keras_matches_pad_sequences_reference(max_len):
 
 
 @pytest.mark.parametrize("max_len", [1, 3, 10, 11, 64])
-def test_encode_fast_has_the_same_ids_right_padded(max_len):
+def test_encode_bucketed_has_the_same_ids_right_padded(max_len):
     ids = random_id_lists(40, seed=1)
-    fast, keras = encode_fast(ids, [0] * 40, max_len), encode_keras(ids, [0] * 40, max_len)
+    fast, keras = encode_bucketed(ids, [0] * 40, max_len), encode_keras(ids, [0] * 40, max_len)
     rows = [([1] + s)[-max_len:] for s in ids]
     width = max(len(r) for r in rows)
     assert fast.padding == "post" and fast.tokens.shape == (40, width)
@@ -183,15 +183,15 @@ def test_encode_matches_keras_itself():
 
 
 def test_empty_review_is_the_start_token():
-    for enc in (encode_keras([[]], [1], 5), encode_fast([[]], [1], 5)):
+    for enc in (encode_keras([[]], [1], 5), encode_bucketed([[]], [1], 5)):
         assert enc.lengths.tolist() == [1]
     assert encode_keras([[]], [1], 5).tokens.tolist() == [[0, 0, 0, 0, 1]]
-    assert encode_fast([[]], [1], 5).tokens.tolist() == [[1]]
+    assert encode_bucketed([[]], [1], 5).tokens.tolist() == [[1]]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
 def test_max_len_below_one_is_a_clear_error(bad):
-    for encode in (encode_keras, encode_fast):
+    for encode in (encode_keras, encode_bucketed):
         with pytest.raises(ValueError, match="max_len"):
             encode([[3]], [0], bad)
 
@@ -199,7 +199,7 @@ def test_max_len_below_one_is_a_clear_error(bad):
 def test_label_count_mismatch_and_split_validation():
     with pytest.raises(ValueError, match="labels"):
         encode_keras([[3], [4]], [0], 5)
-    good = encode_fast([[3, 4], [5]], [0, 1], 5)
+    good = encode_bucketed([[3, 4], [5]], [0, 1], 5)
     with pytest.raises(ValueError, match="start token"):
         EncodedSplit(good.tokens, torch.tensor([0, 1]), good.labels, "post")
     with pytest.raises(ValueError, match="padding"):
@@ -207,7 +207,7 @@ def test_label_count_mismatch_and_split_validation():
 
 
 def test_select_cuts_post_padding_to_new_longest_row():
-    enc = encode_fast([[3, 4, 5, 6], [7]], [0, 1], 10)
+    enc = encode_bucketed([[3, 4, 5, 6], [7]], [0, 1], 10)
     sub = enc.select(torch.tensor([1]))
     assert sub.tokens.tolist() == [[1, 7]] and sub.labels.tolist() == [1.0]
     flat, lengths = enc.unpadded()

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from rnnsent import distributed, faults
 from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
-from rnnsent.data import Batcher, encode_fast
+from rnnsent.data import Batcher, encode_bucketed
 from rnnsent.pretrain import pretrain
 from rnnsent.config import TrainConfig
 from rnnsent.stopping import TrainingInterrupted
@@ -34,7 +34,7 @@ needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 def _split(n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = [torch.randint(3, 50, (int(k),), generator=g).tolist() for k in torch.randint(0, 30, (n,), generator=g)]
-    return encode_fast(ids, [i % 2 for i in range(n)], max_len=20)
+    return encode_bucketed(ids, [i % 2 for i in range(n)], max_len=20)
 
 
 @pytest.mark.parametrize("n, batch, world", [(37, 4, 2), (37, 3, 4), (5, 2, 4), (100, 8, 3)])

@@ -16,7 +16,7 @@ import rnnsent
 from rnnsent import fused
 from rnnsent.checkpoint import LoadedModel
 from rnnsent.cli import explain_main
-from rnnsent.data import Vocab, encode_fast, encode_keras, tokenize
+from rnnsent.data import Vocab, encode_bucketed, encode_keras, tokenize
 from rnnsent.explain import _log_odds, align_words, explain, format_text, to_html, use_colour
 from rnnsent.models import SentimentRNN
 
@@ -61,7 +61,7 @@ def test_completeness_and_captums_own_layer_attributions(cell, num_classes, enco
         assert sum(e.token_attributions) == pytest.approx(e.score - e.baseline_score + e.delta, abs=1e-4)
         assert sum(e.attributions) == pytest.approx(sum(e.token_attributions), abs=1e-4)  # the start token gets 0
         # Reference: Captum's layer attributions on the embedding, through forward(tokens) on PyTorch's layers.
-        split = (encode_keras if encoding == "keras" else encode_fast)([loaded.vocab.encode(tokenize(text))], [0], 40)
+        split = (encode_keras if encoding == "keras" else encode_bucketed)([loaded.vocab.encode(tokenize(text))], [0], 40)
         ids, n = split.tokens, split.lengths
         base = ids.masked_fill(ids > 1, 2)  # every word unknown; padding and start token kept
         target = loaded.classes.index(e.target) if loaded.classes else 1

@@ -148,7 +148,7 @@ def test_the_tokenizer_json_alone_reproduces_rnnsents_ids(released, tmp_path, ma
     export(loaded, tmp_path / "gru.onnx")
     spec = json.loads((tmp_path / "gru.tokenizer.json").read_text(encoding="utf-8"))
     texts = fixture_reviews() + ["Don\u2019t<br />miss it!<BR/>__init__ o'clock 10/10", "ÉTÉ ça-va", "", "   "]
-    split = rnnsent.data.encode_fast([loaded.vocab.encode(rnnsent.data.tokenize(t)) for t in texts], [0] * len(texts),
+    split = rnnsent.data.encode_bucketed([loaded.vocab.encode(rnnsent.data.tokenize(t)) for t in texts], [0] * len(texts),
                                      max_len)
     expected = [row[:n].tolist() for row, n in zip(split.tokens, split.lengths)]
     assert [encode_from_json(spec, t) for t in texts] == expected

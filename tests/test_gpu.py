@@ -14,7 +14,7 @@ import torch
 
 import rnnsent
 from rnnsent.checkpoint import load_checkpoint_state
-from rnnsent.data import ImdbData, Vocab, encode_fast
+from rnnsent.data import PreparedData, Vocab, encode_bucketed
 from rnnsent.models import SentimentRNN
 from rnnsent.config import TrainConfig
 from rnnsent.trainer import Trainer
@@ -85,12 +85,12 @@ def _synthetic(n: int, vocab_size: int, seed: int):
         row[int(torch.randint(0, length, (1,), generator=g))] = 10 if label else 11
         ids.append([1] + row)
         labels.append(label)
-    return encode_fast(ids, labels, max_len=64)
+    return encode_bucketed(ids, labels, max_len=64)
 
 
-def _synthetic_data(vocab_size=200) -> ImdbData:
+def _synthetic_data(vocab_size=200) -> PreparedData:
     vocab = Vocab.build([[f"w{i}" for i in range(vocab_size - 3)]], vocab_size)
-    return ImdbData(train=_synthetic(1536, vocab_size, 0), val=_synthetic(256, vocab_size, 1),
+    return PreparedData(train=_synthetic(1536, vocab_size, 0), val=_synthetic(256, vocab_size, 1),
                     test=_synthetic(512, vocab_size, 2), vocab=vocab, meta={"source": "synthetic"})
 
 

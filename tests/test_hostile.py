@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import rnnsent
 from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state, save_checkpoint
 from rnnsent.cli import predict_main
-from rnnsent.data import Vocab, encode_fast, encode_keras, prepare_imdb, tokenize
+from rnnsent.data import Vocab, encode_bucketed, encode_keras, prepare_imdb, tokenize
 from rnnsent.data.text import OOV_ID, RESERVED_NAMES
 from rnnsent.models import SentimentRNN
 
@@ -63,7 +63,7 @@ def test_encode_ids_stay_inside_the_vocabulary(text):
 @given(id_lists=st.lists(st.lists(st.integers(2, len(VOCAB) - 1), max_size=40), min_size=1, max_size=6),
        max_len=st.integers(1, 8))
 def test_both_encodings_keep_the_same_last_ids(id_lists, max_len):
-    keras, fast = encode_keras(id_lists, [0] * len(id_lists), max_len), encode_fast(id_lists, [1] * len(id_lists), max_len)
+    keras, fast = encode_keras(id_lists, [0] * len(id_lists), max_len), encode_bucketed(id_lists, [1] * len(id_lists), max_len)
     assert keras.tokens.shape == (len(id_lists), max_len) and torch.equal(keras.lengths, fast.lengths)
     for row, ids in enumerate(id_lists):
         n = int(keras.lengths[row])

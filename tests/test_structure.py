@@ -82,7 +82,16 @@ MOVED = {
                            "rnnsent.release": ("portable_state",)},
     "rnnsent.runfolder": {"rnnsent.resume": ("RESUME_AUTO", "resume_path", "load_resume")},
     "rnnsent.config": {"rnnsent.resume": ("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences")},
+    "rnnsent.models": {"rnnsent.config": ("CELLS", "INITS", "canonical_cell")},
+    "rnnsent.data.labelled": {"rnnsent.data.prepare": ("prepare_data",)},
+    "rnnsent.data": {"rnnsent.data.prepare": ("prepare_data",)},
+    "rnnsent.evaluate": {"rnnsent.runtime": ("autocast_context",)},
 }
+# Names that were renamed: the old one warns and gives the new one's object.
+RENAMED = {"rnnsent.data.ImdbData": "rnnsent.data.text.PreparedData",
+           "rnnsent.data.dataset.ImdbData": "rnnsent.data.text.PreparedData",
+           "rnnsent.data.encode_fast": "rnnsent.data.text.encode_bucketed",
+           "rnnsent.data.text.encode_fast": "rnnsent.data.text.encode_bucketed"}
 
 
 def test_moved_names_still_import_from_their_old_home():
@@ -99,6 +108,18 @@ def test_moved_names_still_import_from_their_old_home():
             assert "no_such_name" in str(e)
         else:
             raise AssertionError(f"{old} invents names")
+
+
+def test_renamed_names_still_import_with_a_deprecation_message():
+    import importlib
+
+    import pytest
+
+    for old, new in RENAMED.items():
+        (old_module, old_name), (new_module, new_name) = old.rsplit(".", 1), new.rsplit(".", 1)
+        with pytest.warns(DeprecationWarning, match=f"{old_name} is now {new}"):
+            value = getattr(importlib.import_module(old_module), old_name)
+        assert value is getattr(importlib.import_module(new_module), new_name), old
 
 
 def test_resume_is_read_in_one_module():

@@ -20,7 +20,7 @@ $py - "$data" <<'PY' > "$out/prepare.log" 2>&1
 import sys
 from rnnsent.config import TrainConfig, recipe_settings
 from rnnsent.data import prepare_data
-c = TrainConfig(**recipe_settings("best"), data_root=sys.argv[1])
+c = TrainConfig(**recipe_settings("regularised"), data_root=sys.argv[1])
 print(prepare_data(c, c.vocab_size).train.tokens.shape)
 PY
 echo "prepare rc=$? at $((SECONDS - t0))s" >> "$out/steps.txt"

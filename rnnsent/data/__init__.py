@@ -2,20 +2,22 @@
 
 Nothing here imports the models or the trainer; data flows one way.
 """
+from rnnsent import moved
 from rnnsent.data.batches import Batcher
-from rnnsent.data.dataset import ImdbData, prepare_imdb, train_val_split
+from rnnsent.data.dataset import prepare_imdb, train_val_split
 from rnnsent.data.fetch import load_imdb_reviews
-from rnnsent.data.labelled import encode_labelled, prepare_data, prepare_labelled, prepare_texts
+from rnnsent.data.labelled import encode_labelled, prepare_labelled, prepare_texts
+from rnnsent.data.prepare import prepare_data
 from rnnsent.data.tabular import DataFileError
-from rnnsent.data.text import EncodedSplit, Vocab, encode_fast, encode_keras, tokenize
+from rnnsent.data.text import EncodedSplit, PreparedData, Vocab, encode_bucketed, encode_keras, tokenize
 
 __all__ = [
     "Batcher",
     "DataFileError",
     "EncodedSplit",
-    "ImdbData",
+    "PreparedData",
     "Vocab",
-    "encode_fast",
+    "encode_bucketed",
     "encode_labelled",
     "encode_keras",
     "load_imdb_reviews",
@@ -26,3 +28,7 @@ __all__ = [
     "tokenize",
     "train_val_split",
 ]
+
+# Old names, with a deprecation message: ImdbData carries your own data too, and "fast" is the bucketed encoding.
+__getattr__ = moved.names(__name__, {}, renamed={"ImdbData": "rnnsent.data.text:PreparedData",
+                                                 "encode_fast": "rnnsent.data.text:encode_bucketed"})

@@ -70,7 +70,7 @@ class Batcher:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if bucket and split.padding != "post":
             raise ValueError(
-                "bucket=True needs right-padded data (encoding='fast', padding='post'): Keras-parity "
+                "bucket=True needs right-padded data (encoding='bucketed', padding='post'): Keras-parity "
                 "pre-padded rows must keep all max_len columns, so there is nothing to cut"
             )
         if len(split) == 0:

@@ -19,12 +19,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from rnnsent import moved
 from rnnsent.config import canonical_encoding, check_val_fraction
 from rnnsent.envelope import first_line, seal, unseal
 from rnnsent.files import atomic_write
@@ -32,10 +32,11 @@ from rnnsent.data.fetch import Source, block_size, cache_root, find_imdb, read_b
 from rnnsent.data.text import (
     TOKENIZER_NAME,
     EncodedSplit,
+    PreparedData,
     Vocab,
     check_max_len,
     check_vocab_size,
-    encode_fast,
+    encode_bucketed,
     encode_keras,
     pad_flat,
     tokenize,
@@ -46,17 +47,6 @@ _CACHE_NAMES = {"keras": "keras", "bucketed": "fast"}
 CACHE_VERSION = 1  # bump when the stored layout or the preparation itself changes
 CACHE_FORMAT = "rnnsent-prepared-data"  # the envelope's marker; its version is CACHE_VERSION
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImdbData:
-    """Encoded train/val/test splits, the vocabulary that made them, and what they came from."""
-
-    train: EncodedSplit
-    val: EncodedSplit
-    test: EncodedSplit
-    vocab: Vocab
-    meta: dict[str, Any]  # source, parameters, counts per split and label, cache file
 
 
 def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +120,7 @@ def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fra
         to_id[kept] = np.arange(3, 3 + len(kept))
         ids = {s: [to_id[p] for p in provisional[s]] for s in provisional}
 
-    encode = encode_keras if encoding == "keras" else encode_fast
+    encode = encode_keras if encoding == "keras" else encode_bucketed
     train_all = encode(ids["train"], labels["train"], max_len)
     test = encode(ids["test"], labels["test"], max_len)
     train_idx, val_idx = train_val_split(len(train_all), val_fraction, seed, train_all.labels)
@@ -154,7 +144,7 @@ def _unpack(d: dict[str, Any]) -> EncodedSplit:
     return pad_flat(d["flat"], d["lengths"], d["labels"], int(d["width"]), str(d["padding"]))
 
 
-def load_cached(path: Path) -> ImdbData | None:
+def load_cached(path: Path) -> PreparedData | None:
     """The prepared data in the cache file `path`; None when there is none, or when it fails verification
     (said in one log line: the caller rebuilds it from the data, which is still there)."""
     if not path.is_file():
@@ -164,7 +154,7 @@ def load_cached(path: Path) -> ImdbData | None:
         if not (isinstance(stored, dict) and "meta" in stored and "format" not in stored):  # else a cache from before the envelope
             stored = unseal(stored, str(path), CACHE_FORMAT, CACHE_VERSION, "rnnsent prepared-data cache")
         meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
-        return ImdbData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
+        return PreparedData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
     except Exception as e:  # any unreadable cache is rebuilt
         log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {first_line(e)}); rebuilding it")
         return None
@@ -199,7 +189,7 @@ def prepare_imdb(
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     use_cache: bool = True,
-) -> ImdbData:
+) -> PreparedData:
     """Load, verify, tokenize, build the vocabulary, encode and split IMDB, or read all that from the cache.
 
     encoding "keras" gives Keras-parity pre-padded rows of width max_len; "bucketed" (once "fast") gives the same ids
@@ -234,4 +224,8 @@ def prepare_imdb(
         "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3), **extra,
     }
     cached = use_cache and save_cached(path, splits, vocab, meta)
-    return ImdbData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if cached else None, cache_hit=False))
+    return PreparedData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if cached else None, cache_hit=False))
+
+
+# ImdbData was the name of what now is PreparedData (it carries your own data too).
+__getattr__ = moved.names(__name__, {}, renamed={"ImdbData": "rnnsent.data.text:PreparedData"})

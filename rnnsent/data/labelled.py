@@ -1,4 +1,4 @@
-"""The user's labelled texts -> the same prepared splits as IMDB's (an ImdbData), cached on disk.
+"""The user's labelled texts -> the same prepared splits as IMDB's (an PreparedData), cached on disk.
 
 prepare_labelled(path) reads a file or class folder (rnnsent.data.tabular); prepare_texts(texts, labels)
 takes Python lists. Both go through one function, so a file and the same rows as lists give the same data.
@@ -39,11 +39,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from rnnsent.config import ON_MISSING_LABEL, DataConfig, canonical_encoding, check_val_fraction
-from rnnsent.data.dataset import ImdbData, _Index, load_cached, save_cached, train_val_split
+from rnnsent import moved
+from rnnsent.config import ON_MISSING_LABEL, canonical_encoding, check_val_fraction
+from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
-from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, Vocab, check_max_len, check_vocab_size, encode_fast,
+from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, check_max_len, check_vocab_size, encode_bucketed,
                                encode_keras, pad_flat, tokenize_scripts)
 
 CACHE_VERSION = 1
@@ -288,7 +289,7 @@ def _rows_flat(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, idx: 
 
 
 def _encode(ids: np.ndarray, lengths: np.ndarray, labels: torch.Tensor, max_len: int, encoding: str):
-    """encode_keras / encode_fast of rows given back to back, without a Python loop over rows: a row of L ids
+    """encode_keras / encode_bucketed of rows given back to back, without a Python loop over rows: a row of L ids
     becomes [1] + ids when L + 1 <= max_len, else its last max_len ids (pad_sequences' truncating="pre")."""
     start = lengths + 1 <= max_len  # (N,) rows that keep their start token
     out_len = np.where(start, lengths + 1, max_len)
@@ -331,7 +332,7 @@ def prepare_labelled(
     use_cache: bool = True,
     processes: int | None = None,
     on_missing_label: str = "skip",
-) -> ImdbData:
+) -> PreparedData:
     """Read, check, tokenize, build the vocabulary, encode and split the user's data at `path` (see
     rnnsent.data.tabular for the formats), or read all that from the cache. `limit` keeps N rows of each split,
     a stratified seeded sample. Rows with a missing label are skipped with a note (on_missing_label="skip") or
@@ -377,7 +378,7 @@ def prepare_labelled(
     if test is not None:
         meta["test_path"] = str(test)
     cached = use_cache and save_cached(cache, out, vocab, meta)
-    return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if cached else None,
+    return PreparedData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if cached else None,
                                                                        cache_hit=False))
 
 
@@ -394,7 +395,7 @@ def prepare_texts(
     seed: int = 0,
     limit: int | None = None,
     processes: int | None = None,
-) -> ImdbData:
+) -> PreparedData:
     """prepare_labelled for Python lists (nothing is cached): Trainer(config, prepare_texts(texts, labels)).
 
     The config's vocab_size, max_len and encoding must be the ones given here; num_classes is
@@ -425,22 +426,7 @@ def prepare_texts(
     params = {"vocab_size": vocab_size, "max_len": max_len, "encoding": encoding, "val_fraction": val_fraction,
               "test_fraction": test_fraction, "seed": seed, "limit": limit, "tokenizer": SCRIPT_TOKENIZER_NAME}
     meta = _meta(out, classes, notes, "python lists", params, time.perf_counter() - t0, vocab)
-    return ImdbData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=None, cache_hit=False))
-
-
-def prepare_data(settings, vocab_size: int, cache_dir=None) -> ImdbData:
-    """The data a DataConfig (or TrainConfig) names: IMDB (the default, and any path IMDB's readers recognise)
-    or the user's own labelled data (a .csv, .tsv, .jsonl file or a class folder)."""
-    from rnnsent.data.dataset import prepare_imdb
-    from rnnsent.data.tabular import is_user_data
-
-    cache_dir = cache_dir if cache_dir is not None else settings.cache_dir
-    if is_user_data(settings.data_root):
-        return prepare_labelled(**dict(settings.labelled_args(vocab_size), cache_dir=cache_dir))
-    if settings.test_data is not None:
-        raise DataFileError(f"--test-data {settings.test_data}: a test file goes with your own data (--data a .csv, .tsv or "
-                            ".jsonl file); IMDB brings its own test split")
-    return prepare_imdb(**DataConfig.data_args(settings, vocab_size), root=settings.data_root, cache_dir=cache_dir)
+    return PreparedData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=None, cache_hit=False))
 
 
 def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encoding: str, classes: Sequence | None,
@@ -471,5 +457,9 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
         log.info(f"skipped {missing} row(s) whose label is missing (empty, blank or NaN-like)")
     if not ids:
         raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
-    encode = encode_keras if canonical_encoding(encoding, warn=False) == "keras" else encode_fast
+    encode = encode_keras if canonical_encoding(encoding, warn=False) == "keras" else encode_bucketed
     return encode(ids, labels, max_len)
+
+
+# prepare_data, which reads IMDB or your own data, was here; it is rnnsent.data.prepare's.
+__getattr__ = moved.names(__name__, {"prepare_data": "rnnsent.data.prepare"})

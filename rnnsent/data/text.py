@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from rnnsent import moved
+
 PAD_ID = 0
 START_ID = 1
 OOV_ID = 2
@@ -274,10 +276,25 @@ def encode_keras(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | to
     return pad_flat(flat, lengths, _labels(labels, len(lengths)), max_len, "pre")
 
 
-def encode_fast(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int) -> EncodedSplit:
+def encode_bucketed(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int) -> EncodedSplit:
     """The same ids as encode_keras, right-padded to the longest row so that batches can be cut short."""
     check_max_len(max_len)
     max_len = int(max_len)
     flat, lengths = _truncate(id_lists, max_len)
     width = int(lengths.max()) if len(lengths) else 0
     return pad_flat(flat, lengths, _labels(labels, len(lengths)), width, "post")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Encoded train/val/test splits, the vocabulary that made them, and what they came from: IMDB's or your own
+    data's, as rnnsent.data.prepare_data (and prepare_imdb, prepare_labelled, prepare_texts) give them."""
+
+    train: EncodedSplit
+    val: EncodedSplit
+    test: EncodedSplit
+    vocab: Vocab
+    meta: dict[str, Any]  # source, parameters, counts per split and label, cache file
+
+
+__getattr__ = moved.names(__name__, {}, renamed={"encode_fast": "rnnsent.data.text:encode_bucketed"})

@@ -1,0 +1,20 @@
+"""The data a run's settings name: IMDB (the default, and any path IMDB's readers recognise) or your own
+labelled data (a .csv, .tsv or .jsonl file, or a class folder). Both come back as one PreparedData."""
+from __future__ import annotations
+
+from rnnsent.config import DataConfig
+from rnnsent.data.dataset import prepare_imdb
+from rnnsent.data.labelled import prepare_labelled
+from rnnsent.data.tabular import DataFileError, is_user_data
+from rnnsent.data.text import PreparedData
+
+
+def prepare_data(settings, vocab_size: int, cache_dir=None) -> PreparedData:
+    """The data a DataConfig (or TrainConfig) names, prepared (or read from the cache) with `vocab_size` words."""
+    cache_dir = cache_dir if cache_dir is not None else settings.cache_dir
+    if is_user_data(settings.data_root):
+        return prepare_labelled(**dict(settings.labelled_args(vocab_size), cache_dir=cache_dir))
+    if settings.test_data is not None:
+        raise DataFileError(f"--test-data {settings.test_data}: a test file goes with your own data (--data a .csv, .tsv or "
+                            ".jsonl file); IMDB brings its own test split")
+    return prepare_imdb(**DataConfig.data_args(settings, vocab_size), root=settings.data_root, cache_dir=cache_dir)
