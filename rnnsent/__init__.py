@@ -39,14 +39,15 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "predict", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below does this on demand
-    from rnnsent.loading import load_checkpoint
-    from rnnsent.config import TrainConfig
-    from rnnsent.keras_io import KerasFormatError, from_keras, save_keras, to_keras
-    from rnnsent.config import CELLS
-    from rnnsent.models import SentimentRNN, count_parameters
-    from rnnsent.data import prepare_labelled, prepare_texts
-    from rnnsent.explain import Explanation, explain
-    from rnnsent.trainer import train
+    # (`name as name`: a re-export, as type checkers and linters read it)
+    from rnnsent.config import CELLS as CELLS, TrainConfig as TrainConfig
+    from rnnsent.data import prepare_labelled as prepare_labelled, prepare_texts as prepare_texts
+    from rnnsent.explain import Explanation as Explanation, explain as explain
+    from rnnsent.keras_io import (KerasFormatError as KerasFormatError, from_keras as from_keras,
+                                  save_keras as save_keras, to_keras as to_keras)
+    from rnnsent.loading import load_checkpoint as load_checkpoint
+    from rnnsent.models import SentimentRNN as SentimentRNN, count_parameters as count_parameters
+    from rnnsent.trainer import train as train
 
 
 def __getattr__(name: str):
@@ -69,7 +70,11 @@ def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras
     from rnnsent.evaluate import predict
 
     if isinstance(model, LoadedModel):
-        return predict(model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size, model.classes)
+        return predict(
+            model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size, model.classes
+        )
     if vocab is None:
-        raise ValueError("predict() needs the vocabulary the model was trained with: pass vocab=, or a loaded checkpoint")
+        raise ValueError(
+            "predict() needs the vocabulary the model was trained with: pass vocab=, or a loaded checkpoint"
+        )
     return predict(model, texts, vocab, max_len, encoding, device, batch_size, classes)

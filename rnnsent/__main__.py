@@ -9,9 +9,15 @@ import sys
 
 COMMANDS = {  # name -> (function in rnnsent.cli, one line for the help)
     "train": ("train_main", "train a model on IMDB (a run folder with checkpoints, metrics and a report)"),
-    "pretrain": ("pretrain_main", "pretrain the embedding and recurrent layer as a language model (for train --pretrained)"),
+    "pretrain": (
+        "pretrain_main",
+        "pretrain the embedding and recurrent layer as a language model (for train --pretrained)",
+    ),
     "evaluate": ("evaluate_main", "test accuracy, loss and confusion counts of a checkpoint"),
-    "predict": ("predict_main", "sentiment of review texts (a checkpoint, run folder or released model: gru, lstm, rnn)"),
+    "predict": (
+        "predict_main",
+        "sentiment of review texts (a checkpoint, run folder or released model: gru, lstm, rnn)",
+    ),
     "explain": ("explain_main", "which words made a checkpoint decide: word attributions (terminal, JSON, HTML)"),
     "export": ("export_main", "write a model as ONNX with its tokenizer as JSON, verified in onnxruntime"),
     "serve": ("serve_main", "an HTTP API with dynamic batching and a demo page (pip install 'rnnsent[serve]')"),

@@ -8,7 +8,8 @@ never executed. The checksum catches a file that was truncated or corrupted afte
 (disk full, a machine that died mid-write on a file system without ordered writes, bit rot).
 
 This module is the file format only. Building a model from a file is rnnsent.loading's (load_checkpoint), a
-resuming a run (which file, its fallback, the checks, the trainer's state) rnnsent.resume's, and what a released file leaves out rnnsent.release's.
+resuming a run (which file, its fallback, the checks, the trainer's state) rnnsent.resume's, and what a
+released file leaves out rnnsent.release's.
 """
 from __future__ import annotations
 

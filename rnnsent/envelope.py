@@ -36,14 +36,19 @@ def unseal(envelope: Any, where: str, fmt: str, version: int, what: str,
     if not isinstance(envelope, dict) or envelope.get("format") != fmt:
         raise error(f"{where} is not an {what} (no '{fmt}' marker); refusing to load it")
     if envelope.get("version") != version:
-        raise error(f"{where} is an {what} of format version {envelope.get('version')!r}; this rnnsent reads version {version}")
+        raise error(
+            f"{where} is an {what} of format version {envelope.get('version')!r}; this rnnsent reads version {version}"
+        )
     payload = envelope.get("payload")
     if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
         raise error(f"{where} is damaged: its payload is missing")
     data = payload.numpy().tobytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != envelope.get("sha256"):
-        raise error(f"{where} is corrupt: checksum {actual[:16]}... does not match the recorded {str(envelope.get('sha256'))[:16]}...")
+        raise error(
+            f"{where} is corrupt: checksum {actual[:16]}... does not match the recorded "
+            f"{str(envelope.get('sha256'))[:16]}..."
+        )
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:

@@ -60,7 +60,12 @@ def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
     if k == 2:
         (tn, fp), (fn, tp) = confusion
         out.update(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn))
-    return {**out, "n": int(n), "macro_f1": sum(f1) / k, "confusion_matrix": [[int(v) for v in row] for row in confusion]}
+    return {
+        **out,
+        "n": int(n),
+        "macro_f1": sum(f1) / k,
+        "confusion_matrix": [[int(v) for v in row] for row in confusion],
+    }
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,9 @@ def predict(
         return objective.probabilities(logits).cpu()  # (B, K)
 
     try:
-        return predict_with(forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes, sort_by_length,
-                            groups)
+        return predict_with(
+            forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes, sort_by_length, groups
+        )
     finally:
         model.train(was_training)
 

@@ -186,9 +186,11 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
     large = [e for e in out if e.gap_is_large]
     if large:
         worst = max(large, key=lambda e: abs(e.delta))
-        log.warning(f"rnnsent: integrated gradients miss completeness by more than {GAP_WARNING:.0%} for {len(large)} of "
-                    f"{len(out)} text(s) (worst gap {worst.delta:+.3f} of {worst.score - worst.baseline_score:+.3f}); "
-                    "more --steps narrow it")
+        log.warning(
+            f"rnnsent: integrated gradients miss completeness by more than {GAP_WARNING:.0%} for {len(large)} of "
+            f"{len(out)} text(s) (worst gap {worst.delta:+.3f} of {worst.score - worst.baseline_score:+.3f}); "
+            "more --steps narrow it"
+        )
     return out
 
 
@@ -202,7 +204,9 @@ def _read_part(owner: list[int], n_tokens: int, n_read: int) -> tuple[int, list[
     return cut, [w - cut + 1 for w in owner[first - 1:]]
 
 
-def _attribute(attr, model, split, idx, groups, targets, method, steps, device) -> list[tuple[list[float], float, float, float]]:
+def _attribute(
+    attr, model, split, idx, groups, targets, method, steps, device
+) -> list[tuple[list[float], float, float, float]]:
     """Token attributions of the texts `idx` of the encoded `split`: per text (its read tokens' attributions in
     order, score, baseline score, completeness gap). groups: per text, the word number of each read token
     (0: the start token), which occlusion takes away together."""
@@ -297,7 +301,9 @@ def to_html(explanations: Iterable[Explanation], title: str = "rnnsent explain")
                 words.append(f'<span class="u" title="unknown word">{esc(w)}</span>')
                 continue
             rgb = "22,163,74" if a > 0 else "220,38,38"
-            words.append(f'<span style="background:rgba({rgb},{abs(a) / top * 0.85:.2f})" title="{a:+.3f}">{esc(w)}</span>')
+            words.append(
+                f'<span style="background:rgba({rgb},{abs(a) / top * 0.85:.2f})" title="{a:+.3f}">{esc(w)}</span>'
+            )
         cut = f'<span class="cut">[{e.cut} words not read] </span>' if e.cut else ""
         parts.append(f'<section><p class="h">{esc(_header(e))}</p><p class="t">{cut}{" ".join(words)}</p></section>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>'

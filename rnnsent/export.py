@@ -102,14 +102,19 @@ def tokenizer_spec(loaded) -> dict:
             "tokens: every non-overlapping match of token_pattern, left to right",
             "ids: a token's id is its index in vocabulary; a token not in it gets unknown_id",
             "prepend start_id, then keep the last max_len ids (truncation 'pre': a long text loses its start)",
-            ("pad with pad_id on the right to the longest row of the batch; lengths = ids kept per row" if right_padded
-             else "pad with pad_id on the left to exactly max_len (Keras' pad_sequences); lengths is not read"),
+            (
+                "pad with pad_id on the right to the longest row of the batch; lengths = ids kept per row"
+                if right_padded
+                else "pad with pad_id on the left to exactly max_len (Keras' pad_sequences); lengths is not read"
+            ),
         ],
         "lowercase": True,
         "line_break_pattern": _LINE_BREAK.pattern,
         "token_pattern": pattern.pattern,
-        "regex": "Python re on str (Unicode): \\w is a character c with c.isalnum() or c == '_', \\s Unicode white space",
-        "vocabulary": vocab.itos,  # id -> token; ids 0-2 and the placeholder '<unused>' contain '<', which no token does
+        "regex": "Python re on str (Unicode): \\w is a character c with c.isalnum() or c == '_', \\s Unicode white "
+                 "space",
+        # id -> token; ids 0-2 and the placeholder '<unused>' contain '<', which no token does
+        "vocabulary": vocab.itos,
         "pad_id": PAD_ID,
         "start_id": START_ID,
         "unknown_id": OOV_ID,
@@ -120,8 +125,10 @@ def tokenizer_spec(loaded) -> dict:
         "encoding": loaded.encoding,
         "labels": class_names(loaded.model.num_classes, loaded.classes),
         "inputs": {"tokens": "int64 (batch, time)", "lengths": "int64 (batch,)"},
-        "outputs": {"logits": "float32 (batch,) for two labels (sigmoid), (batch, K) for more (softmax)",
-                    "probabilities": "float32 (batch, K): one column per label, in the order of labels"},
+        "outputs": {
+            "logits": "float32 (batch,) for two labels (sigmoid), (batch, K) for more (softmax)",
+            "probabilities": "float32 (batch, K): one column per label, in the order of labels",
+        },
     }
 
 
@@ -138,8 +145,15 @@ def read_tokenizer(path: str | os.PathLike) -> dict:
     if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("version") != VERSION:
         raise ExportError(f"{path} is not an rnnsent tokenizer file of version {VERSION}")
     words, labels, max_len = spec.get("vocabulary"), spec.get("labels"), spec.get("max_len")
-    if (not isinstance(words, list) or not all(isinstance(w, str) for w in words) or not isinstance(labels, list)
-            or len(labels) < 2 or type(max_len) is not int or max_len < 1 or spec.get("padding") not in ("pre", "post")):
+    if (
+        not isinstance(words, list)
+        or not all(isinstance(w, str) for w in words)
+        or not isinstance(labels, list)
+        or len(labels) < 2
+        or type(max_len) is not int
+        or max_len < 1
+        or spec.get("padding") not in ("pre", "post")
+    ):
         raise ExportError(f"{path} lacks a usable vocabulary, labels, max_len or padding")
     return spec
 
@@ -169,7 +183,10 @@ def export(loaded, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLi
     checked = verify(graph, buffer.getvalue(), ort, spec["max_len"], spec["padding"], tolerance, seed)
     written = []
     try:
-        for path, data in ((onnx_path, buffer.getvalue()), (tokenizer_path, json.dumps(spec, ensure_ascii=False).encode())):
+        for path, data in (
+            (onnx_path, buffer.getvalue()),
+            (tokenizer_path, json.dumps(spec, ensure_ascii=False).encode()),
+        ):
             with atomic_write(path) as f:
                 f.write(data)
             written.append(path)
@@ -188,7 +205,11 @@ def verification_inputs(max_len: int, vocab_size: int, padding: str, seed: int =
         lengths = torch.randint(1, width + 1, (batch,), generator=gen)
         lengths[0] = width  # the full width and, where there is room, a single token
         lengths[-1] = 1 if batch > 1 else width
-        ids = torch.randint(3, vocab_size, (batch, width), generator=gen) if vocab_size > 3 else torch.full((batch, width), 2)
+        ids = (
+            torch.randint(3, vocab_size, (batch, width), generator=gen)
+            if vocab_size > 3
+            else torch.full((batch, width), 2)
+        )
         cols = torch.arange(width)[None, :]
         real = cols < lengths[:, None] if padding == "post" else cols >= width - lengths[:, None]
         yield ids.masked_fill(~real, PAD_ID), lengths

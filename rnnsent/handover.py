@@ -10,7 +10,14 @@ from rnnsent.loading import resolve_checkpoint
 from rnnsent.models import SentimentRNN
 
 KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
-SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_layers", "bidirectional")  # what must agree to hand the weights over
+SHAPE = (
+    "cell",
+    "vocab_size",
+    "embed_dim",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+)  # what must agree to hand the weights over
 
 
 def load_into(model: SentimentRNN, path, vocab) -> str:
@@ -22,7 +29,9 @@ def load_into(model: SentimentRNN, path, vocab) -> str:
         raise CheckpointError(f"{path} is not a language model from scripts/pretrain.py (it is a classifier "
                               "checkpoint); pass --pretrained the folder or best.pt of a pretraining run")
     saved = state["model_config"]
-    differ = [f"{k} {saved.get(k)!r} there, {getattr(model, k)!r} here" for k in SHAPE if saved.get(k) != getattr(model, k)]
+    differ = [
+        f"{k} {saved.get(k)!r} there, {getattr(model, k)!r} here" for k in SHAPE if saved.get(k) != getattr(model, k)
+    ]
     if differ:
         raise CheckpointError(f"the language model {path} has another shape ({'; '.join(differ)}); "
                               "pretrain with the same --cell, --vocab-size, --embed-dim, --hidden-size and --layers")
@@ -33,9 +42,13 @@ def load_into(model: SentimentRNN, path, vocab) -> str:
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # a weight of another size than its own description says
-        raise CheckpointError(f"the language model {path} does not fit its own description: {str(e).splitlines()[-1].strip()}") from None
+        raise CheckpointError(
+            f"the language model {path} does not fit its own description: {str(e).splitlines()[-1].strip()}"
+        ) from None
     if unexpected or any(not k.startswith("fc.") for k in missing):
-        raise CheckpointError(f"the language model {path} does not fit this model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(
+            f"the language model {path} does not fit this model (missing {missing}, unexpected {unexpected})"
+        )
     at = state.get("metrics") or {}  # the epoch this file was saved at
     ppl = at.get("val_perplexity")
     return (f"started from the language model {path}: embedding and recurrent layer"

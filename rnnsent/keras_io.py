@@ -14,7 +14,8 @@ Dense(K, softmax) with K > 2 for K classes (Dense(2, softmax) is refused: rnnsen
 with an optional Dropout after the Embedding and after the recurrent layer (they become
 `embed_dropout` and `output_dropout`). The recurrent layer may be stacked (each but the last with
 return_sequences=True, Dropout between them becoming `layer_dropout`) and wrapped in Bidirectional
-(merge_mode="concat"; its weights are the forward layer's, then the backward layer's). Anything else is refused with a KerasFormatError that names
+(merge_mode="concat"; its weights are the forward layer's, then the backward layer's). Anything else is refused
+with a KerasFormatError that names
 the difference. The recurrent layer's own `dropout` / `recurrent_dropout` only act in training and
 rnnsent has no per-gate dropout, so they are not carried over; predictions are unaffected.
 
@@ -64,7 +65,9 @@ class _Layer:
     kind: str  # Keras class name, e.g. "GRU"
     name: str
     config: dict
-    weights: list | None = field(default=None, repr=False)  # arrays, or h5py datasets not read until _parse checks their shapes
+    weights: list | None = field(
+        default=None, repr=False
+    )  # arrays, or h5py datasets not read until _parse checks their shapes
 
 
 # ----------------------------------------------------------------------------- Keras -> rnnsent
@@ -190,10 +193,15 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                        f"{block.name!r}: {_describe(block, refuse)}); rnnsent stacks identical layers")
     cell = _RECURRENT[kind]
     if ec.get("mask_zero"):
-        refuse(f"Embedding {emb.name!r} has mask_zero=True (rnnsent runs every padded step, as Keras does without a mask)")
+        refuse(
+            f"Embedding {emb.name!r} has mask_zero=True (rnnsent runs every padded step, as Keras does without a mask)"
+        )
     units = dc.get("units")
     if not isinstance(units, int) or units < 1 or units == 2:
-        refuse(f"Dense {dense.name!r} has units={units!r} (rnnsent needs units=1 with sigmoid, or more than 2 with softmax)")
+        refuse(
+            f"Dense {dense.name!r} has units={units!r} (rnnsent needs units=1 with sigmoid, or more than 2 with "
+            "softmax)"
+        )
     want_act = "sigmoid" if units == 1 else "softmax"
     if _activation_name(dc.get("activation")) != want_act:
         refuse(f"Dense {dense.name!r} has units={units} and activation={_activation_name(dc.get('activation'))!r} "
@@ -223,9 +231,20 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     expected = [(emb, [("embeddings", (v, e))])]
     for k, block in enumerate(rnns):
         n_in = e if k == 0 else h * dirs
-        expected.append((block, [(f"{prefix}{name}", shape) for prefix in (("forward ", "backward ") if dirs == 2 else ("",))
-                                 for name, shape in (("kernel", (n_in, g * h)), ("recurrent_kernel", (h, g * h)),
-                                                     ("bias", (2, g * h) if cell == "gru" else (g * h,)))]))
+        expected.append(
+            (
+                block,
+                [
+                    (f"{prefix}{name}", shape)
+                    for prefix in (("forward ", "backward ") if dirs == 2 else ("",))
+                    for name, shape in (
+                        ("kernel", (n_in, g * h)),
+                        ("recurrent_kernel", (h, g * h)),
+                        ("bias", (2, g * h) if cell == "gru" else (g * h,)),
+                    )
+                ],
+            )
+        )
     expected.append((dense, [("kernel", (h * dirs, units)), ("bias", (units,))]))
     arrays = []
     for layer, specs in expected:
@@ -254,7 +273,9 @@ def _directions(block: _Layer, refuse) -> list[tuple[str, str, dict, bool]]:
     backward = block.config.get("backward_layer")
     for entry in (forward, backward or {}):
         if entry and entry.get("class_name") not in _RECURRENT:
-            refuse(f"Bidirectional {block.name!r} wraps a {entry.get('class_name')} (rnnsent reads LSTM, GRU, SimpleRNN)")
+            refuse(
+                f"Bidirectional {block.name!r} wraps a {entry.get('class_name')} (rnnsent reads LSTM, GRU, SimpleRNN)"
+            )
     fc = forward.get("config", {})
     bc = backward.get("config", {}) if backward else {**fc, "go_backwards": not fc.get("go_backwards", False)}
     return [(forward.get("class_name"), fc.get("name", block.name), fc, False),
@@ -362,9 +383,13 @@ def _config_layers(config: dict, where: str) -> list[_Layer]:
         # A custom class (registered under another name, or from a module outside Keras) only borrows a stock
         # name: its code is not in the file, so what it computes is unknown, as with a Lambda layer.
         registered, module = entry.get("registered_name"), entry.get("module")
-        if registered not in (None, entry.get("class_name")) or (module is not None and not str(module).startswith("keras")):
-            raise KerasFormatError(f"{where}: layer {name!r} is a custom class ({registered or module}), not Keras' own "
-                                   f"{entry.get('class_name')}; rnnsent reads only {ARCHITECTURE}")
+        if registered not in (None, entry.get("class_name")) or (
+            module is not None and not str(module).startswith("keras")
+        ):
+            raise KerasFormatError(
+                f"{where}: layer {name!r} is a custom class ({registered or module}), not Keras' own "
+                f"{entry.get('class_name')}; rnnsent reads only {ARCHITECTURE}"
+            )
         layers.append(_Layer(entry.get("class_name", "?"), name, cfg))
     return layers
 
@@ -373,7 +398,11 @@ def _read_legacy_h5(f, where: str) -> list[_Layer]:
     """`model.save("x.h5")` by Keras 2 or Keras 3: JSON config in attrs, weights under model_weights/."""
     raw = f.attrs.get("model_config")
     if raw is None:
-        what = "a weights-only file" if ("layer_names" in f.attrs or "layers" in f) else "an HDF5 file without a Keras model"
+        what = (
+            "a weights-only file"
+            if ("layer_names" in f.attrs or "layers" in f)
+            else "an HDF5 file without a Keras model"
+        )
         raise KerasFormatError(f"{where} is {what} (no model_config); save the whole model with model.save()")
     layers = _config_layers(json.loads(_text(raw)), where)
     root = f["model_weights"] if "model_weights" in f else f
@@ -399,7 +428,9 @@ def _read_keras_zip(path: Path) -> tuple[dict, bytes]:
     with zipfile.ZipFile(path) as z:
         members = set(z.namelist())
         if "config.json" not in members or "model.weights.h5" not in members:
-            raise KerasFormatError(f"{where} is a zip file but not a Keras .keras file (no config.json / model.weights.h5)")
+            raise KerasFormatError(
+                f"{where} is a zip file but not a Keras .keras file (no config.json / model.weights.h5)"
+            )
         read = {}
         for name, bound in (("config.json", MAX_CONFIG_BYTES), ("model.weights.h5", MAX_MEMBER_BYTES)):
             info = z.getinfo(name)
@@ -434,7 +465,12 @@ def _keras_zip_layers(config: dict, f, where: str) -> list[_Layer]:
 def _group_vars(group) -> list:
     """A layer's arrays in Keras order: its own vars/0.., then its cell's (recurrent layers)."""
     arrays = []
-    for sub in ("vars", "cell/vars", "forward_layer/cell/vars", "backward_layer/cell/vars"):  # the last two: Bidirectional
+    for sub in (
+        "vars",
+        "cell/vars",
+        "forward_layer/cell/vars",
+        "backward_layer/cell/vars",
+    ):  # the last two: Bidirectional
         if sub in group:
             vars_ = group[sub]
             arrays += [_checked_dataset(vars_[k], group.file.filename) for k in sorted(vars_, key=int)]

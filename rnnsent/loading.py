@@ -47,8 +47,10 @@ def _check_declared_sizes(path, config: dict, weights) -> None:
             continue
         held = v.untyped_storage().nbytes() - v.storage_offset() * v.element_size()
         if v.numel() and (not v.is_contiguous() or held < v.numel() * v.element_size()):
-            raise CheckpointError(f"{path}: weight {name!r} of shape {tuple(v.shape)} does not store its own elements "
-                                  f"(strides {v.stride()}, {max(held, 0):,} bytes stored); refusing a forged checkpoint")
+            raise CheckpointError(
+                f"{path}: weight {name!r} of shape {tuple(v.shape)} does not store its own elements "
+                f"(strides {v.stride()}, {max(held, 0):,} bytes stored); refusing a forged checkpoint"
+            )
         stored += v.numel()
     for key, value in config.items():
         if isinstance(value, int) and not isinstance(value, bool) and value > max(stored, 1):
@@ -106,23 +108,32 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path} has a model_config that is not a dict of named settings")
     weights = state["model_state"]
     if isinstance(config.get("vocab_size"), int) and not 0 < config["vocab_size"] <= VOCAB_LIMIT:
-        raise CheckpointError(f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}")
+        raise CheckpointError(
+            f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}"
+        )
     _check_declared_sizes(path, config, weights)
     try:
         with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
             expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} describes a model this rnnsent cannot build: {_first_line(e)}") from None
-    found = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)} if isinstance(weights, dict) else {}
+    found = (
+        {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+        if isinstance(weights, dict)
+        else {}
+    )
     if found != expected:
         raise CheckpointError(
-            f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of {expected}"
+            f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of "
+            f"{expected}"
         )
     need = 4 * sum(math.prod(shape) for shape in expected.values())  # float32, as the model is built
     have = _available_memory()
     if need > have:
-        raise CheckpointError(f"{path} describes a model of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
-                              "of memory available; refusing to build it")
+        raise CheckpointError(
+            f"{path} describes a model of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+            "of memory available; refusing to build it"
+        )
     model = SentimentRNN(**config, impl=impl)
     model.load_state_dict(weights)
     try:
@@ -137,7 +148,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
             "its ids would fall outside the model"
         )
     data = state.get("data", {})
-    max_len, encoding = (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
+    max_len, encoding = (
+        (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
+    )
     if type(max_len) is not int or not 1 <= max_len <= MAX_LEN_LIMIT or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
         raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r}; "
                               f"max_len may be 1 to {MAX_LEN_LIMIT:,})")
@@ -145,7 +158,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     classes = data.get("classes")  # the user's own data: class names in the model's output order; IMDB: none
     if classes is not None and (not isinstance(classes, list) or len(classes) != model.num_classes
                                 or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
-        raise CheckpointError(f"{path} has unusable class names ({str(classes):.100}) for a model of {model.num_classes} classes")
+        raise CheckpointError(
+            f"{path} has unusable class names ({str(classes):.100}) for a model of {model.num_classes} classes"
+        )
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
                        path=Path(path), classes=classes)
 
@@ -190,8 +205,10 @@ class LoadedModel:
         data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
         if data.vocab.to_dict() != self.vocab.to_dict():
             raise CheckpointError(
-                f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this data "
-                "(another source, --vocab-size or --limit); pass the data the model was trained on")
+                f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this "
+                "data "
+                "(another source, --vocab-size or --limit); pass the data the model was trained on"
+            )
         return data
 
 

@@ -33,7 +33,8 @@ class SentimentRNN(nn.Module):
     concatenated) -> Linear(hidden_size * directions, 1), or Linear(..., num_classes) when num_classes > 2.
 
     forward(tokens, lengths=None) takes a LongTensor (batch, time) of token ids and returns logits
-    of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.objective). Without lengths the input is taken as pre-padded (Keras' pad_sequences) and the
+    of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.objective). Without
+    lengths the input is taken as pre-padded (Keras' pad_sequences) and the
     state after the last column is used. With lengths the input is right-padded and the state
     after each row's last real token is used, so the padding after it changes nothing (a backward direction
     starts at that token). features() is what the head sees, sequence() the last layer's outputs at every step.
@@ -46,7 +47,11 @@ class SentimentRNN(nn.Module):
         or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.recurrent), not what it
         computes, so it is not part of config() or checkpoints."""
         super().__init__()
-        settings = args[0] if len(args) == 1 and isinstance(args[0], ModelConfig) and not kwargs else ModelConfig(*args, **kwargs)
+        settings = (
+            args[0]
+            if len(args) == 1 and isinstance(args[0], ModelConfig) and not kwargs
+            else ModelConfig(*args, **kwargs)
+        )
         for name, value in settings.model_args().items():  # self.cell, self.vocab_size, ...
             setattr(self, name, value)
         self.impl = recurrent.check_impl(impl)
@@ -131,7 +136,9 @@ class SentimentRNN(nn.Module):
         with respect to x on every path (fused kernel included), for attributions (rnnsent.explain)."""
         if lengths is not None:
             check_lengths(lengths, x[..., 0])
-        last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)  # (B, H * directions)
+        last = recurrent.embedded_last_state(
+            self.cell, self.rnn, self.drop_in(x), lengths, self.impl
+        )  # (B, H * directions)
         logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
@@ -142,7 +149,9 @@ class SentimentRNN(nn.Module):
         rows = [("embedding (Embedding)", f"(None, {t}, {self.embed_dim})", count_parameters(self.embedding))]
         for k in range(self.num_layers):  # Keras' names: lstm, lstm_1, ... or bidirectional, bidirectional_1, ...
             base = "bidirectional" if self.bidirectional else self.cell
-            name = f"{base}{f'_{k}' if k else ''} ({f'Bidirectional({keras_name})' if self.bidirectional else keras_name})"
+            name = (
+                f"{base}{f'_{k}' if k else ''} ({f'Bidirectional({keras_name})' if self.bidirectional else keras_name})"
+            )
             units = self.hidden_size * self.directions
             shape = f"(None, {t}, {units})" if k < self.num_layers - 1 else f"(None, {units})"
             rows.append((name, shape, layer_parameters(self.rnn, k)))

@@ -71,10 +71,14 @@ class LanguageModel(nn.Module):
         """Parameter counts: the layers fine-tuning takes over, and the output layer only pretraining uses."""
         n = {name: count_parameters(getattr(self, name)) for name in ("embedding", "rnn", "head")}
         adaptive = isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss)
-        kind = f"adaptive softmax, clusters at {self.head.cutoffs[:-1]}" if adaptive else "softmax"  # [-1]: the vocab size
-        return (f'Model: "language_model_{self.settings.cell}"\n'
-                f"embedding {n['embedding']:,} + {self.settings.cell} {n['rnn']:,} parameters (fine-tuning takes these); "
-                f"next-word output ({kind}) {n['head']:,}")
+        kind = (
+            f"adaptive softmax, clusters at {self.head.cutoffs[:-1]}" if adaptive else "softmax"
+        )  # [-1]: the vocab size
+        return (
+            f'Model: "language_model_{self.settings.cell}"\n'
+            f"embedding {n['embedding']:,} + {self.settings.cell} {n['rnn']:,} parameters (fine-tuning takes these); "
+            f"next-word output ({kind}) {n['head']:,}"
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(self.drop_in(self.embedding(tokens)))  # (B, T, H)
@@ -96,16 +100,22 @@ class LanguageModelling:
 
     def settings(self, config: TrainConfig) -> TrainConfig:
         refuse_bidirectional(config)  # before any data is read
-        fine_tuning_only = [f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)]
+        fine_tuning_only = [
+            f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)
+        ]
         if fine_tuning_only:
-            raise ValueError(f"{', '.join(fine_tuning_only)} apply to fine-tuning (scripts/train.py), not to pretraining")
+            raise ValueError(
+                f"{', '.join(fine_tuning_only)} apply to fine-tuning (scripts/train.py), not to pretraining"
+            )
         return TrainConfig(**{**config.to_dict(), "monitor": "loss"})
 
     def build_model(self, config: TrainConfig) -> nn.Module:
         return LanguageModel(ModelConfig(**config.model_args()))
 
     def rnn_implementation(self, t) -> str:
-        return "PyTorch's layers (a language model needs the state after every word, which the fused kernel does not keep)"
+        return (
+            "PyTorch's layers (a language model needs the state after every word, which the fused kernel does not keep)"
+        )
 
     def forward_backward(self, t, model, x, lengths, y):
         """The batch's mean loss per word; no right predictions to count (None)."""
@@ -133,9 +143,15 @@ class LanguageModelling:
     def validate(self, t, train_metrics: dict) -> tuple[dict, float]:
         """The epoch's row (losses per word, perplexity; no accuracy) and the score: lower loss is better."""
         val = t._evaluate(t.data.val, t.val_batches)
-        row = {"epoch": t.epoch + 1, "global_step": t.global_step, "train_loss": train_metrics["train_loss"],
-               "epoch_seconds": train_metrics["epoch_seconds"], "samples_per_second": train_metrics["samples_per_second"],
-               "val_loss": val["loss"], "val_perplexity": val["perplexity"]}
+        row = {
+            "epoch": t.epoch + 1,
+            "global_step": t.global_step,
+            "train_loss": train_metrics["train_loss"],
+            "epoch_seconds": train_metrics["epoch_seconds"],
+            "samples_per_second": train_metrics["samples_per_second"],
+            "val_loss": val["loss"],
+            "val_perplexity": val["perplexity"],
+        }
         return row, -val["loss"]
 
     def epoch_line(self, row: dict, improved: bool) -> str:

@@ -48,7 +48,9 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.shadow) ^ set(state["shadow"])
         if missing:
-            raise ValueError(f"the weight average in the checkpoint is for another model (differs in {sorted(missing)})")
+            raise ValueError(
+                f"the weight average in the checkpoint is for another model (differs in {sorted(missing)})"
+            )
         self.updates = int(state["updates"])
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)

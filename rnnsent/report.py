@@ -73,7 +73,9 @@ def confusion_lines(matrix: list[list[int]], classes: list | None = None) -> lis
     width = max(8, *(len(n) for n in names), *(len(str(v)) for row in matrix for v in row)) + 1
     corner = "true/predicted"
     lines = [f"{corner:<{width + 6}}" + "".join(f"{n[:width]:>{width}}" for n in names)]
-    lines += [f"{names[i][:width + 5]:<{width + 6}}" + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    lines += [
+        f"{names[i][: width + 5]:<{width + 6}}" + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)
+    ]
     return lines
 
 
@@ -85,8 +87,12 @@ def write_report(out: Path, report: dict, test: dict, history: list[dict], model
         scored = (f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
                   f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']})")
     else:
-        scored = "\n".join([f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}",
-                            *confusion_lines(test["confusion_matrix"], report.get("classes"))])
+        scored = "\n".join(
+            [
+                f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}",
+                *confusion_lines(test["confusion_matrix"], report.get("classes")),
+            ]
+        )
     summary = "\n".join([
         model_summary, "",
         scored,

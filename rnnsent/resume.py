@@ -106,7 +106,8 @@ class ResumePoint:
 
 def find_resume(resume: str | None, out: str | os.PathLike, kind: str | None) -> ResumePoint:
     """Resolve and load what `--resume` names for a run writing to `out` whose checkpoints carry `kind` (the
-    Trainer task's: None for a classifier), refusing (CheckpointError, one line) a checkpoint of the other kind or one that holds weights only."""
+    Trainer task's: None for a classifier), refusing (CheckpointError, one line) a checkpoint of the other kind
+    or one that holds weights only."""
     path, note = resume_path(resume, out)
     point = ResumePoint(path=path, notes=[note] if note else [])
     if path is None:
@@ -211,8 +212,11 @@ def restore_training_state(t, state: dict) -> None:
     t.epoch_seconds = p.get("epoch_seconds", 0.0)
     t.history = list(state.get("history", []))
     set_rng_state(state.get("rng_ranks", [state["rng"]])[t.dist.rank], t.device)
-    t.log(f"resumed from {getattr(t, 'resumed_from', None) or t.config.resume}: epoch {t.epoch + 1}, step {t.step_in_epoch} "
-          f"of {len(t.train_batches)} (global step {t.global_step})")
+    t.log(
+        f"resumed from {getattr(t, 'resumed_from', None) or t.config.resume}: epoch {t.epoch + 1}, step "
+        f"{t.step_in_epoch} "
+        f"of {len(t.train_batches)} (global step {t.global_step})"
+    )
 
 
 def _version() -> str:

@@ -61,12 +61,16 @@ def check_new_run(out: str | os.PathLike, resumed_from: str | None, overwrite: b
         return found
     what = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     if resumed_from is not None:
-        raise RunFolderTaken(f"run folder {out} already holds another run ({what}), which resuming {resumed_from} into it "
-                             "would overwrite; nothing was touched. Resume into the checkpoint's own folder (--out), "
-                             "pass --overwrite to replace that run, or pass another --out")
+        raise RunFolderTaken(
+            f"run folder {out} already holds another run ({what}), which resuming {resumed_from} into it "
+            "would overwrite; nothing was touched. Resume into the checkpoint's own folder (--out), "
+            "pass --overwrite to replace that run, or pass another --out"
+        )
     if not set(names) & {"best.pt", "last.pt", "last.prev.pt", "metrics.jsonl"}:  # no run: files of the same names
-        raise RunFolderTaken(f"run folder {out} already holds {what}, which a run would write over; nothing was touched. "
-                             "Pass another --out, or --overwrite to replace them")
+        raise RunFolderTaken(
+            f"run folder {out} already holds {what}, which a run would write over; nothing was touched. "
+            "Pass another --out, or --overwrite to replace them"
+        )
     raise RunFolderTaken(f"run folder {out} already holds a run ({what}); nothing was touched. Continue it with "
                          "--resume auto, replace it with --overwrite, or pass another --out")
 

@@ -122,8 +122,14 @@ class Classification:
         c = t.config
         with t.averaged():
             val = t._evaluate(t.data.val, t.val_batches)
-        row = {"epoch": t.epoch + 1, "global_step": t.global_step, **train_metrics,
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_at(t.global_step - 1, t.total_steps, c)}
+        row = {
+            "epoch": t.epoch + 1,
+            "global_step": t.global_step,
+            **train_metrics,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": lr_at(t.global_step - 1, t.total_steps, c),
+        }
         if c.num_classes > 2 or c.monitor:
             row["val_macro_f1"] = val["macro_f1"]
         monitored = c.monitored()
@@ -175,8 +181,10 @@ class Trainer:
                       strict_blas=config.rnn_impl != "torch")
         runtime.check_amp(config.amp, self.device)
         if config.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
-                             "so that the global batch equals a one-process run's")
+            raise ValueError(
+                f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
+                "so that the global batch equals a one-process run's"
+            )
 
         point = find_resume(config.resume, self.out, self.kind)  # --resume auto / a run folder -> a file, loaded
         for note in point.notes:
@@ -191,7 +199,9 @@ class Trainer:
         classes = self.data.meta.get("classes")
         if classes and len(classes) != config.num_classes:  # your own data's classes size the head
             if config.num_classes != ModelConfig.num_classes:
-                raise ValueError(f"num_classes={config.num_classes} but the data has {len(classes)} classes; leave it unset")
+                raise ValueError(
+                    f"num_classes={config.num_classes} but the data has {len(classes)} classes; leave it unset"
+                )
             self.config = config = dataclasses.replace(config, num_classes=len(classes))
         if resume_state is not None:  # checked once the data has sized the head
             check_resume(resume_state, config, self.data.vocab)
@@ -205,8 +215,15 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
         shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
-        self.train_batches = Batcher(self.data.train, batch_size=config.batch_size // self.dist.world_size, shuffle=True,
-                                     seed=config.seed, bucket=config.encoding == "bucketed", device=self.device, **shard)
+        self.train_batches = Batcher(
+            self.data.train,
+            batch_size=config.batch_size // self.dist.world_size,
+            shuffle=True,
+            seed=config.seed,
+            bucket=config.encoding == "bucketed",
+            device=self.device,
+            **shard,
+        )
         self.val_batches, self.test_batches = (
             Batcher(split, batch_size=config.eval_batch_size, shuffle=False, seed=0, bucket=split.padding == "post",
                     device=self.device, even_shards=False, **shard)
@@ -267,8 +284,10 @@ class Trainer:
             config = dataclasses.replace(config, **taken)
             self.log(f"from the data: {', '.join(f'{k} {v}' for k, v in taken.items())}")
         if len(self.data.vocab) > config.vocab_size:
-            raise ValueError(f"the data's vocabulary has {len(self.data.vocab)} ids but vocab_size is {config.vocab_size}; "
-                             "its ids would fall outside the embedding")
+            raise ValueError(
+                f"the data's vocabulary has {len(self.data.vocab)} ids but vocab_size is {config.vocab_size}; "
+                "its ids would fall outside the embedding"
+            )
         return config
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -325,9 +344,13 @@ class Trainer:
             for note in self.data.meta.get("notes", []):
                 self.log(note)
             if self.data.meta.get("classes"):
-                self.log(f"classes: {', '.join(map(str, self.data.meta['classes']))}; best.pt by validation {c.monitored()}")
-            self.log(f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
-                     f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}")
+                self.log(
+                    f"classes: {', '.join(map(str, self.data.meta['classes']))}; best.pt by validation {c.monitored()}"
+                )
+            self.log(
+                f"device {self.device}; train {self.data.train.tokens.size(0)}, val {self.data.val.tokens.size(0)}, "
+                f"test {self.data.test.tokens.size(0)} reviews; {len(self.train_batches)} batches of {c.batch_size}"
+            )
             stopped_early = False
             try:
                 while self.epoch < c.epochs and not stopped_early:
@@ -477,7 +500,9 @@ class Trainer:
         self.log(self.epoch_line(row, improved))
         self._trigger("on_epoch_end")
         if c.patience is not None and self.epochs_since_best >= c.patience:
-            self.log(f"early stop: validation {c.monitored().replace('_', '-')} has not improved for {c.patience} epoch(s)")
+            self.log(
+                f"early stop: validation {c.monitored().replace('_', '-')} has not improved for {c.patience} epoch(s)"
+            )
             return True
         return False
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""What each accuracy lever adds to `--recipe regularised` (once called best), with the same seeds: the ablation tables of docs/results.md.
+"""What each accuracy lever adds to `--recipe regularised` (once called best), with the same seeds: the
+ablation tables of docs/results.md.
 
     python scripts/ablation.py --data PATH --device cuda --jobs 4 --out runs/ablation --budget 540
 
@@ -70,8 +71,19 @@ def folder(out: Path, variant: str, cell: str, seed: int) -> Path:
 def command(args, variant: str, cell: str, seed: int) -> list[str]:
     flags, fine_tunes = VARIANTS[variant]
     script = "scripts/pretrain.py" if variant == LM else "scripts/train.py"
-    cmd = [script, *flags, "--cell", cell, "--seed", str(seed), "--out", str(folder(Path(args.out), variant, cell, seed)),
-           "--device", args.device, "--quiet"]
+    cmd = [
+        script,
+        *flags,
+        "--cell",
+        cell,
+        "--seed",
+        str(seed),
+        "--out",
+        str(folder(Path(args.out), variant, cell, seed)),
+        "--device",
+        args.device,
+        "--quiet",
+    ]
     if fine_tunes:
         cmd += ["--pretrained", str(folder(Path(args.out), LM, cell, 0))]
     if args.threads:
@@ -137,7 +149,9 @@ def schedule(args) -> list[dict]:
                 print(f"[ablation {time.perf_counter() - start:.0f}s] {job}: "
                       f"{row.get('error') or row.get('test_accuracy') or row.get('val_perplexity')}", flush=True)
                 save()
-        rows += [{"variant": v, "cell": c, "seed": s, "skipped": "budget or a failed language model"} for v, c, s in todo]
+        rows += [
+            {"variant": v, "cell": c, "seed": s, "skipped": "budget or a failed language model"} for v, c, s in todo
+        ]
         save()
     return rows
 
@@ -165,15 +179,20 @@ def markdown(args, summary: list[dict], rows: list[dict], machine: str) -> str:
              "| cell | variant | test accuracy | each seed | best val. (mean) | training min/run |",
              "| --- | --- | --- | --- | --- | --- |"]
     for t in summary:
-        lines.append(f"| {t['cell']} | {t['variant']} | {t['test_mean']:.4f} ± {t['test_std']:.4f} | "
-                     f"{', '.join(f'{s}: {a:.4f}' for s, a in zip(t['seeds'], t['test_each']))} | {t['val_mean']:.4f} | "
-                     f"{t['train_minutes']:.1f} |")
+        lines.append(
+            f"| {t['cell']} | {t['variant']} | {t['test_mean']:.4f} ± {t['test_std']:.4f} | "
+            f"{', '.join(f'{s}: {a:.4f}' for s, a in zip(t['seeds'], t['test_each']))} | {t['val_mean']:.4f} | "
+            f"{t['train_minutes']:.1f} |"
+        )
     lms = [r for r in rows if r["variant"] == LM and "val_perplexity" in r]
     lines += ["", "Language models (validation perplexity): " + ", ".join(
         f"{r['cell']} {r['val_perplexity']:.1f} ({r['train_seconds'] / 60:.1f} min)" for r in lms)]
     failed = [r for r in rows if "error" in r]
     if failed:
-        lines += ["", "Failed: " + "; ".join(f"{r['variant']} {r['cell']} seed {r['seed']} ({r['error']})" for r in failed)]
+        lines += [
+            "",
+            "Failed: " + "; ".join(f"{r['variant']} {r['cell']} seed {r['seed']} ({r['error']})" for r in failed),
+        ]
     skipped: dict = {}
     for r in rows:
         if "skipped" in r:

@@ -45,9 +45,15 @@ def main() -> None:
         again = time.perf_counter() - t0
         hit = "hit" if cached.meta["cache_hit"] else "MISS (cache was not used)"
 
-        print(f"\nprepared splits (vocab_size={args.vocab_size}, max_len={args.max_len}, encoding={args.encoding}, val_fraction=0.1):")
+        print(
+            f"\nprepared splits (vocab_size={args.vocab_size}, max_len={args.max_len}, encoding={args.encoding}, "
+            "val_fraction=0.1):"
+        )
         for name, c in data.meta["counts"].items():
-            print(f"  {name:5s} {c['total']:6d} reviews  pos {c['pos']:6d}  neg {c['neg']:6d}  positive share {c['pos'] / c['total']:.3f}")
+            print(
+                f"  {name:5s} {c['total']:6d} reviews  pos {c['pos']:6d}  neg {c['neg']:6d}  positive share "
+                f"{c['pos'] / c['total']:.3f}"
+            )
 
         print("\ncanonical splits (before the validation carve), tokens per review without truncation:")
         for split in ("train", "test"):
@@ -58,11 +64,15 @@ def main() -> None:
             in_vocab = sum(sum(1 for i in data.vocab.encode(t) if i != OOV_ID) for t in token_lists)
             print(
                 f"  {split:5s} {len(reviews)} reviews (pos {int(labels.sum())}, neg {int((labels == 0).sum())}); "
-                f"length mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, 90th pct {np.percentile(lengths, 90):.0f}, "
+                f"length mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, 90th pct "
+                f"{np.percentile(lengths, 90):.0f}, "
                 f"max {lengths.max()}; over max_len {np.mean(lengths + 1 > args.max_len):.1%}; "
                 f"vocabulary coverage {in_vocab / lengths.sum():.2%} of {lengths.sum()} tokens"
             )
-        print(f"\nvocabulary: {len(data.vocab)} ids ({len(data.vocab.words)} words + 3 reserved); most frequent: {' '.join(data.vocab.words[:12])}")
+        print(
+            f"\nvocabulary: {len(data.vocab)} ids ({len(data.vocab.words)} words + 3 reserved); most frequent: "
+            f"{' '.join(data.vocab.words[:12])}"
+        )
         print(f"timing: first preparation {first:.2f} s, cached load {again:.2f} s (cache {hit})")
         print(f"cache file: {data.meta['cache_file']} ({Path(data.meta['cache_file']).stat().st_size / 2**20:.1f} MiB)")
 

@@ -158,8 +158,13 @@ def main() -> int:
     table = summarise(rows)
     machine = device_name(args.device)
     out = Path(args.out)
-    (out / "results.json").write_text(json.dumps({"machine": machine, "date": date.today().isoformat(),
-                                                  "recipe": args.recipe, "table": table, "runs": rows}, indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {"machine": machine, "date": date.today().isoformat(), "recipe": args.recipe, "table": table, "runs": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     text = markdown(args, table, rows, machine)
     (out / "results.md").write_text(text)
     print(text)

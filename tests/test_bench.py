@@ -68,9 +68,29 @@ def test_bench_models_smoke_reports_fused_and_stock_for_both_models(tmp_path):
     out = tmp_path / "models.json"
     env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
     fixture = SCRIPT.parent.parent / "tests" / "fixtures" / "imdb" / "reviews.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_models.py"), "--data", str(fixture), "--limit", "24",
-                           "--max-len", "30", "--batch-size", "4", "--warmup", "1", "--no-keras", "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.parent / "bench_models.py"),
+            "--data",
+            str(fixture),
+            "--limit",
+            "24",
+            "--max-len",
+            "30",
+            "--batch-size",
+            "4",
+            "--warmup",
+            "1",
+            "--no-keras",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {(r["model"], r["system"]): r for r in result["rows"]}

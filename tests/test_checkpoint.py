@@ -119,7 +119,8 @@ def test_a_real_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path):
         "from rnnsent.checkpoint import CheckpointWriteError, save_checkpoint\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
         "try:\n"
-        "    save_checkpoint(sys.argv[1], {'model_config': {}, 'model_state': {'w': torch.randn(100_000)}}, keep_previous=True)\n"
+        "    save_checkpoint(sys.argv[1], {'model_config': {}, 'model_state': {'w': torch.randn(100_000)}}, "
+        "keep_previous=True)\n"
         "except CheckpointWriteError as e:\n"
         "    print(e)\n"
     )

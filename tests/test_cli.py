@@ -37,14 +37,18 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 def trained(tmp_path_factory):
     """One tiny GRU run through the command line, shared by the tests that need a checkpoint."""
     base = tmp_path_factory.mktemp("cli")
-    proc = run("train.py", "--cell", "gru", "--epochs", "2", "--out", base / "run", "--cache-dir", base / "cache", *TINY)
+    proc = run(
+        "train.py", "--cell", "gru", "--epochs", "2", "--out", base / "run", "--cache-dir", base / "cache", *TINY
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return base
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn", "SimpleRNN"])
 def test_train_each_cell_end_to_end(tmp_path, cell):
-    proc = run("train.py", "--cell", cell, "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c", *TINY)
+    proc = run(
+        "train.py", "--cell", cell, "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c", *TINY
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert report["cell"] == ("rnn" if cell == "SimpleRNN" else cell)
@@ -70,7 +74,9 @@ def test_train_stacked_bidirectional_end_to_end_and_resume(tmp_path):
 
 def test_train_shows_progress_and_summary(trained, tmp_path):
     args = [a for a in TINY if a != "--quiet"]
-    proc = run("train.py", "--cell", "gru", "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", trained / "cache", *args)
+    proc = run(
+        "train.py", "--cell", "gru", "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", trained / "cache", *args
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     err = proc.stderr.decode()
     assert "Total params: 2,695" in err  # 8*300 embedding + 3*(6*8+6*6+2*6) GRU + 7 dense
@@ -104,15 +110,41 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
 
 def test_the_retired_expect_per_block_flag_is_noted_and_changes_nothing(trained, tmp_path):
     # Command lines from before the reader learnt a smaller copy's size still run, with one line saying so.
-    proc = run("train.py", "--cell", "gru", "--epochs", "2", "--out", tmp_path / "run", "--cache-dir", trained / "cache",
-               "--expect-per-block", "6", *TINY)
+    proc = run(
+        "train.py",
+        "--cell",
+        "gru",
+        "--epochs",
+        "2",
+        "--out",
+        tmp_path / "run",
+        "--cache-dir",
+        trained / "cache",
+        "--expect-per-block",
+        "6",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     notes = [line for line in proc.stderr.decode().splitlines() if "expect-per-block" in line]
     assert len(notes) == 1 and notes[0].startswith("note: --expect-per-block is no longer needed and is ignored")
     assert_same_weights(weights(tmp_path / "run" / "best.pt"), weights(trained / "run" / "best.pt"))
     assert "expected_per_block" not in json.loads((tmp_path / "run" / "config.json").read_text())
-    scores = [run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--data", FIXTURE, "--cache-dir",
-                  trained / "cache", "--json", "--device", "cpu", *flag) for flag in ([], ["--expect-per-block", "12500"])]
+    scores = [
+        run(
+            "evaluate.py",
+            "--checkpoint",
+            trained / "run" / "best.pt",
+            "--data",
+            FIXTURE,
+            "--cache-dir",
+            trained / "cache",
+            "--json",
+            "--device",
+            "cpu",
+            *flag,
+        )
+        for flag in ([], ["--expect-per-block", "12500"])
+    ]
     assert [p.returncode for p in scores] == [0, 0] and scores[0].stdout == scores[1].stdout
     assert scores[1].stderr.decode().startswith("note: --expect-per-block is no longer needed")
 
@@ -151,7 +183,9 @@ def test_evaluate_ignores_a_recorded_data_path_that_is_not_here(trained, tmp_pat
     else:
         shutil.copyfile(FIXTURE, cache / "reviews.json")
         shutil.copyfile(FIXTURE.parent / "imdb_subset.json", cache / "imdb_subset.json")  # the copy's declared size
-    proc = run("evaluate.py", "--checkpoint", ckpt, "--cache-dir", cache, "--json", "--device", "cpu", *flags, env_extra=env)
+    proc = run(
+        "evaluate.py", "--checkpoint", ckpt, "--cache-dir", cache, "--json", "--device", "cpu", *flags, env_extra=env
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads((trained / "run" / "report.json").read_text())
     assert json.loads(proc.stdout.decode())["accuracy"] == pytest.approx(report["test_accuracy"])
@@ -204,10 +238,14 @@ def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, mes
 def test_resume_with_other_cell_or_vocab_is_refused(trained, tmp_path):
     out = trained / "run"
     before = (out / "last.pt").read_bytes()
-    proc = run("train.py", "--cell", "lstm", "--epochs", "3", "--out", out, "--cache-dir", trained / "cache", "--resume", *TINY)
+    proc = run(
+        "train.py", "--cell", "lstm", "--epochs", "3", "--out", out, "--cache-dir", trained / "cache", "--resume", *TINY
+    )
     assert "cell: checkpoint 'gru', now 'lstm'" in one_line_error(proc)
     tiny_other_vocab = [a if a != "300" else "200" for a in TINY]
-    proc = run("train.py", "--epochs", "3", "--out", out, "--cache-dir", trained / "cache", "--resume", *tiny_other_vocab)
+    proc = run(
+        "train.py", "--epochs", "3", "--out", out, "--cache-dir", trained / "cache", "--resume", *tiny_other_vocab
+    )
     assert "vocab_size: checkpoint 300, now 200" in one_line_error(proc)
     assert (out / "last.pt").read_bytes() == before
 
@@ -226,7 +264,9 @@ def test_truncated_checkpoint_is_a_one_line_error(trained, tmp_path):
 
 def test_predict_usage_errors(trained, tmp_path):
     assert "no review given" in one_line_error(run("predict.py", "--checkpoint", trained / "run"))
-    assert "no such file" in one_line_error(run("predict.py", "--checkpoint", trained / "run", "--file", tmp_path / "x"))
+    assert "no such file" in one_line_error(
+        run("predict.py", "--checkpoint", trained / "run", "--file", tmp_path / "x")
+    )
     assert "does not exist" in one_line_error(run("predict.py", "--checkpoint", tmp_path / "nope.pt", "hi"))
 
 

@@ -20,19 +20,44 @@ def split_jsonl(tmp_path):
     rows = [json.loads(line) for line in (LABELLED / "imdb.jsonl").read_text().splitlines()]
     for split in ("train", "test"):
         with open(tmp_path / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows if r["split"] == split)
+            f.writelines(
+                json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows if r["split"] == split
+            )
     return tmp_path / "train.jsonl", tmp_path / "test.jsonl"
 
 
 CASES = {  # format -> (train flags, the file evaluate scores, its column flags, classes)
-    "csv": (lambda t: ["--data", LABELLED / "debian_sections.csv", "--text-column", "description", "--label-column", "section"],
-            lambda t: LABELLED / "debian_sections.csv", ["--text-column", "description", "--label-column", "section"],
-            ["admin", "perl", "python", "science"]),
-    "tsv": (lambda t: ["--data", LABELLED / "imdb.tsv", "--split-column", "split"], lambda t: LABELLED / "imdb.tsv", [],
-            ["neg", "pos"]),
-    "jsonl": (lambda t: ["--data", split_jsonl(t)[0], "--test-data", t / "test.jsonl"], lambda t: t / "test.jsonl", [],
-              ["neg", "pos"]),
-    "folders": (lambda t: ["--data", LABELLED / "imdb_folders"], lambda t: LABELLED / "imdb_folders", [], ["neg", "pos"]),
+    "csv": (
+        lambda t: [
+            "--data",
+            LABELLED / "debian_sections.csv",
+            "--text-column",
+            "description",
+            "--label-column",
+            "section",
+        ],
+        lambda t: LABELLED / "debian_sections.csv",
+        ["--text-column", "description", "--label-column", "section"],
+        ["admin", "perl", "python", "science"],
+    ),
+    "tsv": (
+        lambda t: ["--data", LABELLED / "imdb.tsv", "--split-column", "split"],
+        lambda t: LABELLED / "imdb.tsv",
+        [],
+        ["neg", "pos"],
+    ),
+    "jsonl": (
+        lambda t: ["--data", split_jsonl(t)[0], "--test-data", t / "test.jsonl"],
+        lambda t: t / "test.jsonl",
+        [],
+        ["neg", "pos"],
+    ),
+    "folders": (
+        lambda t: ["--data", LABELLED / "imdb_folders"],
+        lambda t: LABELLED / "imdb_folders",
+        [],
+        ["neg", "pos"],
+    ),
 }
 
 
@@ -73,7 +98,9 @@ def test_train_evaluate_predict_round_trip(tmp_path, fmt):
     for row, text, pred in zip(rows, texts, loaded.predict(texts)):
         assert row["text"] == text and row["label"] == pred.label in classes
         assert row["probability"] == pytest.approx(pred.probability, abs=1e-6)
-        assert list(row["probabilities"]) == classes and sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(row["probabilities"]) == classes and sum(row["probabilities"].values()) == pytest.approx(
+            1.0, abs=1e-5
+        )
         assert row["probabilities"][row["label"]] == max(row["probabilities"].values())
 
 

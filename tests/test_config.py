@@ -27,7 +27,15 @@ OLD = FIXTURES / "checkpoints_08ac52f"  # best.pt and last.pt written by 08ac52f
 NON_DEFAULT = {"cell": "lstm", "vocab_size": 301, "embed_dim": 7, "hidden_size": 5, "embed_dropout": 0.25,
                "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375, "num_classes": 3,
                "num_layers": 2, "bidirectional": True, "layer_dropout": 0.0625}
-SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_classes", "num_layers", "bidirectional")  # what a Keras file fixes
+SHAPE = (
+    "cell",
+    "vocab_size",
+    "embed_dim",
+    "hidden_size",
+    "num_classes",
+    "num_layers",
+    "bidirectional",
+)  # what a Keras file fixes
 
 
 def fixture_config(tmp_path, **overrides) -> TrainConfig:
@@ -232,7 +240,10 @@ def test_a_new_setting_is_one_field_and_gets_its_flag_check_and_help(capsys):
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--mix-ratio", "1.5"])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and err == "train.py: error: argument --mix-ratio: must be in [0, 1], got 1.5 (see --help)\n"
+    assert (
+        stop.value.code == 2
+        and err == "train.py: error: argument --mix-ratio: must be in [0, 1], got 1.5 (see --help)\n"
+    )
     with pytest.raises(ValueError, match=r"^mix_ratio must be in \[0, 1\], got 1.5$"):  # the same range, in the config
         WithThrowawayOption(mix_ratio=1.5)
     assert WithThrowawayOption(mix_ratio=0.5).to_dict()["mix_ratio"] == 0.5

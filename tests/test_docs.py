@@ -100,8 +100,11 @@ def test_every_docs_page_is_reached_from_the_readme():
 
 
 def test_the_readme_test_command_is_what_ci_runs():
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line and not line.startswith(("#", "set ", "cd ", "command -v chromium "))]  # (the browser test's system package)
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "command -v chromium "))
+    ]  # (the browser test's system package)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     setup_and_test = readme.split("Set up and run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
     assert ci == [setup_and_test]

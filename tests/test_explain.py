@@ -22,14 +22,33 @@ from rnnsent.models import SentimentRNN
 
 captum = pytest.importorskip("captum.attr")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-WORDS = ("good", "bad", "film", "plot", "the", "a", "was", "is", "acting", "story", "and", "not", "very", "it", "!", ".")
+WORDS = (
+    "good",
+    "bad",
+    "film",
+    "plot",
+    "the",
+    "a",
+    "was",
+    "is",
+    "acting",
+    "story",
+    "and",
+    "not",
+    "very",
+    "it",
+    "!",
+    ".",
+)
 IMPLS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not fused.available(), reason="no fused kernel"))]
 
 
 def loaded_model(cell="gru", impl="auto", num_classes=2, encoding="keras", max_len=40, scale=8.0, seed=0):
     """A random model whose embeddings are scaled up, so that the recurrence runs well inside its non-linear range."""
     torch.manual_seed(seed)
-    model = SentimentRNN(cell, vocab_size=len(WORDS) + 3, embed_dim=8, hidden_size=12, num_classes=num_classes, impl=impl)
+    model = SentimentRNN(
+        cell, vocab_size=len(WORDS) + 3, embed_dim=8, hidden_size=12, num_classes=num_classes, impl=impl
+    )
     with torch.no_grad():
         model.embedding.weight.mul_(scale)
         model.fc.weight.mul_(4.0)
@@ -61,7 +80,9 @@ def test_completeness_and_captums_own_layer_attributions(cell, num_classes, enco
         assert sum(e.token_attributions) == pytest.approx(e.score - e.baseline_score + e.delta, abs=1e-4)
         assert sum(e.attributions) == pytest.approx(sum(e.token_attributions), abs=1e-4)  # the start token gets 0
         # Reference: Captum's layer attributions on the embedding, through forward(tokens) on PyTorch's layers.
-        split = (encode_keras if encoding == "keras" else encode_bucketed)([loaded.vocab.encode(tokenize(text))], [0], 40)
+        split = (encode_keras if encoding == "keras" else encode_bucketed)(
+            [loaded.vocab.encode(tokenize(text))], [0], 40
+        )
         ids, n = split.tokens, split.lengths
         base = ids.masked_fill(ids > 1, 2)  # every word unknown; padding and start token kept
         target = loaded.classes.index(e.target) if loaded.classes else 1
@@ -158,7 +179,9 @@ def test_words_beyond_max_len_are_counted_not_read():
     assert e.tokens == ["the", "acting", "was", "good", "!"] and e.cut == 4
     assert e.words == ["the", "acting", "was", "good!"] and len(e.attributions) == 4
     assert "4 words in front not read" in format_text(e)
-    (partly,) = explain(loaded, ["the plot was bad. the acting"])  # the start token and "the plot" cut; "bad." partly read
+    (partly,) = explain(
+        loaded, ["the plot was bad. the acting"]
+    )  # the start token and "the plot" cut; "bad." partly read
     assert partly.tokens == ["was", "bad", ".", "the", "acting"] and partly.words == ["was", "bad.", "the", "acting"]
 
 
@@ -250,7 +273,10 @@ def test_missing_captum_is_one_line(monkeypatch, capsys):
     with pytest.raises(ImportError, match=r"^explanations need Captum: pip install 'rnnsent\[explain\]'$"):
         explain(loaded_model(), ["good"])
     assert explain_main(["--checkpoint", "gru", "good"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: explanations need Captum: pip install 'rnnsent[explain]'"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "error: explanations need Captum: pip install 'rnnsent[explain]'"
+    )
 
 
 def test_the_package_exports_explain():

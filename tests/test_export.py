@@ -127,7 +127,10 @@ def test_onnx_predictor_gives_rnnsent_predictions(released, tmp_path):
     loaded = released["gru"]
     export(loaded, tmp_path / "gru.onnx")
     texts = fixture_reviews() + ["", "Dull.", "A wonderful film"]
-    ours, theirs = loaded.predict(texts, batch_size=7), OnnxPredictor(tmp_path / "gru.onnx").predict(texts, batch_size=7)
+    ours, theirs = (
+        loaded.predict(texts, batch_size=7),
+        OnnxPredictor(tmp_path / "gru.onnx").predict(texts, batch_size=7),
+    )
     assert [p.label for p in ours] == [p.label for p in theirs]
     assert [(p.tokens, p.words, p.unknown) for p in ours] == [(p.tokens, p.words, p.unknown) for p in theirs]
     assert max(abs(a.probability - b.probability) for a, b in zip(ours, theirs)) <= 1e-5
@@ -148,8 +151,9 @@ def test_the_tokenizer_json_alone_reproduces_rnnsents_ids(released, tmp_path, ma
     export(loaded, tmp_path / "gru.onnx")
     spec = json.loads((tmp_path / "gru.tokenizer.json").read_text(encoding="utf-8"))
     texts = fixture_reviews() + ["Don\u2019t<br />miss it!<BR/>__init__ o'clock 10/10", "ÉTÉ ça-va", "", "   "]
-    split = rnnsent.data.encode_bucketed([loaded.vocab.encode(rnnsent.data.tokenize(t)) for t in texts], [0] * len(texts),
-                                     max_len)
+    split = rnnsent.data.encode_bucketed(
+        [loaded.vocab.encode(rnnsent.data.tokenize(t)) for t in texts], [0] * len(texts), max_len
+    )
     expected = [row[:n].tolist() for row, n in zip(split.tokens, split.lengths)]
     assert [encode_from_json(spec, t) for t in texts] == expected
     assert spec["pad_id"] == 0 and spec["padding"] == "post" and spec["truncation"] == "pre"

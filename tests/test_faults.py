@@ -82,7 +82,10 @@ def test_1_overwrite_replaces_the_run_without_mixing_the_two(finished, tmp_path)
     shutil.copytree(finished / "run", run)
     (run / "last.prev.pt").write_bytes((run / "last.pt").read_bytes())  # as an interrupted run leaves it
     (run / "notes.md").write_text("mine")
-    assert train_main([*TINY, "--out", str(run), "--cache-dir", str(finished / "cache"), "--seed", "5", "--overwrite"]) == 0
+    assert (
+        train_main([*TINY, "--out", str(run), "--cache-dir", str(finished / "cache"), "--seed", "5", "--overwrite"])
+        == 0
+    )
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1, "metrics.jsonl holds the new run only"
     assert not (run / "last.prev.pt").exists(), "nothing of the earlier run is left to be mistaken for this one's"
@@ -134,7 +137,10 @@ def stray_quote_rows():
 @pytest.mark.parametrize("sep,suffix", [(",", "csv"), ("\t", "tsv")])
 def test_3_a_stray_quote_is_refused_at_the_line_it_opened(tmp_path, sep, suffix):
     path = write_csv(tmp_path / f"data.{suffix}", stray_quote_rows(), sep=sep)
-    with pytest.raises(DataFileError, match=r"line 6: a quoted field .* runs to line 32, taking in 25 lines that look like rows.*--quoting none"):
+    with pytest.raises(
+        DataFileError,
+        match=r"line 6: a quoted field .* runs to line 32, taking in 25 lines that look like rows.*--quoting none",
+    ):
         list(read_rows(path))
 
 
@@ -335,7 +341,9 @@ def test_10_a_full_disk_for_the_cache_is_one_warning_and_the_data_is_used(tmp_pa
     err = proc.stderr.decode().strip()
     assert proc.returncode == 0, err
     assert proc.stdout.split()[1] == b"None"
-    assert len(err.splitlines()) == 1 and "could not write the prepared-data cache" in err and "going on without it" in err
+    assert (
+        len(err.splitlines()) == 1 and "could not write the prepared-data cache" in err and "going on without it" in err
+    )
     assert not list((tmp_path / "cache" / "prepared").glob("*.pt"))
 
 
@@ -349,7 +357,9 @@ def test_11_resuming_a_language_model_with_train_says_what_it_is(finished, tmp_p
         assert pretrain_main([*TINY, "--out", str(lm), "--cache-dir", str(finished / "cache")]) == 0
     before = snapshot(lm)
     capsys.readouterr()
-    assert train_main([*TINY, "--out", str(lm), "--cache-dir", str(finished / "cache"), "--resume", str(lm), *extra]) == 2
+    assert (
+        train_main([*TINY, "--out", str(lm), "--cache-dir", str(finished / "cache"), "--resume", str(lm), *extra]) == 2
+    )
     err = one_line(capsys)
     assert "is a language model's checkpoint (scripts/pretrain.py), not a classifier's" in err and "--pretrained" in err
     assert snapshot(lm) == before
@@ -412,7 +422,9 @@ def test_14_a_limit_below_the_number_of_classes_says_so(tmp_path):
 
 
 def test_14_an_empty_validation_split_is_named(tmp_path):
-    path = write_csv(tmp_path / "data.csv", [(f"good {i}", "pos") for i in range(3)] + [(f"bad {i}", "neg") for i in range(3)])
+    path = write_csv(
+        tmp_path / "data.csv", [(f"good {i}", "pos") for i in range(3)] + [(f"bad {i}", "neg") for i in range(3)]
+    )
     with pytest.raises(DataFileError, match="no validation rows are left"):
         prepare_labelled(path, **SMALL)
 
@@ -449,7 +461,10 @@ def test_15_a_kill_between_the_metrics_row_and_the_checkpoints_lists_the_epoch_o
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert train_main([*flags, "--out", str(tmp_path / "straight")]) == 0
     drop = ("epoch_seconds", "samples_per_second")
-    clean = [{k: v for k, v in json.loads(r).items() if k not in drop} for r in (run / "metrics.jsonl").read_text().splitlines()]
+    clean = [
+        {k: v for k, v in json.loads(r).items() if k not in drop}
+        for r in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     straight = [{k: v for k, v in json.loads(r).items() if k not in drop}
                 for r in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert clean == straight

@@ -127,7 +127,8 @@ def test_saturated_gates_stay_finite_and_exact(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_results_are_bit_identical_for_any_thread_count(cell):
     # The kernel cuts the batch into fixed chunks whatever the thread count and adds the chunks' dW_hh in
-    # chunk order; MKL runs with MKL_CBWR (set by a Trainer, and by conftest here). So 1, 2, 3 or 4 threads give the same
+    # chunk order; MKL runs with MKL_CBWR (set by a Trainer, and by conftest here). So 1, 2, 3 or 4 threads give the
+    # same
     # bits: forward, every gradient, eval. Shapes: several chunks (100 rows: four 32-row chunks, so that 3
     # and 4 threads share them; 37 rows with embedding dropout, i.e. the per-token projection) and a batch
     # below one chunk (5 rows, MKL then runs inside the caller's thread).

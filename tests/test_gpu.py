@@ -169,8 +169,13 @@ def test_pretraining_and_fine_tuning_levers_on_cuda_match_the_cpu(tmp_path):
     pretrain(config("lm", "cuda"))
     grads = {}
     for device in ("cpu", "cuda"):
-        for cls, kw in ((PretrainTrainer, {}), (Trainer, dict(pretrained=str(tmp_path / "lm"), ema=0.9,
-                                                              adversarial=0.05, label_smoothing=0.1, rnn_impl="torch"))):
+        for cls, kw in (
+            (PretrainTrainer, {}),
+            (
+                Trainer,
+                dict(pretrained=str(tmp_path / "lm"), ema=0.9, adversarial=0.05, label_smoothing=0.1, rnn_impl="torch"),
+            ),
+        ):
             t = cls(config(f"{cls.__name__}-{device}", device, **kw))
             x, lengths, y = next(iter(t.train_batches.iterate(0)))
             t.forward_backward(t.model, x, lengths, y)

@@ -63,7 +63,10 @@ def test_encode_ids_stay_inside_the_vocabulary(text):
 @given(id_lists=st.lists(st.lists(st.integers(2, len(VOCAB) - 1), max_size=40), min_size=1, max_size=6),
        max_len=st.integers(1, 8))
 def test_both_encodings_keep_the_same_last_ids(id_lists, max_len):
-    keras, fast = encode_keras(id_lists, [0] * len(id_lists), max_len), encode_bucketed(id_lists, [1] * len(id_lists), max_len)
+    keras, fast = (
+        encode_keras(id_lists, [0] * len(id_lists), max_len),
+        encode_bucketed(id_lists, [1] * len(id_lists), max_len),
+    )
     assert keras.tokens.shape == (len(id_lists), max_len) and torch.equal(keras.lengths, fast.lengths)
     for row, ids in enumerate(id_lists):
         n = int(keras.lengths[row])
@@ -73,7 +76,11 @@ def test_both_encodings_keep_the_same_last_ids(id_lists, max_len):
 
 
 @hyp
-@given(batch=st.lists(texts, min_size=1, max_size=5), max_len=st.integers(1, 8), encoding=st.sampled_from(["keras", "bucketed"]))
+@given(
+    batch=st.lists(texts, min_size=1, max_size=5),
+    max_len=st.integers(1, 8),
+    encoding=st.sampled_from(["keras", "bucketed"]),
+)
 def test_predict_takes_any_text_or_bytes(model, batch, max_len, encoding):
     preds = rnnsent.predict(model, batch, vocab=VOCAB, max_len=max_len, encoding=encoding)
     assert len(preds) == len(batch)
@@ -139,8 +146,14 @@ def test_predict_empty_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
 def test_data_pipeline_reads_hostile_review_files(tmp_path):
     root = shutil.copytree(FIXTURES / "aclImdb", tmp_path / "aclImdb")
     shutil.copy(FIXTURES / "imdb_subset.json", tmp_path)  # the copy's declared size
-    hostile = [b"", b"\0" * 100, "Caf\xe9 tr\xe8s bien".encode("latin-1"), codecs.BOM_UTF16_LE + "good".encode("utf-16-le"),
-               bytes(range(256)), HUGE.encode()]
+    hostile = [
+        b"",
+        b"\0" * 100,
+        "Caf\xe9 tr\xe8s bien".encode("latin-1"),
+        codecs.BOM_UTF16_LE + "good".encode("utf-16-le"),
+        bytes(range(256)),
+        HUGE.encode(),
+    ]
     # The first review of a block is checked against IMDB's own (to catch a reordered copy); replace later ones.
     files = sorted((root / "train" / "pos").glob("*.txt"))[1:4] + sorted((root / "train" / "neg").glob("*.txt"))[1:4]
     for f, data in zip(files, hostile, strict=True):
@@ -162,25 +175,40 @@ def test_data_pipeline_refuses_a_junk_reviews_json(tmp_path, data):
     assert str(tmp_path / "reviews.json") in message and "\n" not in message
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(model_config=["gru", 10]), "not a dict of named settings"),
-    (dict(model_config={"cell": "transformer", "vocab_size": 13}), "unknown cell 'transformer'"),
-    (dict(model_config={"cell": "gru", "vocab_size": "many"}), "cannot build"),
-    (dict(model_config={"cell": "gru", "vocab_size": 10**12, "embed_dim": 4, "hidden_size": 3}), "may carry 1 to 10,000,000"),
-    (dict(model_config={"cell": "gru", "vocab_size": 10_000_001, "embed_dim": 4, "hidden_size": 3}), "may carry 1 to"),
-    (dict(data={"max_len": 10**11, "encoding": "keras"}), "max_len may be 1 to 10,000,000"),
-    (dict(model_config={"cell": "gru", "vocab_size": 13, "embed_dim": 4, "hidden_size": 3, "sneaky": 1}), "cannot build"),
-    (dict(model_state={"embedding.weight": torch.zeros(13, 4)}), "does not fit its own"),
-    (dict(model_state="weights"), "does not fit its own"),
-    (dict(vocab={"words": 5, "lower": True, "tokenizer": "rnnsent-v1"}), "no usable vocabulary"),
-    (dict(vocab={"words": [1, 2, 3], "lower": True, "tokenizer": "rnnsent-v1"}), "no usable vocabulary"),
-    (dict(vocab=["the", "film"]), "no usable vocabulary"),
-    (dict(vocab={"words": ["w"] * 50, "lower": True, "tokenizer": "rnnsent-v1"}), "vocabulary of 53 ids but an embedding of 13"),
-    (dict(data={"max_len": -1, "encoding": "fast"}), "unusable encoding settings"),
-    (dict(data={"max_len": "500", "encoding": "fast"}), "unusable encoding settings"),
-    (dict(data={"max_len": 8, "encoding": "bert"}), "unusable encoding settings"),
-    (dict(data="fast"), "unusable encoding settings"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(model_config=["gru", 10]), "not a dict of named settings"),
+        (dict(model_config={"cell": "transformer", "vocab_size": 13}), "unknown cell 'transformer'"),
+        (dict(model_config={"cell": "gru", "vocab_size": "many"}), "cannot build"),
+        (
+            dict(model_config={"cell": "gru", "vocab_size": 10**12, "embed_dim": 4, "hidden_size": 3}),
+            "may carry 1 to 10,000,000",
+        ),
+        (
+            dict(model_config={"cell": "gru", "vocab_size": 10_000_001, "embed_dim": 4, "hidden_size": 3}),
+            "may carry 1 to",
+        ),
+        (dict(data={"max_len": 10**11, "encoding": "keras"}), "max_len may be 1 to 10,000,000"),
+        (
+            dict(model_config={"cell": "gru", "vocab_size": 13, "embed_dim": 4, "hidden_size": 3, "sneaky": 1}),
+            "cannot build",
+        ),
+        (dict(model_state={"embedding.weight": torch.zeros(13, 4)}), "does not fit its own"),
+        (dict(model_state="weights"), "does not fit its own"),
+        (dict(vocab={"words": 5, "lower": True, "tokenizer": "rnnsent-v1"}), "no usable vocabulary"),
+        (dict(vocab={"words": [1, 2, 3], "lower": True, "tokenizer": "rnnsent-v1"}), "no usable vocabulary"),
+        (dict(vocab=["the", "film"]), "no usable vocabulary"),
+        (
+            dict(vocab={"words": ["w"] * 50, "lower": True, "tokenizer": "rnnsent-v1"}),
+            "vocabulary of 53 ids but an embedding of 13",
+        ),
+        (dict(data={"max_len": -1, "encoding": "fast"}), "unusable encoding settings"),
+        (dict(data={"max_len": "500", "encoding": "fast"}), "unusable encoding settings"),
+        (dict(data={"max_len": 8, "encoding": "bert"}), "unusable encoding settings"),
+        (dict(data="fast"), "unusable encoding settings"),
+    ],
+)
 def test_forged_checkpoints_are_refused(tmp_path, model, capsys, changes, message):
     path = save_checkpoint(tmp_path / "forged.pt", _state(model, **changes))
     with pytest.raises(CheckpointError, match=message):

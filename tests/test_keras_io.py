@@ -149,7 +149,13 @@ def test_dropout_layers_become_dropout_rates(keras):
     assert (model.embed_dropout, model.output_dropout) == (0.25, 0.5)
     x = prepadded(50, steps=30)
     assert np.abs(torch_probs(model, x) - keras_probs(k, x)).max() <= TOL
-    assert [type(layer).__name__ for layer in to_keras(model).layers] == ["Embedding", "Dropout", "LSTM", "Dropout", "Dense"]
+    assert [type(layer).__name__ for layer in to_keras(model).layers] == [
+        "Embedding",
+        "Dropout",
+        "LSTM",
+        "Dropout",
+        "Dense",
+    ]
     assert from_keras(k, embed_dropout=0.0).embed_dropout == 0.0
 
 
@@ -389,7 +395,9 @@ def test_h5_external_storage_is_refused(tmp_path):
 
 def test_h5_shapes_are_checked_before_reading(tmp_path, monkeypatch):
     """A compressed dataset declaring a huge shape is refused from its declared shape, before it inflates."""
-    path = _h5_with_first_dense_weight(tmp_path, shape=(1 << 31,), compression="gzip", chunks=(1 << 20,))  # 8 GiB of zeros
+    path = _h5_with_first_dense_weight(
+        tmp_path, shape=(1 << 31,), compression="gzip", chunks=(1 << 20,)
+    )  # 8 GiB of zeros
     reads = _shapes_read(monkeypatch)
     with pytest.raises(KerasFormatError, match="declares shape"):
         from_keras(path)
@@ -405,7 +413,9 @@ def test_h5_shape_against_the_config_is_checked_before_reading(tmp_path, monkeyp
     assert (12345,) not in reads
 
 
-@pytest.mark.parametrize("member,bound", [("config.json", "MAX_CONFIG_BYTES"), ("model.weights.h5", "MAX_MEMBER_BYTES")])
+@pytest.mark.parametrize(
+    "member,bound", [("config.json", "MAX_CONFIG_BYTES"), ("model.weights.h5", "MAX_MEMBER_BYTES")]
+)
 def test_keras_zip_member_over_the_bound_is_refused_before_reading(tmp_path, monkeypatch, member, bound):
     import rnnsent.keras_io as keras_io
 
@@ -422,8 +432,14 @@ def test_keras_zip_member_over_the_bound_is_refused_before_reading(tmp_path, mon
 
 
 def build_keras_multiclass(keras, cell, classes=4, vocab=50, embed=8, units=6, seed=0, randomize=True):
-    k = keras.Sequential([keras.Input(shape=(None,), dtype="int32"), keras.layers.Embedding(vocab, embed),
-                          getattr(keras.layers, KERAS_NAMES[cell])(units), keras.layers.Dense(classes, activation="softmax")])
+    k = keras.Sequential(
+        [
+            keras.Input(shape=(None,), dtype="int32"),
+            keras.layers.Embedding(vocab, embed),
+            getattr(keras.layers, KERAS_NAMES[cell])(units),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
     if randomize:
         rng = np.random.default_rng(seed)
         k.set_weights([rng.normal(0.0, 0.3, size=w.shape).astype("float32") for w in k.get_weights()])
@@ -436,7 +452,9 @@ def test_multiclass_counts_predictions_and_loss_match_keras(keras, cell):
 
     k = build_keras_multiclass(keras, cell, classes=5, vocab=5000, embed=32, units=100, randomize=False)
     model = SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100, num_classes=5)
-    assert [count_parameters(m) for m in (model.embedding, model.rnn, model.fc)] == [layer.count_params() for layer in k.layers]
+    assert [count_parameters(m) for m in (model.embedding, model.rnn, model.fc)] == [
+        layer.count_params() for layer in k.layers
+    ]
     assert "(None, 5)" in model.summary()
 
     k = build_keras_multiclass(keras, cell, classes=4, seed=11)
@@ -521,8 +539,10 @@ def test_stacked_and_bidirectional_parameter_counts_are_keras(keras, cell):
                                  bidirectional=bidirectional)
             assert count_parameters(model) == k.count_params(), (layers, bidirectional)
             assert summary_counts(model) == [layer.count_params() for layer in k.layers], (layers, bidirectional)
-            assert [name.split(" (")[-1].rstrip(")") for name in (r.split("  ")[0] for r in model.summary().splitlines()[4:-5])][1:-1] \
-                == [f"Bidirectional({KERAS_NAMES[cell]}" if bidirectional else KERAS_NAMES[cell]] * layers
+            assert [
+                name.split(" (")[-1].rstrip(")")
+                for name in (r.split("  ")[0] for r in model.summary().splitlines()[4:-5])
+            ][1:-1] == [f"Bidirectional({KERAS_NAMES[cell]}" if bidirectional else KERAS_NAMES[cell]] * layers
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -532,7 +552,11 @@ def test_stacked_and_bidirectional_models_match_keras(keras, cell, layers, bidir
     x = real_reviews(50)
     want = keras_probs(k, x)
     model = from_keras(k)
-    assert (model.num_layers, model.bidirectional, model.layer_dropout) == (layers, bidirectional, 0.25 if layers > 1 else 0.0)
+    assert (model.num_layers, model.bidirectional, model.layer_dropout) == (
+        layers,
+        bidirectional,
+        0.25 if layers > 1 else 0.0,
+    )
     assert np.abs(torch_probs(model, x) - want).max() <= TOL
     for suffix in (".keras", ".h5"):
         k.save(tmp_path / f"m{suffix}")
@@ -557,7 +581,11 @@ def test_stacked_and_bidirectional_files_of_keras_2_and_3(keras, version, name, 
         for layer in groups:
             for n in groups[layer].attrs.get("weight_names", []):
                 arrays.setdefault(layer, []).append(np.asarray(groups[layer][n]))
-    order = [n for n in json.loads(h5py.File(path).attrs["model_config"])["config"]["layers"] if n["class_name"] != "InputLayer"]
+    order = [
+        n
+        for n in json.loads(h5py.File(path).attrs["model_config"])["config"]["layers"]
+        if n["class_name"] != "InputLayer"
+    ]
     k.set_weights([a for entry in order for a in arrays.get(entry["config"]["name"], [])])
     x = real_reviews(20, max_len=30)
     assert np.abs(torch_probs(from_keras(path), x) - keras_probs(k, x)).max() <= TOL
@@ -586,8 +614,16 @@ def test_keras_imdb_example_model_gives_keras_predictions(keras, tmp_path):
 
 
 def test_a_layer_rnnsent_cannot_map_is_named_with_what_is_supported(keras, tmp_path):
-    k = build_keras(keras, "gru", middle=[keras.layers.GRU(6, return_sequences=True), keras.layers.Conv1D(4, 3, name="conv"),
-                                          keras.layers.GRU(6)], randomize=False)
+    k = build_keras(
+        keras,
+        "gru",
+        middle=[
+            keras.layers.GRU(6, return_sequences=True),
+            keras.layers.Conv1D(4, 3, name="conv"),
+            keras.layers.GRU(6),
+        ],
+        randomize=False,
+    )
     k.save(tmp_path / "conv.keras")
     with pytest.raises(KerasFormatError, match=r"extra layer 'conv' \(Conv1D\); rnnsent reads only Embedding -> .*"
                                                r"Bidirectional\(merge_mode='concat'\)") as e:

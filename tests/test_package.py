@@ -49,11 +49,13 @@ def test_the_fused_kernel_runs_without_dynamo():
 
     if not fused.available():
         pytest.skip(f"fused kernel unavailable: {fused.status()}")
-    mods = loaded_modules("import torch, rnnsent, rnnsent.recurrent\n"
-                          "model = rnnsent.SentimentRNN('gru', impl='fused')\n"
-                          "tokens = torch.randint(0, 5000, (2, 7))\n"
-                          "model(tokens).sum().backward()\n"
-                          "print('fused-used' if rnnsent.recurrent.uses_fused(model.impl, tokens, torch.float32) else 'fused-not-used')")
+    mods = loaded_modules(
+        "import torch, rnnsent, rnnsent.recurrent\n"
+        "model = rnnsent.SentimentRNN('gru', impl='fused')\n"
+        "tokens = torch.randint(0, 5000, (2, 7))\n"
+        "model(tokens).sum().backward()\n"
+        "print('fused-used' if rnnsent.recurrent.uses_fused(model.impl, tokens, torch.float32) else 'fused-not-used')"
+    )
     assert "fused-used" in mods and "torch._dynamo" not in mods
 
 
@@ -81,7 +83,9 @@ def test_the_command_has_exactly_the_scripts_flags(command):
 def test_unknown_command_is_one_line():
     proc = python("-m", "rnnsent", "fit")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict, explain, export, serve (see rnnsent --help)"]
+        "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict, explain, export, "
+        "serve (see rnnsent --help)"
+    ]
     proc = python("-m", "rnnsent")
     assert proc.returncode == 2 and "usage: rnnsent" in proc.stderr
 
@@ -120,6 +124,8 @@ def test_no_compiler_falls_back_and_says_so_once(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
     lines = proc.stderr.splitlines()
-    said = [line for line in lines if line.startswith("rnnsent: using PyTorch's stock layers (fused CPU kernel unavailable")]
+    said = [
+        line for line in lines if line.startswith("rnnsent: using PyTorch's stock layers (fused CPU kernel unavailable")
+    ]
     assert len(said) == 1, proc.stderr
     assert sum("compiling the fused CPU kernel" in line for line in lines) == 1  # it did try, and said so

@@ -62,7 +62,9 @@ def test_pretraining_resumes_bit_for_bit(tmp_path):
     common = dict(epochs=2, embed_dropout=0.2, output_dropout=0.1, seed=4)
     pretrain(tiny(tmp_path, "a", **common))
     first = PretrainTrainer(tiny(tmp_path, "b", **common))
-    first.add_callback("on_step_end", lambda t: (_ for _ in ()).throw(KeyboardInterrupt) if t.global_step == 3 else None)
+    first.add_callback(
+        "on_step_end", lambda t: (_ for _ in ()).throw(KeyboardInterrupt) if t.global_step == 3 else None
+    )
     with pytest.raises(TrainingInterrupted):
         first.fit()
     pretrain(tiny(tmp_path, "b", resume=str(tmp_path / "b" / "last.pt"), **common))
@@ -118,7 +120,9 @@ def test_the_commands_as_a_user_runs_them(tmp_path):
     report = json.loads(lm.stdout)
     assert report["task"] == "language_model" and report["epochs"] == 1
     config = json.loads((tmp_path / "lm" / "config.json").read_text())
-    assert config["embed_dropout"] == 0.1 and config["ema"] == 0.0 and config["max_len"] == 60  # its pretraining settings
+    assert (
+        config["embed_dropout"] == 0.1 and config["ema"] == 0.0 and config["max_len"] == 60
+    )  # its pretraining settings
     ft = run("train.py", *TINY, *cache, "--recipe", "pretrained", "--epochs", "1", "--pretrained", tmp_path / "lm",
              "--out", tmp_path / "ft")
     assert ft.returncode == 0, ft.stderr

@@ -32,7 +32,9 @@ def test_label_smoothing_is_the_cross_entropy_against_softened_targets():
     p, t = torch.sigmoid(logits), y * 0.8 + 0.1  # s = 0.2: targets 0.1 and 0.9
     manual = -(t * p.log() + (1 - t) * (1 - p).log()).mean()
     assert objective.loss(logits, y, smoothing=0.2).item() == pytest.approx(manual.item(), rel=1e-6)
-    assert objective.loss(logits, y, smoothing=0.0).item() == pytest.approx(F.binary_cross_entropy(p, y).item(), rel=1e-6)
+    assert objective.loss(logits, y, smoothing=0.0).item() == pytest.approx(
+        F.binary_cross_entropy(p, y).item(), rel=1e-6
+    )
     k_logits, k_y = torch.randn(5, 3), torch.tensor([0., 2., 1., 1., 0.])
     soft = F.one_hot(k_y.long(), 3).float() * 0.7 + 0.3 / 3
     manual = -(soft * k_logits.log_softmax(-1)).sum(-1).mean()
@@ -60,7 +62,9 @@ def test_weight_average_follows_its_formula_and_swaps_back_bit_for_bit():
     restored.load_state_dict(avg.state_dict())
     assert restored.updates == 25 and all(torch.equal(restored.shadow[k], avg.shadow[k]) for k in avg.shadow)
     with pytest.raises(ValueError, match="another model"):
-        WeightAverage(SentimentRNN("gru", vocab_size=20, embed_dim=3, hidden_size=4), 0.9).load_state_dict(avg.state_dict())
+        WeightAverage(SentimentRNN("gru", vocab_size=20, embed_dim=3, hidden_size=4), 0.9).load_state_dict(
+            avg.state_dict()
+        )
 
 
 def test_with_ema_the_validated_best_and_tested_weights_are_the_average(tmp_path):
@@ -108,7 +112,9 @@ def test_ema_and_adversarial_runs_resume_bit_for_bit(tmp_path):
 def test_adversarial_step_has_the_gradient_of_clean_plus_perturbed_loss(tmp_path, impl):
     """The trainer's two passes against a direct computation: r = eps * ||e|| * g / ||g|| per review, where
     g is d loss / d embedded review e (||e|| over its words only), and the gradient of loss(x) + loss(e + r)."""
-    trainer = Trainer(tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1, max_len=400))  # rows of many lengths
+    trainer = Trainer(
+        tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1, max_len=400)
+    )  # rows of many lengths
     x, lengths, y = next(iter(trainer.train_batches.iterate(0)))
     model = trainer.model
     loss, correct = trainer.forward_backward(model, x, lengths, y)
@@ -141,8 +147,14 @@ def test_perturbation_refuses_to_aim_without_a_gradient():
         perturb.aim(1.0)
 
 
-@pytest.mark.parametrize("flag, value, message", [("ema", 1.0, "ema must be in"), ("adversarial", -1.0, "adversarial must be"),
-                                                  ("label_smoothing", 1.0, "label_smoothing must be")])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("ema", 1.0, "ema must be in"),
+        ("adversarial", -1.0, "adversarial must be"),
+        ("label_smoothing", 1.0, "label_smoothing must be"),
+    ],
+)
 def test_bad_settings_are_refused(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message):
         tiny(tmp_path, **{flag: value})

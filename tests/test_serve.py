@@ -234,7 +234,9 @@ def test_length_buckets_are_the_cheapest_cuts():
         lengths = [rng.choice([3, 5, 40, 41, 300, 900]) + rng.randrange(3) for _ in range(rng.randint(1, 8))]
         max_batch = rng.randint(1, 5)
         groups = length_buckets(lengths, max_batch)
-        assert sorted(i for g in groups for i in g) == list(range(len(lengths))) and all(len(g) <= max_batch for g in groups)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths))) and all(
+            len(g) <= max_batch for g in groups
+        )
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         cheapest = min(  # every way to cut the sorted order into runs of at most max_batch
             cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths)
@@ -303,7 +305,9 @@ def test_explain_answers_501_in_one_line_without_rnnsent_explain(four_classes, m
     monkeypatch.setitem(sys.modules, "rnnsent.explain", None)  # `import rnnsent.explain` now fails
 
     async def scenario(client):
-        return await post_json(client, "/v1/explain", {"texts": ["a good film"]}), (await client.get("/v1/model")).json()
+        return await post_json(client, "/v1/explain", {"texts": ["a good film"]}), (
+            await client.get("/v1/model")
+        ).json()
 
     reply, _ = serve_in_process(create_app(four_classes), scenario)
     assert_one_line_error(reply, 501)
@@ -365,7 +369,9 @@ def test_curl_style_form_body_is_read_as_json(server, released):
     status, body = post(server.url + "/v1/predict", b'{"texts": ["A moving film.", "Dull."]}',
                         content_type="application/x-www-form-urlencoded")
     assert status == 200
-    assert_same_answers(body["results"], ["A moving film.", "Dull."], rnnsent.predict(released, ["A moving film.", "Dull."]))
+    assert_same_answers(
+        body["results"], ["A moving film.", "Dull."], rnnsent.predict(released, ["A moving film.", "Dull."])
+    )
 
 
 def test_raw_http_bad_requests(server):
@@ -405,7 +411,12 @@ def test_slow_and_vanishing_clients_do_not_stall_others(server):
 
 
 def test_requests_write_nothing_to_disk(server):
-    for body in (b'{"texts": ["A good film."]}', b'{"texts": [1]}', b"not json", b'{"texts": ["' + b"y" * 20000 + b'"]}'):
+    for body in (
+        b'{"texts": ["A good film."]}',
+        b'{"texts": [1]}',
+        b"not json",
+        b'{"texts": ["' + b"y" * 20000 + b'"]}',
+    ):
         post(server.url + "/v1/predict", body)
         post(server.url + "/v1/explain", body)
     assert list((server.base / "cwd").iterdir()) == [] and list((server.base / "cache").iterdir()) == []
@@ -518,5 +529,7 @@ def test_bench_serve_smoke(tmp_path):
         env=environment(OMP_NUM_THREADS="1"), timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert {(r["batching"], r["concurrency"]) for r in result["rows"]} == {(m, c) for m in ("on", "off") for c in (1, 4)}
+    assert {(r["batching"], r["concurrency"]) for r in result["rows"]} == {
+        (m, c) for m in ("on", "off") for c in (1, 4)
+    }
     assert all(r["wrong"] == 0 and r["requests"] > 0 for r in result["rows"])

@@ -17,7 +17,9 @@ DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "serve.png"
 REVIEW = "A moving film with a wonderful cast: I loved every minute of it. <b>Not</b> bold & not broken."
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-    pytest.skip("no headless browser: install Debian's chromium and chromium-driver (.ci/run does)", allow_module_level=True)
+    pytest.skip(
+        "no headless browser: install Debian's chromium and chromium-driver (.ci/run does)", allow_module_level=True
+    )
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test drives chromium through selenium")
 pytest.importorskip("fastapi", reason="rnnsent serve needs the serve extra: pip install 'rnnsent[serve]'")
 

@@ -136,7 +136,9 @@ def test_resume_is_read_in_one_module():
             continue
         tree = ast.parse(path.read_text())
         defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        defined |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        defined |= {
+            t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+        }
         assert not defined & set(story), f"{path.name} defines {sorted(defined & set(story))}"
 
 
@@ -159,7 +161,8 @@ assert any(w.category is DeprecationWarning and "rnnsent.trainer" in str(w.messa
 assert rnnsent.train("b") == {"trained": "b"}, "rnnsent.train(config) does not train"
 from rnnsent.train import RECIPES, Trainer, TrainConfig, TrainingInterrupted, resolve_device
 import rnnsent.config, rnnsent.stopping, rnnsent.runtime
-assert Trainer is rnnsent.trainer.Trainer and (RECIPES, TrainConfig) == (rnnsent.config.RECIPES, rnnsent.config.TrainConfig)
+assert Trainer is rnnsent.trainer.Trainer
+assert (RECIPES, TrainConfig) == (rnnsent.config.RECIPES, rnnsent.config.TrainConfig)
 assert TrainingInterrupted is rnnsent.stopping.TrainingInterrupted and resolve_device is rnnsent.runtime.resolve_device
 print("ok")
 """

@@ -36,13 +36,17 @@ def test_the_run_in_tensorboard_matches_metrics_jsonl(tmp_path):
               "epoch/samples_per_second"]
     assert set(steps + epochs) <= scalars
     n = len(trainer.train_batches)
-    assert [e.step for e in acc.Scalars("train/loss")] == [s for s in range(1, 2 * n + 1) if (s - n * ((s - 1) // n)) % 2 == 0]
+    assert [e.step for e in acc.Scalars("train/loss")] == [
+        s for s in range(1, 2 * n + 1) if (s - n * ((s - 1) // n)) % 2 == 0
+    ]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for tag in epochs:
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [r["global_step"] for r in rows]
         assert [e.value for e in events] == pytest.approx([r[tag.split("/")[1]] for r in rows], rel=1e-6)
-    assert all(e.value > 0 for e in acc.Scalars("train/grad_norm")) and all(e.value == pytest.approx(1e-3) for e in acc.Scalars("train/lr"))
+    assert all(e.value > 0 for e in acc.Scalars("train/grad_norm")) and all(
+        e.value == pytest.approx(1e-3) for e in acc.Scalars("train/lr")
+    )
     hparams = acc.PluginTagToContent("hparams")
     assert hparams, "the settings are in the hparams plugin"
     assert b"hidden_size" in b"".join(hparams.values()) and b"epoch/val_accuracy" in b"".join(hparams.values())
@@ -91,7 +95,9 @@ def test_the_flag_and_a_missing_tensorboard(tmp_path, monkeypatch, capsys):
     code = train_main(["--data", fixture, "--epochs", "1", "--cache-dir", str(tmp_path / "c"),
                        "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb"), "--quiet"])
     assert code == 2
-    assert capsys.readouterr().err.strip() == "error: --tensorboard needs TensorBoard: pip install 'rnnsent[tensorboard]'"
+    assert (
+        capsys.readouterr().err.strip() == "error: --tensorboard needs TensorBoard: pip install 'rnnsent[tensorboard]'"
+    )
     assert not (tmp_path / "run" / "best.pt").exists()
 
 

@@ -39,13 +39,17 @@ def test_tiny_run_writes_everything(tmp_path, cell, encoding):
     # The recorded validation scores are those of the saved weights, scored afresh on the validation split.
     reloaded = load_checkpoint(run / "last.pt")
     val = evaluate(reloaded.model, trainer.data.val, batch_size=5)
-    assert rows[-1]["val_accuracy"] == pytest.approx(val["accuracy"]) and rows[-1]["val_loss"] == pytest.approx(val["loss"])
+    assert rows[-1]["val_accuracy"] == pytest.approx(val["accuracy"]) and rows[-1]["val_loss"] == pytest.approx(
+        val["loss"]
+    )
     # The test split of the fixture: 6 negative and 6 positive reviews, every one scored once.
     c = report["confusion"]
     assert c["tp"] + c["fn"] == PER_BLOCK and c["tn"] + c["fp"] == PER_BLOCK
     assert report["test_accuracy"] == pytest.approx((c["tp"] + c["tn"]) / (2 * PER_BLOCK))
     summary = (run / "summary.txt").read_text()
-    expected_params = {"lstm": 4 * (6 * 8 + 6 * 6 + 6), "gru": 3 * (6 * 8 + 6 * 6 + 2 * 6), "rnn": 6 * 8 + 6 * 6 + 6}[cell]
+    expected_params = {"lstm": 4 * (6 * 8 + 6 * 6 + 6), "gru": 3 * (6 * 8 + 6 * 6 + 2 * 6), "rnn": 6 * 8 + 6 * 6 + 6}[
+        cell
+    ]
     assert f"{expected_params:,}" in summary and "test accuracy" in summary
     best = load_checkpoint_state(run / "best.pt")
     assert "optimizer" not in best, "best.pt is weights + vocabulary + config only"
@@ -73,8 +77,15 @@ def _interrupt_at(trainer: Trainer, global_step: int):
     trainer.add_callback("on_step_end", stop)
 
 
-@pytest.mark.parametrize("where, model", [("inside epoch 1", {}), ("end of epoch 1", {}), ("inside epoch 2", {}),
-                                         ("inside epoch 2", {"num_layers": 2, "bidirectional": True, "layer_dropout": 0.3})])
+@pytest.mark.parametrize(
+    "where, model",
+    [
+        ("inside epoch 1", {}),
+        ("end of epoch 1", {}),
+        ("inside epoch 2", {}),
+        ("inside epoch 2", {"num_layers": 2, "bidirectional": True, "layer_dropout": 0.3}),
+    ],
+)
 def test_resume_after_interrupt_reproduces_uninterrupted_weights(tmp_path, where, model):
     common = dict(epochs=3, embed_dropout=0.2, output_dropout=0.1, seed=7, **model)  # dropout: RNG state restored too
     Trainer(tiny(tmp_path / "a", **common)).fit()

@@ -122,10 +122,18 @@ def run_rnnsent(args, config: TrainConfig, data, system="rnnsent", save_checkpoi
     clock = Clock(trainer.device, args.warmup)
     trainer.add_callback("on_step_end", lambda t: clock.step(t.step_in_epoch, t.seen))
     metrics = trainer.train_epoch()
-    row = clock.row(system, config.cell, lambda: evaluate(trainer.model, data.test, config.eval_batch_size, trainer.device),
-                    train_loss=metrics["train_loss"], encoding=config.encoding, flush_denormal=config.flush_denormal,
-                    threads=config.threads or os.cpu_count(), eval_batch_size=config.eval_batch_size,
-                    rnn_implementation=trainer.rnn_implementation(), retain_memory=config.retain_memory)
+    row = clock.row(
+        system,
+        config.cell,
+        lambda: evaluate(trainer.model, data.test, config.eval_batch_size, trainer.device),
+        train_loss=metrics["train_loss"],
+        encoding=config.encoding,
+        flush_denormal=config.flush_denormal,
+        threads=config.threads or os.cpu_count(),
+        eval_batch_size=config.eval_batch_size,
+        rnn_implementation=trainer.rnn_implementation(),
+        retain_memory=config.retain_memory,
+    )
     if save_checkpoint:  # what --ckpt-every N would add: one save per N steps
         trainer.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -209,7 +217,9 @@ def run_job(args, job: dict, data=None) -> dict:
                                "--torch-worker", json.dumps(dict(job, out=str(out)))], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-            raise SystemExit(f"the {job['system']} / {job['cell']} run failed (exit {proc.returncode}); its output is above")
+            raise SystemExit(
+                f"the {job['system']} / {job['cell']} run failed (exit {proc.returncode}); its output is above"
+            )
         return json.loads(out.read_text())
 
 
@@ -243,7 +253,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keras-python", default=sys.executable, help="interpreter for the Keras worker [this one]")
     p.add_argument("--keras-backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"),
                    help="auto: tensorflow where importable, else torch [auto]")
-    p.add_argument("--ablation", action="store_true", help="time rnnsent with each CPU lever toggled (TrainConfig fields)")
+    p.add_argument(
+        "--ablation", action="store_true", help="time rnnsent with each CPU lever toggled (TrainConfig fields)"
+    )
     p.add_argument("--busy", type=int, nargs="?", const=1, default=0, metavar="N",
                    help="rnnsent only: default threads and 1 thread, idle and beside N busy processes of the "
                         "bench's own, medians of --repeats interleaved runs (tools/bench_busy.py) [off; N: 1]")

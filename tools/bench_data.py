@@ -47,9 +47,14 @@ def measure(path: str, cache: str, processes: int | None) -> dict:
     rows = sum(len(s) for s in (data.train, data.val, data.test))
     cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
               for f in ("ru_utime", "ru_stime"))
-    return {"seconds": round(seconds, 2), "rows": rows, "cache_hit": data.meta["cache_hit"], "cpu_seconds": round(cpu, 1),
-            "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "workers_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+    return {
+        "seconds": round(seconds, 2),
+        "rows": rows,
+        "cache_hit": data.meta["cache_hit"],
+        "cpu_seconds": round(cpu, 1),
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "workers_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+    }
 
 
 def main() -> None:
@@ -75,14 +80,21 @@ def main() -> None:
               f"{os.cpu_count()} cores", flush=True)
         extra = ["--processes", str(args.processes)] if args.processes else []
         for what in ("prepare", "cached load"):
-            out = subprocess.run([sys.executable, __file__, "--data", args.data, "--measure", str(path), str(cache), *extra],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--data", args.data, "--measure", str(path), str(cache), *extra],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
             # On a shared machine the wall clock depends on the neighbours; CPU seconds (this process and its
             # workers, the interpreter's start included) say what the same work would take on idle cores.
-            rate = (f", {r['rows'] / r['seconds']:,.0f} rows/s ({r['cpu_seconds']:.0f} CPU s: "
-                    f"{r['rows'] / r['cpu_seconds'] * (os.cpu_count() or 1):,.0f} rows/s on {os.cpu_count()} idle cores)"
-                    if what == "prepare" else "")
+            rate = (
+                f", {r['rows'] / r['seconds']:,.0f} rows/s ({r['cpu_seconds']:.0f} CPU s: "
+                f"{r['rows'] / r['cpu_seconds'] * (os.cpu_count() or 1):,.0f} rows/s on {os.cpu_count()} idle cores)"
+                if what == "prepare"
+                else ""
+            )
             print(f"{what}: {r['rows']:,} rows in {r['seconds']:.2f} s{rate}; peak memory {r['peak_mb']} MB "
                   f"(workers {r['workers_peak_mb']} MB each at most); cache hit {r['cache_hit']}", flush=True)
     finally:

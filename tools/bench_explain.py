@@ -77,12 +77,27 @@ def quality(args, reviews) -> list[dict]:
             top = sorted(range(len(a.words)), key=lambda i: -abs(a.attributions[i]))[: args.top]
             agree += sum((a.attributions[i] > 0) == (b.attributions[i] > 0) for i in top)
             total += len(top)
-        every = [(x > 0) == (y > 0) for a, b in zip(ig, occ) for x, y, u in zip(a.attributions, b.attributions, a.unknown)
-                 if not u and (x or y)]
-        rows.append({"cell": cell, "steps": args.steps, "reviews": len(texts), "gap_mean": statistics.mean(gaps), "gap_max": max(gaps),
-                     "relative_gap_mean": statistics.mean(relative), "relative_gap_max": max(relative),
-                     "warned": sum(e.gap_is_large for e in ig), f"sign_agreement_top{args.top}": agree / total,
-                     "sign_agreement_all_words": sum(every) / len(every), "ig_seconds": ig_seconds})
+        every = [
+            (x > 0) == (y > 0)
+            for a, b in zip(ig, occ)
+            for x, y, u in zip(a.attributions, b.attributions, a.unknown)
+            if not u and (x or y)
+        ]
+        rows.append(
+            {
+                "cell": cell,
+                "steps": args.steps,
+                "reviews": len(texts),
+                "gap_mean": statistics.mean(gaps),
+                "gap_max": max(gaps),
+                "relative_gap_mean": statistics.mean(relative),
+                "relative_gap_max": max(relative),
+                "warned": sum(e.gap_is_large for e in ig),
+                f"sign_agreement_top{args.top}": agree / total,
+                "sign_agreement_all_words": sum(every) / len(every),
+                "ig_seconds": ig_seconds,
+            }
+        )
     return rows
 
 
@@ -109,13 +124,20 @@ def main() -> int:
         print(f"{'cell':<5} {'steps':>5} {'gap mean':>9} {'gap max':>9} {'rel. mean':>9} {'rel. max':>9} {'warned':>6} "
               f"{'top-' + str(args.top) + ' agree':>12} {'all agree':>9}")
         for r in rows:
-            print(f"{r['cell']:<5} {r['steps']:>5} {r['gap_mean']:>9.2e} {r['gap_max']:>9.2e} {r['relative_gap_mean']:>9.2e} "
-                  f"{r['relative_gap_max']:>9.2e} {r['warned']:>6} {r[f'sign_agreement_top{args.top}']:>12.3f} "
-                  f"{r['sign_agreement_all_words']:>9.3f}")
+            print(
+                f"{r['cell']:<5} {r['steps']:>5} {r['gap_mean']:>9.2e} {r['gap_max']:>9.2e} "
+                f"{r['relative_gap_mean']:>9.2e} "
+                f"{r['relative_gap_max']:>9.2e} {r['warned']:>6} {r[f'sign_agreement_top{args.top}']:>12.3f} "
+                f"{r['sign_agreement_all_words']:>9.3f}"
+            )
     else:
         result["speed"] = s = speed(args, reviews)
-        print(f"{s['checkpoint']}: {s['seconds_500_words']:.3f} s for a 500-word review ({s['tokens_read']} tokens read); "
-              f"{s['reviews_per_second']:.2f} reviews/s over {s['reviews']} reviews of {s['mean_words']:.0f} words on average")
+        print(
+            f"{s['checkpoint']}: {s['seconds_500_words']:.3f} s for a 500-word review ({s['tokens_read']} tokens "
+            "read); "
+            f"{s['reviews_per_second']:.2f} reviews/s over {s['reviews']} reviews of {s['mean_words']:.0f} words on "
+            "average"
+        )
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['threads']} "
           f"thread(s), torch {result['machine']['torch']}")
     if args.json:

@@ -27,8 +27,14 @@ STATEMENTS = {
 
 def timed(code: str, root: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(root))
-    out = subprocess.run([sys.executable, "-c", f"import time; t = time.perf_counter()\n{code}\n"
-                          "print(time.perf_counter() - t)"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", f"import time; t = time.perf_counter()\n{code}\nprint(time.perf_counter() - t)"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.split()[-1])
 
 
@@ -57,7 +63,10 @@ def main() -> int:
     for name, ts in times.items():
         print(f"  {name:<28} {med[name]:6.2f}  {min(ts):6.2f}  {max(ts):6.2f}")
     extra = med["rnnsent + model"] - med["torch"]
-    print(f"rnnsent's model on top of import torch: {extra:+.2f} s ({med['rnnsent + model'] / med['torch']:.2f}x import torch)")
+    print(
+        f"rnnsent's model on top of import torch: {extra:+.2f} s ({med['rnnsent + model'] / med['torch']:.2f}x import "
+        "torch)"
+    )
     return 0
 
 

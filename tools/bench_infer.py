@@ -77,8 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="gru", help="a checkpoint or released model [gru]")
     p.add_argument("--reviews", type=int, default=5000, help="test reviews for batch 64 (a seeded sample) [5000]")
     p.add_argument("--batch1-reviews", type=int, default=1000, help="of those, reviews scored one at a time [1000]")
-    p.add_argument("--threads", type=int, default=None, help="threads for PyTorch, onnxruntime and TensorFlow [all cores]")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each PyTorch/onnxruntime system; the best counts [3]")
+    p.add_argument(
+        "--threads", type=int, default=None, help="threads for PyTorch, onnxruntime and TensorFlow [all cores]"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each PyTorch/onnxruntime system; the best counts [3]"
+    )
     p.add_argument("--data", default=None, help="where the IMDB data is [the cache]")
     p.add_argument("--no-keras", dest="keras", action="store_false", help="leave TF-Keras out")
     p.add_argument("--smoke", action="store_true", help="the fixture's reviews, few of them, no Keras (for tests)")
@@ -136,9 +140,14 @@ def keras_rows(args, loaded, texts: list[str]) -> tuple[list[dict], dict]:
     same = predict(loaded.model, texts[:64], loaded.vocab, loaded.max_len, "keras")
     diff = max(abs(list(p.probabilities.values())[-1] - q) for p, q in zip(same, result["first_probabilities"]))
     note = f"token ids pre-padded to {loaded.max_len}; tokenizing excluded"
-    rows = [dict(rates("keras (TF) predict", 64, result["n"], *result["batch64_seconds"]), note=note,
-                 max_abs_vs_rnnsent_keras_encoding=diff),
-            dict(rates("keras (TF) predict", 1, result["n1"], *result["batch1_seconds"]), note=note + "; predict_on_batch")]
+    rows = [
+        dict(
+            rates("keras (TF) predict", 64, result["n"], *result["batch64_seconds"]),
+            note=note,
+            max_abs_vs_rnnsent_keras_encoding=diff,
+        ),
+        dict(rates("keras (TF) predict", 1, result["n1"], *result["batch1_seconds"]), note=note + "; predict_on_batch"),
+    ]
     return rows, result["versions"]
 
 
@@ -182,7 +191,9 @@ def main(argv=None) -> int:
             for batch, sample in ((64, texts), (1, one)):
                 row = rates(name, batch, len(sample), *clocked(score, sample, batch))
                 old = best.get((name, batch))
-                best[name, batch] = row if old is None or row["reviews_per_cpu_second"] > old["reviews_per_cpu_second"] else old
+                best[name, batch] = (
+                    row if old is None or row["reviews_per_cpu_second"] > old["reviews_per_cpu_second"] else old
+                )
                 print(f"[{rep + 1}/{args.repeats}] {show(row)}", flush=True)
     rows = [dict(row, repeats=args.repeats) for row in best.values()]
     model.impl = "auto"

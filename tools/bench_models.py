@@ -88,7 +88,9 @@ def main(argv=None) -> int:
                         vocab_size=settings["vocab_size"], embed_dim=settings["embed_dim"],
                         hidden_size=settings["hidden_size"], num_layers=settings["num_layers"],
                         bidirectional=settings["bidirectional"])
-            arrays = dict(x=x.numpy().astype("int32"), y=y.numpy(), xt=x[:64].numpy().astype("int32"), yt=y[:64].numpy())
+            arrays = dict(
+                x=x.numpy().astype("int32"), y=y.numpy(), xt=x[:64].numpy().astype("int32"), yt=y[:64].numpy()
+            )
             (k,), versions = run_keras(sys.executable, backend, spec, arrays)
             rows.append({"model": name, "system": f"Keras {versions['keras']} ({backend})",
                          "samples_per_second": k["timed_samples"] / k["timed_seconds"],

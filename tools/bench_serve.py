@@ -180,8 +180,10 @@ HEADER = (f"{'batching':<9}{'conc.':>6}{'requests':>9}{'req/s':>9}{'texts/s':>9}
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['batching']:<9}{r['concurrency']:>6}{r['requests']:>9}{r['requests_per_s']:>9.1f}{r['texts_per_s']:>9.1f}"
-            f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['texts_per_batch']:>10.1f}{r['wrong']:>6}")
+    return (
+        f"{r['batching']:<9}{r['concurrency']:>6}{r['requests']:>9}{r['requests_per_s']:>9.1f}{r['texts_per_s']:>9.1f}"
+        f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['texts_per_batch']:>10.1f}{r['wrong']:>6}"
+    )
 
 
 def model_only(args) -> dict:

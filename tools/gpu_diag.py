@@ -57,8 +57,14 @@ def profile(config_kwargs: dict, rows: int = 20) -> dict:
     with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         trainer.fit()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
-    launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    return {"table": table, "kernel_launches": launches, "train_steps": config_kwargs["epochs"] * len(trainer.train_batches)}
+    launches = sum(
+        e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+    )
+    return {
+        "table": table,
+        "kernel_launches": launches,
+        "train_steps": config_kwargs["epochs"] * len(trainer.train_batches),
+    }
 
 
 def main(argv=None) -> int:

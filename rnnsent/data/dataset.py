@@ -49,7 +49,9 @@ CACHE_FORMAT = "rnnsent-prepared-data"  # the envelope's marker; its version is 
 log = logging.getLogger(__name__)
 
 
-def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(
+    n: int, val_fraction: float, seed: int, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_idx, val_idx), each sorted, partitioning range(n); a function of (n, val_fraction, seed, labels).
 
     With labels, each label gives round(count * val_fraction) rows to validation, so both halves keep
@@ -57,7 +59,11 @@ def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor
     """
     check_val_fraction(val_fraction)
     g = torch.Generator().manual_seed(int(seed))
-    groups = [torch.arange(n)] if labels is None else [torch.nonzero(labels == y).flatten() for y in torch.unique(torch.as_tensor(labels))]
+    groups = (
+        [torch.arange(n)]
+        if labels is None
+        else [torch.nonzero(labels == y).flatten() for y in torch.unique(torch.as_tensor(labels))]
+    )
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries for n={n}")
     val = []
@@ -110,7 +116,9 @@ def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fra
         ids = {s: [np.where(r + 3 < vocab_size, r + 3, 2) for r in rows[s]] for s in rows}
     else:
         index = _Index()
-        provisional = {s: _index_texts(rows[s], index) for s in ("train", "test")}  # train first: its first appearances rank ties
+        provisional = {
+            s: _index_texts(rows[s], index) for s in ("train", "test")
+        }  # train first: its first appearances rank ties
         words = list(index)
         train_flat = np.concatenate(provisional["train"]) if provisional["train"] else np.zeros(0, np.int64)
         counts = np.bincount(train_flat, minlength=len(words))  # test words get count 0 and are left out
@@ -137,7 +145,13 @@ def _pack(split: EncodedSplit) -> dict[str, Any]:
     flat, lengths = split.unpadded()
     # Ids fit int16 for any vocabulary below 32768 words: a quarter of the int64 size on disk.
     small = torch.int16 if len(flat) == 0 or int(flat.max()) < 2**15 else torch.int32
-    return {"flat": flat.to(small), "lengths": lengths, "labels": split.labels, "padding": split.padding, "width": split.tokens.shape[1]}
+    return {
+        "flat": flat.to(small),
+        "lengths": lengths,
+        "labels": split.labels,
+        "padding": split.padding,
+        "width": split.tokens.shape[1],
+    }
 
 
 def _unpack(d: dict[str, Any]) -> EncodedSplit:
@@ -151,12 +165,18 @@ def load_cached(path: Path) -> PreparedData | None:
         return None
     try:
         stored = torch.load(path, weights_only=True)
-        if not (isinstance(stored, dict) and "meta" in stored and "format" not in stored):  # else a cache from before the envelope
+        if not (
+            isinstance(stored, dict) and "meta" in stored and "format" not in stored
+        ):  # else a cache from before the envelope
             stored = unseal(stored, str(path), CACHE_FORMAT, CACHE_VERSION, "rnnsent prepared-data cache")
         meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
-        return PreparedData(*(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta)
+        return PreparedData(
+            *(_unpack(stored[s]) for s in ("train", "val", "test")), Vocab.from_dict(stored["vocab"]), meta
+        )
     except Exception as e:  # any unreadable cache is rebuilt
-        log.warning(f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {first_line(e)}); rebuilding it")
+        log.warning(
+            f"ignoring unreadable prepared-data cache {path} ({type(e).__name__}: {first_line(e)}); rebuilding it"
+        )
         return None
 
 
@@ -220,11 +240,21 @@ def prepare_imdb(
     t0 = time.perf_counter()
     splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit)
     meta = {
-        "source": source.kind, "source_path": str(source.path), "params": {k: v for k, v in params.items() if k != "source"},
-        "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3), **extra,
+        "source": source.kind,
+        "source_path": str(source.path),
+        "params": {k: v for k, v in params.items() if k != "source"},
+        "counts": {s: _counts(splits[s]) for s in splits},
+        "prepare_seconds": round(time.perf_counter() - t0, 3),
+        **extra,
     }
     cached = use_cache and save_cached(path, splits, vocab, meta)
-    return PreparedData(splits["train"], splits["val"], splits["test"], vocab, dict(meta, cache_file=str(path) if cached else None, cache_hit=False))
+    return PreparedData(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        vocab,
+        dict(meta, cache_file=str(path) if cached else None, cache_hit=False),
+    )
 
 
 # ImdbData was the name of what now is PreparedData (it carries your own data too).

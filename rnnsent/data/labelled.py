@@ -44,8 +44,18 @@ from rnnsent.config import ON_MISSING_LABEL, canonical_encoding, check_val_fract
 from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
-from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, check_max_len, check_vocab_size, encode_bucketed,
-                               encode_keras, pad_flat, tokenize_scripts)
+from rnnsent.data.text import (
+    START_ID,
+    SCRIPT_TOKENIZER_NAME,
+    PreparedData,
+    Vocab,
+    check_max_len,
+    check_vocab_size,
+    encode_bucketed,
+    encode_keras,
+    pad_flat,
+    tokenize_scripts,
+)
 
 CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
@@ -60,7 +70,9 @@ def _tokenize_chunk(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray
     index = _Index()  # word -> id in order of first appearance
     rows = [tokenize_scripts(text) for text in texts]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    flat = np.fromiter(map(index.__getitem__, itertools.chain.from_iterable(rows)), dtype=np.int32, count=int(lengths.sum()))
+    flat = np.fromiter(
+        map(index.__getitem__, itertools.chain.from_iterable(rows)), dtype=np.int32, count=int(lengths.sum())
+    )
     return list(index), flat, lengths
 
 
@@ -114,8 +126,10 @@ def _chunks(rows: Iterable[Row], acc: _Rows, split: str | None) -> Iterable[list
             continue
         if row.label is None:
             if acc.on_missing_label == "error":
-                raise DataFileError(f"{row.where}: the label is missing (empty, blank or NaN-like); give the row its label "
-                                    "or remove it (--on-missing-label skip skips such rows)")
+                raise DataFileError(
+                    f"{row.where}: the label is missing (empty, blank or NaN-like); give the row its label "
+                    "or remove it (--on-missing-label skip skips such rows)"
+                )
             acc.missing += 1
             acc.first_missing = acc.first_missing or row.where
             continue
@@ -123,12 +137,16 @@ def _chunks(rows: Iterable[Row], acc: _Rows, split: str | None) -> Iterable[list
         if acc.kind is None:
             acc.kind = (kind, row.where)
         elif kind != acc.kind[0]:
-            raise DataFileError(f"{row.where}: the label {row.label!r} is {'an' if kind == 'integer' else 'a'} {kind}, but the "
-                                f"label at {acc.kind[1]} is {'an' if acc.kind[0] == 'integer' else 'a'} {acc.kind[0]}; make every "
-                                "label a name or every label a whole number")
+            raise DataFileError(
+                f"{row.where}: the label {row.label!r} is {'an' if kind == 'integer' else 'a'} {kind}, but the "
+                f"label at {acc.kind[1]} is {'an' if acc.kind[0] == 'integer' else 'a'} {acc.kind[0]}; make every "
+                "label a name or every label a whole number"
+            )
         s = split if split is not None else row.split
         if s is not None and s not in ("train", "test", "val"):
-            raise DataFileError(f"{row.where}: split {row.split!r} is not train, test or val; fix the split column's value")
+            raise DataFileError(
+                f"{row.where}: split {row.split!r} is not train, test or val; fix the split column's value"
+            )
         acc.labels.append(row.label)
         acc.splits.append(s)
         acc.wheres.append(row.where)
@@ -194,7 +212,9 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
            seed: int, limit: int | None, where: str, test_where: str | None) -> tuple[dict, Vocab, list, list[str]]:
     notes = []
     if acc.skipped:
-        notes.append(f"skipped {acc.skipped} row(s) whose text is empty or only whitespace (the first at {acc.first_skipped})")
+        notes.append(
+            f"skipped {acc.skipped} row(s) whose text is empty or only whitespace (the first at {acc.first_skipped})"
+        )
     if acc.missing:
         notes.append(f"skipped {acc.missing} row(s) whose label is missing (empty, blank or NaN-like; the first at "
                      f"{acc.first_missing}); --on-missing-label error refuses them instead")
@@ -211,14 +231,18 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     class_id = {c: k for k, c in enumerate(classes)}
     for i in range(n):
         if acc.labels[i] not in class_id:
-            raise DataFileError(f"{acc.wheres[i]}: label {acc.labels[i]!r} never occurs in the training rows "
-                                f"(classes: {', '.join(map(repr, classes))}); remove the row or add training examples of it")
+            raise DataFileError(
+                f"{acc.wheres[i]}: label {acc.labels[i]!r} never occurs in the training rows "
+                f"(classes: {', '.join(map(repr, classes))}); remove the row or add training examples of it"
+            )
     y = torch.tensor([class_id[v] for v in acc.labels], dtype=torch.float32)
     if not explicit_test:
         rest, test_idx = train_val_split(n, test_fraction, seed + TEST_SEED_OFFSET, y)
         splits[test_idx.numpy()] = "test"
-        notes.append(f"no test set given: holding out a stratified {test_fraction:.0%} of the rows ({len(test_idx)}) "
-                     f"for testing, chosen by the fixed seed {seed} (pass --test-data or a --split-column to choose it)")
+        notes.append(
+            f"no test set given: holding out a stratified {test_fraction:.0%} of the rows ({len(test_idx)}) "
+            f"for testing, chosen by the fixed seed {seed} (pass --test-data or a --split-column to choose it)"
+        )
     rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
     if limit is not None:
         if limit < len(classes):
@@ -250,7 +274,11 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
         out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
     for s in ("train", "val", "test"):
         if len(out[s]) == 0:
-            what = "validation rows are left (each class gives round(its rows x the validation fraction))" if s == "val" else f"{s} rows are left"
+            what = (
+                "validation rows are left (each class gives round(its rows x the validation fraction))"
+                if s == "val"
+                else f"{s} rows are left"
+            )
             raise DataFileError(f"{test_where if s == 'test' and test_where else where}: no {what}; "
                                 "give more rows" + (" or a larger --limit" if limit else ""))
     return out, vocab, classes, notes
@@ -281,7 +309,9 @@ def _stratified_take(idx: np.ndarray, y: torch.Tensor, limit: int, seed: int) ->
     return np.sort(np.concatenate(chosen))
 
 
-def _rows_flat(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rows_flat(
+    flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The ids of rows `idx` back to back, and their lengths (no Python loop over rows)."""
     n = lengths[idx]
     within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside its row
@@ -306,7 +336,10 @@ def _encode(ids: np.ndarray, lengths: np.ndarray, labels: torch.Tensor, max_len:
 
 
 def _meta(out: dict, classes: list, notes: list[str], source: str, params: dict, seconds: float, vocab: Vocab) -> dict:
-    counts = {s: {"total": len(out[s]), **{str(c): int((out[s].labels == k).sum()) for k, c in enumerate(classes)}} for s in out}
+    counts = {
+        s: {"total": len(out[s]), **{str(c): int((out[s].labels == k).sum()) for k, c in enumerate(classes)}}
+        for s in out
+    }
     return {"source": "labelled", "source_path": source, "params": params, "classes": list(classes), "notes": notes,
             "counts": counts, "prepare_seconds": round(seconds, 3), "vocab_words": len(vocab.words)}
 
@@ -344,8 +377,10 @@ def prepare_labelled(
         if p is not None and not p.exists():
             raise DataFileError(f"{p}: no such file or folder")
     if test is not None and os.path.samefile(path, test):
-        raise DataFileError(f"--test-data {test} is the same file as --data {path}: the test scores would be on training "
-                            "rows; give a file of other rows, or leave --test-data out to hold out a stratified share")
+        raise DataFileError(
+            f"--test-data {test} is the same file as --data {path}: the test scores would be on training "
+            "rows; give a file of other rows, or leave --test-data out to hold out a stratified share"
+        )
     params = {"version": CACHE_VERSION, "vocab_size": vocab_size, "max_len": max_len, "encoding": encoding,
               "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "limit": limit,
               "columns": [columns.text, columns.label, columns.split], "tokenizer": SCRIPT_TOKENIZER_NAME}
@@ -378,8 +413,13 @@ def prepare_labelled(
     if test is not None:
         meta["test_path"] = str(test)
     cached = use_cache and save_cached(cache, out, vocab, meta)
-    return PreparedData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=str(cache) if cached else None,
-                                                                       cache_hit=False))
+    return PreparedData(
+        out["train"],
+        out["val"],
+        out["test"],
+        vocab,
+        dict(meta, cache_file=str(cache) if cached else None, cache_hit=False),
+    )
 
 
 def prepare_texts(
@@ -408,11 +448,23 @@ def prepare_texts(
         for i, (x, y) in enumerate(zip(xs, ys)):
             if not isinstance(x, str):
                 raise DataFileError(f"{name}[{i}]: the text is a {type(x).__name__}, not a string")
-            if y is None or isinstance(y, float) and y != y or isinstance(y, str) and y.strip().lower() in MISSING_LABELS:
+            if (
+                y is None
+                or isinstance(y, float)
+                and y != y
+                or isinstance(y, str)
+                and y.strip().lower() in MISSING_LABELS
+            ):
                 y = None  # a missing label, as in a file: skipped with a note, never a class
             elif isinstance(y, bool) or not isinstance(y, (str, int, np.integer)):
                 raise DataFileError(f"{name}[{i}]: the label {y!r} is neither a string nor an integer")
-            yield Row(x, int(y) if isinstance(y, np.integer) else y.strip() if isinstance(y, str) else y, None, i, f"{name}[{i}]")
+            yield Row(
+                x,
+                int(y) if isinstance(y, np.integer) else y.strip() if isinstance(y, str) else y,
+                None,
+                i,
+                f"{name}[{i}]",
+            )
 
     t0 = time.perf_counter()
     sources = [(rows(texts, labels, "texts"), None)]

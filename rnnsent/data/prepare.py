@@ -15,6 +15,8 @@ def prepare_data(settings, vocab_size: int, cache_dir=None) -> PreparedData:
     if is_user_data(settings.data_root):
         return prepare_labelled(**dict(settings.labelled_args(vocab_size), cache_dir=cache_dir))
     if settings.test_data is not None:
-        raise DataFileError(f"--test-data {settings.test_data}: a test file goes with your own data (--data a .csv, .tsv or "
-                            ".jsonl file); IMDB brings its own test split")
+        raise DataFileError(
+            f"--test-data {settings.test_data}: a test file goes with your own data (--data a .csv, .tsv or "
+            ".jsonl file); IMDB brings its own test split"
+        )
     return prepare_imdb(**DataConfig.data_args(settings, vocab_size), root=settings.data_root, cache_dir=cache_dir)

@@ -88,7 +88,9 @@ def is_user_data(path: str | os.PathLike | None) -> bool:
         train, test = p / "train", p / "test"
         if not train.is_dir():
             return False  # perhaps the parent of an aclImdb folder: IMDB's search says what is wrong
-        classes = {d.name for d in train.iterdir() if d.is_dir()} | ({d.name for d in test.iterdir() if d.is_dir()} if test.is_dir() else set())
+        classes = {d.name for d in train.iterdir() if d.is_dir()} | (
+            {d.name for d in test.iterdir() if d.is_dir()} if test.is_dir() else set()
+        )
         if classes - {NOT_A_CLASS} <= {"pos", "neg"} and (train / "neg").is_dir():
             return not any(_STANFORD_FILE.fullmatch(f.name) for f in (train / "neg").iterdir())
         return True
@@ -151,8 +153,10 @@ def _decode_error(path: Path, e: UnicodeDecodeError) -> DataFileError:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
                 break
-    return DataFileError(f"{path} line {line}: cannot be decoded ({e.reason} at byte 0x{e.object[e.start]:02x}); encodings "
-                         f"tried: {ENCODINGS_TRIED}. Convert it to UTF-8, e.g. iconv -f cp1252 -t utf-8")
+    return DataFileError(
+        f"{path} line {line}: cannot be decoded ({e.reason} at byte 0x{e.object[e.start]:02x}); encodings "
+        f"tried: {ENCODINGS_TRIED}. Convert it to UTF-8, e.g. iconv -f cp1252 -t utf-8"
+    )
 
 
 def _read_table(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
@@ -164,7 +168,9 @@ def _read_table(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
             reader = csv.reader(lines, dialect, **({} if quoted else {"quoting": csv.QUOTE_NONE}))
             header = next(reader, None)
             if not header or not any(h.strip() for h in header):
-                raise DataFileError(f"{path}: the file is empty; it needs a header line naming its columns and one row per text")
+                raise DataFileError(
+                    f"{path}: the file is empty; it needs a header line naming its columns and one row per text"
+                )
             header = [h.strip() for h in header]
             names = [("text", columns.text, "--text-column"), ("label", columns.label, "--label-column")]
             if columns.split:
@@ -172,8 +178,10 @@ def _read_table(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
             index = {}
             for role, name, flag in names:
                 if name not in header:
-                    raise DataFileError(f"{path} line 1: no column {name!r} (columns found: {', '.join(map(repr, header))}); "
-                                        f"name the {role} column with {flag}")
+                    raise DataFileError(
+                        f"{path} line 1: no column {name!r} (columns found: {', '.join(map(repr, header))}); "
+                        f"name the {role} column with {flag}"
+                    )
                 index[role] = header.index(name)
             width, seen = len(header), 0
             t, y, s = index["text"], index["label"], index.get("split")
@@ -193,7 +201,13 @@ def _read_table(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
                         + (f"put quotes (\") around a field that holds {sep}, a quote (doubled inside) or a line break"
                            if quoted else f"with --quoting none no field can hold {sep}"))
                 where = f"{path} line {start}"
-                yield Row(fields[t], _label(fields[y], where), fields[s].strip().lower() if s is not None else None, start, where)
+                yield Row(
+                    fields[t],
+                    _label(fields[y], where),
+                    fields[s].strip().lower() if s is not None else None,
+                    start,
+                    where,
+                )
                 seen += 1
                 start = reader.line_num + 1
             if not seen:
@@ -201,7 +215,9 @@ def _read_table(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from None
     except csv.Error as e:
-        raise DataFileError(f"{path} line {reader.line_num}: not valid {kind.upper()} ({e}); check the quoting there") from None
+        raise DataFileError(
+            f"{path} line {reader.line_num}: not valid {kind.upper()} ({e}); check the quoting there"
+        ) from None
 
 
 class _Lines:
@@ -273,20 +289,32 @@ def _read_jsonl(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
                     raise DataFileError(f"{where}: not valid JSON ({e}); JSON Lines has one object such as "
                                         '{"text": "...", "label": "..."} per line') from None
                 if not isinstance(record, dict):
-                    raise DataFileError(f"{where}: a JSON {type(record).__name__}, not an object with the text and the label")
-                for role, name, flag in (("text", columns.text, "--text-column"), ("label", columns.label, "--label-column"),
-                                         ("split", columns.split, "--split-column")):
+                    raise DataFileError(
+                        f"{where}: a JSON {type(record).__name__}, not an object with the text and the label"
+                    )
+                for role, name, flag in (
+                    ("text", columns.text, "--text-column"),
+                    ("label", columns.label, "--label-column"),
+                    ("split", columns.split, "--split-column"),
+                ):
                     if name is not None and name not in record:
                         raise DataFileError(f"{where}: no key {name!r} (keys found: {', '.join(map(repr, record))}); "
                                             f"name the {role} key with {flag}")
                 text, label = record[columns.text], record[columns.label]
                 if not isinstance(text, str):
-                    raise DataFileError(f"{where}: the text ({columns.text!r}) is a JSON {type(text).__name__}, not a string")
+                    raise DataFileError(
+                        f"{where}: the text ({columns.text!r}) is a JSON {type(text).__name__}, not a string"
+                    )
                 if isinstance(label, str):
                     label = None if label.strip().lower() in MISSING_LABELS else label.strip()
                 elif label is None or isinstance(label, float) and label != label:  # null or NaN: missing
                     label = None
-                elif isinstance(label, bool) or not isinstance(label, (int, float)) or isinstance(label, float) and not label.is_integer():
+                elif (
+                    isinstance(label, bool)
+                    or not isinstance(label, (int, float))
+                    or isinstance(label, float)
+                    and not label.is_integer()
+                ):
                     raise DataFileError(f"{where}: the label {label!r} is neither a string nor a whole number")
                 else:
                     label = _whole_number(int(label), where)
@@ -325,8 +353,10 @@ def _read_folders(root: Path) -> Iterator[Row]:
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:
-                raise DataFileError(f"{folder}: the label folder {name.encode('utf-8', 'surrogateescape')!r} has a name that "
-                                    "is not UTF-8; rename it (the name is the class, written into the reports)") from None
+                raise DataFileError(
+                    f"{folder}: the label folder {name.encode('utf-8', 'surrogateescape')!r} has a name that "
+                    "is not UTF-8; rename it (the name is the class, written into the reports)"
+                ) from None
         inside, skipped = root.resolve(), []
         for name in labels:
             for f in sorted((folder / name).glob("*.txt")):
@@ -334,8 +364,10 @@ def _read_folders(root: Path) -> Iterator[Row]:
                     skipped.append(f"{f.name} (a hidden file)")
                     continue
                 if not f.resolve().is_relative_to(inside):  # a link (the file's or its folder's) out of the data
-                    raise DataFileError(f"{f} is a link to {f.resolve()}, outside the data folder {root}; rnnsent follows "
-                                        "links only within it: copy the file in, or link the whole data folder")
+                    raise DataFileError(
+                        f"{f} is a link to {f.resolve()}, outside the data folder {root}; rnnsent follows "
+                        "links only within it: copy the file in, or link the whole data folder"
+                    )
                 if not f.is_file():  # a named pipe would block forever, a device never end
                     skipped.append(f"{f.name} (not a regular file)")
                     continue
@@ -351,8 +383,10 @@ def _read_folders(root: Path) -> Iterator[Row]:
                                         "Convert it to UTF-8, e.g. iconv -f cp1252 -t utf-8") from None
                 yield Row(text, _label(name, str(f), missing=False), split, 0, str(f))
         if skipped:
-            log.warning(f"{folder}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not regular, "
-                     f"visible text files: {', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}")
+            log.warning(
+                f"{folder}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not regular, "
+                f"visible text files: {', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}"
+            )
 
 
 def class_order(labels) -> list:

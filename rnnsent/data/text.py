@@ -40,7 +40,8 @@ _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]|_")
 # that follow it, so a Thai vowel sign stays on its consonant); everything else is v1's rule.
 _SPACELESS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
               "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
-_MARK = "\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e\u0eb1\u0eb4-\u0ebc\u0ec8-\u0ecd\u1031-\u103e\u17b4-\u17d3\u3099\u309a"
+_MARK = ("\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e\u0eb1\u0eb4-\u0ebc\u0ec8-\u0ecd"
+         "\u1031-\u103e\u17b4-\u17d3\u3099\u309a")
 _WORD_V2 = f"[^\\W_{_SPACELESS}]"
 _TOKEN_V2 = re.compile(f"[{_SPACELESS}][{_MARK}]*|{_WORD_V2}+(?:'{_WORD_V2}+)*|[^\\w\\s]|_")
 
@@ -136,7 +137,9 @@ class Vocab:
         slots = [UNUSED_NAME] * (vocab_size - 4)  # ids 4 .. vocab_size-1 <- ranks 1 .. vocab_size-4
         for word, rank in word_index.items():
             if not isinstance(rank, int) or rank < 1:
-                raise ValueError(f"word index entry {word!r}: {rank!r} is not a rank >= 1; is this Keras' imdb_word_index.json?")
+                raise ValueError(
+                    f"word index entry {word!r}: {rank!r} is not a rank >= 1; is this Keras' imdb_word_index.json?"
+                )
             if rank <= vocab_size - 4:
                 if slots[rank - 1] != UNUSED_NAME:
                     raise ValueError(f"word index gives rank {rank} to both {slots[rank - 1]!r} and {word!r}")
@@ -197,7 +200,9 @@ class EncodedSplit:
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be 'pre' or 'post', got {self.padding!r}")
         if self.tokens.dtype != torch.long or self.tokens.dim() != 2:
-            raise ValueError(f"tokens must be a 2-D int64 tensor, got {self.tokens.dtype} of shape {tuple(self.tokens.shape)}")
+            raise ValueError(
+                f"tokens must be a 2-D int64 tensor, got {self.tokens.dtype} of shape {tuple(self.tokens.shape)}"
+            )
         n = self.tokens.shape[0]
         if self.lengths.shape != (n,) or self.labels.shape != (n,):
             raise ValueError(
@@ -205,9 +210,13 @@ class EncodedSplit:
                 f"{tuple(self.labels.shape)}; all three must describe the same reviews"
             )
         if self.lengths.dtype != torch.long or self.labels.dtype != torch.float32:
-            raise ValueError(f"lengths must be int64 and labels float32, got {self.lengths.dtype} and {self.labels.dtype}")
+            raise ValueError(
+                f"lengths must be int64 and labels float32, got {self.lengths.dtype} and {self.labels.dtype}"
+            )
         if n and (int(self.lengths.min()) < 1 or int(self.lengths.max()) > self.tokens.shape[1]):
-            raise ValueError("every length must lie in 1 .. tokens.shape[1] (an empty review still has its start token)")
+            raise ValueError(
+                "every length must lie in 1 .. tokens.shape[1] (an empty review still has its start token)"
+            )
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -227,7 +236,9 @@ class EncodedSplit:
 
 def check_max_len(max_len: int) -> None:
     if not _is_int(max_len) or max_len < 1:
-        raise ValueError(f"max_len={max_len!r} must be an int >= 1 (the number of ids kept per review, start token included)")
+        raise ValueError(
+            f"max_len={max_len!r} must be an int >= 1 (the number of ids kept per review, start token included)"
+        )
 
 
 def _mask(lengths: torch.Tensor, width: int, padding: str) -> torch.Tensor:
@@ -267,7 +278,9 @@ def _labels(labels: Sequence[float] | torch.Tensor, n: int) -> torch.Tensor:
     return t
 
 
-def encode_keras(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int) -> EncodedSplit:
+def encode_keras(
+    id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int
+) -> EncodedSplit:
     """Keras parity: [1] + ids, then pad_sequences(maxlen=max_len) with its defaults
     (truncating="pre" keeps the last max_len ids, padding="pre" puts zeros on the left)."""
     check_max_len(max_len)
@@ -276,7 +289,9 @@ def encode_keras(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | to
     return pad_flat(flat, lengths, _labels(labels, len(lengths)), max_len, "pre")
 
 
-def encode_bucketed(id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int) -> EncodedSplit:
+def encode_bucketed(
+    id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int
+) -> EncodedSplit:
     """The same ids as encode_keras, right-padded to the longest row so that batches can be cut short."""
     check_max_len(max_len)
     max_len = int(max_len)

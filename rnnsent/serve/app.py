@@ -243,14 +243,27 @@ def model_info(loaded, settings: ServeSettings) -> dict:
     m = loaded.model
     metrics = {k: v for k, v in loaded.metrics.items()
                if isinstance(v, (int, str)) or isinstance(v, float) and math.isfinite(v)}
-    return {"checkpoint": loaded.path.name if loaded.path else None, "cell": m.cell,
-            "layers": getattr(m.rnn, "num_layers", 1), "parameters": count_parameters(m),
-            "vocab_size": m.vocab_size, "embed_dim": m.embed_dim, "hidden_size": m.hidden_size,
-            "labels": class_names(m.num_classes, loaded.classes), "encoding": loaded.encoding, "max_len": loaded.max_len,
-            "metrics": metrics, "released": _released_entry(loaded.path),
-            "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
-                       "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts},
-            "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}}
+    return {
+        "checkpoint": loaded.path.name if loaded.path else None,
+        "cell": m.cell,
+        "layers": getattr(m.rnn, "num_layers", 1),
+        "parameters": count_parameters(m),
+        "vocab_size": m.vocab_size,
+        "embed_dim": m.embed_dim,
+        "hidden_size": m.hidden_size,
+        "labels": class_names(m.num_classes, loaded.classes),
+        "encoding": loaded.encoding,
+        "max_len": loaded.max_len,
+        "metrics": metrics,
+        "released": _released_entry(loaded.path),
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_texts": settings.max_texts,
+            "max_chars": settings.max_chars,
+            "max_explain_texts": settings.max_explain_texts,
+        },
+        "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
+    }
 
 
 # ---- the app ----
@@ -307,7 +320,9 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
         return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
     def body_schema(model) -> dict:
-        return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+        return {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():

@@ -24,7 +24,8 @@ class ServerProcess:
     """with ServerProcess("gru", "--max-batch", "1") as server: urllib.request.urlopen(server.url + "/healthz")
 
     The child's output goes to `log` (a file path; default: discarded); `env` defaults to environment(). On
-    leaving, the server gets SIGTERM and up to `stop_timeout` seconds to drain, then SIGKILL; `returncode` is its exit status."""
+    leaving, the server gets SIGTERM and up to `stop_timeout` seconds to drain, then SIGKILL; `returncode` is
+    its exit status."""
 
     def __init__(self, checkpoint: str, *flags: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
                  log: str | os.PathLike | None = None, ready_timeout: float = 120.0, stop_timeout: float = 30.0):
