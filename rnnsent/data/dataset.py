@@ -248,13 +248,7 @@ def prepare_imdb(
         **extra,
     }
     cached = use_cache and save_cached(path, splits, vocab, meta)
-    return PreparedData(
-        splits["train"],
-        splits["val"],
-        splits["test"],
-        vocab,
-        dict(meta, cache_file=str(path) if cached else None, cache_hit=False),
-    )
+    return PreparedData.fresh(splits, vocab, meta, cache_file=path if cached else None)
 
 
 # ImdbData was the name of what now is PreparedData (it carries your own data too).

@@ -413,13 +413,7 @@ def prepare_labelled(
     if test is not None:
         meta["test_path"] = str(test)
     cached = use_cache and save_cached(cache, out, vocab, meta)
-    return PreparedData(
-        out["train"],
-        out["val"],
-        out["test"],
-        vocab,
-        dict(meta, cache_file=str(cache) if cached else None, cache_hit=False),
-    )
+    return PreparedData.fresh(out, vocab, meta, cache_file=cache if cached else None)
 
 
 def prepare_texts(
@@ -478,7 +472,7 @@ def prepare_texts(
     params = {"vocab_size": vocab_size, "max_len": max_len, "encoding": encoding, "val_fraction": val_fraction,
               "test_fraction": test_fraction, "seed": seed, "limit": limit, "tokenizer": SCRIPT_TOKENIZER_NAME}
     meta = _meta(out, classes, notes, "python lists", params, time.perf_counter() - t0, vocab)
-    return PreparedData(out["train"], out["val"], out["test"], vocab, dict(meta, cache_file=None, cache_hit=False))
+    return PreparedData.fresh(out, vocab, meta)
 
 
 def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encoding: str, classes: Sequence | None,

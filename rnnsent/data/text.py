@@ -311,5 +311,12 @@ class PreparedData:
     vocab: Vocab
     meta: dict[str, Any]  # source, parameters, counts per split and label, cache file
 
+    @classmethod
+    def fresh(cls, splits: Mapping[str, EncodedSplit], vocab: Vocab, meta: dict, cache_file=None) -> "PreparedData":
+        """Just prepared (not read from a cache) from {"train", "val", "test"} splits; `cache_file` where it was
+        stored, if it was."""
+        return cls(splits["train"], splits["val"], splits["test"], vocab,
+                   dict(meta, cache_file=None if cache_file is None else str(cache_file), cache_hit=False))
+
 
 __getattr__ = moved.names(__name__, {}, renamed={"encode_fast": "rnnsent.data.text:encode_bucketed"})
