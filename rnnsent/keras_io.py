@@ -15,9 +15,8 @@ with an optional Dropout after the Embedding and after the recurrent layer (they
 `embed_dropout` and `output_dropout`). The recurrent layer may be stacked (each but the last with
 return_sequences=True, Dropout between them becoming `layer_dropout`) and wrapped in Bidirectional
 (merge_mode="concat"; its weights are the forward layer's, then the backward layer's). Anything else is refused
-with a KerasFormatError that names
-the difference. The recurrent layer's own `dropout` / `recurrent_dropout` only act in training and
-rnnsent has no per-gate dropout, so they are not carried over; predictions are unaffected.
+with a KerasFormatError that names the difference. The recurrent layer's own `dropout` / `recurrent_dropout`
+only act in training and rnnsent has no per-gate dropout, so they are not carried over; predictions are unaffected.
 
 Gate layout: Keras stores a kernel as (input, gates * units) with its blocks in Keras' order;
 PyTorch stores weight_ih as (gates * units, input) in its own order, hence a transpose and
