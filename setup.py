@@ -11,9 +11,6 @@ setup(
     package_dir={"rnnsent.released": "checkpoints"},
     # csrc: compiled on the user's machine by rnnsent.fused; released: the released models, loaded by name
     # serve/page.html: the demo page rnnsent serve answers at /
-    package_data={
-        "rnnsent": ["csrc/*.cpp"],
-        "rnnsent.released": ["*.pt", "RESULTS.json"],
-        "rnnsent.serve": ["page.html"],
-    },
+    package_data={"rnnsent": ["csrc/*.cpp"], "rnnsent.released": ["*.pt", "RESULTS.json"],
+                  "rnnsent.serve": ["page.html"]},
 )

@@ -1,6 +1,5 @@
 """Command lines for train / evaluate / predict / explain / export. scripts/*.py and the `rnnsent` command call
-these; all work
-happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
+these; all work happens in the library. Nothing here imports torch before the flags are parsed, so --help is instant."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (
-    LEGACY_RECIPES,
-    QUOTINGS,
-    RECIPES,
-    TrainConfig,
-    canonical_cell,
-    canonical_recipe,
-    recipe_settings,
-)
+from rnnsent.config import (LEGACY_RECIPES, QUOTINGS, RECIPES, TrainConfig, canonical_cell, canonical_recipe,
+                            recipe_settings)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -53,63 +45,14 @@ def _expect_per_block(text: str) -> int:
 
 # The order train.py --help lists the settings' flags in (expect_per_block: the hidden deprecated flag). A field
 # of TrainConfig made with config.setting() and missing here is listed after these: a new option is one field.
-FLAG_ORDER = (
-    "cell",
-    "epochs",
-    "batch_size",
-    "lr",
-    "vocab_size",
-    "max_len",
-    "embed_dim",
-    "hidden_size",
-    "num_layers",
-    "bidirectional",
-    "layer_dropout",
-    "num_classes",
-    "encoding",
-    "init",
-    "embed_dropout",
-    "output_dropout",
-    "word_dropout",
-    "weight_decay",
-    "schedule",
-    "warmup_steps",
-    "clip",
-    "patience",
-    "seed",
-    "device",
-    "amp",
-    "deterministic",
-    "flush_denormal",
-    "threads",
-    "rnn_impl",
-    "retain_memory",
-    "limit",
-    "val_fraction",
-    "data_root",
-    "test_data",
-    "text_column",
-    "label_column",
-    "split_column",
-    "test_fraction",
-    "quoting",
-    "on_missing_label",
-    "label_smoothing",
-    "adversarial",
-    "ema",
-    "pretrained",
-    "monitor",
-    "cache_dir",
-    "expect_per_block",
-    "ckpt_every",
-    "eval_batch_size",
-    "log_every",
-    "tensorboard",
-    "out",
-    "resume",
-    "quiet",
-    "overwrite",
-)
+FLAG_ORDER = ("cell", "epochs", "batch_size", "lr", "vocab_size", "max_len", "embed_dim", "hidden_size", "num_layers",
+              "bidirectional", "layer_dropout", "num_classes", "encoding", "init", "embed_dropout", "output_dropout",
+              "word_dropout", "weight_decay", "schedule", "warmup_steps", "clip", "patience", "seed", "device", "amp",
+              "deterministic", "flush_denormal", "threads", "rnn_impl", "retain_memory", "limit", "val_fraction",
+              "data_root", "test_data", "text_column", "label_column", "split_column", "test_fraction", "quoting",
+              "on_missing_label", "label_smoothing", "adversarial", "ema", "pretrained", "monitor", "cache_dir",
+              "expect_per_block", "ckpt_every", "eval_batch_size", "log_every", "tensorboard", "out", "resume", "quiet",
+              "overwrite")
 
 
 def _kind(field: dataclasses.Field) -> str:
@@ -189,9 +132,8 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
                    + "".join(f"; {old}: {new}'s old name" for old, new in LEGACY_RECIPES.items()) + " [none]")
     for name in [*FLAG_ORDER, *(f.name for f in dataclasses.fields(config) if f.name not in FLAG_ORDER)]:
         if name == "expect_per_block":
-            p.add_argument(
-                "--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS
-            )  # deprecated
+            # deprecated
+            p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)
         elif "help" in config.__dataclass_fields__[name].metadata:
             add_setting_flag(p, config.__dataclass_fields__[name])
     return p

@@ -282,20 +282,11 @@ class DataConfig:
         """prepare_labelled's arguments for these settings (the user's own data)."""
         from rnnsent.data.tabular import Columns  # no torch there either
 
-        return dict(
-            path=self.data_root,
-            test_path=self.test_data,
-            vocab_size=vocab_size,
-            max_len=self.max_len,
-            encoding=self.encoding,
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction,
-            seed=self.split_seed,
-            limit=self.limit,
-            cache_dir=self.cache_dir,
-            on_missing_label=self.on_missing_label,
-            columns=Columns(self.text_column, self.label_column, self.split_column, self.quoting),
-        )
+        return dict(path=self.data_root, test_path=self.test_data, vocab_size=vocab_size, max_len=self.max_len,
+                    encoding=self.encoding, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                    seed=self.split_seed, limit=self.limit, cache_dir=self.cache_dir,
+                    on_missing_label=self.on_missing_label,
+                    columns=Columns(self.text_column, self.label_column, self.split_column, self.quoting))
 
 
 @dataclass(frozen=True)
@@ -451,8 +442,7 @@ RECIPES: dict[str, dict] = {
 RECIPES["adversarial"] = {
     **RECIPES["regularised"],
     "doc": "regularised's settings, also trained on embeddings pushed up the loss by 0.05 of each review's embedding "
-           "norm "
-    "(adversarial training, Miyato et al. 2016); each step costs two forward and backward passes",
+           "norm (adversarial training, Miyato et al. 2016); each step costs two forward and backward passes",
     "adversarial": 0.05,
 }
 # regularised's settings, started from a language model pretrained on the training reviews (scripts/pretrain.py
@@ -460,19 +450,11 @@ RECIPES["adversarial"] = {
 RECIPES["pretrained"] = {
     **RECIPES["regularised"],
     "doc": "regularised's settings fine-tuning a language model pretrained on the training reviews "
-           "(scripts/pretrain.py "
-    "--recipe pretrained, then --pretrained RUN), with an exponential average of the weights (0.999) and "
-    "adversarial embeddings (0.05 of each review's embedding norm)",
-    "ema": 0.999,
-    "adversarial": 0.05,
-    "pretrain": {
-        "epochs": 5,
-        "lr": 2e-3,
-        "schedule": "cosine",
-        "clip": 1.0,
-        "embed_dropout": 0.1,
-        "output_dropout": 0.1,
-    },
+           "(scripts/pretrain.py --recipe pretrained, then --pretrained RUN), with an exponential average of the "
+           "weights (0.999) and adversarial embeddings (0.05 of each review's embedding norm)",
+    "ema": 0.999, "adversarial": 0.05,
+    "pretrain": {"epochs": 5, "lr": 2e-3, "schedule": "cosine", "clip": 1.0, "embed_dropout": 0.1,
+                 "output_dropout": 0.1},
 }
 # adversarial's settings with the epochs that paid per cell (README: Results): SimpleRNN's validation accuracy
 # still rose at epoch 10 of adversarial and peaked with 20 (30 did worse); LSTM took 15.

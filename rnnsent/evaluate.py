@@ -60,12 +60,8 @@ def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
     if k == 2:
         (tn, fp), (fn, tp) = confusion
         out.update(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn))
-    return {
-        **out,
-        "n": int(n),
-        "macro_f1": sum(f1) / k,
-        "confusion_matrix": [[int(v) for v in row] for row in confusion],
-    }
+    return {**out, "n": int(n), "macro_f1": sum(f1) / k,
+            "confusion_matrix": [[int(v) for v in row] for row in confusion]}
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,8 @@ from rnnsent.loading import resolve_checkpoint
 from rnnsent.models import SentimentRNN
 
 KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
-SHAPE = (
-    "cell",
-    "vocab_size",
-    "embed_dim",
-    "hidden_size",
-    "num_layers",
-    "bidirectional",
-)  # what must agree to hand the weights over
+# what must agree to hand the weights over
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_layers", "bidirectional")
 
 
 def load_into(model: SentimentRNN, path, vocab) -> str:

@@ -64,9 +64,8 @@ class _Layer:
     kind: str  # Keras class name, e.g. "GRU"
     name: str
     config: dict
-    weights: list | None = field(
-        default=None, repr=False
-    )  # arrays, or h5py datasets not read until _parse checks their shapes
+    # arrays, or h5py datasets not read until _parse checks their shapes
+    weights: list | None = field(default=None, repr=False)
 
 
 # ----------------------------------------------------------------------------- Keras -> rnnsent
@@ -236,11 +235,8 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                 [
                     (f"{prefix}{name}", shape)
                     for prefix in (("forward ", "backward ") if dirs == 2 else ("",))
-                    for name, shape in (
-                        ("kernel", (n_in, g * h)),
-                        ("recurrent_kernel", (h, g * h)),
-                        ("bias", (2, g * h) if cell == "gru" else (g * h,)),
-                    )
+                    for name, shape in (("kernel", (n_in, g * h)), ("recurrent_kernel", (h, g * h)),
+                                        ("bias", (2, g * h) if cell == "gru" else (g * h,)))
                 ],
             )
         )
@@ -464,12 +460,8 @@ def _keras_zip_layers(config: dict, f, where: str) -> list[_Layer]:
 def _group_vars(group) -> list:
     """A layer's arrays in Keras order: its own vars/0.., then its cell's (recurrent layers)."""
     arrays = []
-    for sub in (
-        "vars",
-        "cell/vars",
-        "forward_layer/cell/vars",
-        "backward_layer/cell/vars",
-    ):  # the last two: Bidirectional
+    # the last two: Bidirectional
+    for sub in ("vars", "cell/vars", "forward_layer/cell/vars", "backward_layer/cell/vars"):
         if sub in group:
             vars_ = group[sub]
             arrays += [_checked_dataset(vars_[k], group.file.filename) for k in sorted(vars_, key=int)]

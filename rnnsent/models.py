@@ -34,10 +34,10 @@ class SentimentRNN(nn.Module):
 
     forward(tokens, lengths=None) takes a LongTensor (batch, time) of token ids and returns logits
     of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.objective). Without
-    lengths the input is taken as pre-padded (Keras' pad_sequences) and the
-    state after the last column is used. With lengths the input is right-padded and the state
-    after each row's last real token is used, so the padding after it changes nothing (a backward direction
-    starts at that token). features() is what the head sees, sequence() the last layer's outputs at every step.
+    lengths the input is taken as pre-padded (Keras' pad_sequences) and the state after the last column is used.
+    With lengths the input is right-padded and the state after each row's last real token is used, so the padding
+    after it changes nothing (a backward direction starts at that token). features() is what the head sees,
+    sequence() the last layer's outputs at every step.
     """
 
     def __init__(self, *args, impl: str = "auto", **kwargs):
@@ -136,9 +136,8 @@ class SentimentRNN(nn.Module):
         with respect to x on every path (fused kernel included), for attributions (rnnsent.explain)."""
         if lengths is not None:
             check_lengths(lengths, x[..., 0])
-        last = recurrent.embedded_last_state(
-            self.cell, self.rnn, self.drop_in(x), lengths, self.impl
-        )  # (B, H * directions)
+        # (B, H * directions)
+        last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)
         logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 

@@ -71,9 +71,8 @@ class LanguageModel(nn.Module):
         """Parameter counts: the layers fine-tuning takes over, and the output layer only pretraining uses."""
         n = {name: count_parameters(getattr(self, name)) for name in ("embedding", "rnn", "head")}
         adaptive = isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss)
-        kind = (
-            f"adaptive softmax, clusters at {self.head.cutoffs[:-1]}" if adaptive else "softmax"
-        )  # [-1]: the vocab size
+        # [-1]: the vocab size
+        kind = (f"adaptive softmax, clusters at {self.head.cutoffs[:-1]}" if adaptive else "softmax")
         return (
             f'Model: "language_model_{self.settings.cell}"\n'
             f"embedding {n['embedding']:,} + {self.settings.cell} {n['rnn']:,} parameters (fine-tuning takes these); "
@@ -143,15 +142,10 @@ class LanguageModelling:
     def validate(self, t, train_metrics: dict) -> tuple[dict, float]:
         """The epoch's row (losses per word, perplexity; no accuracy) and the score: lower loss is better."""
         val = t._evaluate(t.data.val, t.val_batches)
-        row = {
-            "epoch": t.epoch + 1,
-            "global_step": t.global_step,
-            "train_loss": train_metrics["train_loss"],
-            "epoch_seconds": train_metrics["epoch_seconds"],
-            "samples_per_second": train_metrics["samples_per_second"],
-            "val_loss": val["loss"],
-            "val_perplexity": val["perplexity"],
-        }
+        row = {"epoch": t.epoch + 1, "global_step": t.global_step, "train_loss": train_metrics["train_loss"],
+               "epoch_seconds": train_metrics["epoch_seconds"],
+               "samples_per_second": train_metrics["samples_per_second"], "val_loss": val["loss"],
+               "val_perplexity": val["perplexity"]}
         return row, -val["loss"]
 
     def epoch_line(self, row: dict, improved: bool) -> str:

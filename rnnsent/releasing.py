@@ -16,9 +16,8 @@ def release(table: list[dict], dest: Path) -> None:
     from rnnsent.release import portable_state
 
     dest.mkdir(parents=True, exist_ok=True)
-    index = (
-        json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {}
-    )  # other cells stay
+    # other cells stay
+    index = (json.loads((dest / "RESULTS.json").read_text()) if (dest / "RESULTS.json").is_file() else {})
     for t in table:
         # Released files travel: no path of this machine goes in them (data_root, --out, --data). They predict
         # and cannot resume (best.pt has no optimizer state), so the per-epoch history stays in the run's

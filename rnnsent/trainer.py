@@ -122,14 +122,8 @@ class Classification:
         c = t.config
         with t.averaged():
             val = t._evaluate(t.data.val, t.val_batches)
-        row = {
-            "epoch": t.epoch + 1,
-            "global_step": t.global_step,
-            **train_metrics,
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "lr": lr_at(t.global_step - 1, t.total_steps, c),
-        }
+        row = {"epoch": t.epoch + 1, "global_step": t.global_step, **train_metrics, "val_loss": val["loss"],
+               "val_accuracy": val["accuracy"], "lr": lr_at(t.global_step - 1, t.total_steps, c)}
         if c.num_classes > 2 or c.monitor:
             row["val_macro_f1"] = val["macro_f1"]
         monitored = c.monitored()
@@ -215,15 +209,9 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
         shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
-        self.train_batches = Batcher(
-            self.data.train,
-            batch_size=config.batch_size // self.dist.world_size,
-            shuffle=True,
-            seed=config.seed,
-            bucket=config.encoding == "bucketed",
-            device=self.device,
-            **shard,
-        )
+        self.train_batches = Batcher(self.data.train, batch_size=config.batch_size // self.dist.world_size,
+                                     shuffle=True, seed=config.seed, bucket=config.encoding == "bucketed",
+                                     device=self.device, **shard)
         self.val_batches, self.test_batches = (
             Batcher(split, batch_size=config.eval_batch_size, shuffle=False, seed=0, bucket=split.padding == "post",
                     device=self.device, even_shards=False, **shard)

@@ -71,19 +71,8 @@ def folder(out: Path, variant: str, cell: str, seed: int) -> Path:
 def command(args, variant: str, cell: str, seed: int) -> list[str]:
     flags, fine_tunes = VARIANTS[variant]
     script = "scripts/pretrain.py" if variant == LM else "scripts/train.py"
-    cmd = [
-        script,
-        *flags,
-        "--cell",
-        cell,
-        "--seed",
-        str(seed),
-        "--out",
-        str(folder(Path(args.out), variant, cell, seed)),
-        "--device",
-        args.device,
-        "--quiet",
-    ]
+    cmd = [script, *flags, "--cell", cell, "--seed", str(seed), "--out",
+           str(folder(Path(args.out), variant, cell, seed)), "--device", args.device, "--quiet"]
     if fine_tunes:
         cmd += ["--pretrained", str(folder(Path(args.out), LM, cell, 0))]
     if args.threads:

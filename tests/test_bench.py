@@ -69,23 +69,8 @@ def test_bench_models_smoke_reports_fused_and_stock_for_both_models(tmp_path):
     env = dict(os.environ, RNNSENT_CACHE=str(tmp_path / "cache"))
     fixture = SCRIPT.parent.parent / "tests" / "fixtures" / "imdb" / "reviews.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT.parent / "bench_models.py"),
-            "--data",
-            str(fixture),
-            "--limit",
-            "24",
-            "--max-len",
-            "30",
-            "--batch-size",
-            "4",
-            "--warmup",
-            "1",
-            "--no-keras",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(SCRIPT.parent / "bench_models.py"), "--data", str(fixture), "--limit", "24", "--max-len",
+         "30", "--batch-size", "4", "--warmup", "1", "--no-keras", "--json", str(out)],
         env=env,
         capture_output=True,
         text=True,

@@ -110,39 +110,16 @@ def test_predict_and_evaluate_in_fresh_processes(trained, tmp_path):
 
 def test_the_retired_expect_per_block_flag_is_noted_and_changes_nothing(trained, tmp_path):
     # Command lines from before the reader learnt a smaller copy's size still run, with one line saying so.
-    proc = run(
-        "train.py",
-        "--cell",
-        "gru",
-        "--epochs",
-        "2",
-        "--out",
-        tmp_path / "run",
-        "--cache-dir",
-        trained / "cache",
-        "--expect-per-block",
-        "6",
-        *TINY,
-    )
+    proc = run("train.py", "--cell", "gru", "--epochs", "2", "--out", tmp_path / "run", "--cache-dir",
+               trained / "cache", "--expect-per-block", "6", *TINY)
     assert proc.returncode == 0, proc.stderr.decode()
     notes = [line for line in proc.stderr.decode().splitlines() if "expect-per-block" in line]
     assert len(notes) == 1 and notes[0].startswith("note: --expect-per-block is no longer needed and is ignored")
     assert_same_weights(weights(tmp_path / "run" / "best.pt"), weights(trained / "run" / "best.pt"))
     assert "expected_per_block" not in json.loads((tmp_path / "run" / "config.json").read_text())
     scores = [
-        run(
-            "evaluate.py",
-            "--checkpoint",
-            trained / "run" / "best.pt",
-            "--data",
-            FIXTURE,
-            "--cache-dir",
-            trained / "cache",
-            "--json",
-            "--device",
-            "cpu",
-            *flag,
-        )
+        run("evaluate.py", "--checkpoint", trained / "run" / "best.pt", "--data", FIXTURE, "--cache-dir",
+            trained / "cache", "--json", "--device", "cpu", *flag)
         for flag in ([], ["--expect-per-block", "12500"])
     ]
     assert [p.returncode for p in scores] == [0, 0] and scores[0].stdout == scores[1].stdout

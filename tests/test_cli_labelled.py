@@ -28,36 +28,18 @@ def split_jsonl(tmp_path):
 
 CASES = {  # format -> (train flags, the file evaluate scores, its column flags, classes)
     "csv": (
-        lambda t: [
-            "--data",
-            LABELLED / "debian_sections.csv",
-            "--text-column",
-            "description",
-            "--label-column",
-            "section",
-        ],
+        lambda t: ["--data", LABELLED / "debian_sections.csv", "--text-column", "description", "--label-column",
+                   "section"],
         lambda t: LABELLED / "debian_sections.csv",
         ["--text-column", "description", "--label-column", "section"],
         ["admin", "perl", "python", "science"],
     ),
-    "tsv": (
-        lambda t: ["--data", LABELLED / "imdb.tsv", "--split-column", "split"],
-        lambda t: LABELLED / "imdb.tsv",
-        [],
-        ["neg", "pos"],
-    ),
-    "jsonl": (
-        lambda t: ["--data", split_jsonl(t)[0], "--test-data", t / "test.jsonl"],
-        lambda t: t / "test.jsonl",
-        [],
-        ["neg", "pos"],
-    ),
-    "folders": (
-        lambda t: ["--data", LABELLED / "imdb_folders"],
-        lambda t: LABELLED / "imdb_folders",
-        [],
-        ["neg", "pos"],
-    ),
+    "tsv": (lambda t: ["--data", LABELLED / "imdb.tsv", "--split-column", "split"], lambda t: LABELLED / "imdb.tsv", [],
+            ["neg", "pos"]),
+    "jsonl": (lambda t: ["--data", split_jsonl(t)[0], "--test-data", t / "test.jsonl"], lambda t: t / "test.jsonl", [],
+              ["neg", "pos"]),
+    "folders": (lambda t: ["--data", LABELLED / "imdb_folders"], lambda t: LABELLED / "imdb_folders", [],
+                ["neg", "pos"]),
 }
 
 

@@ -27,15 +27,8 @@ OLD = FIXTURES / "checkpoints_08ac52f"  # best.pt and last.pt written by 08ac52f
 NON_DEFAULT = {"cell": "lstm", "vocab_size": 301, "embed_dim": 7, "hidden_size": 5, "embed_dropout": 0.25,
                "output_dropout": 0.125, "init": "torch", "word_dropout": 0.375, "num_classes": 3,
                "num_layers": 2, "bidirectional": True, "layer_dropout": 0.0625}
-SHAPE = (
-    "cell",
-    "vocab_size",
-    "embed_dim",
-    "hidden_size",
-    "num_classes",
-    "num_layers",
-    "bidirectional",
-)  # what a Keras file fixes
+# what a Keras file fixes
+SHAPE = ("cell", "vocab_size", "embed_dim", "hidden_size", "num_classes", "num_layers", "bidirectional")
 
 
 def fixture_config(tmp_path, **overrides) -> TrainConfig:

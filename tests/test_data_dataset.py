@@ -158,14 +158,8 @@ def test_cache_hit_skips_all_work_and_miss_on_any_parameter(tmp_path, monkeypatc
     for s in ("train", "val", "test"):
         a, b = getattr(first, s), getattr(again, s)
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths) and torch.equal(a.labels, b.labels)
-    for change in (
-        {"max_len": 49},
-        {"vocab_size": 199},
-        {"seed": 1},
-        {"encoding": "bucketed"},
-        {"limit": 4},
-        {"val_fraction": 0.5},
-    ):
+    for change in ({"max_len": 49}, {"vocab_size": 199}, {"seed": 1}, {"encoding": "bucketed"}, {"limit": 4},
+                   {"val_fraction": 0.5}):
         with pytest.raises(AssertionError, match="must not read"):
             prep(tmp_path, **change)
 
@@ -185,9 +179,8 @@ def test_cache_file_loads_with_weights_only(tmp_path):
     data = prep(tmp_path)
     envelope = torch.load(data.meta["cache_file"], weights_only=True)
     assert envelope["format"] == dataset.CACHE_FORMAT and envelope["version"] == dataset.CACHE_VERSION
-    stored = unseal(
-        envelope, "cache", dataset.CACHE_FORMAT, dataset.CACHE_VERSION, "cache"
-    )  # its payload: weights_only too
+    # its payload: weights_only too
+    stored = unseal(envelope, "cache", dataset.CACHE_FORMAT, dataset.CACHE_VERSION, "cache")
     assert set(stored) == {"train", "val", "test", "vocab", "meta"}
     assert stored["train"]["flat"].dtype == torch.int16  # compact on disk
 

@@ -157,12 +157,9 @@ def test_an_agreed_ctrl_c_waits_for_the_peers_before_leaving_the_group(tmp_path,
     left (distributed.shutdown says why: a rank leaving early makes its peers abort at exit), in train() and
     pretrain() alike. The process group is a recording stand-in, so one process shows what every rank does."""
     calls = []
-    group = SimpleNamespace(
-        is_available=lambda: True,
-        is_initialized=lambda: True,
-        barrier=lambda: calls.append("barrier"),
-        destroy_process_group=lambda: calls.append("leave"),
-    )
+    group = SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                            barrier=lambda: calls.append("barrier"),
+                            destroy_process_group=lambda: calls.append("leave"))
     monkeypatch.setattr(distributed, "dist", group)
     monkeypatch.setattr(faults, "install", _ctrl_c_at_step_2)
     config = TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4,

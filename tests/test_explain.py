@@ -22,24 +22,8 @@ from rnnsent.models import SentimentRNN
 
 captum = pytest.importorskip("captum.attr")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-WORDS = (
-    "good",
-    "bad",
-    "film",
-    "plot",
-    "the",
-    "a",
-    "was",
-    "is",
-    "acting",
-    "story",
-    "and",
-    "not",
-    "very",
-    "it",
-    "!",
-    ".",
-)
+WORDS = ("good", "bad", "film", "plot", "the", "a", "was", "is", "acting", "story", "and", "not", "very", "it", "!",
+         ".")
 IMPLS = ["torch", pytest.param("fused", marks=pytest.mark.skipif(not fused.available(), reason="no fused kernel"))]
 
 
@@ -179,9 +163,8 @@ def test_words_beyond_max_len_are_counted_not_read():
     assert e.tokens == ["the", "acting", "was", "good", "!"] and e.cut == 4
     assert e.words == ["the", "acting", "was", "good!"] and len(e.attributions) == 4
     assert "4 words in front not read" in format_text(e)
-    (partly,) = explain(
-        loaded, ["the plot was bad. the acting"]
-    )  # the start token and "the plot" cut; "bad." partly read
+    # the start token and "the plot" cut; "bad." partly read
+    (partly,) = explain(loaded, ["the plot was bad. the acting"])
     assert partly.tokens == ["was", "bad", ".", "the", "acting"] and partly.words == ["was", "bad.", "the", "acting"]
 
 

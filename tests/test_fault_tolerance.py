@@ -52,10 +52,8 @@ def reference(tmp_path_factory) -> dict:
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, reference, kill_at, ckpt_every, lost):
     env = dict(os.environ, PYTHONPATH=str(ROOT), RNNSENT_FAULT_KILL_AT_STEP=str(kill_at))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args(tmp_path, "--ckpt-every", ckpt_every)],
-        env=env,
-        capture_output=True,
-        timeout=300,
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args(tmp_path, "--ckpt-every", ckpt_every)], env=env,
+        capture_output=True, timeout=300
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     last = tmp_path / "run" / "last.pt"

@@ -76,11 +76,8 @@ def test_both_encodings_keep_the_same_last_ids(id_lists, max_len):
 
 
 @hyp
-@given(
-    batch=st.lists(texts, min_size=1, max_size=5),
-    max_len=st.integers(1, 8),
-    encoding=st.sampled_from(["keras", "bucketed"]),
-)
+@given(batch=st.lists(texts, min_size=1, max_size=5), max_len=st.integers(1, 8),
+       encoding=st.sampled_from(["keras", "bucketed"]))
 def test_predict_takes_any_text_or_bytes(model, batch, max_len, encoding):
     preds = rnnsent.predict(model, batch, vocab=VOCAB, max_len=max_len, encoding=encoding)
     assert len(preds) == len(batch)
@@ -146,14 +143,8 @@ def test_predict_empty_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
 def test_data_pipeline_reads_hostile_review_files(tmp_path):
     root = shutil.copytree(FIXTURES / "aclImdb", tmp_path / "aclImdb")
     shutil.copy(FIXTURES / "imdb_subset.json", tmp_path)  # the copy's declared size
-    hostile = [
-        b"",
-        b"\0" * 100,
-        "Caf\xe9 tr\xe8s bien".encode("latin-1"),
-        codecs.BOM_UTF16_LE + "good".encode("utf-16-le"),
-        bytes(range(256)),
-        HUGE.encode(),
-    ]
+    hostile = [b"", b"\0" * 100, "Caf\xe9 tr\xe8s bien".encode("latin-1"),
+               codecs.BOM_UTF16_LE + "good".encode("utf-16-le"), bytes(range(256)), HUGE.encode()]
     # The first review of a block is checked against IMDB's own (to catch a reordered copy); replace later ones.
     files = sorted((root / "train" / "pos").glob("*.txt"))[1:4] + sorted((root / "train" / "neg").glob("*.txt"))[1:4]
     for f, data in zip(files, hostile, strict=True):

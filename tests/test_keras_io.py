@@ -149,13 +149,8 @@ def test_dropout_layers_become_dropout_rates(keras):
     assert (model.embed_dropout, model.output_dropout) == (0.25, 0.5)
     x = prepadded(50, steps=30)
     assert np.abs(torch_probs(model, x) - keras_probs(k, x)).max() <= TOL
-    assert [type(layer).__name__ for layer in to_keras(model).layers] == [
-        "Embedding",
-        "Dropout",
-        "LSTM",
-        "Dropout",
-        "Dense",
-    ]
+    assert [type(layer).__name__ for layer in to_keras(model).layers] == ["Embedding", "Dropout", "LSTM", "Dropout",
+                                                                          "Dense"]
     assert from_keras(k, embed_dropout=0.0).embed_dropout == 0.0
 
 
@@ -395,9 +390,8 @@ def test_h5_external_storage_is_refused(tmp_path):
 
 def test_h5_shapes_are_checked_before_reading(tmp_path, monkeypatch):
     """A compressed dataset declaring a huge shape is refused from its declared shape, before it inflates."""
-    path = _h5_with_first_dense_weight(
-        tmp_path, shape=(1 << 31,), compression="gzip", chunks=(1 << 20,)
-    )  # 8 GiB of zeros
+    # 8 GiB of zeros
+    path = _h5_with_first_dense_weight(tmp_path, shape=(1 << 31,), compression="gzip", chunks=(1 << 20,))
     reads = _shapes_read(monkeypatch)
     with pytest.raises(KerasFormatError, match="declares shape"):
         from_keras(path)
@@ -433,12 +427,8 @@ def test_keras_zip_member_over_the_bound_is_refused_before_reading(tmp_path, mon
 
 def build_keras_multiclass(keras, cell, classes=4, vocab=50, embed=8, units=6, seed=0, randomize=True):
     k = keras.Sequential(
-        [
-            keras.Input(shape=(None,), dtype="int32"),
-            keras.layers.Embedding(vocab, embed),
-            getattr(keras.layers, KERAS_NAMES[cell])(units),
-            keras.layers.Dense(classes, activation="softmax"),
-        ]
+        [keras.Input(shape=(None,), dtype="int32"), keras.layers.Embedding(vocab, embed),
+         getattr(keras.layers, KERAS_NAMES[cell])(units), keras.layers.Dense(classes, activation="softmax")]
     )
     if randomize:
         rng = np.random.default_rng(seed)
@@ -552,11 +542,8 @@ def test_stacked_and_bidirectional_models_match_keras(keras, cell, layers, bidir
     x = real_reviews(50)
     want = keras_probs(k, x)
     model = from_keras(k)
-    assert (model.num_layers, model.bidirectional, model.layer_dropout) == (
-        layers,
-        bidirectional,
-        0.25 if layers > 1 else 0.0,
-    )
+    assert (model.num_layers, model.bidirectional, model.layer_dropout) == (layers, bidirectional,
+                                                                            0.25 if layers > 1 else 0.0)
     assert np.abs(torch_probs(model, x) - want).max() <= TOL
     for suffix in (".keras", ".h5"):
         k.save(tmp_path / f"m{suffix}")
@@ -617,11 +604,8 @@ def test_a_layer_rnnsent_cannot_map_is_named_with_what_is_supported(keras, tmp_p
     k = build_keras(
         keras,
         "gru",
-        middle=[
-            keras.layers.GRU(6, return_sequences=True),
-            keras.layers.Conv1D(4, 3, name="conv"),
-            keras.layers.GRU(6),
-        ],
+        middle=[keras.layers.GRU(6, return_sequences=True), keras.layers.Conv1D(4, 3, name="conv"),
+                keras.layers.GRU(6)],
         randomize=False,
     )
     k.save(tmp_path / "conv.keras")

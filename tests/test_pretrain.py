@@ -120,9 +120,8 @@ def test_the_commands_as_a_user_runs_them(tmp_path):
     report = json.loads(lm.stdout)
     assert report["task"] == "language_model" and report["epochs"] == 1
     config = json.loads((tmp_path / "lm" / "config.json").read_text())
-    assert (
-        config["embed_dropout"] == 0.1 and config["ema"] == 0.0 and config["max_len"] == 60
-    )  # its pretraining settings
+    # its pretraining settings
+    assert (config["embed_dropout"] == 0.1 and config["ema"] == 0.0 and config["max_len"] == 60)
     ft = run("train.py", *TINY, *cache, "--recipe", "pretrained", "--epochs", "1", "--pretrained", tmp_path / "lm",
              "--out", tmp_path / "ft")
     assert ft.returncode == 0, ft.stderr

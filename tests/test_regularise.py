@@ -112,9 +112,8 @@ def test_ema_and_adversarial_runs_resume_bit_for_bit(tmp_path):
 def test_adversarial_step_has_the_gradient_of_clean_plus_perturbed_loss(tmp_path, impl):
     """The trainer's two passes against a direct computation: r = eps * ||e|| * g / ||g|| per review, where
     g is d loss / d embedded review e (||e|| over its words only), and the gradient of loss(x) + loss(e + r)."""
-    trainer = Trainer(
-        tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1, max_len=400)
-    )  # rows of many lengths
+    # rows of many lengths
+    trainer = Trainer(tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1, max_len=400))
     x, lengths, y = next(iter(trainer.train_batches.iterate(0)))
     model = trainer.model
     loss, correct = trainer.forward_backward(model, x, lengths, y)
@@ -149,11 +148,8 @@ def test_perturbation_refuses_to_aim_without_a_gradient():
 
 @pytest.mark.parametrize(
     "flag, value, message",
-    [
-        ("ema", 1.0, "ema must be in"),
-        ("adversarial", -1.0, "adversarial must be"),
-        ("label_smoothing", 1.0, "label_smoothing must be"),
-    ],
+    [("ema", 1.0, "ema must be in"), ("adversarial", -1.0, "adversarial must be"),
+     ("label_smoothing", 1.0, "label_smoothing must be")],
 )
 def test_bad_settings_are_refused(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message):

@@ -97,9 +97,8 @@ def test_released_command_gives_the_settings_the_file_holds(cell):
     asked = config_from_args(train_parser().parse_args(argv[1:])).to_dict()
     saved = load_checkpoint_state(RELEASED / INDEX[cell]["file"])["config"]
     saved["encoding"] = canonical_encoding(saved["encoding"], warn=False)  # older files predate "fast" -> "bucketed"
-    assert (
-        saved.pop("expected_per_block", 12500) == 12500
-    )  # retired: the reader now holds the full set to 12,500 itself
+    # retired: the reader now holds the full set to 12,500 itself
+    assert (saved.pop("expected_per_block", 12500) == 12500)
     assert saved == {k: asked[k] for k in saved}
     if saved.get("pretrained"):
         (pre,) = before

@@ -67,19 +67,8 @@ def test_a_rejected_run_leaves_an_existing_run_folder_as_it_found_it(finished, t
     shutil.copytree(finished / "run", tmp_path / "run")
     before = snapshot(tmp_path / "run")
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "train.py"),
-            *TINY,
-            "--out",
-            str(tmp_path / "run"),
-            "--cache-dir",
-            str(finished / "cache"),
-            "--rnn-impl",
-            "fused",
-            "--seed",
-            "3",
-        ],
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *TINY, "--out", str(tmp_path / "run"), "--cache-dir",
+         str(finished / "cache"), "--rnn-impl", "fused", "--seed", "3"],
         env=dict(os.environ, PYTHONPATH=str(ROOT), RNNSENT_FUSED="0"),
         capture_output=True,
         timeout=300,

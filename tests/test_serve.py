@@ -411,12 +411,8 @@ def test_slow_and_vanishing_clients_do_not_stall_others(server):
 
 
 def test_requests_write_nothing_to_disk(server):
-    for body in (
-        b'{"texts": ["A good film."]}',
-        b'{"texts": [1]}',
-        b"not json",
-        b'{"texts": ["' + b"y" * 20000 + b'"]}',
-    ):
+    for body in (b'{"texts": ["A good film."]}', b'{"texts": [1]}', b"not json",
+                 b'{"texts": ["' + b"y" * 20000 + b'"]}'):
         post(server.url + "/v1/predict", body)
         post(server.url + "/v1/explain", body)
     assert list((server.base / "cwd").iterdir()) == [] and list((server.base / "cache").iterdir()) == []

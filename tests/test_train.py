@@ -79,12 +79,8 @@ def _interrupt_at(trainer: Trainer, global_step: int):
 
 @pytest.mark.parametrize(
     "where, model",
-    [
-        ("inside epoch 1", {}),
-        ("end of epoch 1", {}),
-        ("inside epoch 2", {}),
-        ("inside epoch 2", {"num_layers": 2, "bidirectional": True, "layer_dropout": 0.3}),
-    ],
+    [("inside epoch 1", {}), ("end of epoch 1", {}), ("inside epoch 2", {}),
+     ("inside epoch 2", {"num_layers": 2, "bidirectional": True, "layer_dropout": 0.3})],
 )
 def test_resume_after_interrupt_reproduces_uninterrupted_weights(tmp_path, where, model):
     common = dict(epochs=3, embed_dropout=0.2, output_dropout=0.1, seed=7, **model)  # dropout: RNG state restored too

@@ -122,18 +122,11 @@ def run_rnnsent(args, config: TrainConfig, data, system="rnnsent", save_checkpoi
     clock = Clock(trainer.device, args.warmup)
     trainer.add_callback("on_step_end", lambda t: clock.step(t.step_in_epoch, t.seen))
     metrics = trainer.train_epoch()
-    row = clock.row(
-        system,
-        config.cell,
-        lambda: evaluate(trainer.model, data.test, config.eval_batch_size, trainer.device),
-        train_loss=metrics["train_loss"],
-        encoding=config.encoding,
-        flush_denormal=config.flush_denormal,
-        threads=config.threads or os.cpu_count(),
-        eval_batch_size=config.eval_batch_size,
-        rnn_implementation=trainer.rnn_implementation(),
-        retain_memory=config.retain_memory,
-    )
+    row = clock.row(system, config.cell,
+                    lambda: evaluate(trainer.model, data.test, config.eval_batch_size, trainer.device),
+                    train_loss=metrics["train_loss"], encoding=config.encoding, flush_denormal=config.flush_denormal,
+                    threads=config.threads or os.cpu_count(), eval_batch_size=config.eval_batch_size,
+                    rnn_implementation=trainer.rnn_implementation(), retain_memory=config.retain_memory)
     if save_checkpoint:  # what --ckpt-every N would add: one save per N steps
         trainer.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

@@ -47,14 +47,9 @@ def measure(path: str, cache: str, processes: int | None) -> dict:
     rows = sum(len(s) for s in (data.train, data.val, data.test))
     cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
               for f in ("ru_utime", "ru_stime"))
-    return {
-        "seconds": round(seconds, 2),
-        "rows": rows,
-        "cache_hit": data.meta["cache_hit"],
-        "cpu_seconds": round(cpu, 1),
-        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "workers_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
-    }
+    return {"seconds": round(seconds, 2), "rows": rows, "cache_hit": data.meta["cache_hit"],
+            "cpu_seconds": round(cpu, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "workers_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
 
 def main() -> None:

@@ -84,19 +84,10 @@ def quality(args, reviews) -> list[dict]:
             if not u and (x or y)
         ]
         rows.append(
-            {
-                "cell": cell,
-                "steps": args.steps,
-                "reviews": len(texts),
-                "gap_mean": statistics.mean(gaps),
-                "gap_max": max(gaps),
-                "relative_gap_mean": statistics.mean(relative),
-                "relative_gap_max": max(relative),
-                "warned": sum(e.gap_is_large for e in ig),
-                f"sign_agreement_top{args.top}": agree / total,
-                "sign_agreement_all_words": sum(every) / len(every),
-                "ig_seconds": ig_seconds,
-            }
+            {"cell": cell, "steps": args.steps, "reviews": len(texts), "gap_mean": statistics.mean(gaps),
+             "gap_max": max(gaps), "relative_gap_mean": statistics.mean(relative), "relative_gap_max": max(relative),
+             "warned": sum(e.gap_is_large for e in ig), f"sign_agreement_top{args.top}": agree / total,
+             "sign_agreement_all_words": sum(every) / len(every), "ig_seconds": ig_seconds}
         )
     return rows
 

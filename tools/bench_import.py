@@ -29,11 +29,7 @@ def timed(code: str, root: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(root))
     out = subprocess.run(
         [sys.executable, "-c", f"import time; t = time.perf_counter()\n{code}\nprint(time.perf_counter() - t)"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        cwd=root, env=env, capture_output=True, text=True, check=True
     )
     return float(out.stdout.split()[-1])
 

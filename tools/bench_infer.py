@@ -141,11 +141,8 @@ def keras_rows(args, loaded, texts: list[str]) -> tuple[list[dict], dict]:
     diff = max(abs(list(p.probabilities.values())[-1] - q) for p, q in zip(same, result["first_probabilities"]))
     note = f"token ids pre-padded to {loaded.max_len}; tokenizing excluded"
     rows = [
-        dict(
-            rates("keras (TF) predict", 64, result["n"], *result["batch64_seconds"]),
-            note=note,
-            max_abs_vs_rnnsent_keras_encoding=diff,
-        ),
+        dict(rates("keras (TF) predict", 64, result["n"], *result["batch64_seconds"]), note=note,
+             max_abs_vs_rnnsent_keras_encoding=diff),
         dict(rates("keras (TF) predict", 1, result["n1"], *result["batch1_seconds"]), note=note + "; predict_on_batch"),
     ]
     return rows, result["versions"]

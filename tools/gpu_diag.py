@@ -60,11 +60,8 @@ def profile(config_kwargs: dict, rows: int = 20) -> dict:
     launches = sum(
         e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
     )
-    return {
-        "table": table,
-        "kernel_launches": launches,
-        "train_steps": config_kwargs["epochs"] * len(trainer.train_batches),
-    }
+    return {"table": table, "kernel_launches": launches,
+            "train_steps": config_kwargs["epochs"] * len(trainer.train_batches)}
 
 
 def main(argv=None) -> int:

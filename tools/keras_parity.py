@@ -51,13 +51,8 @@ def run_rnnsent(cell: str, epochs: int, seed: int, data, args) -> dict:
         "on_epoch_end", lambda t: test_acc.append(evaluate(t.model, data.test, device=t.device)["accuracy"])
     )
     trainer.fit()
-    return {
-        "system": "rnnsent --recipe keras" + ("" if args.model == "exercise" else f" ({args.model})"),
-        "cell": cell,
-        "seed": seed,
-        "test_accuracy": test_acc,
-        "epoch_seconds": [r["epoch_seconds"] for r in trainer.history],
-    }
+    return {"system": "rnnsent --recipe keras" + ("" if args.model == "exercise" else f" ({args.model})"), "cell": cell,
+            "seed": seed, "test_accuracy": test_acc, "epoch_seconds": [r["epoch_seconds"] for r in trainer.history]}
 
 
 def table(rows: list[dict], epochs: int) -> str:

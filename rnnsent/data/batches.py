@@ -120,9 +120,8 @@ class Batcher:
                 # Stable sort keeps equal lengths in their shuffled order, so ties stay random.
                 pieces.append(part[torch.sort(self._host_lengths[part], stable=True).indices])
             order = torch.cat(pieces)
-            spans = [
-                (i, min(i + b, n)) for i in range(0, n, b)
-            ]  # chunks are multiples of b: batches never straddle two
+            # chunks are multiples of b: batches never straddle two
+            spans = [(i, min(i + b, n)) for i in range(0, n, b)]
             if self.shuffle:
                 spans = [spans[i] for i in torch.randperm(len(spans), generator=g).tolist()]
             widths = [int(self._host_lengths[order[s:e]].max()) for s, e in spans]

@@ -116,9 +116,8 @@ def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fra
         ids = {s: [np.where(r + 3 < vocab_size, r + 3, 2) for r in rows[s]] for s in rows}
     else:
         index = _Index()
-        provisional = {
-            s: _index_texts(rows[s], index) for s in ("train", "test")
-        }  # train first: its first appearances rank ties
+        # train first: its first appearances rank ties
+        provisional = {s: _index_texts(rows[s], index) for s in ("train", "test")}
         words = list(index)
         train_flat = np.concatenate(provisional["train"]) if provisional["train"] else np.zeros(0, np.int64)
         counts = np.bincount(train_flat, minlength=len(words))  # test words get count 0 and are left out
@@ -145,13 +144,8 @@ def _pack(split: EncodedSplit) -> dict[str, Any]:
     flat, lengths = split.unpadded()
     # Ids fit int16 for any vocabulary below 32768 words: a quarter of the int64 size on disk.
     small = torch.int16 if len(flat) == 0 or int(flat.max()) < 2**15 else torch.int32
-    return {
-        "flat": flat.to(small),
-        "lengths": lengths,
-        "labels": split.labels,
-        "padding": split.padding,
-        "width": split.tokens.shape[1],
-    }
+    return {"flat": flat.to(small), "lengths": lengths, "labels": split.labels, "padding": split.padding,
+            "width": split.tokens.shape[1]}
 
 
 def _unpack(d: dict[str, Any]) -> EncodedSplit:
@@ -165,9 +159,8 @@ def load_cached(path: Path) -> PreparedData | None:
         return None
     try:
         stored = torch.load(path, weights_only=True)
-        if not (
-            isinstance(stored, dict) and "meta" in stored and "format" not in stored
-        ):  # else a cache from before the envelope
+        # else a cache from before the envelope
+        if not (isinstance(stored, dict) and "meta" in stored and "format" not in stored):
             stored = unseal(stored, str(path), CACHE_FORMAT, CACHE_VERSION, "rnnsent prepared-data cache")
         meta = dict(stored["meta"], cache_file=str(path), cache_hit=True)
         return PreparedData(
@@ -239,14 +232,10 @@ def prepare_imdb(
 
     t0 = time.perf_counter()
     splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit)
-    meta = {
-        "source": source.kind,
-        "source_path": str(source.path),
-        "params": {k: v for k, v in params.items() if k != "source"},
-        "counts": {s: _counts(splits[s]) for s in splits},
-        "prepare_seconds": round(time.perf_counter() - t0, 3),
-        **extra,
-    }
+    meta = {"source": source.kind, "source_path": str(source.path),
+            "params": {k: v for k, v in params.items() if k != "source"},
+            "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3),
+            **extra}
     cached = use_cache and save_cached(path, splits, vocab, meta)
     return PreparedData.fresh(splits, vocab, meta, cache_file=path if cached else None)
 

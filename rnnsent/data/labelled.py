@@ -44,18 +44,8 @@ from rnnsent.config import ON_MISSING_LABEL, canonical_encoding, check_val_fract
 from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
-from rnnsent.data.text import (
-    START_ID,
-    SCRIPT_TOKENIZER_NAME,
-    PreparedData,
-    Vocab,
-    check_max_len,
-    check_vocab_size,
-    encode_bucketed,
-    encode_keras,
-    pad_flat,
-    tokenize_scripts,
-)
+from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, check_max_len, check_vocab_size,
+                               encode_bucketed, encode_keras, pad_flat, tokenize_scripts)
 
 CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
@@ -452,13 +442,8 @@ def prepare_texts(
                 y = None  # a missing label, as in a file: skipped with a note, never a class
             elif isinstance(y, bool) or not isinstance(y, (str, int, np.integer)):
                 raise DataFileError(f"{name}[{i}]: the label {y!r} is neither a string nor an integer")
-            yield Row(
-                x,
-                int(y) if isinstance(y, np.integer) else y.strip() if isinstance(y, str) else y,
-                None,
-                i,
-                f"{name}[{i}]",
-            )
+            yield Row(x, int(y) if isinstance(y, np.integer) else y.strip() if isinstance(y, str) else y, None, i,
+                      f"{name}[{i}]")
 
     t0 = time.perf_counter()
     sources = [(rows(texts, labels, "texts"), None)]

@@ -201,13 +201,8 @@ def _read_table(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
                         + (f"put quotes (\") around a field that holds {sep}, a quote (doubled inside) or a line break"
                            if quoted else f"with --quoting none no field can hold {sep}"))
                 where = f"{path} line {start}"
-                yield Row(
-                    fields[t],
-                    _label(fields[y], where),
-                    fields[s].strip().lower() if s is not None else None,
-                    start,
-                    where,
-                )
+                yield Row(fields[t], _label(fields[y], where), fields[s].strip().lower() if s is not None else None,
+                          start, where)
                 seen += 1
                 start = reader.line_num + 1
             if not seen:
@@ -292,11 +287,9 @@ def _read_jsonl(path: Path, columns: Columns, kind: str) -> Iterator[Row]:
                     raise DataFileError(
                         f"{where}: a JSON {type(record).__name__}, not an object with the text and the label"
                     )
-                for role, name, flag in (
-                    ("text", columns.text, "--text-column"),
-                    ("label", columns.label, "--label-column"),
-                    ("split", columns.split, "--split-column"),
-                ):
+                for role, name, flag in (("text", columns.text, "--text-column"),
+                                         ("label", columns.label, "--label-column"),
+                                         ("split", columns.split, "--split-column")):
                     if name is not None and name not in record:
                         raise DataFileError(f"{where}: no key {name!r} (keys found: {', '.join(map(repr, record))}); "
                                             f"name the {role} key with {flag}")

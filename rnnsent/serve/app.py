@@ -256,12 +256,8 @@ def model_info(loaded, settings: ServeSettings) -> dict:
         "max_len": loaded.max_len,
         "metrics": metrics,
         "released": _released_entry(loaded.path),
-        "limits": {
-            "max_body_bytes": settings.max_body_bytes,
-            "max_texts": settings.max_texts,
-            "max_chars": settings.max_chars,
-            "max_explain_texts": settings.max_explain_texts,
-        },
+        "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
+                   "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts},
         "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
     }
 

@@ -4,8 +4,8 @@ The event loop never runs the model. The first waiting request opens a batch; th
 max_batch texts or max_wait_ms have passed, and runs on the worker thread while the next one gathers, so under
 load batches fill by themselves. The wait is only spent while requests overlap (the last batch held more than
 one): a lone client is answered at once instead of waiting for company that is not coming. Each request gets
-its own texts' answers back, in its order. All model work
-(batches, warm-up, attributions) goes through the one thread: rnnsent's fused CPU kernel and PyTorch's
+its own texts' answers back, in its order. All model work (batches, warm-up, attributions) goes through the one
+thread: rnnsent's fused CPU kernel and PyTorch's
 autograd state are not to be shared between threads, and one thread keeps the outputs those of one caller.
 """
 from __future__ import annotations
