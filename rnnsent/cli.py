@@ -11,8 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (LEGACY_RECIPES, QUOTINGS, RECIPES, TrainConfig, canonical_cell, canonical_recipe,
-                            recipe_settings)
+from rnnsent.config import LEGACY_RECIPES, QUOTINGS, RECIPES, TrainConfig, canonical_cell, recipe_settings
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -81,8 +80,7 @@ def _setting_value(field: dataclasses.Field):
         if kind == "float":
             return _float_where(text, bounds.holds if bounds else lambda v: True, bounds.says if bounds else "")
         if text in renamed:
-            flag = (meta["flags"] or (f"--{field.name.replace('_', '-')}",))[0]
-            print(f"note: {flag} {text} is now called {renamed[text]}; the old name will go away", file=sys.stderr)
+            _note_renamed((meta["flags"] or (f"--{field.name.replace('_', '-')}",))[0], text, renamed[text])
         return renamed.get(text, text)
 
     return parse
@@ -112,12 +110,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _note_renamed(flag: str, old: str, new: str) -> None:
+    """The one-line note for a flag value that has a new name (the old one still works)."""
+    print(f"note: {flag} {old} is now called {new}; the old name will go away", file=sys.stderr)
+
+
 def recipe_flag(text: str) -> str:
     """--recipe's value: an old recipe name becomes its new one, with a note (argparse then checks the choices,
     choices=sorted(RECIPES))."""
     if text in LEGACY_RECIPES:
-        return canonical_recipe(text, note=lambda message: print(f"note: {message}", file=sys.stderr))
-    return text
+        _note_renamed("--recipe", text, LEGACY_RECIPES[text])
+    return LEGACY_RECIPES.get(text, text)
 
 
 def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.ArgumentParser:

@@ -468,12 +468,9 @@ RECIPE_KEYS = ("doc", "pretrain", "by_cell")  # what a recipe holds besides Trai
 LEGACY_RECIPES = {"best": "regularised"}
 
 
-def canonical_recipe(name: str | None, note=None) -> str | None:
-    """The recipe's current name; an old one is mapped, calling note(message) when given. Unknown: ValueError."""
-    if name in LEGACY_RECIPES:
-        if note is not None:
-            note(f"--recipe {name} is now called {LEGACY_RECIPES[name]}; the old name will go away")
-        return LEGACY_RECIPES[name]
+def canonical_recipe(name: str | None) -> str | None:
+    """The recipe's current name (an old one is mapped to it); an unknown one is a ValueError."""
+    name = LEGACY_RECIPES.get(name, name)
     if name is not None and name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(sorted(RECIPES))}")
     return name
