@@ -9,8 +9,8 @@ from setuptools import find_namespace_packages, setup
 setup(
     packages=find_namespace_packages(include=["rnnsent*"]) + ["rnnsent.released"],
     package_dir={"rnnsent.released": "checkpoints"},
-    # csrc: compiled on the user's machine by rnnsent.fused; released: the released models, loaded by name
+    # csrc: compiled on the user's machine by rnnsent.model.fused; released: the released models, loaded by name
     # serve/page.html: the demo page rnnsent serve answers at /
-    package_data={"rnnsent": ["csrc/*.cpp"], "rnnsent.released": ["*.pt", "RESULTS.json"],
+    package_data={"rnnsent.model": ["csrc/*.cpp"], "rnnsent.released": ["*.pt", "RESULTS.json"],
                   "rnnsent.serve": ["page.html"]},
 )

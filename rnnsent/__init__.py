@@ -26,14 +26,15 @@ __version__ = "0.1.0"
 # Where each public name lives. Each module is imported on first use of one of its names, so that
 # `import rnnsent` (and with it the `rnnsent` command's --help) loads neither torch nor the data pipeline.
 _EXPORTS = {
-    "CELLS": "rnnsent.config", "SentimentRNN": "rnnsent.models", "count_parameters": "rnnsent.models",
-    "KerasFormatError": "rnnsent.keras_io", "from_keras": "rnnsent.keras_io", "to_keras": "rnnsent.keras_io",
-    "save_keras": "rnnsent.keras_io",
-    "load_checkpoint": "rnnsent.loading",
+    "CELLS": "rnnsent.config", "SentimentRNN": "rnnsent.model.sentiment", "count_parameters": "rnnsent.model.sentiment",
+    "KerasFormatError": "rnnsent.inference.keras_io", "from_keras": "rnnsent.inference.keras_io",
+    "to_keras": "rnnsent.inference.keras_io",
+    "save_keras": "rnnsent.inference.keras_io",
+    "load_checkpoint": "rnnsent.inference.loading",
     "TrainConfig": "rnnsent.config",
-    "train": "rnnsent.trainer",
+    "train": "rnnsent.training.trainer",
     "prepare_texts": "rnnsent.data", "prepare_labelled": "rnnsent.data",
-    "explain": "rnnsent.explain", "Explanation": "rnnsent.explain",
+    "explain": "rnnsent.inference.explain", "Explanation": "rnnsent.inference.explain",
 }
 
 __all__ = [*_EXPORTS, "predict", "__version__"]
@@ -42,12 +43,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     # (`name as name`: a re-export, as type checkers and linters read it)
     from rnnsent.config import CELLS as CELLS, TrainConfig as TrainConfig
     from rnnsent.data import prepare_labelled as prepare_labelled, prepare_texts as prepare_texts
-    from rnnsent.explain import Explanation as Explanation, explain as explain
-    from rnnsent.keras_io import (KerasFormatError as KerasFormatError, from_keras as from_keras,
+    from rnnsent.inference.explain import Explanation as Explanation, explain as explain
+    from rnnsent.inference.keras_io import (KerasFormatError as KerasFormatError, from_keras as from_keras,
                                   save_keras as save_keras, to_keras as to_keras)
-    from rnnsent.loading import load_checkpoint as load_checkpoint
-    from rnnsent.models import SentimentRNN as SentimentRNN, count_parameters as count_parameters
-    from rnnsent.trainer import train as train
+    from rnnsent.inference.loading import load_checkpoint as load_checkpoint
+    from rnnsent.model.sentiment import SentimentRNN as SentimentRNN, count_parameters as count_parameters
+    from rnnsent.training.trainer import train as train
 
 
 def __getattr__(name: str):
@@ -66,8 +67,8 @@ def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras
             classes=None):
     """Sentiment (or your own classes) of raw texts (one, or any iterable of them), from a loaded checkpoint or from a
     model plus its vocabulary; `classes` names an in-memory model's classes in order (a checkpoint has its own)."""
-    from rnnsent.loading import LoadedModel
-    from rnnsent.evaluate import predict
+    from rnnsent.inference.loading import LoadedModel
+    from rnnsent.inference.evaluate import predict
 
     if isinstance(model, LoadedModel):
         return predict(

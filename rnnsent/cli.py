@@ -145,7 +145,7 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
 def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> TrainConfig:
     """Defaults <- recipe <- explicit flags, in that order. For pretraining, a recipe's "pretrain" settings
     replace its fine-tuning ones (the data settings stay, so both runs build the same vocabulary)."""
-    from rnnsent.resume import flag_value  # here, not at the top: the flags' --help must not load torch
+    from rnnsent.training.resume import flag_value  # here, not at the top: the flags' --help must not load torch
 
     values = recipe_settings(args.recipe, args.cell, pretraining)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -193,7 +193,7 @@ def _show_log(name: str = "rnnsent") -> None:
 
 def _user_errors():
     import rnnsent.data
-    from rnnsent.checkpoint import CheckpointError
+    from rnnsent.storage.checkpoint import CheckpointError
 
     return (ValueError, OSError, CheckpointError, getattr(rnnsent.data, "DataError", ValueError))
 
@@ -204,15 +204,15 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
 
 def _run(args: argparse.Namespace, pretraining: bool) -> int:
     """A training or pretraining run from parsed flags; failures become one-line errors with their exit codes."""
-    from rnnsent.checkpoint import CheckpointWriteError
-    from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted
+    from rnnsent.storage.checkpoint import CheckpointWriteError
+    from rnnsent.training.stopping import NonFiniteLoss, TrainingInterrupted
 
     try:
         config = config_from_args(args, pretraining=pretraining)
         if pretraining:
-            from rnnsent.pretrain import pretrain as run
+            from rnnsent.training.pretrain import pretrain as run
         else:
-            from rnnsent.trainer import train as run
+            from rnnsent.training.trainer import train as run
         report = run(config)
     except TrainingInterrupted as e:
         return _fail(str(e), e.exit_code)
@@ -232,7 +232,7 @@ def _run(args: argparse.Namespace, pretraining: bool) -> int:
 
 
 def pretrain_main(argv: list[str] | None = None, prog: str = "pretrain.py") -> int:
-    """Language-model pretraining (rnnsent.pretrain): the flags of train.py, a run folder like training's."""
+    """Language-model pretraining (rnnsent.training.pretrain): the flags of train.py, a run folder like training's."""
     p = train_parser(prog)
     p.description = ("Pretrain the embedding and recurrent layer as a language model on the training split's text "
                      "(Dai & Le 2015), for scripts/train.py --pretrained. The flags are train.py's; --recipe takes "
@@ -268,8 +268,8 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.loading import load_checkpoint
-        from rnnsent.evaluate import evaluate
+        from rnnsent.inference.loading import load_checkpoint
+        from rnnsent.inference.evaluate import evaluate
         from rnnsent.runtime import resolve_device
 
         from rnnsent.data.tabular import Columns, is_user_data
@@ -300,7 +300,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
         print(f"{what}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['n']} reviews\n"
               f"confusion: tp {result['tp']}  fp {result['fp']}  tn {result['tn']}  fn {result['fn']}")
     else:
-        from rnnsent.report import confusion_lines
+        from rnnsent.training.report import confusion_lines
 
         print(
             f"{what}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}  "
@@ -321,7 +321,7 @@ def _text_arguments(p: argparse.ArgumentParser) -> None:
 
 def _texts_and_model(args: argparse.Namespace):
     """The texts (arguments, then --file's lines) and the loaded checkpoint of _text_arguments' flags."""
-    from rnnsent.loading import load_checkpoint
+    from rnnsent.inference.loading import load_checkpoint
     from rnnsent.runtime import resolve_device
 
     texts = list(args.texts)
@@ -377,7 +377,7 @@ def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.explain import explain, format_text, to_html, use_colour
+        from rnnsent.inference.explain import explain, format_text, to_html, use_colour
 
         texts, loaded = _texts_and_model(args)
         explanations = explain(loaded, texts, target=args.target, method=args.method, steps=args.steps,
@@ -423,10 +423,10 @@ def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.export import export, require_onnxruntime
+        from rnnsent.inference.export import export, require_onnxruntime
 
         require_onnxruntime()  # before loading anything: the one-line install hint comes first
-        from rnnsent.loading import load_checkpoint
+        from rnnsent.inference.loading import load_checkpoint
 
         result = export(load_checkpoint(args.checkpoint), args.onnx, args.tokenizer)
     except _user_errors() as e:
@@ -523,7 +523,7 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
     try:
         import torch
 
-        from rnnsent.loading import load_checkpoint
+        from rnnsent.inference.loading import load_checkpoint
         from rnnsent.runtime import resolve_device
 
         torch.set_num_threads(settings.threads)

@@ -1,6 +1,6 @@
 """Every setting, defined once: the cells, the model, the data, the optimisation and the run's machinery.
 
-The model (rnnsent.models), the trainer, checkpoints, resume checks, Keras import and
+The model (rnnsent.model.sentiment), the trainer, checkpoints, resume checks, Keras import and
 LoadedModel.prepare_data all read these classes, so adding a model option is one field in
 ModelConfig. Plain Python, no torch: the command line can read it without loading PyTorch.
 
@@ -14,7 +14,6 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from rnnsent import moved
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ LEGACY_ENCODINGS = {"fast": "bucketed"}  # the old name, still read from checkpo
 AMPS = ("none", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 # auto: rnnsent's fused CPU kernel where it builds, else PyTorch's layers; fused: insist; torch: PyTorch's.
-# RNNSENT_FUSED=0 in the environment is the documented alias of "never the kernel" (read in rnnsent.fused only).
+# RNNSENT_FUSED=0 in the environment is the documented alias of "never the kernel" (read in rnnsent.model.fused only).
 IMPLS = ("auto", "fused", "torch")
 # The validation metric that picks best.pt; None: accuracy for two classes, macro_f1 for more.
 MONITORS = ("accuracy", "macro_f1", "loss")
@@ -278,16 +277,6 @@ class DataConfig:
         return dict(vocab_size=vocab_size, max_len=self.max_len, encoding=self.encoding,
                     val_fraction=self.val_fraction, seed=self.split_seed, limit=self.limit)
 
-    def labelled_args(self, vocab_size: int) -> dict:
-        """prepare_labelled's arguments for these settings (the user's own data)."""
-        from rnnsent.data.tabular import Columns  # no torch there either
-
-        return dict(path=self.data_root, test_path=self.test_data, vocab_size=vocab_size, max_len=self.max_len,
-                    encoding=self.encoding, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                    seed=self.split_seed, limit=self.limit, cache_dir=self.cache_dir,
-                    on_missing_label=self.on_missing_label,
-                    columns=Columns(self.text_column, self.label_column, self.split_column, self.quoting))
-
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -307,7 +296,7 @@ class OptimConfig:
     monitor: str | None = setting(  # see MONITORS; None: accuracy for two classes, macro_f1 for more
         None, "the validation metric that picks best.pt [accuracy for two classes, macro_f1 for more]", choices=MONITORS
     )
-    # Regularisers that change training only; the model that predicts is the same (rnnsent/regularise.py):
+    # Regularisers that change training only; the model that predicts is the same (rnnsent/training/regularise.py):
     label_smoothing: float = setting(  # train toward (1 - s) * label + s / classes instead of the bare label
         0.0, "train toward (1 - s) * label + s / classes instead of the bare label [{default}]", bounds=FRACTION)
     adversarial: float = setting(  # > 0: also train on embeddings pushed up the loss by this share of their norm
@@ -379,7 +368,8 @@ class RunConfig:
         const="",
     )
     quiet: bool = setting(False, "no progress bar or log lines [off]")
-    overwrite: bool = setting(  # a new run may replace the run already in `out` (else it is refused: rnnsent.runfolder)
+    # a new run may replace the run already in `out` (else it is refused: rnnsent.training.runfolder)
+    overwrite: bool = setting(
         False,
         "start a new run in an --out folder that holds a run, replacing it (without this, or --resume, such a run "
         "is refused and nothing is touched) [off]",
@@ -488,8 +478,3 @@ def recipe_settings(name: str | None, cell: str | None = None, pretraining: bool
         values.update(FINE_TUNING_ONLY)
         values.update(recipe.get("pretrain", {}))
     return values
-
-
-# Kept for compatibility: the resume checks moved to rnnsent.resume.
-__getattr__ = moved.names(__name__, dict.fromkeys(("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences"),
-                                                  "rnnsent.resume"))

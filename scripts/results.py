@@ -29,11 +29,11 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.loading.RELEASED)
+RELEASED = ROOT / "checkpoints"  # the released models, the wheel's package data (rnnsent.inference.loading.RELEASED)
 sys.path.insert(0, str(ROOT))
 from rnnsent.cli import recipe_flag  # noqa: E402
 from rnnsent.config import RECIPES  # noqa: E402
-from rnnsent.releasing import check_released, release  # noqa: E402
+from rnnsent.inference.releasing import check_released, release  # noqa: E402
 from rnnsent.runtime import device_name  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Small assertions shared by the trainer and fault-tolerance tests."""
 import torch
 
-from rnnsent.checkpoint import load_checkpoint_state
+from rnnsent.storage.checkpoint import load_checkpoint_state
 
 
 def weights(path) -> dict:

@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
-from rnnsent.models import SentimentRNN
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
+from rnnsent.model.sentiment import SentimentRNN
 
 
 def _state():
@@ -95,7 +95,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("rnnsent.checkpoint.os.fsync", disk_full)
+    monkeypatch.setattr("rnnsent.storage.checkpoint.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(path, {**_state(), "epoch": 2})
     assert path.read_bytes() == before
@@ -116,7 +116,7 @@ def test_a_real_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path):
     code = (
         "import resource, signal, sys, torch\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "from rnnsent.checkpoint import CheckpointWriteError, save_checkpoint\n"
+        "from rnnsent.storage.checkpoint import CheckpointWriteError, save_checkpoint\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
         "try:\n"
         "    save_checkpoint(sys.argv[1], {'model_config': {}, 'model_state': {'w': torch.randn(100_000)}}, "

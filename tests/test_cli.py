@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnsent.checkpoint import load_checkpoint
+from rnnsent.inference.loading import load_checkpoint
 from rnnsent.cli import train_parser
 from rnnsent.config import TrainConfig
 from helpers import assert_same_weights, weights
@@ -136,7 +136,7 @@ def test_evaluate_refuses_data_with_another_vocabulary(trained):
 
 def _moved(trained, tmp_path) -> Path:
     """The run's best.pt as another machine sees it: the data path it recorded does not exist there."""
-    from rnnsent.checkpoint import load_checkpoint_state, save_checkpoint
+    from rnnsent.storage.checkpoint import load_checkpoint_state, save_checkpoint
 
     state = load_checkpoint_state(trained / "run" / "best.pt")
     assert state["config"]["data_root"] == str(FIXTURE)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from rnnsent.checkpoint import load_checkpoint
+from rnnsent.inference.loading import load_checkpoint
 from rnnsent.data import encode_labelled
 from rnnsent.data.tabular import Columns
-from rnnsent.evaluate import evaluate
+from rnnsent.inference.evaluate import evaluate
 from test_cli import ROOT, one_line_error, run
 
 LABELLED = ROOT / "tests" / "fixtures" / "labelled"

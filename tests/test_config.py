@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import rnnsent
-from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
+from rnnsent.inference.loading import load_checkpoint
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.cli import config_from_args, train_parser
 from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RECIPES, DataConfig, ModelConfig, OptimConfig, Range,
                             TrainConfig, field_names, recipe_settings, setting)
-from rnnsent.models import SentimentRNN
-from rnnsent.resume import RESUME_MUST_MATCH, resume_differences
-from rnnsent.trainer import Trainer
+from rnnsent.model.sentiment import SentimentRNN
+from rnnsent.training.resume import RESUME_MUST_MATCH, resume_differences
+from rnnsent.training.trainer import Trainer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "imdb" / "reviews.json"

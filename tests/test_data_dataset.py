@@ -13,7 +13,7 @@ import torch
 import rnnsent.data.dataset as dataset
 from rnnsent.data import Batcher, PreparedData, Vocab, load_imdb_reviews, prepare_imdb, tokenize, train_val_split
 from rnnsent.data.fetch import PER_BLOCK
-from rnnsent.envelope import unseal
+from rnnsent.storage.envelope import unseal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
 K = 6

@@ -496,7 +496,7 @@ def test_a_truncated_archive_given_with_data_is_one_line_exit_2(tmp_path, name):
 
 def test_read_bounded_never_reads_past_its_bound():
     """A stream that inflates without end (a gzip bomb) costs at most bound + 1 bytes, then a one-line refusal."""
-    from rnnsent.files import read_bounded
+    from rnnsent.storage.files import read_bounded
 
     class Endless:
         taken = 0

@@ -235,9 +235,9 @@ def test_first_appearance_equals_a_stable_unique():
 def test_trainer_on_lists_sizes_the_head_and_resumes_bit_for_bit(tmp_path):
     """Four classes from Python lists: Dense(4), macro-F1 picks best.pt, and a run stopped after one epoch and
     resumed equals an uninterrupted one (weights and history)."""
-    from rnnsent.checkpoint import load_checkpoint
+    from rnnsent.inference.loading import load_checkpoint
     from rnnsent.config import TrainConfig
-    from rnnsent.trainer import Trainer
+    from rnnsent.training.trainer import Trainer
     from helpers import assert_same_weights, weights
 
     rows = list(read_rows(LABELLED / "debian_sections.csv", Columns("description", "section")))
@@ -268,8 +268,8 @@ def test_trainer_on_lists_sizes_the_head_and_resumes_bit_for_bit(tmp_path):
 def test_scores_macro_f1_and_confusion_against_counting_by_hand():
     import random
 
-    from rnnsent.evaluate import scores
-    from rnnsent.report import _best_row
+    from rnnsent.inference.evaluate import scores
+    from rnnsent.training.report import _best_row
 
     rng = random.Random(0)
     for k in (2, 3, 5):

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from rnnsent import distributed, faults
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.training import distributed, faults
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.data import Batcher, encode_bucketed
-from rnnsent.pretrain import pretrain
+from rnnsent.training.pretrain import pretrain
 from rnnsent.config import TrainConfig
-from rnnsent.stopping import TrainingInterrupted
-from rnnsent.trainer import Trainer, train
+from rnnsent.training.stopping import TrainingInterrupted
+from rnnsent.training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"

@@ -1,11 +1,12 @@
-"""rnnsent.evaluate.predict: batches by length, answers in input order, each row's result its own (bit for bit)."""
+"""rnnsent.inference.evaluate.predict: batches by length, answers in input order, each row's result its own (bit for
+bit)."""
 import json
 from pathlib import Path
 
 import pytest
 
-from rnnsent.checkpoint import LoadedModel, load_checkpoint
-from rnnsent.evaluate import predict
+from rnnsent.inference.loading import LoadedModel, load_checkpoint
+from rnnsent.inference.evaluate import predict
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "imdb" / "reviews.json"
 

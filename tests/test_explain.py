@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import rnnsent
-from rnnsent import fused
-from rnnsent.checkpoint import LoadedModel
+from rnnsent.model import fused
+from rnnsent.inference.loading import LoadedModel
 from rnnsent.cli import explain_main
 from rnnsent.data import Vocab, encode_bucketed, encode_keras, tokenize
-from rnnsent.explain import _log_odds, align_words, explain, format_text, to_html, use_colour
-from rnnsent.models import SentimentRNN
+from rnnsent.inference.explain import _log_odds, align_words, explain, format_text, to_html, use_colour
+from rnnsent.model.sentiment import SentimentRNN
 
 captum = pytest.importorskip("captum.attr")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -285,11 +285,11 @@ def test_cuda_gives_the_cpu_attributions(cell):
 def test_a_large_completeness_gap_warns(caplog):
     loaded = loaded_model("rnn", scale=20.0)
     texts = sample_texts()
-    with caplog.at_level("WARNING", logger="rnnsent.explain"):
+    with caplog.at_level("WARNING", logger="rnnsent.inference.explain"):
         coarse = explain(loaded, texts, steps=2)
     assert any(e.gap_is_large for e in coarse)
     assert "integrated gradients miss completeness by more than 5%" in caplog.text and "more --steps" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="rnnsent.explain"):
+    with caplog.at_level("WARNING", logger="rnnsent.inference.explain"):
         fine = explain(loaded, texts, steps=300)
     assert not any(e.gap_is_large for e in fine) and not caplog.text

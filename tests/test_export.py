@@ -1,4 +1,5 @@
-"""rnnsent.export: the ONNX graph against PyTorch in onnxruntime (the released models on real reviews, every cell,
+"""rnnsent.inference.export: the ONNX graph against PyTorch in onnxruntime (the released models on real reviews, every
+cell,
 two classes and many, both paddings), the tokenizer JSON re-implemented without rnnsent, the docs' runtime
 example run as written, refusals, and the export command's one-line errors."""
 import json
@@ -15,10 +16,10 @@ pytest.importorskip("onnxruntime")
 import onnxruntime as ort
 
 import rnnsent
-from rnnsent import objective
-from rnnsent.checkpoint import LoadedModel, load_checkpoint
+from rnnsent.model import objective
+from rnnsent.inference.loading import LoadedModel, load_checkpoint
 from rnnsent.cli import export_main
-from rnnsent.export import ExportError, OnnxPredictor, export, tokenizer_path_for
+from rnnsent.inference.export import ExportError, OnnxPredictor, export, tokenizer_path_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "imdb"

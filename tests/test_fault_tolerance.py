@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnsent.checkpoint import load_checkpoint_state, previous_path
+from rnnsent.storage.checkpoint import load_checkpoint_state, previous_path
 from rnnsent.cli import train_main
 from helpers import assert_same_weights, weights
 
@@ -166,7 +166,7 @@ SIGNALLING_TRAIN = """
 import os, signal, sys
 from rnnsent.cli import train_main
 from rnnsent.data.batches import Batcher
-from rnnsent.models import SentimentRNN
+from rnnsent.model.sentiment import SentimentRNN
 
 at, sigs, where, seen = int(os.environ["AT"]), [int(s) for s in os.environ["SIGS"].split(",")], os.environ["WHERE"], [0]
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 import rnnsent
-from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state, save_checkpoint
+from rnnsent.inference.loading import load_checkpoint
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
 from rnnsent.cli import train_main
 from rnnsent.config import TrainConfig
 from rnnsent.data import DataFileError, Vocab, prepare_imdb, prepare_labelled, prepare_texts
 from rnnsent.data.tabular import Columns, read_rows
-from rnnsent.models import SentimentRNN
+from rnnsent.model.sentiment import SentimentRNN
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
@@ -211,7 +212,7 @@ def small_data():
 
 
 def test_6_the_trainer_takes_vocab_size_and_max_len_from_the_data(small_data, tmp_path):
-    from rnnsent.trainer import Trainer
+    from rnnsent.training.trainer import Trainer
 
     config = TrainConfig(out=str(tmp_path / "run"), epochs=1, embed_dim=4, hidden_size=3, threads=1, quiet=True)
     Trainer(config, small_data).fit()
@@ -223,7 +224,7 @@ def test_6_the_trainer_takes_vocab_size_and_max_len_from_the_data(small_data, tm
 
 
 def test_6_the_trainer_refuses_settings_that_contradict_the_data(small_data, tmp_path):
-    from rnnsent.trainer import Trainer
+    from rnnsent.training.trainer import Trainer
 
     config = TrainConfig(out=str(tmp_path / "run"), vocab_size=5001, embed_dim=4, hidden_size=3, threads=1, quiet=True)
     with pytest.raises(ValueError, match="vocab_size=5001 but the data was prepared with vocab_size 40"):
@@ -284,7 +285,7 @@ def test_8_a_declared_size_beyond_the_stored_weights_is_refused(tmp_path):
 
 
 def test_8_a_model_larger_than_free_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
-    from rnnsent import loading as checkpoint  # _available_memory moved with load_checkpoint
+    from rnnsent.inference import loading as checkpoint
 
     path = forged(tmp_path, dict(cell="gru", vocab_size=50, embed_dim=8, hidden_size=8), expand=False)
     monkeypatch.setattr(checkpoint, "_available_memory", lambda: 1000)
@@ -376,7 +377,7 @@ def test_12_a_label_folder_name_that_is_not_utf8_is_refused_before_training(tmp_
 
 # 13. Ctrl-C while the data is prepared ---------------------------------------------------------------------------
 def test_13_ctrl_c_during_data_preparation_is_one_line_and_130(tmp_path, capsys, monkeypatch):
-    from rnnsent import trainer as train_module
+    from rnnsent.training import trainer as train_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -439,7 +440,7 @@ def test_14_weight_decay_inf_is_refused_as_a_flag(capsys):
 
 # 15. An epoch listed twice in metrics.jsonl after a kill ---------------------------------------------------------
 def test_15_a_kill_between_the_metrics_row_and_the_checkpoints_lists_the_epoch_once(finished, tmp_path, monkeypatch):
-    from rnnsent import trainer as train_module
+    from rnnsent.training import trainer as train_module
 
     class Killed(BaseException):
         pass

@@ -1,4 +1,4 @@
-"""The fused CPU kernel (rnnsent/fused.py, rnnsent/csrc/recurrent_cpu.cpp) against PyTorch's own layers."""
+"""The fused CPU kernel (rnnsent/model/fused.py, rnnsent/model/csrc/recurrent_cpu.cpp) against PyTorch's own layers."""
 from __future__ import annotations
 
 import os
@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from rnnsent import fused, recurrent
+from rnnsent.model import fused, recurrent
 from rnnsent.config import CELL_TABLE, CELLS
-from rnnsent.models import SentimentRNN
+from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.runtime import retain_freed_memory
 
 HAVE_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
@@ -255,7 +255,7 @@ def test_build_directory_follows_torch_extensions_dir(monkeypatch, tmp_path):
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
 def test_first_build_after_a_killed_build_does_not_hang(tmp_path):
     # A fresh extensions folder holding only the lock of a build that died long ago: the next run builds.
-    code = ("import os, sys, time; from rnnsent import fused\n"
+    code = ("import os, sys, time; from rnnsent.model import fused\n"
             "d = fused.build_directory(fused._build_name()); d.mkdir(parents=True)\n"
             "(d / 'lock').write_text(''); old = time.time() - 3600; os.utime(d / 'lock', (old, old))\n"
             "sys.exit(0 if fused.available() else fused.status())")

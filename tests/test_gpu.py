@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import rnnsent
-from rnnsent.checkpoint import load_checkpoint_state
+from rnnsent.storage.checkpoint import load_checkpoint_state
 from rnnsent.data import PreparedData, Vocab, encode_bucketed
-from rnnsent.models import SentimentRNN
+from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.config import TrainConfig
-from rnnsent.trainer import Trainer
+from rnnsent.training.trainer import Trainer
 
 from helpers import weights
 
@@ -159,7 +159,7 @@ def test_one_process_nccl_torchrun_on_cuda_trains_and_writes_one_checkpoint_set(
 def test_pretraining_and_fine_tuning_levers_on_cuda_match_the_cpu(tmp_path):
     """A language model and an EMA + adversarial + label-smoothing fine-tune run on CUDA; one step of each
     gives the CPU's gradients, and the CUDA checkpoints load on the CPU."""
-    from rnnsent.pretrain import PretrainTrainer, pretrain
+    from rnnsent.training.pretrain import PretrainTrainer, pretrain
 
     def config(name, device, **kw):
         return TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=16, max_len=60, epochs=1, batch_size=4,

@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnnsent
-from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state, save_checkpoint
+from rnnsent.inference.loading import load_checkpoint
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
 from rnnsent.cli import predict_main
 from rnnsent.data import Vocab, encode_bucketed, encode_keras, prepare_imdb, tokenize
 from rnnsent.data.text import OOV_ID, RESERVED_NAMES
-from rnnsent.models import SentimentRNN
+from rnnsent.model.sentiment import SentimentRNN
 
 FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
 VOCAB = Vocab(("the", "film", "good", "bad", "é", "ü", "don't", "!", "<", "br"))

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rnnsent.config import CELLS, KERAS_CELL_NAMES as KERAS_NAMES
-from rnnsent.keras_io import KerasFormatError, from_keras, keras_weights, save_keras, to_keras
-from rnnsent.models import SentimentRNN, count_parameters
+from rnnsent.inference.keras_io import KerasFormatError, from_keras, keras_weights, save_keras, to_keras
+from rnnsent.model.sentiment import SentimentRNN, count_parameters
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
 TOL = 1e-5
@@ -272,7 +272,7 @@ def test_fixture_files_refused(version, name, message):
 
 def test_reading_files_needs_neither_keras_nor_tensorflow():
     code = (
-        "import sys; from rnnsent.keras_io import from_keras; "
+        "import sys; from rnnsent.inference.keras_io import from_keras; "
         f"m = from_keras({str(FIXTURES / 'k2_gru.h5')!r}); m = from_keras({str(FIXTURES / 'k3_lstm.keras')!r}); "
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'keras was imported'"
     )
@@ -411,7 +411,7 @@ def test_h5_shape_against_the_config_is_checked_before_reading(tmp_path, monkeyp
     "member,bound", [("config.json", "MAX_CONFIG_BYTES"), ("model.weights.h5", "MAX_MEMBER_BYTES")]
 )
 def test_keras_zip_member_over_the_bound_is_refused_before_reading(tmp_path, monkeypatch, member, bound):
-    import rnnsent.keras_io as keras_io
+    import rnnsent.inference.keras_io as keras_io
 
     monkeypatch.setattr(keras_io, bound, 100)
     read = []
@@ -438,7 +438,7 @@ def build_keras_multiclass(keras, cell, classes=4, vocab=50, embed=8, units=6, s
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_multiclass_counts_predictions_and_loss_match_keras(keras, cell):
-    from rnnsent import objective
+    from rnnsent.model import objective
 
     k = build_keras_multiclass(keras, cell, classes=5, vocab=5000, embed=32, units=100, randomize=False)
     model = SentimentRNN(cell, vocab_size=5000, embed_dim=32, hidden_size=100, num_classes=5)

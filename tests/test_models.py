@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rnnsent.models import (
-    CELLS, KERAS_CELL_NAMES, KERAS_GATE_ORDER, SentimentRNN, canonical_cell, count_parameters, permute_gates,
-)
+from rnnsent.config import CELLS, canonical_cell
+from rnnsent.model.sentiment import KERAS_CELL_NAMES, KERAS_GATE_ORDER, SentimentRNN, count_parameters, permute_gates
 
 # Keras' model.summary() for Embedding(5000, 32) -> cell(100) -> Dense(1).
 KERAS_COUNTS = {"lstm": (160_000, 53_200, 101), "gru": (160_000, 40_200, 101), "rnn": (160_000, 13_300, 101)}

@@ -35,26 +35,27 @@ def test_import_rnnsent_loads_neither_torch_nor_the_data_pipeline():
 def test_the_model_and_checkpoints_load_neither_dynamo_nor_the_data_pipeline():
     # torch._dynamo costs about a second to import; only torch.compile needs it. Prediction needs the
     # tokenizer, so load_checkpoint itself (not its import) may pull in rnnsent.data.
-    mods = loaded_modules("import torch, rnnsent, rnnsent.recurrent\n"
+    mods = loaded_modules("import torch, rnnsent, rnnsent.model.recurrent\n"
                           "model = rnnsent.SentimentRNN('gru', impl='torch')\n"
                           "model(torch.randint(0, 5000, (2, 7)))\n"
                           "rnnsent.load_checkpoint, rnnsent.from_keras, rnnsent.TrainConfig")
-    assert "rnnsent.models" in mods and "rnnsent.keras_io" in mods
+    assert "rnnsent.model.sentiment" in mods and "rnnsent.inference.keras_io" in mods
     assert "torch._dynamo" not in mods
     assert not any(m.startswith("rnnsent.data") for m in mods), sorted(m for m in mods if m.startswith("rnnsent"))
 
 
 def test_the_fused_kernel_runs_without_dynamo():
-    from rnnsent import fused
+    from rnnsent.model import fused
 
     if not fused.available():
         pytest.skip(f"fused kernel unavailable: {fused.status()}")
     mods = loaded_modules(
-        "import torch, rnnsent, rnnsent.recurrent\n"
+        "import torch, rnnsent, rnnsent.model.recurrent\n"
         "model = rnnsent.SentimentRNN('gru', impl='fused')\n"
         "tokens = torch.randint(0, 5000, (2, 7))\n"
         "model(tokens).sum().backward()\n"
-        "print('fused-used' if rnnsent.recurrent.uses_fused(model.impl, tokens, torch.float32) else 'fused-not-used')"
+        "used = rnnsent.model.recurrent.uses_fused(model.impl, tokens, torch.float32)\n"
+        "print('fused-used' if used else 'fused-not-used')"
     )
     assert "fused-used" in mods and "torch._dynamo" not in mods
 
@@ -107,18 +108,18 @@ def test_predict_with_a_released_model_by_name_from_another_folder(tmp_path):
 
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
 def test_ahead_of_time_build_says_where_the_kernel_is():
-    proc = python("-m", "rnnsent.fused", "--build", timeout=600)
+    proc = python("-m", "rnnsent.model.fused", "--build", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("fused CPU kernel") and "cached in " in proc.stdout
 
 
 def test_no_compiler_falls_back_and_says_so_once(tmp_path):
     # A compiler that does not exist: the build fails at once, the model runs PyTorch's layers, one line says so.
-    code = ("import torch, rnnsent, rnnsent.recurrent\n"
+    code = ("import torch, rnnsent, rnnsent.model.recurrent\n"
             "model = rnnsent.SentimentRNN('gru')\n"
             "for _ in range(3):\n"
             "    model(torch.randint(0, 5000, (2, 7))).sum().backward()\n"
-            "print(rnnsent.recurrent.uses_fused(model.impl, torch.zeros(1, 1, dtype=torch.long), torch.float32))")
+            "print(rnnsent.model.recurrent.uses_fused(model.impl, torch.zeros(1, 1, dtype=torch.long), torch.float32))")
     proc = python(code=code, env_extra={"CXX": str(tmp_path / "no-such-compiler"),
                                         "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
     assert proc.returncode == 0, proc.stderr

@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
+from rnnsent.inference.loading import load_checkpoint
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.config import ModelConfig, TrainConfig
-from rnnsent.pretrain import LanguageModel, PretrainTrainer, cutoffs, load_into, pretrain
-from rnnsent.stopping import TrainingInterrupted
-from rnnsent.trainer import Trainer
+from rnnsent.training.handover import load_into
+from rnnsent.training.pretrain import LanguageModel, PretrainTrainer, cutoffs, pretrain
+from rnnsent.training.stopping import TrainingInterrupted
+from rnnsent.training.trainer import Trainer
 from helpers import assert_same_weights, weights
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnsent import objective
-from rnnsent.checkpoint import load_checkpoint_state
-from rnnsent.evaluate import evaluate
-from rnnsent.models import SentimentRNN
-from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
+from rnnsent.model import objective
+from rnnsent.storage.checkpoint import load_checkpoint_state
+from rnnsent.inference.evaluate import evaluate
+from rnnsent.model.sentiment import SentimentRNN
+from rnnsent.training.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.config import TrainConfig
-from rnnsent.stopping import TrainingInterrupted
-from rnnsent.trainer import Trainer
+from rnnsent.training.stopping import TrainingInterrupted
+from rnnsent.training.trainer import Trainer
 from helpers import assert_same_weights, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"

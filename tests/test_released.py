@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import rnnsent
-from rnnsent.checkpoint import RELEASED, RELEASED_NAMES, load_checkpoint_state
-from rnnsent.models import count_parameters
+from rnnsent.inference.loading import RELEASED, RELEASED_NAMES
+from rnnsent.storage.checkpoint import load_checkpoint_state
+from rnnsent.model.sentiment import count_parameters
 
 INDEX = json.loads((RELEASED / "RESULTS.json").read_text())
 RNN_PARAMS = {"lstm": 53_200, "gru": 40_200, "rnn": 13_300}
@@ -113,7 +114,7 @@ def test_released_command_gives_the_settings_the_file_holds(cell):
 @pytest.mark.parametrize("cell", sorted(INDEX))
 def test_released_checkpoint_matches_the_table_on_the_full_test_split(cell):
     """Not in CI: needs the full IMDB data (RNNSENT_DATA or the cache)."""
-    from rnnsent.evaluate import evaluate
+    from rnnsent.inference.evaluate import evaluate
 
     loaded = rnnsent.load_checkpoint(RELEASED / INDEX[cell]["file"])
     data = loaded.prepare_data()

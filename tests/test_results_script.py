@@ -1,4 +1,4 @@
-"""scripts/results.py's release step (rnnsent.releasing): no path of the training machine in what is released,
+"""scripts/results.py's release step (rnnsent.inference.releasing): no path of the training machine in what is released,
 and a released
 file no larger than its run's best.pt however long the run trained."""
 import json
@@ -6,11 +6,13 @@ from pathlib import Path
 
 import torch
 
-from rnnsent.checkpoint import load_checkpoint, load_checkpoint_state, portable_run_path, portable_state
+from rnnsent.inference.loading import load_checkpoint
+from rnnsent.inference.releasing import portable_run_path, portable_state
+from rnnsent.storage.checkpoint import load_checkpoint_state
 from rnnsent.config import TrainConfig
-from rnnsent.trainer import Trainer
+from rnnsent.training.trainer import Trainer
 
-from rnnsent.releasing import portable_command, release
+from rnnsent.inference.releasing import portable_command, release
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rnnsent.cli import train_main
-from rnnsent.runfolder import LOCK_NAME, RunFolderBusy, RunLock
+from rnnsent.training.runfolder import LOCK_NAME, RunFolderBusy, RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
@@ -34,7 +34,7 @@ def test_a_second_run_into_a_held_folder_is_one_line_naming_the_holder(finished,
     """Another process holds the folder (a real flock from a live child process)."""
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from rnnsent.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "import sys, time; from rnnsent.training.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(120)"), str(run)],
         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE)
     try:

@@ -22,9 +22,10 @@ from test_cli import FIXTURE, ROOT  # noqa: E402
 
 import rnnsent  # noqa: E402
 from rnnsent import cli  # noqa: E402
-from rnnsent.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from rnnsent.inference.loading import load_checkpoint  # noqa: E402
+from rnnsent.storage.checkpoint import save_checkpoint  # noqa: E402
 from rnnsent.data import Vocab  # noqa: E402
-from rnnsent.models import SentimentRNN  # noqa: E402
+from rnnsent.model.sentiment import SentimentRNN  # noqa: E402
 from rnnsent.serve import ServeSettings, create_app  # noqa: E402
 from rnnsent.serve.process import ServerProcess, environment  # noqa: E402
 
@@ -175,7 +176,7 @@ def test_model_health_and_page(released):
 
     r = serve_in_process(create_app(released), scenario)
     info = r["/v1/model"].json()
-    expected = json.loads((rnnsent.checkpoint.RELEASED / "RESULTS.json").read_text())["gru"]
+    expected = json.loads((rnnsent.storage.checkpoint.RELEASED / "RESULTS.json").read_text())["gru"]
     assert info["cell"] == "gru" and info["layers"] == 1 and info["labels"] == ["negative", "positive"]
     assert info["parameters"] == rnnsent.count_parameters(released.model) and info["vocab_size"] == 5000
     assert info["released"]["test_accuracy"] == expected["test_accuracy"]
@@ -302,7 +303,7 @@ def test_bad_requests_get_one_line_4xx_answers(four_classes):
 
 
 def test_explain_answers_501_in_one_line_without_rnnsent_explain(four_classes, monkeypatch):
-    monkeypatch.setitem(sys.modules, "rnnsent.explain", None)  # `import rnnsent.explain` now fails
+    monkeypatch.setitem(sys.modules, "rnnsent.inference.explain", None)  # `import rnnsent.inference.explain` now fails
 
     async def scenario(client):
         return await post_json(client, "/v1/explain", {"texts": ["a good film"]}), (
@@ -314,8 +315,8 @@ def test_explain_answers_501_in_one_line_without_rnnsent_explain(four_classes, m
 
 
 def test_explain_answers_what_explain_does(released):
-    explain = pytest.importorskip("rnnsent.explain", reason="rnnsent.explain (the explain issue) is not in this "
-                                                            "checkout").explain
+    from rnnsent.inference.explain import explain
+
     pytest.importorskip("captum", reason="explanations need Captum")
     texts = ["A moving film with a wonderful cast.", "Dull and far too long."]
     settings = ServeSettings(explain_steps=8)

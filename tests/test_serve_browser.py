@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rnnsent
-from rnnsent.checkpoint import load_checkpoint
+from rnnsent.inference.loading import load_checkpoint
 from rnnsent.serve.process import ServerProcess, environment
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -70,7 +70,7 @@ def test_page_classifies_a_typed_review(browser, tmp_path):
     assert probability == pytest.approx(expected.probabilities[expected.label], abs=1e-4)  # shown to 4 decimals
     assert float(width.removesuffix("px")) > 0
     assert len(rows) == 2 and rows[0].startswith("negative") and rows[1].startswith("positive")
-    if all(importlib.util.find_spec(m) for m in ("rnnsent.explain", "captum")):  # the words, by attribution
+    if all(importlib.util.find_spec(m) for m in ("rnnsent.inference.explain", "captum")):  # the words, by attribution
         assert "<b>Not</b>" in highlighted and "wonderful" in highlighted, highlighted
         assert "&lt;b&gt;" in shown_html and "<b>" not in shown_html, "the review's markup is shown as text, never HTML"
     else:

@@ -1,5 +1,5 @@
-"""The package's shape: rnnsent's modules import one another without a cycle, so each can be read (and
-imported) after what it builds on."""
+"""The package's shape: a folder per concern, layers that import only downward, no import cycle of any kind (a
+lazy import inside a function counts), no compatibility layer for an internal import path, no long function."""
 import ast
 from pathlib import Path
 
@@ -9,13 +9,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rnnsent"
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-# Imports inside a function that reach a module which imports this one back. Each is a cycle hidden from
-# Python's import machinery, not from a reader: list one here only with its reason.
-LAZY_CYCLES = {
-    ("rnnsent.config", "rnnsent.data.tabular"),  # DataConfig.labelled_args builds the reader's Columns
-}
 
 
 def imports(path: Path, modules: set[str]) -> set[str]:
@@ -58,15 +51,14 @@ def package_graph() -> dict[str, set[str]]:
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(f) for f in files}
     # a package's __init__ runs before its modules: a module importing its own package is not an edge back
-    return {module_name(f): {m for m in imports(f, modules)
-                             if not module_name(f).startswith(m + ".") and (module_name(f), m) not in LAZY_CYCLES}
+    return {module_name(f): {m for m in imports(f, modules) if not module_name(f).startswith(m + ".")}
             for f in files}
 
 
 def test_the_package_has_no_import_cycle():
     graph = package_graph()
-    assert "rnnsent.trainer" in graph["rnnsent.pretrain"] and "rnnsent.data.tabular" in graph["rnnsent.data.labelled"]
-    assert all(b in imports(PACKAGE.parent / (a.replace(".", "/") + ".py"), set(graph)) for a, b in LAZY_CYCLES)
+    assert "rnnsent.training.trainer" in graph["rnnsent.training.pretrain"]
+    assert "rnnsent.data.tabular" in graph["rnnsent.data.labelled"]
     assert cycles(graph) == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles(graph))
 
 
@@ -75,60 +67,66 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-# Names that moved to a module of their own, at their old home: code outside rnnsent imports them from there.
-MOVED = {
-    "rnnsent.checkpoint": {"rnnsent.loading": ("load_checkpoint", "LoadedModel", "RELEASED_NAMES"),
-                           "rnnsent.resume": ("training_state", "restore_training_state", "load_resume_state"),
-                           "rnnsent.release": ("portable_state",)},
-    "rnnsent.runfolder": {"rnnsent.resume": ("RESUME_AUTO", "resume_path", "load_resume")},
-    "rnnsent.config": {"rnnsent.resume": ("RESUME_MUST_MATCH", "MAY_CHANGE_ON_RESUME", "resume_differences")},
-    "rnnsent.models": {"rnnsent.config": ("CELLS", "INITS", "canonical_cell")},
-    "rnnsent.data.labelled": {"rnnsent.data.prepare": ("prepare_data",)},
-    "rnnsent.data": {"rnnsent.data.prepare": ("prepare_data",)},
-    "rnnsent.evaluate": {"rnnsent.runtime": ("autocast_context",)},
-}
-# Names that were renamed: the old one warns and gives the new one's object.
-RENAMED = {"rnnsent.data.ImdbData": "rnnsent.data.text.PreparedData",
-           "rnnsent.data.dataset.ImdbData": "rnnsent.data.text.PreparedData",
-           "rnnsent.data.encode_fast": "rnnsent.data.text.encode_bucketed",
-           "rnnsent.data.text.encode_fast": "rnnsent.data.text.encode_bucketed"}
+# The layers, bottom first: a module imports only from its own layer or the ones before it. The package's
+# __init__, __main__ and cli sit on top (the public names and the command lines).
+LAYERS = ("rnnsent.config", "rnnsent.runtime", "rnnsent.storage", "rnnsent.model", "rnnsent.data", "rnnsent.inference",
+          "rnnsent.training", "rnnsent.serve", "rnnsent.cli")
 
 
-def test_moved_names_still_import_from_their_old_home():
-    import importlib
-
-    for old, homes in MOVED.items():
-        for new, names in homes.items():
-            for name in names:
-                assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name), \
-                    f"{old}.{name}"
-        try:
-            getattr(importlib.import_module(old), "no_such_name")
-        except AttributeError as e:
-            assert "no_such_name" in str(e)
-        else:
-            raise AssertionError(f"{old} invents names")
+def layer(module: str) -> int:
+    if module in ("rnnsent", "rnnsent.__main__"):
+        return len(LAYERS)
+    return next(i for i, top in enumerate(LAYERS) if module == top or module.startswith(top + "."))
 
 
-def test_renamed_names_still_import_with_a_deprecation_message():
-    import importlib
+def test_every_module_imports_only_from_its_layer_or_below():
+    graph = package_graph()
+    upward = [f"{a} -> {b}" for a, deps in graph.items() for b in deps if layer(b) > layer(a)]
+    assert upward == [], "imports from a layer above: " + "; ".join(upward)
 
-    import pytest
 
-    for old, new in RENAMED.items():
-        (old_module, old_name), (new_module, new_name) = old.rsplit(".", 1), new.rsplit(".", 1)
-        with pytest.warns(DeprecationWarning, match=f"{old_name} is now {new}"):
-            value = getattr(importlib.import_module(old_module), old_name)
-        assert value is getattr(importlib.import_module(new_module), new_name), old
+def test_the_layer_check_sees_an_upward_import():
+    assert layer("rnnsent.model.sentiment") < layer("rnnsent.training.trainer") < layer("rnnsent.cli")
+    assert layer("rnnsent.storage.checkpoint") < layer("rnnsent.inference.loading")
+
+
+def test_few_modules_sit_at_the_top():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, top
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()} == {
+        "data", "inference", "model", "serve", "storage", "training"}
+
+
+def test_no_compatibility_layer_for_internal_import_paths():
+    """Only the public packages' __init__ (rnnsent, rnnsent.serve) look names up lazily, so that `import rnnsent`
+    loads no torch and `rnnsent.serve` no FastAPI; nothing re-exports with a noqa."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        tree = ast.parse(text)
+        getattrs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__"]
+        getattrs += [n for n in tree.body if isinstance(n, ast.Assign)
+                     and any(isinstance(t, ast.Name) and t.id == "__getattr__" for t in n.targets)]
+        public = (PACKAGE / "__init__.py", PACKAGE / "serve" / "__init__.py")
+        assert not getattrs or path in public, f"{path.relative_to(PACKAGE)} has a module __getattr__"
+        assert "noqa: F401" not in text or "import onnx" in text, f"{path.relative_to(PACKAGE)} re-exports a name"
+        assert "sys.modules[__name__].__class__" not in text, f"{path.relative_to(PACKAGE)} swaps its module class"
+
+
+def test_the_public_api_imports_from_rnnsent():
+    import rnnsent
+
+    for name in rnnsent.__all__:
+        assert getattr(rnnsent, name) is not None, name
+    assert callable(rnnsent.train) and callable(rnnsent.explain) and callable(rnnsent.predict)
 
 
 def test_resume_is_read_in_one_module():
-    """What --resume names, loading it, checking it and restoring the trainer are rnnsent.resume's: no other
-    module defines them (the old homes only import them)."""
-    import rnnsent.resume as resume
+    """What --resume names, loading it, checking it and restoring the trainer are rnnsent.training.resume's: no
+    other module defines them."""
+    import rnnsent.training.resume as resume
 
     story = ("RESUME_AUTO", "resume_path", "load_resume_state", "load_resume", "find_resume", "RESUME_MUST_MATCH",
-             "resume_differences", "check_resume", "training_state", "restore_training_state")
+             "resume_differences", "check_resume")
     for name in story:
         assert hasattr(resume, name), name
     for path in PACKAGE.rglob("*.py"):
@@ -140,33 +138,3 @@ def test_resume_is_read_in_one_module():
             t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
         }
         assert not defined & set(story), f"{path.name} defines {sorted(defined & set(story))}"
-
-
-def test_rnnsent_train_is_the_train_function_whichever_is_imported_first():
-    """`import rnnsent.train` (the old module name) binds the package's attribute to that module: it must still
-    call the train function, and give the old names; rnnsent.trainer is where they live now."""
-    import subprocess
-    import sys
-
-    probe = """
-import warnings
-import rnnsent, rnnsent.trainer
-rnnsent.trainer.train = lambda config, data=None: {"trained": config}  # a stand-in: no training needed here
-if ORDER == "function":
-    assert rnnsent.train("a") == {"trained": "a"}
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    import rnnsent.train
-assert any(w.category is DeprecationWarning and "rnnsent.trainer" in str(w.message) for w in caught), caught
-assert rnnsent.train("b") == {"trained": "b"}, "rnnsent.train(config) does not train"
-from rnnsent.train import RECIPES, Trainer, TrainConfig, TrainingInterrupted, resolve_device
-import rnnsent.config, rnnsent.stopping, rnnsent.runtime
-assert Trainer is rnnsent.trainer.Trainer
-assert (RECIPES, TrainConfig) == (rnnsent.config.RECIPES, rnnsent.config.TrainConfig)
-assert TrainingInterrupted is rnnsent.stopping.TrainingInterrupted and resolve_device is rnnsent.runtime.resolve_device
-print("ok")
-"""
-    for order in ("function", "module"):
-        proc = subprocess.run([sys.executable, "-c", f"ORDER = {order!r}\n" + probe], capture_output=True, text=True,
-                              cwd=PACKAGE.parent, timeout=60)
-        assert proc.returncode == 0 and proc.stdout.startswith("ok"), order + ": " + proc.stderr[-2000:]

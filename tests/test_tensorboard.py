@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnnsent.cli import config_from_args, train_main, train_parser
-from rnnsent.trainer import Trainer
+from rnnsent.training.trainer import Trainer
 from helpers import assert_same_weights, weights
 from test_train import tiny
 
@@ -102,7 +102,7 @@ def test_the_flag_and_a_missing_tensorboard(tmp_path, monkeypatch, capsys):
 
 
 def test_pretraining_writes_its_curves_too(tmp_path):
-    from rnnsent.pretrain import pretrain
+    from rnnsent.training.pretrain import pretrain
     from test_pretrain import tiny as tiny_lm
 
     pretrain(tiny_lm(tmp_path, epochs=1, log_every=1, tensorboard=str(tmp_path / "tb")))

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnsent import fused
+from rnnsent.model import fused
 from rnnsent.data import prepare_imdb
 from rnnsent.config import TrainConfig
-from rnnsent.trainer import Trainer
+from rnnsent.training.trainer import Trainer
 from helpers import assert_same_weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_state
-from rnnsent.evaluate import evaluate
+from rnnsent.inference.loading import load_checkpoint
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.inference.evaluate import evaluate
 from rnnsent.config import CELLS, RECIPES, TrainConfig, recipe_settings
 from rnnsent.runtime import resolve_device
-from rnnsent.stopping import NonFiniteLoss, TrainingInterrupted
-from rnnsent.trainer import Trainer, lr_at
+from rnnsent.training.stopping import NonFiniteLoss, TrainingInterrupted
+from rnnsent.training.trainer import Trainer, lr_at
 from helpers import assert_same_weights, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
@@ -138,7 +139,7 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
     t.fit()  # leaves a good last.pt
     good = (tmp_path / "run" / "last.pt").read_bytes()
     bad = t.global_step + 1
-    monkeypatch.setenv("RNNSENT_FAULT_NAN_AT_STEP", str(bad))  # rnnsent.faults poisons that step's logits
+    monkeypatch.setenv("RNNSENT_FAULT_NAN_AT_STEP", str(bad))  # rnnsent.training.faults poisons that step's logits
     t2 = Trainer(tiny(tmp_path, epochs=3, resume=str(tmp_path / "run" / "last.pt")))
     with pytest.raises(NonFiniteLoss, match=f"global step {bad} .*Lower --lr"):
         t2.fit()

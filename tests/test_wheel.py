@@ -76,7 +76,7 @@ def installed(tmp_path_factory):
 def test_wheel_holds_the_code_the_kernel_source_and_the_released_models(installed):
     _, _, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("rnnsent/__main__.py", "rnnsent/csrc/recurrent_cpu.cpp", "rnnsent/released/gru.pt",
+    for path in ("rnnsent/__main__.py", "rnnsent/model/csrc/recurrent_cpu.cpp", "rnnsent/released/gru.pt",
                  "rnnsent/released/lstm.pt", "rnnsent/released/rnn.pt", "rnnsent/released/RESULTS.json",
                  "rnnsent/serve/page.html"):
         assert path in names, path

@@ -115,8 +115,8 @@ def prepare(args) -> dict:
 # -- the systems --------------------------------------------------------------------------------
 def run_rnnsent(args, config: TrainConfig, data, system="rnnsent", save_checkpoint=False) -> dict:
     """rnnsent's Trainer and its real train_epoch(); a step callback drives the clock."""
-    from rnnsent.evaluate import evaluate
-    from rnnsent.trainer import Trainer
+    from rnnsent.inference.evaluate import evaluate
+    from rnnsent.training.trainer import Trainer
 
     trainer = Trainer(config, data)
     clock = Clock(trainer.device, args.warmup)
@@ -140,8 +140,8 @@ def run_plain(args, cell: str, data, ftz: bool) -> dict:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from rnnsent.evaluate import evaluate
-    from rnnsent.recurrent import LAYERS
+    from rnnsent.inference.evaluate import evaluate
+    from rnnsent.model.recurrent import LAYERS
     from rnnsent.runtime import resolve_device
 
     class Plain(nn.Module):

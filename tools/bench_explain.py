@@ -29,7 +29,7 @@ import rnnsent  # noqa: E402  (before torch: its OpenMP settings)
 import torch  # noqa: E402
 from bench_report import machine_info  # noqa: E402
 from rnnsent.data import load_imdb_reviews  # noqa: E402
-from rnnsent.explain import explain  # noqa: E402
+from rnnsent.inference.explain import explain  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

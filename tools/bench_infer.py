@@ -2,7 +2,8 @@
 """Inference throughput on the CPU, in one run on the same real reviews: reviews/s at batch 1 and batch 64.
 
 Systems, each from raw text to probabilities unless said otherwise:
-  onnxruntime          rnnsent.export.OnnxPredictor on the exported file (batches sorted by length, as predict)
+  onnxruntime          rnnsent.inference.export.OnnxPredictor on the exported file (batches sorted by length, as
+                       predict)
   predict (fused)      rnnsent.predict: the fused CPU kernel, batches sorted by length
   predict, input order the same before the sort: batches cut in input order (sort_by_length=False)
   stock layers         rnnsent.predict with PyTorch's nn.GRU/LSTM/RNN (impl="torch"), sorted
@@ -69,7 +70,7 @@ import rnnsent  # noqa: E402  (before torch: its OpenMP settings)
 import torch  # noqa: E402
 from bench_report import machine_info  # noqa: E402
 
-from rnnsent.evaluate import predict  # noqa: E402
+from rnnsent.inference.evaluate import predict  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,7 +120,7 @@ def keras_rows(args, loaded, texts: list[str]) -> tuple[list[dict], dict]:
     import numpy as np
 
     from rnnsent.data import encode_keras, tokenize
-    from rnnsent.keras_io import save_keras
+    from rnnsent.inference.keras_io import save_keras
 
     split = encode_keras([loaded.vocab.encode(tokenize(t)) for t in texts], [0] * len(texts), loaded.max_len)
     with tempfile.TemporaryDirectory(prefix="rnnsent-infer-") as tmp:
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.set_flush_denormal(True)
-    from rnnsent.export import OnnxPredictor, export
+    from rnnsent.inference.export import OnnxPredictor, export
 
     loaded = rnnsent.load_checkpoint(args.checkpoint)
     texts = sample_reviews(args)

@@ -26,8 +26,8 @@ from bench_report import machine_info  # noqa: E402
 from keras_worker import keras_backend, run_keras  # noqa: E402
 from rnnsent.config import KERAS_CELL_NAMES  # noqa: E402
 from rnnsent.data import prepare_imdb  # noqa: E402
-from rnnsent.models import SentimentRNN, count_parameters  # noqa: E402
-from rnnsent.objective import loss as objective_loss  # noqa: E402
+from rnnsent.model.sentiment import SentimentRNN, count_parameters  # noqa: E402
+from rnnsent.model.objective import loss as objective_loss  # noqa: E402
 
 MODELS = {
     "keras-example-bilstm": dict(cell="lstm", vocab_size=20000, embed_dim=128, hidden_size=64, num_layers=2,

@@ -25,7 +25,7 @@ def run(config_kwargs: dict) -> dict:
     import torch
 
     from rnnsent.config import TrainConfig
-    from rnnsent.trainer import Trainer
+    from rnnsent.training.trainer import Trainer
 
     config = TrainConfig(**config_kwargs)
     trainer = Trainer(config)
@@ -51,7 +51,7 @@ def profile(config_kwargs: dict, rows: int = 20) -> dict:
     from torch.profiler import ProfilerActivity
 
     from rnnsent.config import TrainConfig
-    from rnnsent.trainer import Trainer
+    from rnnsent.training.trainer import Trainer
 
     trainer = Trainer(TrainConfig(**config_kwargs))
     with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -38,8 +38,8 @@ MODELS = {
 
 
 def run_rnnsent(cell: str, epochs: int, seed: int, data, args) -> dict:
-    from rnnsent.evaluate import evaluate
-    from rnnsent.trainer import Trainer
+    from rnnsent.inference.evaluate import evaluate
+    from rnnsent.training.trainer import Trainer
 
     recipe = recipe_settings("keras", cell)
     recipe.update(MODELS[args.model])

@@ -2,7 +2,6 @@
 
 Nothing here imports the models or the trainer; data flows one way.
 """
-from rnnsent import moved
 from rnnsent.data.batches import Batcher
 from rnnsent.data.dataset import prepare_imdb, train_val_split
 from rnnsent.data.fetch import load_imdb_reviews
@@ -28,7 +27,3 @@ __all__ = [
     "tokenize",
     "train_val_split",
 ]
-
-# Old names, with a deprecation message: ImdbData carries your own data too, and "fast" is the bucketed encoding.
-__getattr__ = moved.names(__name__, {}, renamed={"ImdbData": "rnnsent.data.text:PreparedData",
-                                                 "encode_fast": "rnnsent.data.text:encode_bucketed"})

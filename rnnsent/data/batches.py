@@ -11,7 +11,7 @@ order. Each batch is then cut to its own longest row, so short reviews are not r
 of padding steps. Chunks are whole multiples of batch_size, so, exactly as without bucketing, every
 batch has batch_size rows except at most one (the last of the last chunk, dropped by drop_last).
 
-Sharding (distributed training, see rnnsent.distributed): with rank and world_size, the epoch's
+Sharding (distributed training, see rnnsent.training.distributed): with rank and world_size, the epoch's
 batch list is planned as above and rank r keeps batches r, r + world_size, ... With even_shards
 (training) the list is first padded by repeating its first batches, so every rank gets the same
 number of batches (ranks step together); without it (evaluation) nothing is repeated and the

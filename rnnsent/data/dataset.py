@@ -8,7 +8,7 @@ vocabulary is Keras' own word index, so the ids equal imdb.load_data(num_words=v
 The prepared result is cached as a .pt file keyed by a hash of every parameter that changes it and
 of the source's identity. It holds only tensors, lists, dicts, str and int, so it loads with
 torch.load(weights_only=True); rows are stored unpadded (flat ids + lengths) to keep it small. It is
-wrapped in rnnsent.envelope's checksummed envelope, like a checkpoint: a damaged cache is rebuilt.
+wrapped in rnnsent.storage.envelope's checksummed envelope, like a checkpoint: a damaged cache is rebuilt.
 Caches written before the envelope (a bare dict) still load, unverified, and are kept as they are.
 """
 from __future__ import annotations
@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnsent import moved
 from rnnsent.config import canonical_encoding, check_val_fraction
-from rnnsent.envelope import first_line, seal, unseal
-from rnnsent.files import atomic_write
+from rnnsent.storage.envelope import first_line, seal, unseal
+from rnnsent.storage.files import atomic_write
 from rnnsent.data.fetch import Source, block_size, cache_root, find_imdb, read_blocks, read_keras_word_index
 from rnnsent.data.text import (
     TOKENIZER_NAME,
@@ -238,7 +237,3 @@ def prepare_imdb(
             **extra}
     cached = use_cache and save_cached(path, splits, vocab, meta)
     return PreparedData.fresh(splits, vocab, meta, cache_file=path if cached else None)
-
-
-# ImdbData was the name of what now is PreparedData (it carries your own data too).
-__getattr__ = moved.names(__name__, {}, renamed={"ImdbData": "rnnsent.data.text:PreparedData"})

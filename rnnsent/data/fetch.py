@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npformat
 
-from rnnsent.files import MAX_MEMBER_BYTES, atomic_write, read_bounded
+from rnnsent.storage.files import MAX_MEMBER_BYTES, atomic_write, read_bounded
 
 log = logging.getLogger(__name__)
 

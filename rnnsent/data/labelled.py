@@ -39,7 +39,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from rnnsent import moved
 from rnnsent.config import ON_MISSING_LABEL, canonical_encoding, check_val_fraction
 from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
@@ -490,7 +489,3 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
         raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
     encode = encode_keras if canonical_encoding(encoding, warn=False) == "keras" else encode_bucketed
     return encode(ids, labels, max_len)
-
-
-# prepare_data, which reads IMDB or your own data, was here; it is rnnsent.data.prepare's.
-__getattr__ = moved.names(__name__, {"prepare_data": "rnnsent.data.prepare"})

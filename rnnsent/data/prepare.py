@@ -5,7 +5,7 @@ from __future__ import annotations
 from rnnsent.config import DataConfig
 from rnnsent.data.dataset import prepare_imdb
 from rnnsent.data.labelled import prepare_labelled
-from rnnsent.data.tabular import DataFileError, is_user_data
+from rnnsent.data.tabular import Columns, DataFileError, is_user_data
 from rnnsent.data.text import PreparedData
 
 
@@ -13,7 +13,12 @@ def prepare_data(settings, vocab_size: int, cache_dir=None) -> PreparedData:
     """The data a DataConfig (or TrainConfig) names, prepared (or read from the cache) with `vocab_size` words."""
     cache_dir = cache_dir if cache_dir is not None else settings.cache_dir
     if is_user_data(settings.data_root):
-        return prepare_labelled(**dict(settings.labelled_args(vocab_size), cache_dir=cache_dir))
+        return prepare_labelled(
+            path=settings.data_root, test_path=settings.test_data, vocab_size=vocab_size, max_len=settings.max_len,
+            encoding=settings.encoding, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
+            seed=settings.split_seed, limit=settings.limit, cache_dir=cache_dir,
+            on_missing_label=settings.on_missing_label,
+            columns=Columns(settings.text_column, settings.label_column, settings.split_column, settings.quoting))
     if settings.test_data is not None:
         raise DataFileError(
             f"--test-data {settings.test_data}: a test file goes with your own data (--data a .csv, .tsv or "

@@ -327,7 +327,7 @@ def _read_folders(root: Path) -> Iterator[Row]:
     """root/{train,test}/<label>/*.txt, classes and files in sorted order; label folders that are all
     whole numbers (1, 2, 10) are integer labels. Regular files only, links within root (see the module)."""
     from rnnsent.data.fetch import MAX_REVIEW_BYTES
-    from rnnsent.files import read_bounded
+    from rnnsent.storage.files import read_bounded
 
     if not (root / "train").is_dir():
         raise DataFileError(f"{root}: a folder of your own data holds train/<label>/*.txt (and test/<label>/*.txt); "

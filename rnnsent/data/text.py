@@ -15,7 +15,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rnnsent import moved
 
 PAD_ID = 0
 START_ID = 1
@@ -317,6 +316,3 @@ class PreparedData:
         stored, if it was."""
         return cls(splits["train"], splits["val"], splits["test"], vocab,
                    dict(meta, cache_file=None if cache_file is None else str(cache_file), cache_hit=False))
-
-
-__getattr__ = moved.names(__name__, {}, renamed={"encode_fast": "rnnsent.data.text:encode_bucketed"})

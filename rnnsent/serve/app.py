@@ -32,7 +32,7 @@ except ModuleNotFoundError as e:  # the `serve` extra is not installed
     raise ModuleNotFoundError(f"rnnsent serve needs FastAPI and uvicorn ({e.name} is missing): "
                               "pip install 'rnnsent[serve]'", name=e.name) from None
 
-from rnnsent.evaluate import class_names
+from rnnsent.inference.evaluate import class_names
 from rnnsent.serve.batcher import DynamicBatcher, Unavailable
 from rnnsent.serve.settings import ServeSettings
 
@@ -88,7 +88,7 @@ class PredictResponse(BaseModel):
 
 
 class ExplainResponse(BaseModel):
-    results: list[dict[str, Any]] = Field(description="rnnsent.explain's Explanation.to_json() for each text")
+    results: list[dict[str, Any]] = Field(description="rnnsent.inference.explain's Explanation.to_json() for each text")
 
 
 def _one_line(exc: ValidationError | RequestValidationError) -> str:
@@ -215,11 +215,11 @@ def predict_work(loaded, max_batch: int):
 
 
 def _import_explain():
-    """rnnsent.explain's explain(), or ApiError 501 when it (or Captum under it) is not installed."""
+    """rnnsent.inference.explain's explain(), or ApiError 501 when it (or Captum under it) is not installed."""
     try:
-        from rnnsent.explain import explain
+        from rnnsent.inference.explain import explain
     except ImportError as e:
-        if isinstance(e, ModuleNotFoundError) and e.name == "rnnsent.explain":
+        if isinstance(e, ModuleNotFoundError) and e.name == "rnnsent.inference.explain":
             raise ApiError(501, "explanations need rnnsent.explain, which this rnnsent does not have") from None
         raise ApiError(501, f"explanations are not available: {str(e).splitlines()[0]}") from None
     return explain
@@ -227,7 +227,7 @@ def _import_explain():
 
 def _released_entry(path: Path | None) -> dict | None:
     """RESULTS.json's entry (test accuracy, training command) when the model is one of the released files."""
-    from rnnsent.loading import RELEASED
+    from rnnsent.inference.loading import RELEASED
 
     if path is None or path.resolve().parent != RELEASED.resolve():
         return None
@@ -238,7 +238,7 @@ def _released_entry(path: Path | None) -> dict | None:
 
 
 def model_info(loaded, settings: ServeSettings) -> dict:
-    from rnnsent.models import count_parameters
+    from rnnsent.model.sentiment import count_parameters
 
     m = loaded.model
     metrics = {k: v for k, v in loaded.metrics.items()
@@ -281,7 +281,8 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
 
         async def warm_up():  # the first forward loads the fused kernel and sizes the allocator
             await batcher.submit(WARM_UP_TEXTS)
-            state["explain"] = all(importlib.util.find_spec(m) is not None for m in ("rnnsent.explain", "captum"))
+            state["explain"] = all(importlib.util.find_spec(m) is not None
+                                   for m in ("rnnsent.inference.explain", "captum"))
             state["ready"] = True
 
         task = asyncio.create_task(warm_up())

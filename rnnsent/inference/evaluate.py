@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnsent import objective
+from rnnsent.model import objective
 from rnnsent.data import Batcher, EncodedSplit, Vocab, encode_bucketed, encode_keras
 from rnnsent.data.text import OOV_ID, tokenizer_for
-from rnnsent.models import SentimentRNN
+from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.runtime import autocast_context
 
 IMDB_LABELS = ("negative", "positive")  # what a model without stored classes (IMDB's) calls its two classes
@@ -154,7 +154,7 @@ def predict(
 def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, encoding: str, batch_size: int = 256,
                  classes: list | None = None, sort_by_length: bool = True, groups=None) -> list[Prediction]:
     """predict() with any `forward(tokens (B, T) int64, lengths (B,) or None for pre-padded rows) -> (B, K)
-    probabilities` (a PyTorch model, an onnxruntime session: rnnsent.export.OnnxPredictor). Each text is
+    probabilities` (a PyTorch model, an onnxruntime session: rnnsent.inference.export.OnnxPredictor). Each text is
     tokenized once, whatever `groups` does with it."""
     texts = as_texts(texts)
     if classes is not None and len(classes) != num_classes:

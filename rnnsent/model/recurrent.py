@@ -1,4 +1,4 @@
-"""The recurrent layer: how it runs, PyTorch's own layer or rnnsent's fused CPU kernel (rnnsent/fused.py).
+"""The recurrent layer: how it runs, PyTorch's own layer or rnnsent's fused CPU kernel (rnnsent/model/fused.py).
 
 Both compute the same function on the same weights, which live in PyTorch's nn.LSTM / nn.GRU / nn.RNN
 either way. On GPUs the stock layers run (cuDNN). On the CPU, in float32, the fused kernel runs where it
@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnsent import fused
+from rnnsent.model import fused
 from rnnsent.config import CELL_TABLE, IMPLS
 
 LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # PyTorch's layer for each cell of CELL_TABLE
@@ -110,7 +110,7 @@ def _unserved(rnn: nn.Module, cell: str | None) -> list[str]:
 def describe(impl: str, device: torch.device) -> str:
     """What runs the recurrent layer on `device`, for logs and reports. impl="fused" where the kernel cannot
     run is a ValueError here (a usage error of one line), rather than a failure mid-epoch; a first-time
-    build announces itself (rnnsent.fused)."""
+    build announces itself (rnnsent.model.fused)."""
     if device.type != "cpu":
         return "PyTorch's layers (cuDNN on CUDA)"
     if impl == "torch":

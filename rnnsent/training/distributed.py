@@ -106,7 +106,7 @@ class Distributed:
         """evaluate()'s result for this rank's share, summed over all ranks."""
         if not self.enabled:
             return r
-        from rnnsent.evaluate import scores
+        from rnnsent.inference.evaluate import scores
 
         confusion = torch.tensor(r["confusion_matrix"], dtype=torch.float64, device=device)  # (K, K)
         summed = self.sum(torch.cat([confusion.new_tensor([r["loss"] * r["n"]]), confusion.flatten()])).tolist()

@@ -1,7 +1,7 @@
 """Releasing models: a run's best.pt copied into the released models' folder (checkpoints/) with its index
 RESULTS.json, and the released models checked against that index. scripts/results.py --release and
 --check-released call these. What goes in stays portable: no path of the training machine (the state through
-rnnsent.checkpoint.portable_state, the recorded commands through portable_command).
+rnnsent.storage.checkpoint.portable_state, the recorded commands through portable_command).
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 def release(table: list[dict], dest: Path) -> None:
     """Copy each cell's best run (by validation accuracy) to dest/<cell>.pt (best.pt has no optimizer state) and
     index it in dest/RESULTS.json; cells not in `table` keep their entries."""
-    from rnnsent.checkpoint import load_checkpoint_state, save_checkpoint
-    from rnnsent.release import portable_state
+    from rnnsent.storage.checkpoint import load_checkpoint_state, save_checkpoint
 
     dest.mkdir(parents=True, exist_ok=True)
     # other cells stay
@@ -42,7 +41,6 @@ def recorded_command(run: Path) -> str:
 def portable_command(argv: list[str]) -> list[str]:
     """A train.py command line without this machine's paths: --data goes (the data is found by the normal
     search and proved by its vocabulary), --out and --pretrained become runs/<its folder name>."""
-    from rnnsent.release import portable_run_path
 
     out, skip = [], False
     for i, arg in enumerate(argv):
@@ -63,8 +61,8 @@ def portable_command(argv: list[str]) -> list[str]:
 def check_released(released: Path, data_root=None) -> int:
     """Re-evaluate the released models in `released` on the full test split; 1 if any differs from its
     RESULTS.json, else 0 (a line per model either way)."""
-    from rnnsent.loading import load_checkpoint
-    from rnnsent.evaluate import evaluate
+    from rnnsent.inference.loading import load_checkpoint
+    from rnnsent.inference.evaluate import evaluate
 
     index = json.loads((released / "RESULTS.json").read_text())
     failed = 0
@@ -76,3 +74,24 @@ def check_released(released: Path, data_root=None) -> int:
         failed += not ok
         print(f"{cell}: test accuracy {acc:.4f}, table {entry['test_accuracy']:.4f} {'ok' if ok else 'MISMATCH'}")
     return 1 if failed else 0
+
+# Config fields that name places on the machine that wrote a checkpoint: a released file must not carry them.
+MACHINE_PATHS = ("data_root", "cache_dir", "resume")
+
+
+def portable_run_path(path) -> str:
+    """A run folder (or a checkpoint in one) as runs/<folder>[/<file>], without this machine's part of the path."""
+    path = Path(path)
+    return str(Path("runs") / (Path(path.parent.name, path.name) if path.suffix == ".pt" else path.name))
+
+
+def portable_state(state: dict) -> dict:
+    """`state` without the paths of the machine that wrote it, for files given to others (checkpoints/)."""
+    config = dict(state.get("config", {}))
+    for key in MACHINE_PATHS:
+        if key in config:
+            config[key] = None
+    for key in ("out", "pretrained"):  # run folders: runs/<name>, as the recorded command has them
+        if config.get(key):
+            config[key] = portable_run_path(config[key])
+    return {**state, "config": config}

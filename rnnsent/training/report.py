@@ -21,7 +21,7 @@ def append_metrics(out: Path, row: dict) -> None:
 
 def write_metrics(out: Path, history: list[dict]) -> None:
     """metrics.jsonl holding exactly `history`, one row per epoch (a resumed run's, from its checkpoint)."""
-    from rnnsent.files import atomic_write
+    from rnnsent.storage.files import atomic_write
 
     with atomic_write(out / "metrics.jsonl") as f:
         f.write("".join(json.dumps(row) + "\n" for row in history).encode())

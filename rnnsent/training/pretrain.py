@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnsent.checkpoint import load_checkpoint_state
+from rnnsent.storage.checkpoint import load_checkpoint_state
 from rnnsent.config import FINE_TUNING_ONLY, ModelConfig, TrainConfig
-from rnnsent.handover import KIND, SHAPE, load_into  # noqa: F401 (re-exported: fine-tuning reads these files)
-from rnnsent.models import SentimentRNN, count_parameters
+from rnnsent.training.handover import KIND
+from rnnsent.model.sentiment import SentimentRNN, count_parameters
 from rnnsent.runtime import autocast_context
-from rnnsent.trainer import Trainer, run_task
+from rnnsent.training.trainer import Trainer, run_task
 
 
 def cutoffs(vocab_size: int, hidden_size: int) -> list[int]:
@@ -90,7 +90,7 @@ class LanguageModel(nn.Module):
 
 
 class LanguageModelling:
-    """The language model's task for the Trainer (see rnnsent.trainer.Classification for the interface): the
+    """The language model's task for the Trainer (see rnnsent.training.trainer.Classification for the interface): the
     same loop, checkpoints and resume; best.pt has the lowest validation loss per word. Labels and the
     test split are not used."""
 

@@ -1,13 +1,13 @@
 """Handing a pretrained language model's embedding and recurrent layer to a classifier (--pretrained).
 
-The language model is rnnsent.pretrain's; this module only reads its checkpoints, so the classifier's
+The language model is rnnsent.training.pretrain's; this module only reads its checkpoints, so the classifier's
 trainer can fine-tune from one without importing the pretraining code.
 """
 from __future__ import annotations
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
-from rnnsent.loading import resolve_checkpoint
-from rnnsent.models import SentimentRNN
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.inference.loading import resolve_checkpoint
+from rnnsent.model.sentiment import SentimentRNN
 
 KIND = "language_model"  # the "kind" of a pretraining checkpoint; classifiers have none
 # what must agree to hand the weights over

@@ -1,15 +1,15 @@
 """Checkpoints: atomic writes, checksummed and verified loads, no unpickling of arbitrary objects.
 
-A checkpoint file is a `torch.save` of rnnsent.envelope's checksummed envelope:
+A checkpoint file is a `torch.save` of rnnsent.storage.envelope's checksummed envelope:
     {"format": "rnnsent-checkpoint", "version": 1, "sha256": hex, "payload": uint8 tensor}
 where the payload is itself a `torch.save` of plain data (tensors, dicts, lists, str, numbers).
 Both levels load with `weights_only=True`, so a file from another program can at worst be refused,
 never executed. The checksum catches a file that was truncated or corrupted after it was written
 (disk full, a machine that died mid-write on a file system without ordered writes, bit rot).
 
-This module is the file format only. Building a model from a file is rnnsent.loading's (load_checkpoint), a
-resuming a run (which file, its fallback, the checks, the trainer's state) rnnsent.resume's, and what a
-released file leaves out rnnsent.release's.
+This module is the file format only. Building a model from a file is rnnsent.inference.loading's (load_checkpoint), a
+resuming a run (which file, its fallback, the checks, the trainer's state) rnnsent.training.resume's, and what a
+released file leaves out rnnsent.inference.releasing's.
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from rnnsent import moved
-from rnnsent.envelope import first_line as _first_line, seal, unseal
-from rnnsent.files import atomic_write
+from rnnsent.storage.envelope import first_line as _first_line, seal, unseal
+from rnnsent.storage.files import atomic_write
 
 FORMAT = "rnnsent-checkpoint"
 VERSION = 1
@@ -48,7 +47,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
     If anything fails (disk full, interrupted), the previous file at `path` is left untouched and
     CheckpointWriteError says so. With keep_previous, the file being replaced is first kept as
     previous_path(path) (hard link + rename, so `path` exists at every moment): if the new file is
-    later found damaged, rnnsent.resume.load_resume_state falls back to it.
+    later found damaged, rnnsent.training.resume.load_resume_state falls back to it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,17 +121,3 @@ def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model_config" not in state or "model_state" not in state:
         raise CheckpointError(f"{path} holds no model (missing model_config or model_state)")
     return state
-
-
-
-# Kept for compatibility: these names lived here before loading a model, resuming a run and releasing a model got
-# modules of their own, and code outside rnnsent imports them from here.
-_MOVED = {
-    **dict.fromkeys(("load_checkpoint", "LoadedModel", "resolve_checkpoint", "RELEASED", "RELEASED_NAMES",
-                     "MAX_LEN_LIMIT", "VOCAB_LIMIT", "data_root"), "rnnsent.loading"),
-    **dict.fromkeys(("training_state", "restore_training_state", "load_resume_state"), "rnnsent.resume"),
-    **dict.fromkeys(("MACHINE_PATHS", "portable_run_path", "portable_state"), "rnnsent.release"),
-}
-
-
-__getattr__ = moved.names(__name__, _MOVED)

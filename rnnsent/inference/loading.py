@@ -1,7 +1,7 @@
 """Loading a model: a checkpoint file, a run folder or a released model's name -> a LoadedModel (the model in eval
 mode, its vocabulary and encoding settings), checked before anything is built from it.
 
-The file format itself (save, verify, read) is rnnsent.checkpoint's; this module decides what a verified file
+The file format itself (save, verify, read) is rnnsent.storage.checkpoint's; this module decides what a verified file
 may make the program build, and finds a loaded model's data again (LoadedModel.prepare_data).
 """
 from __future__ import annotations
@@ -13,18 +13,18 @@ from pathlib import Path
 
 import torch
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding, field_names
-from rnnsent.envelope import first_line as _first_line
+from rnnsent.storage.envelope import first_line as _first_line
 
 # The released models (docs/results.md), loaded by name: load_checkpoint("gru") finds them. They live in the
 # repository's checkpoints/; the wheel carries them as rnnsent/released/ (setup.py). So an installed copy finds
 # them in the package, and a clone or an editable install in the checkout beside it.
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]
 RELEASED = next((d for d in (_PACKAGE / "released", _PACKAGE.parent / "checkpoints") if (d / "RESULTS.json").is_file()),
                 _PACKAGE.parent / "checkpoints")
 RELEASED_NAMES = ("gru", "lstm", "rnn")
-# The name the log has always used (docs: "the log (logger rnnsent.checkpoint) says which").
+# The name the log has always used (docs: "the log (logger rnnsent.storage.checkpoint) says which").
 log = logging.getLogger("rnnsent.checkpoint")
 # The largest values a checkpoint's settings may carry: a forged file must not make predict allocate
 # without bound (max_len sizes every pre-padded row, vocab_size the embedding).
@@ -75,7 +75,7 @@ def _available_memory() -> int:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """An existing file or folder as it is; otherwise a released model's name (gru, lstm, rnn) -> its file
-    in the package. A path always wins over a name; the log (logger rnnsent.checkpoint) says which."""
+    in the package. A path always wins over a name; the log (logger rnnsent.storage.checkpoint) says which."""
     given, name = Path(path), str(path).strip().lower()
     if name not in RELEASED_NAMES:
         return given
@@ -92,10 +92,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     Returns a LoadedModel: the model in eval mode on `device`, its vocabulary and the encoding
     settings it was trained with, so `rnnsent.predict(loaded, texts)` needs nothing else. impl says how the
-    recurrent layer runs (rnnsent.recurrent: "auto", "fused" or "torch"); it changes no result.
+    recurrent layer runs (rnnsent.model.recurrent: "auto", "fused" or "torch"); it changes no result.
     """
     from rnnsent.data import Vocab
-    from rnnsent.models import SentimentRNN
+    from rnnsent.model.sentiment import SentimentRNN
 
     path = resolve_checkpoint(path)
     state = load_checkpoint_state(path)
@@ -182,8 +182,8 @@ class LoadedModel:
         return self.state.get("config", {})
 
     def predict(self, texts, batch_size: int = 256, groups=None):
-        """rnnsent.evaluate.predict with this model's vocabulary, length, encoding and class names."""
-        from rnnsent.evaluate import predict
+        """rnnsent.inference.evaluate.predict with this model's vocabulary, length, encoding and class names."""
+        from rnnsent.inference.evaluate import predict
 
         return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size,
                        classes=self.classes, groups=groups)

@@ -23,8 +23,6 @@ import copy
 import html
 import logging
 import os
-import sys
-import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,7 +30,7 @@ import torch
 
 from rnnsent.data import encode_bucketed, encode_keras
 from rnnsent.data.text import OOV_ID, PAD_ID, START_ID, tokenizer_for
-from rnnsent.evaluate import as_texts, class_names, predict
+from rnnsent.inference.evaluate import as_texts, class_names, predict
 
 METHODS = ("ig", "occlusion")
 DEFAULT_STEPS = 50
@@ -316,14 +314,3 @@ def to_html(explanations: Iterable[Explanation], title: str = "rnnsent explain")
             '<span style="background:rgba(220,38,38,.6)">away from it</span> '
             '<span class="u">unknown word</span>; hover a word for its value (log-odds).</p>\n'
             + "\n".join(parts) + "\n</body></html>\n")
-
-
-class _CallableModule(types.ModuleType):
-    """`import rnnsent.explain` makes the package's `explain` this module instead of the function (Python sets a
-    package's attribute to a submodule when it is first imported): calling it still explains."""
-
-    def __call__(self, *args, **kwargs):
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

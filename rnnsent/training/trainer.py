@@ -5,17 +5,17 @@ the device so a step never waits for the host. Checkpoints (`last.pt`, `best.pt`
 needed to continue bit for bit: model, optimizer, RNG state, the position inside the epoch and the
 running sums. The data order of an epoch is a function of (seed, epoch) alone (see Batcher), so a
 resumed run skips the batches it has done and sees the rest in the same order. Under torchrun the
-same loop trains data-parallel; rnnsent.distributed holds the choices that makes. The settings are
-rnnsent.config's, the machine set-up rnnsent.runtime's, the files a run writes rnnsent.report's.
+same loop trains data-parallel; rnnsent.training.distributed holds the choices that makes. The settings are
+rnnsent.config's, the machine set-up rnnsent.runtime's, the files a run writes rnnsent.training.report's.
 
 Callbacks (minGPT style): `trainer.add_callback("on_step_end", fn)` calls fn(trainer) after every
 optimizer step (counters updated, any periodic checkpoint written), "on_backward_end" after each step's
 backward pass (the gradients are in the parameters, unscaled, not yet clipped), "on_epoch_end" after
 validation and the epoch's checkpoints. In the first two, trainer.last_step (a StepInfo) holds the step's
 loss, gradient norm before clipping, learning rate and samples. A callback may raise KeyboardInterrupt to
-stop as Ctrl-C does. rnnsent.tensorboard's writer (TrainConfig.tensorboard) is one such callback.
+stop as Ctrl-C does. rnnsent.training.tensorboard's writer (TrainConfig.tensorboard) is one such callback.
 
-Fault injection for tests: rnnsent.faults (environment variables, through the same callbacks).
+Fault injection for tests: rnnsent.training.faults (environment variables, through the same callbacks).
 """
 from __future__ import annotations
 
@@ -27,19 +27,21 @@ from pathlib import Path
 
 import torch
 
-from rnnsent import faults, objective, recurrent, report, stopping
-from rnnsent.checkpoint import CheckpointWriteError, load_checkpoint_state, save_checkpoint
+from rnnsent import runtime
+from rnnsent.model import objective, recurrent
+from rnnsent.training import faults, report, stopping
+from rnnsent.storage.checkpoint import CheckpointWriteError, load_checkpoint_state, save_checkpoint
 from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
 from rnnsent.data import Batcher, prepare_data
-from rnnsent.distributed import Distributed, shutdown
-from rnnsent.evaluate import evaluate
-from rnnsent.handover import load_into
-from rnnsent.models import SentimentRNN, count_parameters
-from rnnsent.regularise import EmbeddingPerturbation, WeightAverage
-from rnnsent.resume import check_resume, find_resume, restore_training_state, training_state
-from rnnsent.runfolder import RunLock, check_new_run, check_run_folder
+from rnnsent.training.distributed import Distributed, shutdown
+from rnnsent.inference.evaluate import evaluate
+from rnnsent.training.handover import load_into
+from rnnsent.model.sentiment import SentimentRNN, count_parameters
+from rnnsent.training.regularise import EmbeddingPerturbation, WeightAverage
+from rnnsent.training.resume import check_resume, find_resume, restore_training_state, training_state
+from rnnsent.training.runfolder import RunLock, check_new_run, check_run_folder
 from rnnsent.runtime import StopFlag, StopNow, autocast_context, resolve_device
-from rnnsent.stopping import TrainingInterrupted
+from rnnsent.training.stopping import TrainingInterrupted
 
 EVENTS = ("on_step_end", "on_epoch_end", "on_backward_end")
 
@@ -62,7 +64,7 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 class Classification:
-    """What the Trainer trains: the task object, here the classifier's (rnnsent.pretrain.LanguageModelling is
+    """What the Trainer trains: the task object, here the classifier's (rnnsent.training.pretrain.LanguageModelling is
     the language model's). The loop, checkpoints and resume are the Trainer's; a task says what differs:
 
         kind, reports_accuracy   the "kind" its checkpoints carry (None here); whether batches have right answers
@@ -93,7 +95,7 @@ class Classification:
 
     def forward_backward(self, t, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor]:
         """With adversarial training, a second pass on perturbed embeddings adds its gradients
-        (rnnsent.regularise.EmbeddingPerturbation)."""
+        (rnnsent.training.regularise.EmbeddingPerturbation)."""
         c = t.config
         with EmbeddingPerturbation(t.model.embedding) if c.adversarial else contextlib.nullcontext() as perturb:
             # DDP must not average the first of two backward passes on its own: the second one sums both
@@ -166,11 +168,9 @@ class Trainer:
         self.callbacks: dict[str, list] = defaultdict(list)
         self.last_step: StepInfo | None = None
         if config.tensorboard and self.is_main:  # first: a missing TensorBoard is said before anything is done
-            from rnnsent.tensorboard import TensorBoardWriter
+            from rnnsent.training.tensorboard import TensorBoardWriter
 
             TensorBoardWriter(config.tensorboard).attach(self)
-        from rnnsent import runtime
-
         runtime.setup(self.device, config.threads, config.flush_denormal, config.retain_memory, config.deterministic,
                       strict_blas=config.rnn_impl != "torch")
         runtime.check_amp(config.amp, self.device)

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the recurrent layer, compiled on first use (rnnsent/csrc/recurrent_cpu.cpp).
+"""Fused CPU kernels for the recurrent layer, compiled on first use (rnnsent/model/csrc/recurrent_cpu.cpp).
 
 PyTorch's stock CPU GRU/LSTM/RNN run a dozen small autograd ops per time step, forward and backward;
 at rnnsent's size (batch 64, 100 units) dispatching them costs more than the arithmetic. The C++
@@ -8,8 +8,8 @@ for the maths.
 
 The kernel is built with torch.utils.cpp_extension (a C++ compiler and ninja; ~15-20 s once per
 machine, then cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). The first build says so
-in one log line (logger "rnnsent.fused", level WARNING so that it shows without any logging set up);
-`python -m rnnsent.fused --build` builds it ahead of time (a Dockerfile step). Where it cannot be built
+in one log line (logger "rnnsent.model.fused", level WARNING so that it shows without any logging set up);
+`python -m rnnsent.model.fused --build` builds it ahead of time (a Dockerfile step). Where it cannot be built
 the models fall back to PyTorch's layers, say so once per process, and `status()` says why. Nothing
 here changes the model's parameters: the fused and stock paths compute the same function on the same
 weights.
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from rnnsent.config import IMPLS  # noqa: F401 (re-exported: the choices of rnn_impl)
 
 CELL_IDS = {"lstm": 0, "gru": 1, "rnn": 2}  # the kernel's cell numbers
 SOURCE = Path(__file__).resolve().parent / "csrc" / "recurrent_cpu.cpp"
@@ -129,7 +128,7 @@ def _load() -> bool:
             name = _build_name()
             if needs_build():  # a silent stall of 15-20 s looks like a hang: say what it is, once
                 log.warning(f"rnnsent: compiling the fused CPU kernel (once per machine, about 15-20 s; cached in "
-                            f"{build_directory(name)}; `python -m rnnsent.fused --build` does it ahead of time)")
+                            f"{build_directory(name)}; `python -m rnnsent.model.fused --build` does it ahead of time)")
             flags = ["-O3", "-fno-trapping-math"]
             try:
                 _build(name, flags + ["-march=native", "-fopenmp"])
@@ -151,7 +150,7 @@ def status() -> str:
     if _loaded is None:
         available()
     if _loaded:
-        return "fused CPU kernel (rnnsent/csrc/recurrent_cpu.cpp)"
+        return "fused CPU kernel (rnnsent/model/csrc/recurrent_cpu.cpp)"
     return (f"PyTorch's stock layers (fused CPU kernel unavailable: {_error}; it needs a C++ compiler and "
             "ninja, `pip install ninja`)")
 
@@ -243,7 +242,7 @@ def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rnnsent.fused", description=(
+    p = argparse.ArgumentParser(prog="python -m rnnsent.model.fused", description=(
         "rnnsent's fused CPU kernel. --build compiles it now (once per machine, about 15-20 s) instead of on "
         "first use, for example in a Dockerfile; the build is cached under TORCH_EXTENSIONS_DIR or "
         "~/.cache/torch_extensions."))

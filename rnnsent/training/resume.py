@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rnnsent.checkpoint import CheckpointError, load_checkpoint_state, previous_path
+from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, previous_path
 from rnnsent.config import LEGACY_ENCODINGS, DataConfig, ModelConfig, OptimConfig, TrainConfig, field_names
 from rnnsent.runtime import rng_state, set_rng_state
 

@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from rnnsent.checkpoint import previous_path
-from rnnsent.resume import RESUME_AUTO, load_resume, resume_path  # noqa: F401 (RESUME_AUTO, load_resume: their old home)
+from rnnsent.storage.checkpoint import previous_path
+from rnnsent.training.resume import resume_path
 
 LOCK_NAME = "run.lock"
-# What a run writes into its folder (rnnsent.report, the trainer's checkpoints). Only these are ever replaced
+# What a run writes into its folder (rnnsent.training.report, the trainer's checkpoints). Only these are ever replaced
 # or removed: anything else in the folder is the user's.
 RUN_FILES = ("best.pt", "last.pt", "last.prev.pt", "metrics.jsonl", "report.json", "summary.txt", "curves.png",
              "config.json", "command.txt")

@@ -2,11 +2,11 @@
 optionally stacked (num_layers) and bidirectional, as Keras' Bidirectional(merge_mode="concat").
 
 The forward pass is features, then output dropout and the dense head. The features are one call,
-rnnsent.recurrent.encode: it embeds the tokens, applies the embedding dropout, runs every layer and direction
+rnnsent.model.recurrent.encode: it embeds the tokens, applies the embedding dropout, runs every layer and direction
 and returns the final states. Embedding happens inside it because the fused CPU kernel can skip it: when no
 dropout applies it reads each token's input projection from a table computed once per vocabulary word. How the
 recurrence runs (that kernel or PyTorch's layers) and why its weights hold exactly Keras' parameters is
-rnnsent.recurrent's business; the settings are rnnsent.config.ModelConfig's.
+rnnsent.model.recurrent's business; the settings are rnnsent.config.ModelConfig's.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import re
 import torch
 from torch import nn
 
-from rnnsent import moved, recurrent
+from rnnsent.model import recurrent
 from rnnsent.config import CELL_TABLE, KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig
 
 
@@ -33,7 +33,7 @@ class SentimentRNN(nn.Module):
     concatenated) -> Linear(hidden_size * directions, 1), or Linear(..., num_classes) when num_classes > 2.
 
     forward(tokens, lengths=None) takes a LongTensor (batch, time) of token ids and returns logits
-    of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.objective). Without
+    of shape (batch,), or (batch, num_classes) for more than two classes (see rnnsent.model.objective). Without
     lengths the input is taken as pre-padded (Keras' pad_sequences) and the state after the last column is used.
     With lengths the input is right-padded and the state after each row's last real token is used, so the padding
     after it changes nothing (a backward direction starts at that token). features() is what the head sees,
@@ -44,7 +44,7 @@ class SentimentRNN(nn.Module):
         """SentimentRNN(cell="gru", vocab_size=5000, embed_dim=32, hidden_size=100, embed_dropout=0.0,
         output_dropout=0.0, init="keras", word_dropout=0.0, num_classes=2, num_layers=1, bidirectional=False,
         layer_dropout=0.0): ModelConfig's fields, positional in that order,
-        or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.recurrent), not what it
+        or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.model.recurrent), not what it
         computes, so it is not part of config() or checkpoints."""
         super().__init__()
         settings = (
@@ -209,7 +209,3 @@ def _orthogonal(rows: int, cols: int) -> torch.Tensor:
         torch.set_num_threads(threads)
     q = q * torch.sign(torch.diagonal(r))  # make the decomposition unique, as Keras does
     return q.t() if rows < cols else q
-
-
-# CELLS, INITS and canonical_cell were importable from here; they are rnnsent.config's.
-__getattr__ = moved.names(__name__, dict.fromkeys(("CELLS", "INITS", "canonical_cell"), "rnnsent.config"))

@@ -37,10 +37,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from rnnsent import recurrent
+from rnnsent.model import recurrent
 from rnnsent.config import CELL_TABLE, KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig, canonical_cell, field_names
-from rnnsent.files import MAX_MEMBER_BYTES, read_bounded
-from rnnsent.models import SentimentRNN, permute_gates
+from rnnsent.storage.files import MAX_MEMBER_BYTES, read_bounded
+from rnnsent.model.sentiment import SentimentRNN, permute_gates
 
 __all__ = ["KerasFormatError", "from_keras", "to_keras", "save_keras", "keras_weights"]
 

@@ -1,7 +1,7 @@
 """Training-only regularisers that leave the predicting model as it is: an average of the weights
 (TrainConfig.ema) and adversarial perturbations of the embeddings (TrainConfig.adversarial).
 
-Label smoothing is a change of the loss, so it lives in rnnsent.objective.
+Label smoothing is a change of the loss, so it lives in rnnsent.model.objective.
 """
 from __future__ import annotations
 

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnsent import objective
+from rnnsent.model import objective
 # The tokenizer's own patterns, written into the tokenizer file: one definition of the token rules.
 from rnnsent.data.text import _LINE_BREAK, _TOKEN, _TOKEN_V2, OOV_ID, PAD_ID, SCRIPT_TOKENIZER_NAME, START_ID, Vocab
-from rnnsent.envelope import first_line
-from rnnsent.evaluate import class_names, predict_with
-from rnnsent.files import atomic_write, read_bounded
+from rnnsent.storage.envelope import first_line
+from rnnsent.inference.evaluate import class_names, predict_with
+from rnnsent.storage.files import atomic_write, read_bounded
 
 FORMAT = "rnnsent-tokenizer"
 VERSION = 1

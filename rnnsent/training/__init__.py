@@ -1,0 +1,3 @@
+"""Training: the Trainer (trainer.py) and the language-model task (pretrain.py, handover.py), resume (resume.py),
+the run folder (runfolder.py), stopping (stopping.py), regularisers, data-parallel training, the files and lines a
+run writes (report.py), TensorBoard and fault injection for tests."""
