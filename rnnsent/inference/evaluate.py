@@ -183,7 +183,7 @@ def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, e
         probs[idx] = forward(x, lengths if right_padded else None)
     out = []
     for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids):
-        # Two classes: the second wins at p >= 0.5 exactly as before (argmax would give ties to the first).
+        # Two classes: the second wins at p >= 0.5, ties included (argmax would give ties to the first).
         best = int(p[1] >= 0.5) if len(p) == 2 else max(range(len(p)), key=p.__getitem__)
         out.append(Prediction(p[1] if len(p) == 2 else p[best], names[best], int(n), words=len(row),
                               unknown=sum(i == OOV_ID for i in row), probabilities=dict(zip(names, p))))
