@@ -89,7 +89,7 @@ class Prediction:
 
     def to_json(self, text: str) -> dict:
         """The JSON object of `rnnsent predict --json` (and the server's /v1/predict) for this text."""
-        # today's keys first; words, oov_share, note and probabilities were added
+        # a new key goes at the end: the JSON output changes only by addition (docs/developing.md)
         return {"probability": self.probability, "label": self.label, "text": text, "words": self.words,
                 "oov_share": self.oov_share, "note": self.note, "probabilities": self.probabilities}
 
