@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if "torch" not in _sys.modules:
     # OpenMP threads that finish their share of a parallel section sleep instead of spinning (libgomp spins
     # ~300,000 rounds by default). On a busy machine a spinning thread holds the core that its descheduled
-    # partner needs: two threads ran at 0.3-0.6x of one thread beside a busy process (issue 17). libgomp
+    # partner needs: two threads ran at 0.3-0.6x of one thread beside a busy process. libgomp
     # reads this once, when PyTorch loads it, hence here and only before torch is imported; a value the
     # user set wins.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -454,7 +454,7 @@ RECIPES["tuned"] = {
     "by_cell": {"lstm": {"epochs": 15}, "rnn": {"epochs": 20}},
 }
 RECIPE_KEYS = ("doc", "pretrain", "by_cell")  # what a recipe holds besides TrainConfig values
-# "regularised" was called "best", which it is not ("tuned" scores higher): recorded commands still run.
+# "best", the old name of "regularised" (which "tuned" outscores), still runs recorded commands, with a note.
 LEGACY_RECIPES = {"best": "regularised"}
 
 

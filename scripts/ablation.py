@@ -33,7 +33,7 @@ from rnnsent.runtime import device_name  # noqa: E402
 
 LM = "lm"  # a pretraining run; its variant's flags are scripts/pretrain.py's
 # name -> (flags on top of --recipe regularised, whether it fine-tunes the cell's language model). The names are
-# those of the recorded tables (docs/results.md), from when that recipe was called best.
+# those of the recorded tables (docs/results.md), where "best" is the regularised recipe.
 VARIANTS = {
     LM: (["--recipe", "pretrained"], False),
     "best": (["--recipe", "regularised"], False),

@@ -1,5 +1,5 @@
-"""One definition per setting: every model option and data setting reaches every entry point, and runs
-written by the code before the restructuring (commit 08ac52f, encoding then called "fast") still load and resume."""
+"""One definition per setting: every model option and data setting reaches every entry point, and checkpoints and
+run folders written by an earlier version of rnnsent (encoding "fast", expected_per_block) still load and resume."""
 import dataclasses
 import json
 import shutil
@@ -21,7 +21,7 @@ from rnnsent.training.trainer import Trainer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "imdb" / "reviews.json"
-OLD = FIXTURES / "checkpoints_08ac52f"  # best.pt and last.pt written by 08ac52f (see test_runs_of_the_old_code...)
+OLD = FIXTURES / "checkpoints_fast_encoding"  # best.pt and last.pt of an earlier version (see the test below)
 
 # A valid value other than the default for every model option. A new ModelConfig field fails the first test
 # until it is added here, and then has to pass every entry point below.
@@ -104,13 +104,13 @@ def test_one_cell_table():
 
 
 def _old_config(tmp_path, **overrides) -> TrainConfig:
-    """The settings the fixture run was trained with (tests/fixtures/checkpoints_08ac52f)."""
+    """The settings the fixture run was trained with (tests/fixtures/checkpoints_fast_encoding)."""
     return fixture_config(tmp_path, vocab_size=300, embed_dim=8, hidden_size=6, embed_dropout=0.2, seed=7, **overrides)
 
 
-def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
-    # Written at 08ac52f by Trainer(TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60,
-    # epochs=1, batch_size=4, embed_dropout=0.2, seed=7, data_root="tests/fixtures/imdb/reviews.json",
+def test_checkpoints_with_the_fast_encoding_load_and_resume(tmp_path):
+    # Written by an earlier version's Trainer(TrainConfig(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6,
+    # max_len=60, epochs=1, batch_size=4, embed_dropout=0.2, seed=7, data_root="tests/fixtures/imdb/reviews.json",
     # expected_per_block=6, out="old-run", val_fraction=0.25, threads=1)).fit(), when the default encoding was "fast".
     assert load_checkpoint_state(OLD / "last.pt")["config"]["encoding"] == "fast"
     assert load_checkpoint_state(OLD / "last.pt")["config"]["expected_per_block"] == 6  # a setting since retired
@@ -126,8 +126,8 @@ def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
     resumed, fresh = load_checkpoint_state(run / "last.pt"), load_checkpoint_state(tmp_path / "a" / "run" / "last.pt")
     assert resumed["progress"]["global_step"] == fresh["progress"]["global_step"]
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
-    # The fused kernel now sums its gradients per fixed chunk (issue 17), so today's first epoch rounds
-    # differently from the one 08ac52f wrote: equal up to rounding, where a wrong position, RNG state or
+    # The fused kernel sums its gradients per fixed chunk, which the version that wrote last.pt did not, so the
+    # first epoch rounds differently: equal up to rounding, where a wrong position, RNG state or
     # optimizer state would put whole optimizer steps (about lr = 1e-3 per weight) between the two.
     for k, v in fresh["model_state"].items():
         assert torch.allclose(resumed["model_state"][k], v, rtol=1e-4, atol=1e-6), f"{k} differs"
@@ -135,28 +135,28 @@ def test_runs_of_the_old_code_load_and_resume_bit_for_bit(tmp_path):
         Trainer(_old_config(tmp_path / "c", epochs=2, encoding="keras", resume=str(OLD / "last.pt")))
 
 
-# A run folder written by fb73b0c (main before issue 22 moved the trainer, checkpoints and resume into modules of
-# their own), killed by RNNSENT_FAULT_KILL_AT_STEP=6 at global step 6 of 12, in the middle of epoch 2:
-#   python scripts/train.py {RUN_ARGS} --out run-fb73b0c
+# A run folder written by an earlier version of rnnsent, killed by RNNSENT_FAULT_KILL_AT_STEP=6 at global step 6
+# of 12, in the middle of epoch 2:
+#   python scripts/train.py {RUN_ARGS} --out RUN
 # It holds last.pt (step 6), last.prev.pt (step 5), best.pt, epoch 1's metrics row and the dead run's run.lock.
-RUN_FB73B0C = FIXTURES / "run_fb73b0c"
+KILLED_RUN = FIXTURES / "run_killed_mid_epoch"
 RUN_ARGS = ("--cell lstm --vocab-size 300 --embed-dim 8 --hidden-size 6 --max-len 60 --epochs 3 --batch-size 2 "
             "--embed-dropout 0.2 --seed 3 --data tests/fixtures/imdb/reviews.json --cache-dir .cache-fixture "
             "--val-fraction 0.25 --threads 1 --ckpt-every 1")
 
 
-def test_a_run_folder_of_the_main_before_the_restructuring_resumes_bit_for_bit(tmp_path, monkeypatch):
+def test_a_run_folder_of_an_earlier_version_killed_mid_epoch_resumes_bit_for_bit(tmp_path, monkeypatch):
     from rnnsent.cli import train_main
 
     monkeypatch.chdir(tmp_path)  # the folder's config.json and command.txt hold paths relative to the repository
     (tmp_path / "tests" / "fixtures" / "imdb").mkdir(parents=True)
     for name in (FIXTURE.name, "imdb_subset.json"):
         shutil.copy(FIXTURE.parent / name, tmp_path / "tests" / "fixtures" / "imdb" / name)
-    shutil.copytree(RUN_FB73B0C, "run-fb73b0c")
+    shutil.copytree(KILLED_RUN, "killed")
     args = RUN_ARGS.split() + ["--quiet"]
-    assert train_main(args + ["--out", "run-fb73b0c", "--resume", "auto"]) == 0
+    assert train_main(args + ["--out", "killed", "--resume", "auto"]) == 0
     assert train_main(args + ["--out", "fresh"]) == 0  # today's code, uninterrupted
-    resumed, fresh = (load_checkpoint_state(Path(run) / "last.pt") for run in ("run-fb73b0c", "fresh"))
+    resumed, fresh = (load_checkpoint_state(Path(run) / "last.pt") for run in ("killed", "fresh"))
     assert resumed["progress"]["global_step"] == fresh["progress"]["global_step"] == 12
     for k, v in fresh["model_state"].items():
         assert torch.equal(resumed["model_state"][k], v), f"{k} differs"
@@ -164,12 +164,12 @@ def test_a_run_folder_of_the_main_before_the_restructuring_resumes_bit_for_bit(t
         assert all(torch.equal(a[k], b[k]) for k in b)
     timing = {"epoch_seconds", "samples_per_second"}
     rows = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in (Path(run) / "metrics.jsonl")
-             .read_text().splitlines()] for run in ("run-fb73b0c", "fresh")]
+             .read_text().splitlines()] for run in ("killed", "fresh")]
     assert rows[0] == rows[1] and [r["epoch"] for r in rows[0]] == [1, 2, 3]
 
 
 def test_the_retired_expected_per_block_is_gone_but_checkpoints_holding_it_resume(tmp_path):
-    # The keyword was deprecated, then dropped (issue 22): old checkpoints and caches holding it still load.
+    # The keyword is gone; checkpoints and caches that hold it still load.
     with pytest.raises(TypeError, match="expected_per_block"):
         fixture_config(tmp_path, expected_per_block=6)
     config = fixture_config(tmp_path)

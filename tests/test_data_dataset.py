@@ -234,7 +234,7 @@ def test_a_cache_written_before_the_checksum_still_loads(tmp_path, monkeypatch, 
 
 
 def test_failed_cache_write_leaves_no_file_and_the_data_is_used(tmp_path, monkeypatch, caplog):
-    """A cache that cannot be written costs one warning, not the run (issue 27, item 10)."""
+    """A cache that cannot be written costs one warning, not the run."""
     clean = prep(tmp_path / "clean")
 
     def broken_save(obj, f):

@@ -1,6 +1,6 @@
 """The README and docs/: every relative link and #anchor resolves (anchors as GitHub makes them from headings),
-every docs page can be reached from the README, the README's test command is the one CI runs, and docs/flags.md
-is the commands' real --help."""
+every docs page can be reached from the README, the README's test command is the one CI runs, docs/flags.md
+is the commands' real --help, and docs/developing.md has a line for every module of the package."""
 import re
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "CHANGELOG.md"]
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)  # fenced code blocks: links there are not links
 CODE = re.compile(r"`[^`\n]*`")  # inline code spans
@@ -118,3 +118,55 @@ def test_flags_page_is_the_commands_real_help():
         sys.path.remove(str(ROOT / "tools"))
     assert (ROOT / "docs" / "flags.md").read_text(encoding="utf-8") == render(), \
         "docs/flags.md differs from the commands' --help: run python tools/make_flags_doc.py"
+
+
+# docs/developing.md is the map of the package: a line for every module, starting with its path (`rnnsent/cli.py`
+# at the top, `training/trainer.py` or `rnnsent/training/trainer.py` in a subpackage, whose __init__.py its folder
+# stands for), and every module path it names anywhere exists.
+PACKAGE = ROOT / "rnnsent"
+SUBPACKAGES = "|".join(sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py")))
+MODULE = rf"rnnsent/\w+\.py|(?:rnnsent/)?(?:{SUBPACKAGES})/[\w/]+\.py"
+NAMED = re.compile(rf"(?<![\w/.-])({MODULE})\b")  # a module path anywhere
+LISTED = re.compile(rf"^({MODULE})\b", re.MULTILINE)  # a line that starts with one
+
+
+def relative(path: str) -> str:
+    return path.removeprefix("rnnsent/")
+
+
+def unlisted_modules(text: str, package: Path = PACKAGE) -> list[str]:
+    """The modules of `package` that have no line of `text` starting with their path; a subpackage's __init__.py
+    may instead be stood for by its folder, rnnsent/<name>/, named anywhere."""
+    listed, missing = {relative(m) for m in LISTED.findall(text)}, []
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        folder = f"rnnsent/{path.parent.relative_to(package).as_posix()}/"
+        if name not in listed and not (path.name == "__init__.py" and path.parent != package and folder in text):
+            missing.append(name)
+    return missing
+
+
+def named_modules(text: str) -> set[str]:
+    """Every rnnsent module path named in `text`, relative to rnnsent/: {"cli.py", "training/trainer.py", ...}."""
+    return {relative(m) for m in NAMED.findall(text)}
+
+
+def test_developing_md_lists_every_module_of_the_package():
+    missing = unlisted_modules((ROOT / "docs" / "developing.md").read_text(encoding="utf-8"))
+    assert not missing, f"docs/developing.md has no line for: {', '.join(missing)} (add one under The modules)"
+
+
+def test_every_module_developing_md_names_exists():
+    named = named_modules((ROOT / "docs" / "developing.md").read_text(encoding="utf-8"))
+    gone = sorted(m for m in named if not (PACKAGE / m).is_file())
+    assert not gone, f"docs/developing.md names modules that do not exist: {', '.join(gone)}"
+
+
+def test_the_module_checks_see_a_missing_line_a_missing_folder_and_both_spellings():
+    page = (ROOT / "docs" / "developing.md").read_text(encoding="utf-8")
+    assert unlisted_modules(re.sub(r"(?m)^training/trainer\.py .*$", "", page)) == ["training/trainer.py"]
+    assert unlisted_modules(re.sub(r"(?m)^rnnsent/cli\.py .*$", "", page)) == ["cli.py"]
+    assert unlisted_modules(page.replace("rnnsent/serve/", "the serve folder")) == ["serve/__init__.py"]
+    assert named_modules("`rnnsent/cli.py`, training/trainer.py and rnnsent/data/text.py; tools/bench.py, "
+                         "tests/test_data_text.py, rnnsent/model/csrc/recurrent_cpu.cpp, data/gone.py") == {
+        "cli.py", "training/trainer.py", "data/text.py", "data/gone.py"}

@@ -1,6 +1,5 @@
-"""Issue 27's faults, one or more tests each (numbered as in the issue): nothing lost, nothing silently wrong,
-forged or hostile files bounded, and every refusal one line. Each test failed on the main branch it was written
-against and passes with the fix."""
+"""Faults of real use, one numbered section each, one or more tests per section: nothing lost, nothing silently
+wrong, forged or hostile files bounded, and every refusal one line."""
 from __future__ import annotations
 
 import codecs

@@ -1,4 +1,4 @@
-"""Whole training runs give the same weights, to the bit, for any --threads (fused kernel, issue 17)."""
+"""Whole training runs give the same weights, to the bit, for any --threads (fused kernel)."""
 import dataclasses
 from pathlib import Path
 

@@ -5,7 +5,7 @@ same job as bench.py's rnnsent row, each in a fresh process) with the default th
 and with one thread, first on the machine as it is ("idle") and then beside N processes of its own that
 spin a core each ("busy"), started before the run and stopped after it. Conditions are interleaved
 within every repeat, so slow drifts of a shared machine hit them alike, and each figure is the median
-of the repeats. The target (issue 17): busy, the default reaches at least BUSY_TARGET of one thread.
+of the repeats. The target: busy, the default reaches at least BUSY_TARGET of one thread.
 """
 from __future__ import annotations
 

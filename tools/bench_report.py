@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-# The targets on CPU: rnnsent at least this many times Keras (TensorFlow) in the same run.
+# The target on CPU: rnnsent at least this many times Keras (TensorFlow) in the same run.
 CPU_TARGET_VS_KERAS = 2.0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accuracy ablation (issue 14) on a lent GPU in one call: the CUDA test of pretraining and the levers, the data
+# The accuracy ablation (docs/results.md) on a lent GPU in one call: the CUDA test of pretraining and the levers, the data
 # cache once, then scripts/ablation.py within a time budget; small files of every run (and best.pt of the
 # recipe's runs) to $OUT. Usage, from the checkout root: OUT=DIR [DATA=PATH] [BUDGET=s] [CAP=s] [JOBS=n] tools/gpu_ablation.sh
 # BUDGET: no run starts after it; CAP: the ablation is stopped then (under the call's limit, so the copy runs).

@@ -89,7 +89,7 @@ class Prediction:
 
     def to_json(self, text: str) -> dict:
         """The JSON object of `rnnsent predict --json` (and the server's /v1/predict) for this text."""
-        # today's keys first; words, oov_share, note and probabilities were added
+        # a new key goes at the end: the JSON output changes only by addition (docs/developing.md)
         return {"probability": self.probability, "label": self.label, "text": text, "words": self.words,
                 "oov_share": self.oov_share, "note": self.note, "probabilities": self.probabilities}
 
@@ -183,7 +183,7 @@ def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, e
         probs[idx] = forward(x, lengths if right_padded else None)
     out = []
     for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids):
-        # Two classes: the second wins at p >= 0.5 exactly as before (argmax would give ties to the first).
+        # Two classes: the second wins at p >= 0.5, ties included (argmax would give ties to the first).
         best = int(p[1] >= 0.5) if len(p) == 2 else max(range(len(p)), key=p.__getitem__)
         out.append(Prediction(p[1] if len(p) == 2 else p[best], names[best], int(n), words=len(row),
                               unknown=sum(i == OOV_ID for i in row), probabilities=dict(zip(names, p))))
