@@ -174,16 +174,23 @@ def check_held_out(fraction) -> float:
     return check_setting("val_fraction", fraction)
 
 
+class Settings:
+    """A group of settings (the four below, TrainConfig): made, each field is checked by its rule (check_settings)."""
+
+    def __post_init__(self):
+        check_settings(self)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """SentimentRNN's arguments: the Keras exercise's architecture by default."""
 
     cell: str = setting(  # lstm | gru | rnn (Keras names LSTM, GRU, SimpleRNN accepted)
         "gru", "recurrent cell: lstm, gru or rnn (Keras names LSTM, GRU, SimpleRNN work too) [{default}]")
     vocab_size: int = setting(  # ids 0..vocab_size-1, counting pad, start and out-of-vocabulary
         5000, "vocabulary size including pad, start and unknown ids [{default}]",
-        bounds=Range(4, SIZE_LIMIT, high_open=False, says=f"at least 4 (pad, start, unknown and one word) and at most "
-                                                          f"{SIZE_LIMIT:,}"))
+        bounds=Range(4, SIZE_LIMIT, high_open=False,
+                     says=f"at least 4 (pad, start, unknown and one word) and at most {SIZE_LIMIT:,}"))
     embed_dim: int = setting(32, "embedding width [{default}]", bounds=AT_LEAST_1)
     hidden_size: int = setting(100, "recurrent units [{default}]", bounds=AT_LEAST_1)
     embed_dropout: float = setting(  # dropout on embeddings (no parameters, counts unchanged)
@@ -207,9 +214,6 @@ class ModelConfig:
         0.0, "training only: dropout between stacked recurrent layers (needs --layers 2 or more) [{default}]",
         bounds=FRACTION)
 
-    def __post_init__(self):
-        check_settings(self)
-
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -220,7 +224,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     """How the IMDB splits are prepared (besides vocab_size, which is the model's)."""
 
     max_len: int = setting(  # reviews keep their last max_len ids, as Keras' pad_sequences does
@@ -271,9 +275,6 @@ class DataConfig:
         "skip", "your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an "
                 "error [{default}]", choices=ON_MISSING_LABEL)
 
-    def __post_init__(self):
-        check_settings(self)
-
     def data_args(self, vocab_size: int) -> dict:
         """prepare_imdb's arguments for these settings (vocab_size is a model setting)."""
         return dict(vocab_size=vocab_size, max_len=self.max_len, encoding=self.encoding,
@@ -281,7 +282,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Settings):
     epochs: int = setting(3, "maximum epochs [{default}]", bounds=AT_LEAST_1)
     batch_size: int = setting(64, "training batch size [{default}]", bounds=AT_LEAST_1)
     lr: float = setting(1e-3, "Adam learning rate (peak, with a schedule) [{default}]", bounds=POSITIVE)
@@ -317,9 +318,6 @@ class OptimConfig:
         None, "start the embedding and recurrent layer from a language model of scripts/pretrain.py (its run folder "
               "or best.pt); the same data and vocabulary [off]", metavar="RUN")
 
-    def __post_init__(self):
-        check_settings(self)
-
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate at a global step: a pure function of the step (warm-up, then the schedule)."""
         if self.warmup_steps and step < self.warmup_steps:
@@ -331,7 +329,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Settings):
     """The machinery: where and how a run executes. None of it changes what is learned."""
 
     device: str = setting(  # auto | cpu | cuda | cuda:N
@@ -380,16 +378,10 @@ class RunConfig:
         "is refused and nothing is touched) [off]",
     )
 
-    def __post_init__(self):
-        check_settings(self)
-
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     """Everything a training run needs: the fields of ModelConfig, DataConfig, OptimConfig and RunConfig."""
-
-    def __post_init__(self):
-        check_settings(self)  # every field's type, choices and range (setting()), as its flag checks them
 
     def monitored(self) -> str:
         """The validation metric that picks best.pt."""
