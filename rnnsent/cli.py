@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import LEGACY_RECIPES, QUOTINGS, RECIPES, TrainConfig, canonical_cell, recipe_settings
+from rnnsent.config import (LEGACY_RECIPES, QUOTINGS, RECIPES, SETTINGS, TrainConfig, canonical_cell, check_setting,
+                            recipe_settings, setting_kind)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -26,16 +27,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _float_where(text: str, ok, requirement: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
-    return value
-
-
 def _expect_per_block(text: str) -> int:
     print("note: --expect-per-block is no longer needed and is ignored: the data's own size is checked (12,500 reviews "
           "per split and label, or what imdb_subset.json beside a smaller copy declares)", file=sys.stderr)
@@ -43,7 +34,8 @@ def _expect_per_block(text: str) -> int:
 
 
 # The order train.py --help lists the settings' flags in (expect_per_block: the hidden deprecated flag). A field
-# of TrainConfig made with config.setting() and missing here is listed after these: a new option is one field.
+# made with config.setting() and missing here is listed right after the field before it in its class, so a new
+# option of a group is listed with its group: a new option is one field.
 FLAG_ORDER = ("cell", "epochs", "batch_size", "lr", "vocab_size", "max_len", "embed_dim", "hidden_size", "num_layers",
               "bidirectional", "layer_dropout", "num_classes", "encoding", "init", "embed_dropout", "output_dropout",
               "word_dropout", "weight_decay", "schedule", "warmup_steps", "clip", "patience", "seed", "device", "amp",
@@ -54,34 +46,25 @@ FLAG_ORDER = ("cell", "epochs", "batch_size", "lr", "vocab_size", "max_len", "em
               "overwrite")
 
 
-def _kind(field: dataclasses.Field) -> str:
-    """"int", "float", "str" or "bool": the field's annotation without "| None" (a string under PEP 563, or a type)."""
-    return (
-        (field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type)))
-        .split("|")[0]
-        .strip()
-    )
-
-
-def _setting_value(field: dataclasses.Field):
-    """The flag's parser of a setting's text: its type (from the annotation), then its range, in one line."""
-    meta, kind = field.metadata, _kind(field)
-    bounds, renamed = meta.get("bounds"), meta.get("renamed") or {}
+def setting_flag_type(field: dataclasses.Field):
+    """The flag's parser of a setting's text: a number where the field holds one (text that is none stays text,
+    for the check to name), then config.check_setting, whose one line argparse prints after the flag's name."""
+    kind, renamed = setting_kind(field)[0], field.metadata.get("renamed") or {}
 
     def parse(text: str):
-        if kind == "int":
+        value = text
+        if kind in ("int", "float"):
             try:
-                value = int(text)
+                value = int(text) if kind == "int" else float(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-            if bounds is not None and not bounds.holds(value):
-                raise argparse.ArgumentTypeError(f"must be {bounds.says}, got {value}")
-            return value
-        if kind == "float":
-            return _float_where(text, bounds.holds if bounds else lambda v: True, bounds.says if bounds else "")
-        if text in renamed:
-            _note_renamed((meta["flags"] or (f"--{field.name.replace('_', '-')}",))[0], text, renamed[text])
-        return renamed.get(text, text)
+                pass
+        elif text in renamed:
+            _note_renamed((field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",))[0], text, renamed[text])
+            value = renamed[text]
+        try:
+            return check_setting(field, value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 
@@ -92,10 +75,10 @@ def add_setting_flag(p: argparse.ArgumentParser, field: dataclasses.Field) -> No
     meta = field.metadata
     flags = meta["flags"] or (f"--{field.name.replace('_', '-')}",)
     kwargs = dict(dest=field.name, default=None, help=meta["help"].replace("{default}", str(field.default)))
-    if _kind(field) == "bool":
+    if setting_kind(field)[0] == "bool":
         kwargs["action"] = "store_false" if field.default else "store_true"
     else:
-        kwargs.update(type=_setting_value(field), **meta["argparse"])
+        kwargs.update(type=setting_flag_type(field), **meta["argparse"])
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
         if meta["metavar"] is not None:
@@ -133,7 +116,7 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None, type=recipe_flag,
                    help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items())
                    + "".join(f"; {old}: {new}'s old name" for old, new in LEGACY_RECIPES.items()) + " [none]")
-    for name in [*FLAG_ORDER, *(f.name for f in dataclasses.fields(config) if f.name not in FLAG_ORDER)]:
+    for name in flag_order(config):
         if name == "expect_per_block":
             # deprecated
             p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)
@@ -142,13 +125,23 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
     return p
 
 
-def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> TrainConfig:
-    """Defaults <- recipe <- explicit flags, in that order. For pretraining, a recipe's "pretrain" settings
-    replace its fine-tuning ones (the data settings stay, so both runs build the same vocabulary)."""
+def flag_order(config=TrainConfig) -> list[str]:
+    """FLAG_ORDER, each field of `config` it lacks inserted right after the field before it in `config`."""
+    order = list(FLAG_ORDER)
+    for before, f in zip([None, *dataclasses.fields(config)], dataclasses.fields(config)):
+        if f.name not in order:
+            order.insert(order.index(before.name) + 1 if before else 0, f.name)
+    return order
+
+
+def config_from_args(args: argparse.Namespace, pretraining: bool = False, config=TrainConfig) -> TrainConfig:
+    """Defaults <- recipe <- explicit flags, in that order, as a `config` (train_parser's). For pretraining, a
+    recipe's "pretrain" settings replace its fine-tuning ones (the data settings stay, so both runs build the
+    same vocabulary)."""
     from rnnsent.training.resume import flag_value  # here, not at the top: the flags' --help must not load torch
 
     values = recipe_settings(args.recipe, args.cell, pretraining)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(config)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     cell = canonical_cell(values.get("cell", TrainConfig.cell))
     fine_tunes_lm = bool(args.recipe) and "pretrain" in RECIPES[args.recipe]
@@ -159,7 +152,7 @@ def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> Tra
     if "out" not in values:
         values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + cell))
     values["resume"] = flag_value(values.get("resume"), values["out"])
-    return TrainConfig(**values)
+    return config(**values)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -255,11 +248,10 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     )
     p.add_argument("--text-column", default="text", help="your own data: the text column [text]")
     p.add_argument("--label-column", default="label", help="your own data: the label column [label]")
-    p.add_argument(
-        "--quoting", choices=QUOTINGS, default="csv", help="your own .csv or .tsv: see train.py --help [csv]"
-    )
+    p.add_argument("--quoting", choices=QUOTINGS, default="csv", type=setting_flag_type(SETTINGS["quoting"]),
+                   help="your own .csv or .tsv: see train.py --help [csv]")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=setting_flag_type(SETTINGS["limit"]), default=None,
                    help="only N reviews per split [the limit the run was trained with]")
     p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)  # deprecated
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -70,33 +71,19 @@ def canonical_cell(cell: str) -> str:
 
 def canonical_encoding(name: str, warn: bool = True) -> str:
     """The encoding's current name; the old name "fast" still works (with a deprecation message if `warn`)."""
-    if name in LEGACY_ENCODINGS:
+    if isinstance(name, str) and name in LEGACY_ENCODINGS:
         if warn:
             warnings.warn(f'encoding "{name}" is now called "{LEGACY_ENCODINGS[name]}"; the old name will go away',
                           FutureWarning, stacklevel=3)
         return LEGACY_ENCODINGS[name]
-    if name not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {name!r}")
-    return name
-
-
-def check_val_fraction(value: float) -> float:
-    """The share of train held out for validation: [0, 1). 0 holds none out (the trainer needs some)."""
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {value}")
-    return value
-
-
-def _require(checks: list[tuple[bool, str]]) -> None:
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    return check_setting("encoding", name)
 
 
 @dataclass(frozen=True)
 class Range:
-    """The numbers a setting may take, said once: its flag and TrainConfig refuse the rest alike, with
-    "must be <says>, got <value>". NaN is in no range, and infinity in none that `high` closes."""
+    """The numbers a setting may take, said once beside its field: every door (its flag, TrainConfig, a
+    checkpoint, a data function's argument) refuses the rest with "<name> must be <says>, got <value>".
+    NaN is in no range; infinity is in one only where `high` is infinity and closed."""
 
     low: float
     high: float = math.inf
@@ -112,6 +99,9 @@ class Range:
 AT_LEAST_1 = Range(1, says="at least 1")
 FRACTION = Range(0.0, 1.0, says="in [0, 1)")
 POSITIVE = Range(0.0, low_open=True, says="a positive number")
+# The largest max_len and vocab_size: a forged checkpoint must not make predict allocate without bound
+# (max_len sizes every pre-padded row, vocab_size the embedding), and no real run comes near them.
+SIZE_LIMIT = 10_000_000
 
 
 def setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple | None = None,
@@ -119,35 +109,88 @@ def setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple |
     """A settings field with its command-line flag, so that a new option is this one field.
 
     help: the flag's help, "{default}" standing for the field's default; flags: its names, the first one
-    shown (default --field-name); choices / bounds: the values it may take, checked by the flag and by
-    TrainConfig (check_settings); renamed: old value -> new, still accepted with a note; argparse_kwargs
-    (nargs, const) go to argparse as they are. rnnsent.cli builds the flag; a field without help has none."""
+    shown (default --field-name); choices / bounds: the values it may take (check_setting); renamed: old
+    value -> new, still accepted with a note; argparse_kwargs (nargs, const) go to argparse as they are.
+    The field's annotation is its type: int, float, bool or str, "| None" where None (unset) is allowed.
+    rnnsent.cli builds the flag; a field without help has none."""
     return dataclasses.field(default=default, metadata={
         "help": help, "flags": flags, "choices": choices, "bounds": bounds, "renamed": renamed, "metavar": metavar,
         "argparse": argparse_kwargs})
 
 
+def setting_kind(field: dataclasses.Field) -> tuple[str, bool]:
+    """(type, optional) of a settings field from its annotation: "int", "float", "bool" or "str" (the first
+    type named), and whether it also takes None. A string under PEP 563, or the types themselves."""
+    parts = (field.type.split("|") if isinstance(field.type, str) else
+             [getattr(t, "__name__", str(t)) for t in getattr(field.type, "__args__", (field.type,))])
+    parts = [p.strip() for p in parts]
+    return parts[0], "None" in parts or "NoneType" in parts
+
+
+# What each type takes (a bool is no number here), how it is stored, and what its refusal says.
+_TYPES = {"int": (numbers.Integral, int, "a whole number"), "float": (numbers.Real, float, "a number"),
+          "bool": (bool, bool, "True or False")}
+
+
+def check_setting(field: dataclasses.Field | str, value, error: type[Exception] = ValueError):
+    """`value` as setting `field` (a field made with setting(), or the name of a TrainConfig field) holds
+    it, else `error` with the one line every door says, "<name> must be <what>, got <value>". The rule is
+    the field's: its annotation's type (None only where it says "| None"), then its choices or its bounds.
+    A whole number or a number comes back as a plain int or float."""
+    f = field if isinstance(field, dataclasses.Field) else SETTINGS[field]
+    kind, optional = setting_kind(f)
+    if value is None and optional:
+        return None
+    if kind in _TYPES:
+        takes, plain, says = _TYPES[kind]
+        if not isinstance(value, takes) or isinstance(value, bool) != (kind == "bool"):
+            raise error(f"{f.name} must be {says}, got {value!r}")
+        value = plain(value)
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
+    if choices is not None and value not in choices:
+        raise error(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    if bounds is not None and not bounds.holds(value):
+        raise error(f"{f.name} must be {bounds.says}, got {value!r}")
+    return value
+
+
 def check_settings(config) -> None:
-    """Every field's choices and range (its setting() metadata), as its flag checks them; None is unset."""
+    """Every field of a settings dataclass through check_setting, each kept as it returns it; the cell and the
+    encoding first take their current names (Keras' cell names, the encoding's old name)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    if "cell" in names:
+        object.__setattr__(config, "cell", canonical_cell(config.cell))
+    if "encoding" in names:
+        object.__setattr__(config, "encoding", canonical_encoding(config.encoding))
     for f in dataclasses.fields(config):
-        value, choices, bounds = getattr(config, f.name), f.metadata.get("choices"), f.metadata.get("bounds")
-        if value is None:
-            continue
-        if choices is not None and value not in choices:
-            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        if bounds is not None and not bounds.holds(value):
-            raise ValueError(f"{f.name} must be {bounds.says}, got {value}")
+        object.__setattr__(config, f.name, check_setting(f, getattr(config, f.name)))
+
+
+def check_held_out(fraction) -> float:
+    """A data function's val_fraction: 0 holds no rows out (preparing data may; training needs a validation
+    split, so the setting's rule refuses 0), anything else as the setting takes it."""
+    if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) and fraction == 0:
+        return 0.0
+    return check_setting("val_fraction", fraction)
+
+
+class Settings:
+    """A group of settings (the four below, TrainConfig): made, each field is checked by its rule (check_settings)."""
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """SentimentRNN's arguments: the Keras exercise's architecture by default."""
 
     cell: str = setting(  # lstm | gru | rnn (Keras names LSTM, GRU, SimpleRNN accepted)
         "gru", "recurrent cell: lstm, gru or rnn (Keras names LSTM, GRU, SimpleRNN work too) [{default}]")
     vocab_size: int = setting(  # ids 0..vocab_size-1, counting pad, start and out-of-vocabulary
         5000, "vocabulary size including pad, start and unknown ids [{default}]",
-        bounds=Range(4, says="at least 4 (pad, start, unknown and one word)"))
+        bounds=Range(4, SIZE_LIMIT, high_open=False,
+                     says=f"at least 4 (pad, start, unknown and one word) and at most {SIZE_LIMIT:,}"))
     embed_dim: int = setting(32, "embedding width [{default}]", bounds=AT_LEAST_1)
     hidden_size: int = setting(100, "recurrent units [{default}]", bounds=AT_LEAST_1)
     embed_dropout: float = setting(  # dropout on embeddings (no parameters, counts unchanged)
@@ -171,26 +214,6 @@ class ModelConfig:
         0.0, "training only: dropout between stacked recurrent layers (needs --layers 2 or more) [{default}]",
         bounds=FRACTION)
 
-    def __post_init__(self):
-        object.__setattr__(self, "cell", canonical_cell(self.cell))
-        if not isinstance(self.num_layers, int) or isinstance(self.num_layers, bool) or self.num_layers < 1:
-            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
-        if not isinstance(self.bidirectional, bool):
-            raise ValueError(f"bidirectional must be True or False, got {self.bidirectional!r}")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
-        for name in ("vocab_size", "embed_dim", "hidden_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("embed_dropout", "output_dropout", "word_dropout", "layer_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}: choose one of {', '.join(INITS)}")
-
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -201,18 +224,19 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     """How the IMDB splits are prepared (besides vocab_size, which is the model's)."""
 
     max_len: int = setting(  # reviews keep their last max_len ids, as Keras' pad_sequences does
-        500, "keep the last N tokens of each review [{default}]", bounds=AT_LEAST_1)
+        500, "keep the last N tokens of each review [{default}]",
+        bounds=Range(1, SIZE_LIMIT, high_open=False, says=f"at least 1 and at most {SIZE_LIMIT:,}"))
     encoding: str = setting(  # see ENCODINGS ("fast" is the old name of "bucketed")
         "bucketed", "keras: pre-padded to --max-len as pad_sequences does; bucketed: true lengths in length-bucketed "
                     "batches (its old name fast still works) [{default}]", choices=ENCODINGS, renamed=LEGACY_ENCODINGS)
     limit: int | None = setting(  # use only this many reviews per split (smoke runs)
         None, "use only N reviews per split, half of each label (smoke runs) [all]",
         bounds=Range(2, says="at least 2 (one review per label)"))
-    # Carved from train; test is never used for model selection. (DataConfig takes 0, training does not.)
+    # Carved from train; test is never used for model selection. (Data functions take 0: check_held_out.)
     val_fraction: float = setting(
         0.1,
         "share of train held out for validation [{default}]",
@@ -251,27 +275,6 @@ class DataConfig:
         "skip", "your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an "
                 "error [{default}]", choices=ON_MISSING_LABEL)
 
-    def __post_init__(self):
-        object.__setattr__(self, "encoding", canonical_encoding(self.encoding))
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.quoting not in QUOTINGS:
-            raise ValueError(f"quoting must be one of {', '.join(QUOTINGS)}, got {self.quoting!r}")
-        if self.on_missing_label not in ON_MISSING_LABEL:
-            raise ValueError(
-                f"on_missing_label must be one of {', '.join(ON_MISSING_LABEL)}, got {self.on_missing_label!r}"
-            )
-        _require(
-            [
-                (self.max_len >= 1, f"max_len must be at least 1, got {self.max_len}"),
-                (
-                    self.limit is None or self.limit >= 2,
-                    f"limit must be at least 2 (one review per label), got {self.limit}",
-                ),
-            ]
-        )
-        check_val_fraction(self.val_fraction)
-
     def data_args(self, vocab_size: int) -> dict:
         """prepare_imdb's arguments for these settings (vocab_size is a model setting)."""
         return dict(vocab_size=vocab_size, max_len=self.max_len, encoding=self.encoding,
@@ -279,7 +282,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Settings):
     epochs: int = setting(3, "maximum epochs [{default}]", bounds=AT_LEAST_1)
     batch_size: int = setting(64, "training batch size [{default}]", bounds=AT_LEAST_1)
     lr: float = setting(1e-3, "Adam learning rate (peak, with a schedule) [{default}]", bounds=POSITIVE)
@@ -326,7 +329,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Settings):
     """The machinery: where and how a run executes. None of it changes what is learned."""
 
     device: str = setting(  # auto | cpu | cuda | cuda:N
@@ -380,11 +383,6 @@ class RunConfig:
 class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     """Everything a training run needs: the fields of ModelConfig, DataConfig, OptimConfig and RunConfig."""
 
-    def __post_init__(self):
-        ModelConfig.__post_init__(self)
-        DataConfig.__post_init__(self)
-        check_settings(self)  # every field's choices and range (setting()), as its flag checks them
-
     def monitored(self) -> str:
         """The validation metric that picks best.pt."""
         return self.monitor or ("accuracy" if self.num_classes == 2 else "macro_f1")
@@ -394,6 +392,10 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Every setting by name: check_setting("vocab_size", value) checks a plain argument by its setting's rule.
+SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def field_names(group) -> tuple[str, ...]:

@@ -187,18 +187,18 @@ def test_library_calls_match_the_command_line(trained):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
-    (["--batch-size", "-1"], "--batch-size: must be at least 1, got -1"),
+    (["--epochs", "0"], "--epochs: epochs must be at least 1, got 0"),
+    (["--batch-size", "-1"], "--batch-size: batch_size must be at least 1, got -1"),
     (["--cell", "transformer"], "unknown cell 'transformer': choose one of lstm, gru, rnn"),
-    (["--lr", "abc"], "--lr: expected a number"),
-    (["--encoding", "bert"], "--encoding: invalid choice"),
+    (["--lr", "abc"], "--lr: lr must be a number, got 'abc'"),
+    (["--encoding", "bert"], "--encoding: encoding must be one of keras, bucketed, got 'bert'"),
     (["--data", "/no/such/place"], "/no/such/place"),
     (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
     (["--amp", "fp16", "--device", "cpu"], "drop --amp (or --amp none), or train with --device cuda"),
     (["--hidden-size", "100000"], "lower --hidden-size"),
-    (["--layers", "0"], "--layers/--num-layers: must be at least 1, got 0"),
+    (["--layers", "0"], "--layers/--num-layers: num_layers must be at least 1, got 0"),
     (["--layers", "100", "--hidden-size", "3000"], "lower --hidden-size, --layers"),
-    (["--layer-dropout", "1.5"], "--layer-dropout: must be in [0, 1)"),
+    (["--layer-dropout", "1.5"], "--layer-dropout: layer_dropout must be in [0, 1)"),
 ])
 def test_bad_flags_give_one_line_errors_and_keep_checkpoints(trained, flags, message):
     out = trained / "run"

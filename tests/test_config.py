@@ -13,8 +13,8 @@ import rnnsent
 from rnnsent.inference.loading import load_checkpoint
 from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.cli import config_from_args, train_parser
-from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RECIPES, DataConfig, ModelConfig, OptimConfig, Range,
-                            TrainConfig, field_names, recipe_settings, setting)
+from rnnsent.config import (CELL_TABLE, KERAS_CELL_NAMES, RECIPES, DataConfig, ModelConfig, OptimConfig, TrainConfig,
+                            field_names, recipe_settings)
 from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.training.resume import RESUME_MUST_MATCH, resume_differences
 from rnnsent.training.trainer import Trainer
@@ -216,45 +216,3 @@ def test_a_recipe_can_set_one_cell_apart_and_flags_still_win(tmp_path, monkeypat
     monkeypatch.setitem(RECIPES, "with_lm", {**RECIPES["tuned"], "pretrain": {"epochs": 2, "lr": 2e-3}})
     lm = config_from_args(train_parser().parse_args(["--recipe", "with_lm", "--cell", "rnn"]), pretraining=True)
     assert (lm.epochs, lm.lr, lm.adversarial, lm.max_len) == (2, 2e-3, 0.0, 1000)
-
-
-@dataclasses.dataclass(frozen=True)
-class WithThrowawayOption(TrainConfig):
-    """TrainConfig and one more option, written the way a new setting is: one field."""
-
-    mix_ratio: float = setting(0.25, "a throwaway option of this test [{default}]",
-                               bounds=Range(0.0, 1.0, high_open=False, says="in [0, 1]"))
-
-
-def test_a_new_setting_is_one_field_and_gets_its_flag_check_and_help(capsys):
-    parser = train_parser("train.py", config=WithThrowawayOption)
-    assert "--mix-ratio MIX_RATIO a throwaway option of this test [0.25]" in " ".join(parser.format_help().split())
-    assert parser.parse_args(["--mix-ratio", "1"]).mix_ratio == 1.0
-    assert parser.parse_args([]).mix_ratio is None  # unset: the config's default (or a recipe's) applies
-    with pytest.raises(SystemExit) as stop:
-        parser.parse_args(["--mix-ratio", "1.5"])
-    err = capsys.readouterr().err
-    assert (
-        stop.value.code == 2
-        and err == "train.py: error: argument --mix-ratio: must be in [0, 1], got 1.5 (see --help)\n"
-    )
-    with pytest.raises(ValueError, match=r"^mix_ratio must be in \[0, 1\], got 1.5$"):  # the same range, in the config
-        WithThrowawayOption(mix_ratio=1.5)
-    assert WithThrowawayOption(mix_ratio=0.5).to_dict()["mix_ratio"] == 0.5
-    # and the existing flags are exactly TrainConfig's
-    plain = {a.dest for a in train_parser()._actions}
-    assert {a.dest for a in parser._actions} - plain == {"mix_ratio"}
-
-
-def test_every_setting_with_a_flag_is_checked_as_its_flag_checks_it(capsys):
-    """The flag and the config refuse the same values with the same words (config.setting's range)."""
-    parser = train_parser()
-    for name, bad in (("epochs", 0), ("val_fraction", 0.0), ("ema", 1.0), ("warmup_steps", -1), ("limit", 1),
-                      ("clip", float("inf")), ("vocab_size", 3)):
-        flag = next(a for a in parser._actions if a.dest == name).option_strings[0]
-        with pytest.raises(SystemExit):
-            parser.parse_args([flag, str(bad)])
-        flag_says = capsys.readouterr().err.split(": must be ", 1)[1].rsplit(", got", 1)[0]
-        with pytest.raises(ValueError) as refused:
-            TrainConfig(**{name: bad})
-        assert f"{name} must be {flag_says}, got" in str(refused.value)

@@ -432,7 +432,8 @@ def test_14_an_empty_validation_split_is_named(tmp_path):
 def test_14_weight_decay_inf_is_refused_as_a_flag(capsys):
     with pytest.raises(SystemExit) as e:
         train_main([*TINY, "--weight-decay", "inf"])
-    assert e.value.code == 2 and "--weight-decay: must be a finite number >= 0, got inf" in one_line(capsys)
+    assert e.value.code == 2
+    assert "--weight-decay: weight_decay must be a finite number >= 0, got inf" in one_line(capsys)
     with pytest.raises(ValueError, match="weight_decay must be a finite number"):
         TrainConfig(weight_decay=float("inf"))
 

@@ -175,13 +175,13 @@ def test_data_pipeline_refuses_a_junk_reviews_json(tmp_path, data):
         (dict(model_config={"cell": "gru", "vocab_size": "many"}), "cannot build"),
         (
             dict(model_config={"cell": "gru", "vocab_size": 10**12, "embed_dim": 4, "hidden_size": 3}),
-            "may carry 1 to 10,000,000",
+            "vocab_size must be at least 4 .* and at most 10,000,000, got 1000000000000",
         ),
         (
             dict(model_config={"cell": "gru", "vocab_size": 10_000_001, "embed_dim": 4, "hidden_size": 3}),
-            "may carry 1 to",
+            "vocab_size must be at least 4 .* and at most 10,000,000, got 10000001",
         ),
-        (dict(data={"max_len": 10**11, "encoding": "keras"}), "max_len may be 1 to 10,000,000"),
+        (dict(data={"max_len": 10**11, "encoding": "keras"}), "max_len must be at least 1 and at most 10,000,000, got"),
         (
             dict(model_config={"cell": "gru", "vocab_size": 13, "embed_dim": 4, "hidden_size": 3, "sneaky": 1}),
             "cannot build",

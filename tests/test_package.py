@@ -94,7 +94,8 @@ def test_unknown_command_is_one_line():
 def test_bad_flag_through_the_command_names_the_command():
     proc = python("-m", "rnnsent", "train", "--epochs", "0")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "rnnsent train: error: argument --epochs: must be at least 1, got 0 (see --help)"
+    assert proc.stderr.strip() == ("rnnsent train: error: argument --epochs: epochs must be at least 1, got 0 "
+                                   "(see --help)")
 
 
 def test_predict_with_a_released_model_by_name_from_another_folder(tmp_path):

@@ -164,7 +164,7 @@ def test_lr_schedule_is_a_function_of_the_step():
     (dict(lr=float("nan")), "lr must be a positive number"),
     (dict(encoding="bert"), "encoding must be one of keras, bucketed"),
     (dict(val_fraction=0.0), "val_fraction must be above 0 for training"),
-    (dict(val_fraction=1.0), "val_fraction must be in \\[0, 1\\)"),
+    (dict(val_fraction=1.0), "val_fraction must be above 0 for training .* and below 1, got 1.0"),
     (dict(embed_dropout=1.0), "embed_dropout must be in"),
     (dict(amp="fp8"), "amp must be one of"),
 ])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnsent.config import canonical_encoding, check_val_fraction
+from rnnsent.config import canonical_encoding, check_held_out, check_setting
 from rnnsent.storage.envelope import first_line, seal, unseal
 from rnnsent.storage.files import atomic_write
 from rnnsent.data.fetch import Source, block_size, cache_root, find_imdb, read_blocks, read_keras_word_index
@@ -33,8 +33,6 @@ from rnnsent.data.text import (
     EncodedSplit,
     PreparedData,
     Vocab,
-    check_max_len,
-    check_vocab_size,
     encode_bucketed,
     encode_keras,
     pad_flat,
@@ -56,7 +54,7 @@ def train_val_split(
     With labels, each label gives round(count * val_fraction) rows to validation, so both halves keep
     the label balance (the total can differ by one per label from round(n * val_fraction)).
     """
-    check_val_fraction(val_fraction)
+    check_held_out(val_fraction)
     g = torch.Generator().manual_seed(int(seed))
     groups = (
         [torch.arange(n)]
@@ -210,11 +208,9 @@ def prepare_imdb(
     (rnnsent.data.fetch.block_size).
     """
     encoding = canonical_encoding(encoding)
-    check_vocab_size(vocab_size)  # fail before any reading
-    check_max_len(max_len)
-    if limit is not None and (not isinstance(limit, int) or limit < 2):
-        raise ValueError(f"limit={limit!r} must be None or an int >= 2 (it is split between the two labels)")
-    check_val_fraction(val_fraction)
+    for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("limit", limit)):
+        check_setting(name, value)  # fail before any reading
+    check_held_out(val_fraction)
 
     source = find_imdb(root, cache_dir, download)
     params = {

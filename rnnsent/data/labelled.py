@@ -39,12 +39,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from rnnsent.config import ON_MISSING_LABEL, canonical_encoding, check_val_fraction
+from rnnsent.config import canonical_encoding, check_held_out, check_setting
 from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
 from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
-from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, check_max_len, check_vocab_size,
-                               encode_bucketed, encode_keras, pad_flat, tokenize_scripts)
+from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, encode_bucketed, encode_keras,
+                               pad_flat, tokenize_scripts)
 
 CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
@@ -155,8 +155,7 @@ def _ignore_sigint() -> None:
 
 def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: int | None,
                   on_missing_label: str = "skip") -> _Rows:
-    if on_missing_label not in ON_MISSING_LABEL:
-        raise ValueError(f"on_missing_label must be one of {', '.join(ON_MISSING_LABEL)}, got {on_missing_label!r}")
+    check_setting("on_missing_label", on_missing_label)
     acc = _Rows(on_missing_label=on_missing_label)
     stream = (chunk for rows, split in sources for chunk in _chunks(rows, acc, split))
     procs = processes if processes is not None else (os.cpu_count() or 1)
@@ -187,13 +186,10 @@ def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: in
 
 def _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit) -> str:
     encoding = canonical_encoding(encoding)
-    check_vocab_size(vocab_size)
-    check_max_len(max_len)
-    check_val_fraction(val_fraction)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if limit is not None and (not isinstance(limit, int) or limit < 2):
-        raise ValueError(f"limit={limit!r} must be None or an int >= 2")
+    for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("test_fraction", test_fraction),
+                        ("limit", limit)):
+        check_setting(name, value)
+    check_held_out(val_fraction)
     return encoding
 
 

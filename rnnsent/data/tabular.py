@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from rnnsent.config import QUOTINGS
+from rnnsent.config import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ def read_rows(path: str | os.PathLike, columns: Columns = Columns()) -> Iterator
                             "root/train/<label>/*.txt)")
     if p.stat().st_size == 0:
         raise DataFileError(f"{p}: the file is empty; it needs a header line and one row per text")
-    if columns.quoting not in QUOTINGS:
-        raise DataFileError(f"quoting {columns.quoting!r} is not one of {', '.join(QUOTINGS)}")
+    check_setting("quoting", columns.quoting, DataFileError)
     return (_read_jsonl if kind == "jsonl" else _read_table)(p, columns, kind)
 
 

@@ -6,7 +6,6 @@ not in the vocabulary, and words follow by descending training-set frequency.
 """
 from __future__ import annotations
 
-import numbers
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from rnnsent.config import check_setting
 
 PAD_ID = 0
 START_ID = 1
@@ -43,18 +43,6 @@ _MARK = ("\u0300-\u036f\u0e31\u0e34-\u0e3a\u0e47-\u0e4e\u0eb1\u0eb4-\u0ebc\u0ec8
          "\u1031-\u103e\u17b4-\u17d3\u3099\u309a")
 _WORD_V2 = f"[^\\W_{_SPACELESS}]"
 _TOKEN_V2 = re.compile(f"[{_SPACELESS}][{_MARK}]*|{_WORD_V2}+(?:'{_WORD_V2}+)*|[^\\w\\s]|_")
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_vocab_size(vocab_size: int) -> None:
-    if not _is_int(vocab_size) or vocab_size < 4:
-        raise ValueError(
-            f"vocab_size={vocab_size!r} is too small: it counts the 3 reserved ids (pad, start, "
-            "out-of-vocabulary), so it must be an int >= 4 (5000 is the usual IMDB choice)"
-        )
 
 
 def tokenize(text: str | bytes, _pattern: re.Pattern = _TOKEN) -> list[str]:
@@ -111,7 +99,7 @@ class Vocab:
 
         Ties in frequency keep the order in which the tokens first appear, as Keras' Tokenizer does.
         """
-        check_vocab_size(vocab_size)
+        vocab_size = check_setting("vocab_size", vocab_size)
         counts: Counter[str] = Counter()
         for tokens in token_lists:
             counts.update(tokens)
@@ -120,7 +108,7 @@ class Vocab:
     @classmethod
     def from_counts(cls, words: Sequence[str], counts: Sequence[int], vocab_size: int) -> "Vocab":
         """Build from words listed in first-appearance order and their counts (zero counts are dropped)."""
-        check_vocab_size(vocab_size)
+        vocab_size = check_setting("vocab_size", vocab_size)
         c = np.asarray(counts, dtype=np.int64)
         order = np.argsort(-c, kind="stable")[: int(vocab_size) - 3]  # stable: ties by first appearance
         order = order[c[order] > 0]
@@ -132,7 +120,7 @@ class Vocab:
 
         Keras keeps a word when rank + 3 < num_words, so ids here equal Keras' ids exactly.
         """
-        check_vocab_size(vocab_size)
+        vocab_size = check_setting("vocab_size", vocab_size)
         slots = [UNUSED_NAME] * (vocab_size - 4)  # ids 4 .. vocab_size-1 <- ranks 1 .. vocab_size-4
         for word, rank in word_index.items():
             if not isinstance(rank, int) or rank < 1:
@@ -233,13 +221,6 @@ class EncodedSplit:
         return self.tokens[_mask(self.lengths, self.tokens.shape[1], self.padding)], self.lengths
 
 
-def check_max_len(max_len: int) -> None:
-    if not _is_int(max_len) or max_len < 1:
-        raise ValueError(
-            f"max_len={max_len!r} must be an int >= 1 (the number of ids kept per review, start token included)"
-        )
-
-
 def _mask(lengths: torch.Tensor, width: int, padding: str) -> torch.Tensor:
     cols = torch.arange(width)  # (L,)
     if padding == "post":
@@ -282,8 +263,7 @@ def encode_keras(
 ) -> EncodedSplit:
     """Keras parity: [1] + ids, then pad_sequences(maxlen=max_len) with its defaults
     (truncating="pre" keeps the last max_len ids, padding="pre" puts zeros on the left)."""
-    check_max_len(max_len)
-    max_len = int(max_len)
+    max_len = check_setting("max_len", max_len)
     flat, lengths = _truncate(id_lists, max_len)
     return pad_flat(flat, lengths, _labels(labels, len(lengths)), max_len, "pre")
 
@@ -292,8 +272,7 @@ def encode_bucketed(
     id_lists: Sequence[Sequence[int]], labels: Sequence[float] | torch.Tensor, max_len: int
 ) -> EncodedSplit:
     """The same ids as encode_keras, right-padded to the longest row so that batches can be cut short."""
-    check_max_len(max_len)
-    max_len = int(max_len)
+    max_len = check_setting("max_len", max_len)
     flat, lengths = _truncate(id_lists, max_len)
     width = int(lengths.max()) if len(lengths) else 0
     return pad_flat(flat, lengths, _labels(labels, len(lengths)), width, "post")

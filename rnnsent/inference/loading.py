@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
-from rnnsent.config import ENCODINGS, LEGACY_ENCODINGS, DataConfig, canonical_encoding, field_names
+from rnnsent.config import DataConfig, ModelConfig, canonical_encoding, check_setting, field_names
 from rnnsent.storage.envelope import first_line as _first_line
 
 # The released models (docs/results.md), loaded by name: load_checkpoint("gru") finds them. They live in the
@@ -26,10 +26,6 @@ RELEASED = next((d for d in (_PACKAGE / "released", _PACKAGE.parent / "checkpoin
 RELEASED_NAMES = ("gru", "lstm", "rnn")
 # The name the log has always used (docs: "the log (logger rnnsent.storage.checkpoint) says which").
 log = logging.getLogger("rnnsent.checkpoint")
-# The largest values a checkpoint's settings may carry: a forged file must not make predict allocate
-# without bound (max_len sizes every pre-padded row, vocab_size the embedding).
-MAX_LEN_LIMIT = 10_000_000
-VOCAB_LIMIT = 10_000_000
 
 
 def _check_declared_sizes(path, config: dict, weights) -> None:
@@ -94,34 +90,50 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     settings it was trained with, so `rnnsent.predict(loaded, texts)` needs nothing else. impl says how the
     recurrent layer runs (rnnsent.model.recurrent: "auto", "fused" or "torch"); it changes no result.
     """
-    from rnnsent.data import Vocab
-    from rnnsent.model.sentiment import SentimentRNN
-
     path = resolve_checkpoint(path)
+    state = _read_classifier(path)
+    # Everything below comes from the file: each part is checked before it can reach a constructor or an index.
+    model = _build_model(path, _model_settings(path, state), state["model_state"], impl)
+    vocab = _vocabulary(path, state, model.vocab_size)
+    max_len, encoding, classes = _encoding_settings(path, state, model.num_classes)
+    return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
+                       path=Path(path), classes=classes)
+
+
+def _read_classifier(path: Path) -> dict:
+    """The verified contents of a classifier's checkpoint (a language model's is refused: it predicts words)."""
     state = load_checkpoint_state(path)
     if state.get("kind") == "language_model":
         raise CheckpointError(f"{path} is a language model from scripts/pretrain.py: it predicts words, not sentiment; "
                               f"fine-tune it first with scripts/train.py --pretrained {path}")
-    # Everything below comes from the file: check it before it can reach a constructor or an index.
+    return state
+
+
+def _model_settings(path: Path, state: dict) -> ModelConfig:
+    """The file's model_config as settings each of which holds its rule (rnnsent.config), and that every size
+    it declares is backed by weights the file really stores."""
     config = state["model_config"]
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise CheckpointError(f"{path} has a model_config that is not a dict of named settings")
-    weights = state["model_state"]
-    if isinstance(config.get("vocab_size"), int) and not 0 < config["vocab_size"] <= VOCAB_LIMIT:
-        raise CheckpointError(
-            f"{path} has vocab_size {config.get('vocab_size')!r}; a checkpoint may carry 1 to {VOCAB_LIMIT:,}"
-        )
-    _check_declared_sizes(path, config, weights)
     try:
-        with torch.device("meta"):  # shapes only: a forged vocab_size of 10**12 must not allocate anything
-            expected = {k: tuple(v.shape) for k, v in SentimentRNN(**config).state_dict().items()}
+        settings = ModelConfig(**config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} describes a model this rnnsent cannot build: {_first_line(e)}") from None
-    found = (
-        {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
-        if isinstance(weights, dict)
-        else {}
-    )
+    _check_declared_sizes(path, config, state["model_state"])
+    return settings
+
+
+def _build_model(path: Path, settings: ModelConfig, weights, impl: str):
+    """The model of `settings` holding `weights`, once their shapes are the model's and it fits in memory."""
+    from rnnsent.model.sentiment import SentimentRNN
+
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated before the sizes are known to be sane
+            expected = {k: tuple(v.shape) for k, v in SentimentRNN(settings).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} describes a model this rnnsent cannot build: {_first_line(e)}") from None
+    found = ({k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+             if isinstance(weights, dict) else {})
     if found != expected:
         raise CheckpointError(
             f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of "
@@ -134,35 +146,46 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
             f"{path} describes a model of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
             "of memory available; refusing to build it"
         )
-    model = SentimentRNN(**config, impl=impl)
+    model = SentimentRNN(settings, impl=impl)
     model.load_state_dict(weights)
+    return model
+
+
+def _vocabulary(path: Path, state: dict, vocab_size: int):
+    """The file's vocabulary, whose ids all fall inside the model's embedding of vocab_size rows."""
+    from rnnsent.data import Vocab
+
     try:
         vocab = Vocab.from_dict(state["vocab"])
         if not all(isinstance(w, str) for w in vocab.words):
             raise ValueError("its words are not all strings")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has no usable vocabulary: {_first_line(e)}") from None
-    if len(vocab) > model.vocab_size:
+    if len(vocab) > vocab_size:
         raise CheckpointError(
-            f"{path} has a vocabulary of {len(vocab)} ids but an embedding of {model.vocab_size} rows; "
+            f"{path} has a vocabulary of {len(vocab)} ids but an embedding of {vocab_size} rows; "
             "its ids would fall outside the model"
         )
+    return vocab
+
+
+def _encoding_settings(path: Path, state: dict, num_classes: int) -> tuple[int, str, list | None]:
+    """(max_len, encoding, class names or None) as the file's "data" holds them, each by its setting's rule."""
     data = state.get("data", {})
-    max_len, encoding = (
-        (data.get("max_len", 500), data.get("encoding", "keras")) if isinstance(data, dict) else (None, None)
-    )
-    if type(max_len) is not int or not 1 <= max_len <= MAX_LEN_LIMIT or encoding not in (*ENCODINGS, *LEGACY_ENCODINGS):
-        raise CheckpointError(f"{path} has unusable encoding settings (max_len {max_len!r}, encoding {encoding!r}; "
-                              f"max_len may be 1 to {MAX_LEN_LIMIT:,})")
-    encoding = canonical_encoding(encoding, warn=False)  # "fast" in checkpoints from before the rename
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} has unusable encoding settings: {str(data):.100} is not a dict of them")
+    try:
+        max_len = check_setting("max_len", data.get("max_len", 500))
+        encoding = canonical_encoding(data.get("encoding", "keras"), warn=False)  # "fast" in files before the rename
+    except ValueError as e:
+        raise CheckpointError(f"{path} has unusable encoding settings: {e}") from None
     classes = data.get("classes")  # the user's own data: class names in the model's output order; IMDB: none
-    if classes is not None and (not isinstance(classes, list) or len(classes) != model.num_classes
+    if classes is not None and (not isinstance(classes, list) or len(classes) != num_classes
                                 or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
         raise CheckpointError(
-            f"{path} has unusable class names ({str(classes):.100}) for a model of {model.num_classes} classes"
+            f"{path} has unusable class names ({str(classes):.100}) for a model of {num_classes} classes"
         )
-    return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
-                       path=Path(path), classes=classes)
+    return max_len, encoding, classes
 
 
 class LoadedModel:
@@ -199,9 +222,12 @@ class LoadedModel:
         saved = {k: v for k, v in self.config.items() if k in field_names(DataConfig)}
         saved.update(max_len=self.max_len, encoding=self.encoding)
         if limit is not None:
-            saved["limit"] = limit
+            saved["limit"] = check_setting("limit", limit)
         saved["data_root"] = data_root(root, saved.get("data_root"), cache_dir)
-        settings = DataConfig(**saved)
+        try:
+            settings = DataConfig(**saved)
+        except ValueError as e:
+            raise CheckpointError(f"{self.path or 'this checkpoint'} has unusable data settings: {e}") from None
         data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
         if data.vocab.to_dict() != self.vocab.to_dict():
             raise CheckpointError(
