@@ -176,7 +176,7 @@ def test_model_health_and_page(released):
 
     r = serve_in_process(create_app(released), scenario)
     info = r["/v1/model"].json()
-    expected = json.loads((rnnsent.storage.checkpoint.RELEASED / "RESULTS.json").read_text())["gru"]
+    expected = json.loads((rnnsent.inference.loading.RELEASED / "RESULTS.json").read_text())["gru"]
     assert info["cell"] == "gru" and info["layers"] == 1 and info["labels"] == ["negative", "positive"]
     assert info["parameters"] == rnnsent.count_parameters(released.model) and info["vocab_size"] == 5000
     assert info["released"]["test_accuracy"] == expected["test_accuracy"]
