@@ -395,8 +395,7 @@ def _add_predict_route(app: FastAPI, served: _Served) -> None:
 
 
 def _add_explain_route(app: FastAPI, served: _Served) -> None:
-    """POST /v1/explain: integrated gradients on the model's thread; 501 (and /v1/model's explain false) without
-    Captum."""
+    """POST /v1/explain: integrated gradients on the model's thread; 501 without Captum (/v1/model then says so)."""
     settings = served.settings
 
     @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra=_body_schema(ExplainRequest),
