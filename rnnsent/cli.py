@@ -260,33 +260,46 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.inference.loading import load_checkpoint
-        from rnnsent.inference.evaluate import evaluate
-        from rnnsent.runtime import resolve_device
-
-        from rnnsent.data.tabular import Columns, is_user_data
-
-        device = resolve_device(args.device)
-        loaded = load_checkpoint(args.checkpoint, device=device)
-        what = args.split
-        if is_user_data(args.data_root):
-            from rnnsent.data import encode_labelled
-
-            split = encode_labelled(args.data_root, loaded.vocab, loaded.max_len, loaded.encoding, loaded.classes,
-                                    Columns(args.text_column, args.label_column, quoting=args.quoting))
-            what = str(args.data_root)
-        elif loaded.classes is not None:
-            raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "
-                             "--data with a file of labelled rows to score")
-        else:
-            data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
-            split = getattr(data, args.split)
-        result = evaluate(loaded.model, split, batch_size=args.batch_size, device=device)
+        loaded, result, what = _evaluate(args)
     except _user_errors() as e:
         return _fail(str(e))
     if loaded.classes is not None:
         result["classes"] = loaded.classes
-    if args.json:
+    _print_evaluation(result, what, loaded.classes, args.json)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> tuple:
+    """(the loaded checkpoint, evaluate()'s result, what was scored): the --data file whole, or a split of the
+    data the run was trained on."""
+    from rnnsent.inference.loading import load_checkpoint
+    from rnnsent.inference.evaluate import evaluate
+    from rnnsent.runtime import resolve_device
+
+    from rnnsent.data.tabular import Columns, is_user_data
+
+    device = resolve_device(args.device)
+    loaded = load_checkpoint(args.checkpoint, device=device)
+    what = args.split
+    if is_user_data(args.data_root):
+        from rnnsent.data import encode_labelled
+
+        split = encode_labelled(args.data_root, loaded.vocab, loaded.max_len, loaded.encoding, loaded.classes,
+                                Columns(args.text_column, args.label_column, quoting=args.quoting))
+        what = str(args.data_root)
+    elif loaded.classes is not None:
+        raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "
+                         "--data with a file of labelled rows to score")
+    else:
+        data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
+        split = getattr(data, args.split)
+    return loaded, evaluate(loaded.model, split, batch_size=args.batch_size, device=device), what
+
+
+def _print_evaluation(result: dict, what: str, classes, as_json: bool) -> None:
+    """evaluate.py's answer: one JSON object, or accuracy and loss with the confusion counts (two classes) or
+    macro-F1 and the confusion matrix (more)."""
+    if as_json:
         print(json.dumps(result))
     elif "tp" in result:
         print(f"{what}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['n']} reviews\n"
@@ -298,8 +311,7 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
             f"{what}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  loss {result['loss']:.4f}  "
             f"on {result['n']} texts"
         )
-        print("\n".join(confusion_lines(result["confusion_matrix"], loaded.classes)))
-    return 0
+        print("\n".join(confusion_lines(result["confusion_matrix"], classes)))
 
 
 def _text_arguments(p: argparse.ArgumentParser) -> None:

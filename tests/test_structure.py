@@ -138,3 +138,32 @@ def test_resume_is_read_in_one_module():
             t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
         }
         assert not defined & set(story), f"{path.name} defines {sorted(defined & set(story))}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(source: str, where: str = "<source>") -> list[str]:
+    """Every function, method or nested function of `source` over MAX_FUNCTION_LINES lines, from its `def` to its
+    last line (a nested function's lines count within its outer one's)."""
+    return [f"{where}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_no_function_is_longer_than_80_lines():
+    offenders = [line for path in sorted(PACKAGE.rglob("*.py"))
+                 for line in long_functions(path.read_text(), str(path.relative_to(PACKAGE.parent)))]
+    assert offenders == [], (f"functions over {MAX_FUNCTION_LINES} lines (split them by what their parts do): "
+                             + "; ".join(offenders))
+
+
+def test_the_length_check_sees_long_methods_and_nested_functions():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))  # a def line and 79: exactly the limit
+    assert long_functions(f"def f():\n{body}") == []
+    assert long_functions(f"def f():\n{body}    return 1\n") == ["<source>:1 f (81 lines)"]
+    indented = body.replace("    ", "        ")
+    method = f"class C:\n    async def m(self):\n{indented}        return 1\n"
+    assert long_functions(method) == ["<source>:2 m (81 lines)"]
+    nested = f"def outer():\n    def inner():\n{indented}    return inner\n"  # inner: 80 lines, outer: 82
+    assert long_functions(nested) == ["<source>:1 outer (82 lines)"]

@@ -195,6 +195,36 @@ def _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, 
 
 def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fraction: float, test_fraction: float,
            seed: int, limit: int | None, where: str, test_where: str | None) -> tuple[dict, Vocab, list, list[str]]:
+    """The tokenized rows -> the encoded splits, their vocabulary, the classes, and the notes to log."""
+    notes = _skip_notes(acc)
+    if not acc.labels:
+        raise DataFileError(f"{where}: no row has any text; every text is empty or whitespace")
+    splits = np.array([s or "train" for s in acc.splits])
+    classes, y = _classes_and_targets(acc, splits, where)
+    if not (splits == "test").any():
+        notes.append(_hold_out_test(splits, y, test_fraction, seed))
+    rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
+    if limit is not None:
+        rows = _limit_rows(rows, y, limit, len(classes), seed, where)
+
+    lengths = np.concatenate(acc.lengths)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    flat = np.concatenate(acc.flats) if acc.flats else np.zeros(0, np.int32)
+    fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
+    vocab, to_id = _fit_vocab(acc.index, _rows_flat(flat, offsets, lengths, fit_rows)[0], vocab_size)
+    if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
+        train_idx, val_idx = train_val_split(len(rows["train"]), val_fraction, seed, y[torch.from_numpy(rows["train"])])
+        rows["train"], rows["val"] = rows["train"][train_idx.numpy()], rows["train"][val_idx.numpy()]
+    out = {}
+    for s in ("train", "val", "test"):
+        ids, row_lengths = _rows_flat(flat, offsets, lengths, rows[s])
+        out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
+    _check_not_empty(out, limit, where, test_where)
+    return out, vocab, classes, notes
+
+
+def _skip_notes(acc: _Rows) -> list[str]:
+    """A note for the rows skipped for an empty text, and one for those skipped for a missing label."""
     notes = []
     if acc.skipped:
         notes.append(
@@ -203,60 +233,59 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     if acc.missing:
         notes.append(f"skipped {acc.missing} row(s) whose label is missing (empty, blank or NaN-like; the first at "
                      f"{acc.first_missing}); --on-missing-label error refuses them instead")
-    n = len(acc.labels)
-    if n == 0:
-        raise DataFileError(f"{where}: no row has any text; every text is empty or whitespace")
-    splits = np.array([s or "train" for s in acc.splits])
-    explicit_test = bool((splits == "test").any())
+    return notes
+
+
+def _classes_and_targets(acc: _Rows, splits: np.ndarray, where: str) -> tuple[list, torch.Tensor]:
+    """The classes of the training rows (at least two) and every row's class index; a label no training row has
+    is refused."""
     train_rows = np.nonzero(splits != "test")[0]
     classes = class_order(acc.labels[i] for i in train_rows if splits[i] == "train")
     if len(classes) < 2:
         found = f"only the class {classes[0]!r}" if classes else "no training rows"
         raise DataFileError(f"{where}: the training rows hold {found}; a classifier needs at least two classes")
     class_id = {c: k for k, c in enumerate(classes)}
-    for i in range(n):
+    for i in range(len(acc.labels)):
         if acc.labels[i] not in class_id:
             raise DataFileError(
                 f"{acc.wheres[i]}: label {acc.labels[i]!r} never occurs in the training rows "
                 f"(classes: {', '.join(map(repr, classes))}); remove the row or add training examples of it"
             )
-    y = torch.tensor([class_id[v] for v in acc.labels], dtype=torch.float32)
-    if not explicit_test:
-        rest, test_idx = train_val_split(n, test_fraction, seed + TEST_SEED_OFFSET, y)
-        splits[test_idx.numpy()] = "test"
-        notes.append(
-            f"no test set given: holding out a stratified {test_fraction:.0%} of the rows ({len(test_idx)}) "
-            f"for testing, chosen by the fixed seed {seed} (pass --test-data or a --split-column to choose it)"
-        )
-    rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
-    if limit is not None:
-        if limit < len(classes):
-            raise DataFileError(f"{where}: --limit {limit} keeps fewer rows per split than the {len(classes)} classes; "
-                                f"give a --limit of at least {len(classes)} (a row of each class), or leave it out")
-        rows = {s: _stratified_take(r, y, limit, seed + LIMIT_SEED_OFFSET) for s, r in rows.items()}
+    return classes, torch.tensor([class_id[v] for v in acc.labels], dtype=torch.float32)
 
-    lengths = np.concatenate(acc.lengths)
-    offsets = np.concatenate(([0], np.cumsum(lengths)))
-    flat = np.concatenate(acc.flats) if acc.flats else np.zeros(0, np.int32)
-    words = list(acc.index)
-    # The vocabulary: counts over training (and validation) rows, ties in the order words first appear there.
-    fit_flat, _ = _rows_flat(flat, offsets, lengths, np.sort(np.concatenate([rows["train"], rows["val"]])))
-    order = _first_appearance(fit_flat, len(words))
+
+def _hold_out_test(splits: np.ndarray, y: torch.Tensor, test_fraction: float, seed: int) -> str:
+    """Mark a stratified test_fraction of the rows "test" in `splits`; the note that says so."""
+    _, test_idx = train_val_split(len(splits), test_fraction, seed + TEST_SEED_OFFSET, y)
+    splits[test_idx.numpy()] = "test"
+    return (f"no test set given: holding out a stratified {test_fraction:.0%} of the rows ({len(test_idx)}) "
+            f"for testing, chosen by the fixed seed {seed} (pass --test-data or a --split-column to choose it)")
+
+
+def _limit_rows(rows: dict, y: torch.Tensor, limit: int, n_classes: int, seed: int, where: str) -> dict:
+    """At most `limit` rows of each split, a stratified sample (_stratified_take); refused below one row a class."""
+    if limit < n_classes:
+        raise DataFileError(f"{where}: --limit {limit} keeps fewer rows per split than the {n_classes} classes; "
+                            f"give a --limit of at least {n_classes} (a row of each class), or leave it out")
+    return {s: _stratified_take(r, y, limit, seed + LIMIT_SEED_OFFSET) for s, r in rows.items()}
+
+
+def _fit_vocab(index: dict, fit_flat: np.ndarray, vocab_size: int) -> tuple[Vocab, np.ndarray]:
+    """The vocabulary of the provisional ids `fit_flat` (the training and validation rows'), and the map from every
+    provisional id to its vocabulary id (2, unknown, for the words left out)."""
+    words = list(index)
+    order = _first_appearance(fit_flat, len(words))  # ties in frequency keep the order of first appearance
     counts = np.bincount(fit_flat, minlength=len(words))
-    del fit_flat
     vocab = Vocab.from_counts([words[i] for i in order], counts[order], vocab_size)
     vocab = Vocab(vocab.words, tokenizer=SCRIPT_TOKENIZER_NAME)
     to_id = np.full(len(words), 2, dtype=np.int32)
-    kept = np.array([acc.index[w] for w in vocab.words], dtype=np.int64)
+    kept = np.array([index[w] for w in vocab.words], dtype=np.int64)
     to_id[kept] = np.arange(3, 3 + len(kept))
+    return vocab, to_id
 
-    if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
-        train_idx, val_idx = train_val_split(len(rows["train"]), val_fraction, seed, y[torch.from_numpy(rows["train"])])
-        rows["train"], rows["val"] = rows["train"][train_idx.numpy()], rows["train"][val_idx.numpy()]
-    out = {}
-    for s in ("train", "val", "test"):
-        ids, row_lengths = _rows_flat(flat, offsets, lengths, rows[s])
-        out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
+
+def _check_not_empty(out: dict, limit: int | None, where: str, test_where: str | None) -> None:
+    """Refuse a split left without rows, naming the file it should have come from."""
     for s in ("train", "val", "test"):
         if len(out[s]) == 0:
             what = (
@@ -266,7 +295,6 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
             )
             raise DataFileError(f"{test_where if s == 'test' and test_where else where}: no {what}; "
                                 "give more rows" + (" or a larger --limit" if limit else ""))
-    return out, vocab, classes, notes
 
 
 def _stratified_take(idx: np.ndarray, y: torch.Tensor, limit: int, seed: int) -> np.ndarray:
@@ -335,6 +363,28 @@ def _identity(path: Path) -> list[str]:
     return [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
 
 
+def _data_paths(path: str | os.PathLike, test_path: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """The data and test paths, refused if missing or if the test file is the data file itself."""
+    path = Path(path).expanduser()
+    test = Path(test_path).expanduser() if test_path is not None else None
+    for p in (path, test):
+        if p is not None and not p.exists():
+            raise DataFileError(f"{p}: no such file or folder")
+    if test is not None and os.path.samefile(path, test):
+        raise DataFileError(
+            f"--test-data {test} is the same file as --data {path}: the test scores would be on training "
+            "rows; give a file of other rows, or leave --test-data out to hold out a stratified share"
+        )
+    return path, test
+
+
+def _cache_file(cache_dir: str | os.PathLike | None, path: Path, test: Path | None, params: dict) -> Path:
+    """Where the prepared data is cached: keyed by the settings and the files' identity (_identity)."""
+    ident = {"data": _identity(path), "test": _identity(test) if test else None}
+    key = hashlib.sha256(json.dumps([params, ident], sort_keys=True).encode()).hexdigest()[:20]
+    return cache_root(cache_dir) / "prepared" / f"labelled-{path.stem[:40]}-{key}.pt"
+
+
 def prepare_labelled(
     path: str | os.PathLike,
     test_path: str | os.PathLike | None = None,
@@ -356,24 +406,13 @@ def prepare_labelled(
     a stratified seeded sample. Rows with a missing label are skipped with a note (on_missing_label="skip") or
     refused ("error"). Every rejected input raises DataFileError naming the file and line, before anything is cached."""
     encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit)
-    path = Path(path).expanduser()
-    test = Path(test_path).expanduser() if test_path is not None else None
-    for p in (path, test):
-        if p is not None and not p.exists():
-            raise DataFileError(f"{p}: no such file or folder")
-    if test is not None and os.path.samefile(path, test):
-        raise DataFileError(
-            f"--test-data {test} is the same file as --data {path}: the test scores would be on training "
-            "rows; give a file of other rows, or leave --test-data out to hold out a stratified share"
-        )
+    path, test = _data_paths(path, test_path)
     params = {"version": CACHE_VERSION, "vocab_size": vocab_size, "max_len": max_len, "encoding": encoding,
               "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "limit": limit,
               "columns": [columns.text, columns.label, columns.split], "tokenizer": SCRIPT_TOKENIZER_NAME}
     if columns.quoting != "csv":  # only then: the caches of files read as before keep their keys
         params["quoting"] = columns.quoting
-    ident = {"data": _identity(path), "test": _identity(test) if test else None}
-    key = hashlib.sha256(json.dumps([params, ident], sort_keys=True).encode()).hexdigest()[:20]
-    cache = cache_root(cache_dir) / "prepared" / f"labelled-{path.stem[:40]}-{key}.pt"
+    cache = _cache_file(cache_dir, path, test, params)
     cached = load_cached(cache) if use_cache else None
     if cached is not None and on_missing_label == "error" and cached.meta.get("missing_labels"):
         cached = None  # read again: the refusal names the row

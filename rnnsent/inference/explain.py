@@ -126,17 +126,9 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
     "positive" for IMDB), the predicted class for more. method: "ig" (integrated gradients, `steps` points,
     batch_size texts per batched forward/backward pass) or "occlusion" (each word replaced by the baseline)."""
     texts = as_texts(texts, "explain")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be a whole number >= 2, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    _check_options(method, steps, batch_size)
     attr = _captum_attr()
-    model = loaded.model
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    if next(model.parameters()).device != device:
-        model = copy.deepcopy(model).to(device)
+    model, device = _model_on(loaded.model, device)
     names = class_names(model.num_classes, loaded.classes)
     if target is not None and str(target) not in names:
         raise ValueError(f"unknown target {target!r}: the model's classes are {', '.join(names)}")
@@ -150,37 +142,73 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
 
     # What each text's model read: its tokens' words (1, 2, ... over the words kept; 0 for the start token).
     reads = [_read_part(owner, len(ids[i]), int(split.lengths[i])) for i, (_, _, owner) in enumerate(aligned)]
+    rows = _attribute_all(attr, model, split, [groups for _, groups in reads], targets, method, steps, batch_size,
+                          device)
+    out = [_explanation(text, pr, aligned[i], reads[i], ids[i], rows[i], names[targets[i]], method, steps)
+           for i, (text, pr) in enumerate(zip(texts, predictions))]
+    _warn_large_gaps(out)
+    return out
+
+
+def _check_options(method: str, steps: int, batch_size: int) -> None:
+    """Refuse an unknown method, fewer than two integration steps, or an empty batch."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be a whole number >= 2, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def _model_on(model, device) -> tuple:
+    """(the model on `device`, the device): a copy when it lives elsewhere; its own device when none is given."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if next(model.parameters()).device != device:
+        model = copy.deepcopy(model).to(device)
+    return model, device
+
+
+def _attribute_all(attr, model, split, groups, targets, method, steps, batch_size, device) -> list:
+    """_attribute over every text of `split`, batch_size texts at a time, with the model in eval mode meanwhile;
+    per text (token attributions, score, baseline score, delta), in the texts' order."""
     was_training = model.training
     model.eval()
-    rows = [None] * len(texts)  # (token attributions, score, baseline score, delta) per text
+    rows = [None] * len(groups)
     try:
         # Texts of similar length together: right-padded batches are as wide as their longest text.
-        order = sorted(range(len(texts)), key=lambda i: int(split.lengths[i]))
+        order = sorted(range(len(groups)), key=lambda i: int(split.lengths[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
-            groups = [reads[i][1] for i in idx]
-            for i, row in zip(idx, _attribute(attr, model, split, idx, groups, targets, method, steps, device)):
+            batch_groups = [groups[i] for i in idx]
+            for i, row in zip(idx, _attribute(attr, model, split, idx, batch_groups, targets, method, steps, device)):
                 rows[i] = row
     finally:
         model.train(was_training)
+    return rows
 
-    out = []
-    for i, (text, pr) in enumerate(zip(texts, predictions)):
-        words, tokens, _ = aligned[i]
-        cut, groups = reads[i]
-        token_attr, score, base, delta = rows[i]
-        kept = words[cut:]
-        word_attr, unknown = [0.0] * len(kept), [False] * len(kept)
-        read_ids = ([START_ID] + ids[i])[-len(groups):]
-        for a, g, tid in zip(token_attr, groups, read_ids):
-            if g:
-                word_attr[g - 1] += a
-                unknown[g - 1] |= tid == OOV_ID
-        out.append(Explanation(
-            text=text, label=pr.label, probability=pr.probability, note=pr.note, words=kept, unknown=unknown,
-            attributions=word_attr, tokens=(["<start>"] + tokens)[-len(groups):],
-            token_attributions=token_attr, delta=delta, target=names[targets[i]], method=method, cut=cut, score=score,
-            baseline_score=base, steps=steps, oov_share=pr.oov_share, probabilities=pr.probabilities))
+
+def _explanation(text: str, pr, aligned: tuple, read: tuple, ids: list[int], row: tuple, target: str, method: str,
+                 steps: int) -> Explanation:
+    """One text's Explanation: its prediction `pr`, and its read tokens' attributions `row` summed into its words."""
+    words, tokens, _ = aligned
+    cut, groups = read
+    token_attr, score, base, delta = row
+    kept = words[cut:]
+    word_attr, unknown = [0.0] * len(kept), [False] * len(kept)
+    read_ids = ([START_ID] + ids)[-len(groups):]
+    for a, g, tid in zip(token_attr, groups, read_ids):
+        if g:
+            word_attr[g - 1] += a
+            unknown[g - 1] |= tid == OOV_ID
+    return Explanation(
+        text=text, label=pr.label, probability=pr.probability, note=pr.note, words=kept, unknown=unknown,
+        attributions=word_attr, tokens=(["<start>"] + tokens)[-len(groups):],
+        token_attributions=token_attr, delta=delta, target=target, method=method, cut=cut, score=score,
+        baseline_score=base, steps=steps, oov_share=pr.oov_share, probabilities=pr.probabilities)
+
+
+def _warn_large_gaps(out: list[Explanation]) -> None:
+    """One warning when integrated gradients miss completeness by much for any text."""
     large = [e for e in out if e.gap_is_large]
     if large:
         worst = max(large, key=lambda e: abs(e.delta))
@@ -189,7 +217,6 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
             f"{len(out)} text(s) (worst gap {worst.delta:+.3f} of {worst.score - worst.baseline_score:+.3f}); "
             "more --steps narrow it"
         )
-    return out
 
 
 def _read_part(owner: list[int], n_tokens: int, n_read: int) -> tuple[int, list[int]]:

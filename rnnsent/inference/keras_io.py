@@ -116,6 +116,29 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
         raise KerasFormatError(f"{where}: {what}; rnnsent reads only {ARCHITECTURE}")
 
     layers = [layer for layer in layers if layer.kind != "InputLayer"]
+    _check_layer_kinds(layers, refuse)
+    chain = _split_chain(layers, refuse)
+    cell, bidirectional = _check_stack(chain.rnns, refuse)
+    _check_embedding(chain.embedding, refuse)
+    units = _check_head(chain.dense, refuse)
+    args = _model_args(chain, cell, bidirectional, units, refuse)
+    return args, _read_weights(_expected_weights(chain, args), args, where)
+
+
+@dataclass
+class _Chain:
+    """The layers of an accepted chain by role; a Dropout that is absent is None."""
+
+    embedding: _Layer
+    drop_in: _Layer | None
+    rnns: list[_Layer]
+    between: list[_Layer | None]  # the Dropout before each recurrent layer but the first
+    drop_out: _Layer | None
+    dense: _Layer
+
+
+def _check_layer_kinds(layers: list[_Layer], refuse) -> None:
+    """Refuse wrappers, a Bidirectional that does not concatenate, recurrent options rnnsent lacks, foreign layers."""
     for layer in layers:
         if layer.kind in _WRAPPERS:
             refuse(f"layer {layer.name!r} is a {layer.kind} wrapper")
@@ -125,30 +148,36 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     blocks = [layer for layer in layers if _is_recurrent(layer)]
     # The recurrent layers' options first: they explain most foreign models best.
     for k, block in enumerate(blocks):
-        for kind, name, config, backwards in _directions(block, refuse):
-            checks = [
-                ("return_sequences", k < len(blocks) - 1), ("return_state", False), ("go_backwards", backwards),
-                ("time_major", False), ("use_bias", True), ("activation", "tanh"), ("stateful", False),
-            ]
-            if kind != "SimpleRNN":
-                checks.append(("recurrent_activation", "sigmoid"))
-            if kind == "GRU":
-                checks.append(("reset_after", True))
-            for key, want in checks:
-                got = config.get(key, want)
-                if key.endswith("activation"):
-                    got = _activation_name(got)
-                if got != want:
-                    why = (" (every recurrent layer but the last must return sequences)" if key == "return_sequences"
-                           and want else "")
-                    refuse(f"{kind} {name!r} has {key}={got!r} (rnnsent needs {key}={want!r}{why})")
+        _check_recurrent_options(block, k < len(blocks) - 1, refuse)
     for layer in layers:
         if layer.kind not in ("Embedding", "Dropout", "Dense") and not _is_recurrent(layer):
             refuse(f"extra layer {layer.name!r} ({layer.kind})")
-    kinds = [layer.kind for layer in layers]
-    chain_text = " -> ".join(kinds) or "no layers"
 
-    # Expected chain, dropouts optional: Embedding [Dropout] RNN ([Dropout] RNN)* [Dropout] Dense.
+
+def _check_recurrent_options(block: _Layer, return_sequences: bool, refuse) -> None:
+    """Refuse a recurrent layer (each direction of a Bidirectional) whose options rnnsent cannot reproduce."""
+    for kind, name, config, backwards in _directions(block, refuse):
+        checks = [
+            ("return_sequences", return_sequences), ("return_state", False), ("go_backwards", backwards),
+            ("time_major", False), ("use_bias", True), ("activation", "tanh"), ("stateful", False),
+        ]
+        if kind != "SimpleRNN":
+            checks.append(("recurrent_activation", "sigmoid"))
+        if kind == "GRU":
+            checks.append(("reset_after", True))
+        for key, want in checks:
+            got = config.get(key, want)
+            if key.endswith("activation"):
+                got = _activation_name(got)
+            if got != want:
+                why = (" (every recurrent layer but the last must return sequences)" if key == "return_sequences"
+                       and want else "")
+                refuse(f"{kind} {name!r} has {key}={got!r} (rnnsent needs {key}={want!r}{why})")
+
+
+def _split_chain(layers: list[_Layer], refuse) -> _Chain:
+    """Match the expected chain, dropouts optional: Embedding [Dropout] RNN ([Dropout] RNN)* [Dropout] Dense."""
+    chain_text = " -> ".join(layer.kind for layer in layers) or "no layers"
     i = 0
 
     def take(want: str, optional: bool):
@@ -177,10 +206,13 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
     dense = take("Dense", False)
     if i != len(layers):
         refuse(f"extra layer {layers[i].name!r} ({layers[i].kind}) after the Dense output (layers: {chain_text})")
+    return _Chain(emb, drop_in, rnns, between, drop_out, dense)
 
-    ec, dc = emb.config, dense.config
+
+def _check_stack(rnns: list[_Layer], refuse) -> tuple[str, bool]:
+    """The stack's cell and whether it is bidirectional; refused unless every layer is of one kind and size."""
     first = _directions(rnns[0], refuse)[0]
-    kind, units_of = first[0], lambda block: _directions(block, refuse)[0][2].get("units")
+    kind = first[0]
     bidirectional = rnns[0].kind == "Bidirectional"
     for block in rnns:
         for other_kind, name, config, _ in _directions(block, refuse):
@@ -189,11 +221,20 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
             if not same:
                 refuse(f"recurrent layers of different kinds or sizes ({rnns[0].name!r}: {_describe(rnns[0], refuse)}; "
                        f"{block.name!r}: {_describe(block, refuse)}); rnnsent stacks identical layers")
-    cell = _RECURRENT[kind]
-    if ec.get("mask_zero"):
+    return _RECURRENT[kind], bidirectional
+
+
+def _check_embedding(emb: _Layer, refuse) -> None:
+    """Refuse a masking Embedding: rnnsent has no mask."""
+    if emb.config.get("mask_zero"):
         refuse(
             f"Embedding {emb.name!r} has mask_zero=True (rnnsent runs every padded step, as Keras does without a mask)"
         )
+
+
+def _check_head(dense: _Layer, refuse) -> int:
+    """The Dense head's units, refused unless Dense(1, sigmoid) or Dense(K > 2, softmax) with a bias."""
+    dc = dense.config
     units = dc.get("units")
     if not isinstance(units, int) or units < 1 or units == 2:
         refuse(
@@ -206,28 +247,41 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                f"(rnnsent needs {want_act})")
     if not dc.get("use_bias", True):
         refuse(f"Dense {dense.name!r} has use_bias=False")
+    return units
 
-    def rate(layer) -> float:
-        if layer is None:
-            return 0.0
-        if layer.config.get("noise_shape") is not None:
-            refuse(f"Dropout {layer.name!r} has a noise_shape")
-        return float(layer.config.get("rate", 0.0))
 
-    rates = {rate(layer) for layer in between}
+def _dropout_rate(layer: _Layer | None, refuse) -> float:
+    """A Dropout layer's rate (0 for no layer); refused if it drops whole slices (noise_shape)."""
+    if layer is None:
+        return 0.0
+    if layer.config.get("noise_shape") is not None:
+        refuse(f"Dropout {layer.name!r} has a noise_shape")
+    return float(layer.config.get("rate", 0.0))
+
+
+def _model_args(chain: _Chain, cell: str, bidirectional: bool, units: int, refuse) -> dict:
+    """SentimentRNN's arguments: sizes from the layer configs, rates from the Dropout layers."""
+    rates = {_dropout_rate(layer, refuse) for layer in chain.between}
     if len(rates) > 1:
         refuse(f"Dropout layers of different rates between the recurrent layers ({sorted(rates)}); rnnsent has one "
                "layer_dropout")
-    args = dict(
-        cell=cell, vocab_size=int(ec["input_dim"]), embed_dim=int(ec["output_dim"]), hidden_size=int(units_of(rnns[0])),
-        embed_dropout=rate(drop_in), output_dropout=rate(drop_out), num_classes=2 if units == 1 else units,
-        num_layers=len(rnns), bidirectional=bidirectional, layer_dropout=rates.pop() if rates else 0.0,
+    ec, rnns = chain.embedding.config, chain.rnns
+    return dict(
+        cell=cell, vocab_size=int(ec["input_dim"]), embed_dim=int(ec["output_dim"]),
+        hidden_size=int(_directions(rnns[0], refuse)[0][2].get("units")),
+        embed_dropout=_dropout_rate(chain.drop_in, refuse), output_dropout=_dropout_rate(chain.drop_out, refuse),
+        num_classes=2 if units == 1 else units, num_layers=len(rnns), bidirectional=bidirectional,
+        layer_dropout=rates.pop() if rates else 0.0,
     )
-    # Every weight's shape must be what the config implies.
+
+
+def _expected_weights(chain: _Chain, args: dict) -> list[tuple[_Layer, list[tuple[str, tuple]]]]:
+    """Each layer with its weights' names and the shapes its config implies, in Keras' order."""
     v, e, h = args["vocab_size"], args["embed_dim"], args["hidden_size"]
-    g, dirs = CELL_TABLE[cell].gates, 2 if bidirectional else 1
-    expected = [(emb, [("embeddings", (v, e))])]
-    for k, block in enumerate(rnns):
+    cell, units = args["cell"], 1 if args["num_classes"] == 2 else args["num_classes"]  # Dense(1) for two classes
+    g, dirs = CELL_TABLE[cell].gates, 2 if args["bidirectional"] else 1
+    expected = [(chain.embedding, [("embeddings", (v, e))])]
+    for k, block in enumerate(chain.rnns):
         n_in = e if k == 0 else h * dirs
         expected.append(
             (
@@ -240,7 +294,13 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                 ],
             )
         )
-    expected.append((dense, [("kernel", (h * dirs, units)), ("bias", (units,))]))
+    expected.append((chain.dense, [("kernel", (h * dirs, units)), ("bias", (units,))]))
+    return expected
+
+
+def _read_weights(expected: list[tuple[_Layer, list[tuple[str, tuple]]]], args: dict, where: str) -> tuple:
+    """Every layer's arrays as float32, read only once its count and shapes match `expected`."""
+    v, e, h = args["vocab_size"], args["embed_dim"], args["hidden_size"]
     arrays = []
     for layer, specs in expected:
         got = layer.weights or []
@@ -253,7 +313,7 @@ def _parse(layers: list[_Layer], where: str) -> tuple[dict, tuple]:
                     f"{where}: {layer.name}/{wname} has shape {tuple(arr.shape)} but the config "
                     f"(vocab {v}, embed {e}, units {h}) says {want}: the weights have other sizes than the file says")
             arrays.append(np.asarray(arr[()], dtype=np.float32))  # an h5py dataset is read here, its shape known good
-    return args, tuple(arrays)
+    return tuple(arrays)
 
 
 def _is_recurrent(layer: _Layer) -> bool:

@@ -271,33 +271,56 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
     settings = dataclasses.replace(settings or ServeSettings(), **overrides)
     batcher = DynamicBatcher(predict_work(loaded, settings.max_batch), settings.max_batch, settings.max_wait_ms,
                              settings.max_queue)
-    info = model_info(loaded, settings)
-    page = importlib.resources.files("rnnsent.serve").joinpath("page.html").read_text(encoding="utf-8")
-    state = {"ready": False, "explain": None}
+    served = _Served(loaded, settings, batcher)
+    app = FastAPI(title="rnnsent", summary="Sentiment (or your own classes) of texts with an rnnsent model",
+                  lifespan=_lifespan(served), default_response_class=SafeJSONResponse)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.state.batcher, app.state.settings = batcher, settings
+    _add_error_handlers(app)
+    _add_status_routes(app, served)
+    _add_predict_route(app, served)
+    _add_explain_route(app, served)
+    return app
+
+
+@dataclasses.dataclass
+class _Served:
+    """What the routes share: the model, the settings, its batcher, and what the app has found out since it started."""
+
+    loaded: Any
+    settings: ServeSettings
+    batcher: DynamicBatcher
+    ready: bool = False  # the warm-up forward has finished
+    explain: bool | None = None  # explanations work (None: not known yet)
+
+
+def _lifespan(served: _Served):
+    """The app's lifespan: the batcher runs from startup to shutdown, and a warm-up forward makes the app ready."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        served.batcher.start()
 
         async def warm_up():  # the first forward loads the fused kernel and sizes the allocator
-            await batcher.submit(WARM_UP_TEXTS)
-            state["explain"] = all(importlib.util.find_spec(m) is not None
-                                   for m in ("rnnsent.inference.explain", "captum"))
-            state["ready"] = True
+            await served.batcher.submit(WARM_UP_TEXTS)
+            served.explain = all(importlib.util.find_spec(m) is not None
+                                 for m in ("rnnsent.inference.explain", "captum"))
+            served.ready = True
 
         task = asyncio.create_task(warm_up())
         try:
             yield
         finally:
-            state["ready"] = False
+            served.ready = False
             if not task.done():
                 task.cancel()
-            await batcher.stop()
+            await served.batcher.stop()
 
-    app = FastAPI(title="rnnsent", summary="Sentiment (or your own classes) of texts with an rnnsent model",
-                  lifespan=lifespan, default_response_class=SafeJSONResponse)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    app.state.batcher, app.state.settings = batcher, settings
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as {"error": "one line"}: ours, invalid requests, Starlette's (404, 405), and our own faults."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -316,10 +339,11 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
         log.exception("request failed")
         return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
-    def body_schema(model) -> dict:
-        return {
-            "requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
-        }
+
+def _add_status_routes(app: FastAPI, served: _Served) -> None:
+    """The demo page, /healthz, /readyz and /v1/model."""
+    info = model_info(served.loaded, served.settings)
+    page = importlib.resources.files("rnnsent.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -334,31 +358,47 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
     @app.get("/readyz", responses={503: {"description": "still warming up"}})
     async def readyz():
         """200 once the model is loaded and has run its warm-up forward; 503 before."""
-        if not state["ready"]:
+        if not served.ready:
             return error(503, "warming up: the model's first forward has not finished")
         return {"status": "ready"}
 
     @app.get("/v1/model")
     async def model() -> dict:
         """The model behind the API: cell, layers, parameters, vocabulary, labels, its metrics and the limits."""
-        return {**info, "explain": state["explain"], "batches": batcher.batches, "batched_texts": batcher.texts}
+        batcher = served.batcher
+        return {**info, "explain": served.explain, "batches": batcher.batches, "batched_texts": batcher.texts}
 
-    # The body is parsed here rather than by FastAPI, so that `curl -d '{...}'` (a form content type) works
-    # and each problem gets one line; body_schema() still gives /docs the schema.
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=body_schema(TextsRequest))
+
+# The POST bodies are parsed by the routes rather than by FastAPI, so that `curl -d '{...}'` (a form content type)
+# works and each problem gets one line; _body_schema() still gives /docs the schema.
+def _body_schema(model: type[BaseModel]) -> dict:
+    """The OpenAPI requestBody of a route that reads a `model` from its JSON body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _add_predict_route(app: FastAPI, served: _Served) -> None:
+    """POST /v1/predict: the texts join the batcher's queue and share forward passes with other requests."""
+    settings = served.settings
+
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_body_schema(TextsRequest))
     async def predict(request: Request):
         """Label, probability, every class's probability and predict's note for each text (the keys of
         `rnnsent predict --json`), in the order given. Concurrent requests share forward passes."""
         texts = parse_texts(await request.body(), TextsRequest, settings.max_texts, settings.max_chars).texts
         try:
-            predictions = await batcher.submit(texts)
+            predictions = await served.batcher.submit(texts)
         except Unavailable as e:
             raise ApiError(503, str(e)) from None
         # A Response as it is: response_model documents the shape, and validating our own output again costs
         # more per request than parsing it did.
         return SafeJSONResponse({"results": [p.to_json(t) for t, p in zip(texts, predictions)]})
 
-    @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra=body_schema(ExplainRequest),
+
+def _add_explain_route(app: FastAPI, served: _Served) -> None:
+    """POST /v1/explain: integrated gradients on the model's thread; 501 without Captum (/v1/model then says so)."""
+    settings = served.settings
+
+    @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra=_body_schema(ExplainRequest),
               responses={501: {"description": "rnnsent.explain or Captum is not installed"}})
     async def explain(request: Request):
         """Each word's attribution to the class (integrated gradients, rnnsent.explain), with the prediction."""
@@ -367,7 +407,8 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
         def run():  # on the model's thread, between batches
             explain_fn = _import_explain()  # (importing Captum takes a while: not on the event loop)
             try:
-                found = explain_fn(loaded, req.texts, target=req.target, method="ig", steps=settings.explain_steps)
+                found = explain_fn(served.loaded, req.texts, target=req.target, method="ig",
+                                   steps=settings.explain_steps)
             except ImportError as e:
                 raise ApiError(501, f"explanations are not available: {str(e).splitlines()[0]}") from None
             except (ValueError, TypeError, KeyError) as e:  # a target the model does not have, and the like
@@ -375,12 +416,10 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
             return [x.to_json() for x in found]
 
         try:
-            results = await batcher.on_worker(run)
+            results = await served.batcher.on_worker(run)
         except ApiError as e:
             if e.status == 501:
-                state["explain"] = False
+                served.explain = False
             raise
-        state["explain"] = True
+        served.explain = True
         return SafeJSONResponse({"results": results})
-
-    return app
