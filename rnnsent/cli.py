@@ -145,8 +145,6 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
 def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> TrainConfig:
     """Defaults <- recipe <- explicit flags, in that order. For pretraining, a recipe's "pretrain" settings
     replace its fine-tuning ones (the data settings stay, so both runs build the same vocabulary)."""
-    from rnnsent.training.resume import flag_value  # here, not at the top: the flags' --help must not load torch
-
     values = recipe_settings(args.recipe, args.cell, pretraining)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -158,7 +156,6 @@ def config_from_args(args: argparse.Namespace, pretraining: bool = False) -> Tra
                          f"--pretrained runs/lm-{cell}")
     if "out" not in values:
         values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + cell))
-    values["resume"] = flag_value(values.get("resume"), values["out"])
     return TrainConfig(**values)
 
 
