@@ -138,8 +138,6 @@ def config_from_args(args: argparse.Namespace, pretraining: bool = False, config
     """Defaults <- recipe <- explicit flags, in that order, as a `config` (train_parser's). For pretraining, a
     recipe's "pretrain" settings replace its fine-tuning ones (the data settings stay, so both runs build the
     same vocabulary)."""
-    from rnnsent.training.resume import flag_value  # here, not at the top: the flags' --help must not load torch
-
     values = recipe_settings(args.recipe, args.cell, pretraining)
     fields = {f.name for f in dataclasses.fields(config)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -151,7 +149,6 @@ def config_from_args(args: argparse.Namespace, pretraining: bool = False, config
                          f"--pretrained runs/lm-{cell}")
     if "out" not in values:
         values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + cell))
-    values["resume"] = flag_value(values.get("resume"), values["out"])
     return config(**values)
 
 

@@ -82,6 +82,16 @@ def setup(device: torch.device, threads: int | None = None, flush_denormal: bool
         torch.backends.cudnn.benchmark = False
 
 
+def machine(settings) -> torch.device:
+    """The machine a run's settings (a TrainConfig) ask for: the device resolved, set up (threads, denormals,
+    allocator, determinism; MKL's strict mode around the fused kernel) and checked for --amp."""
+    device = resolve_device(settings.device)
+    setup(device, settings.threads, settings.flush_denormal, settings.retain_memory, settings.deterministic,
+          strict_blas=settings.rnn_impl != "torch")
+    check_amp(settings.amp, device)
+    return device
+
+
 def rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":

@@ -376,12 +376,12 @@ def test_12_a_label_folder_name_that_is_not_utf8_is_refused_before_training(tmp_
 
 # 13. Ctrl-C while the data is prepared ---------------------------------------------------------------------------
 def test_13_ctrl_c_during_data_preparation_is_one_line_and_130(tmp_path, capsys, monkeypatch):
-    from rnnsent.training import trainer as train_module
+    from rnnsent.training import settle
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "prepare_data", interrupted)
+    monkeypatch.setattr(settle, "prepare_data", interrupted)
     assert train_main([*TINY, "--out", str(tmp_path / "run")]) == 130
     assert "interrupted by Ctrl-C before training began" in one_line(capsys)
     assert not (tmp_path / "run").exists()

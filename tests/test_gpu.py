@@ -178,7 +178,7 @@ def test_pretraining_and_fine_tuning_levers_on_cuda_match_the_cpu(tmp_path):
         ):
             t = cls(config(f"{cls.__name__}-{device}", device, **kw))
             x, lengths, y = next(iter(t.train_batches.iterate(0)))
-            t.forward_backward(t.model, x, lengths, y)
+            t.task.forward_backward(t, t.model, x, lengths, y)
             grads[device, cls] = {n: p.grad.cpu() for n, p in t.model.named_parameters()}
     for cls in (PretrainTrainer, Trainer):
         for n, g in grads["cpu", cls].items():

@@ -116,7 +116,7 @@ def test_adversarial_step_has_the_gradient_of_clean_plus_perturbed_loss(tmp_path
     trainer = Trainer(tiny(tmp_path, adversarial=0.7, rnn_impl=impl, label_smoothing=0.1, max_len=400))
     x, lengths, y = next(iter(trainer.train_batches.iterate(0)))
     model = trainer.model
-    loss, correct = trainer.forward_backward(model, x, lengths, y)
+    loss, correct = trainer.task.forward_backward(trainer, model, x, lengths, y)
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     reference = SentimentRNN(**trainer.config.model_args(), impl="torch")

@@ -121,8 +121,8 @@ def test_the_public_api_imports_from_rnnsent():
 
 
 def test_resume_is_read_in_one_module():
-    """What --resume names, loading it, checking it and restoring the trainer are rnnsent.training.resume's: no
-    other module defines them."""
+    """What --resume names, loading it and checking it are rnnsent.training.resume's (the Trainer restores itself):
+    no other module defines them."""
     import rnnsent.training.resume as resume
 
     story = ("RESUME_AUTO", "resume_path", "load_resume_state", "load_resume", "find_resume", "RESUME_MUST_MATCH",

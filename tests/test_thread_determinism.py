@@ -43,7 +43,7 @@ def test_training_is_bit_identical_for_threads_1_2_3(tmp_path, cell, overrides):
         for threads in (1, 2, 3):
             config = _config(tmp_path, cell, threads, **overrides)
             trainer = Trainer(config, _tiled(config))
-            assert trainer.rnn_implementation().startswith("fused CPU kernel")
+            assert trainer.task.rnn_implementation(trainer).startswith("fused CPU kernel")
             assert len(trainer.train_batches) >= 3
             trainer.fit()
             assert torch.get_num_threads() == threads

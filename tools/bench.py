@@ -126,7 +126,7 @@ def run_rnnsent(args, config: TrainConfig, data, system="rnnsent", save_checkpoi
                     lambda: evaluate(trainer.model, data.test, config.eval_batch_size, trainer.device),
                     train_loss=metrics["train_loss"], encoding=config.encoding, flush_denormal=config.flush_denormal,
                     threads=config.threads or os.cpu_count(), eval_batch_size=config.eval_batch_size,
-                    rnn_implementation=trainer.rnn_implementation(), retain_memory=config.retain_memory)
+                    rnn_implementation=trainer.task.rnn_implementation(trainer), retain_memory=config.retain_memory)
     if save_checkpoint:  # what --ckpt-every N would add: one save per N steps
         trainer.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

@@ -90,9 +90,8 @@ class LanguageModel(nn.Module):
 
 
 class LanguageModelling:
-    """The language model's task for the Trainer (see rnnsent.training.trainer.Classification for the interface): the
-    same loop, checkpoints and resume; best.pt has the lowest validation loss per word. Labels and the
-    test split are not used."""
+    """The language model's task for the Trainer (rnnsent.training.task.Task): the same loop, checkpoints and
+    resume; best.pt has the lowest validation loss per word. Labels and the test split are not used."""
 
     kind = KIND
     reports_accuracy = False
@@ -141,7 +140,7 @@ class LanguageModelling:
 
     def validate(self, t, train_metrics: dict) -> tuple[dict, float]:
         """The epoch's row (losses per word, perplexity; no accuracy) and the score: lower loss is better."""
-        val = t._evaluate(t.data.val, t.val_batches)
+        val = self.evaluate(t, t.data.val, t.val_batches)
         row = {"epoch": t.epoch + 1, "global_step": t.global_step, "train_loss": train_metrics["train_loss"],
                "epoch_seconds": train_metrics["epoch_seconds"],
                "samples_per_second": train_metrics["samples_per_second"], "val_loss": val["loss"],
@@ -158,7 +157,7 @@ class LanguageModelling:
         best = t.out / "best.pt"
         t.dist.barrier()
         t.model.load_state_dict(load_checkpoint_state(best)["model_state"])
-        val = t._evaluate(t.data.val, t.val_batches)
+        val = self.evaluate(t, t.data.val, t.val_batches)
         result = {"task": KIND, "cell": t.config.cell, "best_val_loss": val["loss"],
                   "val_perplexity": val["perplexity"], "val_words": val["words"], "epochs": len(t.history),
                   "epoch_seconds": [r["epoch_seconds"] for r in t.history], "device": str(t.device),

@@ -1,15 +1,17 @@
 """Resuming a run, the whole story in one place.
 
 1. What to resume: `--resume` names a last.pt, a run folder (its last.pt) or "auto" (the --out folder's last.pt
-   if there is one, else a new run); a bare `--resume` means the --out folder's last.pt (resume_path, flag_value).
+   if there is one, else a new run); a bare `--resume` means the --out folder's last.pt (resume_path).
 2. Load it: a last.pt that fails verification falls back to the last.prev.pt that save_checkpoint(keep_previous=True)
    kept (load_resume_state).
 3. Check it: the checkpoint is a resumable run of the same kind (a classifier's or a language model's) with its
    optimizer state (find_resume); once the data is prepared, its settings (RESUME_MUST_MATCH) and its vocabulary
    agree with this run's (check_resume).
-4. Restore: training_state is what a checkpoint holds of a trainer, restore_training_state puts a trainer back.
+4. Restore: the Trainer puts itself back (Trainer.load_state_dict), as it wrote itself (Trainer.state_dict).
 
-The Trainer calls find_resume, check_resume and restore_training_state, in that order.
+find_resume does 1, 2 and the first check of 3, once, before anything else of a run (run_task; settle for a
+Trainer built from Python); the ResumePoint it returns is what the run folder's check, check_resume and the
+Trainer use.
 """
 from __future__ import annotations
 
@@ -17,11 +19,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-import torch
-
 from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, previous_path
 from rnnsent.config import LEGACY_ENCODINGS, DataConfig, ModelConfig, OptimConfig, TrainConfig, field_names
-from rnnsent.runtime import rng_state, set_rng_state
 
 RESUME_AUTO = "auto"
 
@@ -34,20 +33,18 @@ RESUME_MUST_MATCH = tuple(name for group in (ModelConfig, DataConfig, OptimConfi
 
 
 # -- 1. what to resume ------------------------------------------------------------------------------
-def flag_value(resume: str | None, out: str | os.PathLike) -> str | None:
-    """The --resume flag as the config records it: given without a value, the --out folder's last.pt."""
-    return str(Path(out) / "last.pt") if resume == "" else resume
-
-
 def resume_path(resume: str | None, out: str | os.PathLike) -> tuple[str | None, str | None]:
     """What `--resume` means, as (checkpoint to load or None, note to log).
 
-    "auto": the run folder's last.pt (or its last.prev.pt) when there is one, else a fresh start with a
-    note, so a job script can always pass it. A folder: its last.pt, which falls back to last.prev.pt
-    (a folder's best.pt holds no optimizer state and cannot be resumed). Anything else is a file.
+    "" (the flag given without a value): the --out folder's last.pt. "auto": the run folder's last.pt (or its
+    last.prev.pt) when there is one, else a fresh start with a note, so a job script can always pass it. A
+    folder: its last.pt, which falls back to last.prev.pt (a folder's best.pt holds no optimizer state and
+    cannot be resumed). Anything else is a file.
     """
     if resume is None:
         return None, None
+    if resume == "":
+        return str(Path(out) / "last.pt"), None
     if resume == RESUME_AUTO:
         last = Path(out) / "last.pt"
         if last.is_file() or previous_path(last).is_file():
@@ -153,74 +150,3 @@ def check_resume(state: dict, config: TrainConfig, vocab) -> None:
             f"{config.resume} was trained with another vocabulary than the data prepared now; "
             "resume with the same data source and --vocab-size"
         )
-
-
-# -- 4. restore -------------------------------------------------------------------------------------
-def training_state(t, full: bool = True) -> dict:
-    """Everything a checkpoint of Trainer `t` holds: weights, vocabulary, config and history; with `full`
-    (last.pt) also optimizer, scaler, RNG states and the position in the epoch. Every rank must call it
-    when distributed (it gathers from all)."""
-    state = {
-        "model_config": t.model.config(),
-        "model_state": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
-        "vocab": t.data.vocab.to_dict(),
-        "data": {"max_len": t.config.max_len, "encoding": t.config.encoding,
-                 "vocab_size": t.config.vocab_size, "source": str(t.data.meta.get("source", "")),
-                 **({"classes": list(t.data.meta["classes"])} if t.data.meta.get("classes") else {})},
-        "config": t.config.to_dict(),
-        "metrics": t.history[-1] if t.history else {},
-        "history": t.history,
-        "rnnsent_version": _version(),
-    }
-    if full:
-        *sums, seen = t.global_sums()
-        rngs = t.dist.gather(rng_state(t.device))
-        state.update(
-            optimizer=t.optimizer.state_dict(),
-            scaler=t.scaler.state_dict() if t.scaler.is_enabled() else {},
-            rng=rngs[0],
-            progress={"epoch": t.epoch, "step_in_epoch": t.step_in_epoch,
-                      "global_step": t.global_step, "sums": torch.tensor(sums, dtype=torch.float64), "seen": seen,
-                      "best_val": t.best_val, "epochs_since_best": t.epochs_since_best,
-                      "epoch_seconds": t.epoch_seconds, "world_size": t.dist.world_size},
-        )
-        if t.dist.enabled:
-            state["rng_ranks"] = rngs
-        if getattr(t, "ema", None) is not None:
-            state["ema"] = t.ema.state_dict()
-    return state
-
-
-def restore_training_state(t, state: dict) -> None:
-    """Put Trainer `t` where the checkpoint `state` left off: weights, optimizer, RNG, position, history."""
-    p = state["progress"]
-    if p.get("world_size", 1) != t.dist.world_size:
-        raise CheckpointError(
-            f"{t.config.resume} was written by a run of {p.get('world_size', 1)} process(es); resume it with "
-            f"the same number (torchrun --nproc_per_node={p.get('world_size', 1)}), not {t.dist.world_size}")
-    t.model.load_state_dict(state["model_state"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    if getattr(t, "ema", None) is not None and "ema" in state:  # else the average starts from the resumed weights
-        t.ema.load_state_dict(state["ema"])
-    if "scaler" in state and t.scaler.is_enabled():
-        t.scaler.load_state_dict(state["scaler"])
-    t.epoch, t.step_in_epoch, t.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
-    t.saved_step = t.global_step
-    if t.is_main:  # the saved sums are over all ranks: one rank carries them on
-        t.sums, t.seen = p["sums"].to(t.device, torch.float64), p["seen"]
-    t.best_val, t.epochs_since_best = p["best_val"], p["epochs_since_best"]
-    t.epoch_seconds = p.get("epoch_seconds", 0.0)
-    t.history = list(state.get("history", []))
-    set_rng_state(state.get("rng_ranks", [state["rng"]])[t.dist.rank], t.device)
-    t.log(
-        f"resumed from {getattr(t, 'resumed_from', None) or t.config.resume}: epoch {t.epoch + 1}, step "
-        f"{t.step_in_epoch} "
-        f"of {len(t.train_batches)} (global step {t.global_step})"
-    )
-
-
-def _version() -> str:
-    from rnnsent import __version__
-
-    return __version__
-

@@ -15,9 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from rnnsent.storage.checkpoint import previous_path
-from rnnsent.training.resume import resume_path
-
 LOCK_NAME = "run.lock"
 # What a run writes into its folder (rnnsent.training.report, the trainer's checkpoints). Only these are ever replaced
 # or removed: anything else in the folder is the user's.
@@ -144,12 +141,3 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text.splitlines()[0] if text else "holder unknown"
-
-
-def check_run_folder(config) -> None:
-    """check_new_run for a TrainConfig's --out, --resume and --overwrite, before anything is read: a run that
-    would be refused under the lock (Trainer.fit) is refused before its data is prepared."""
-    resume, _ = resume_path(config.resume, config.out)
-    if resume is not None and not Path(resume).is_file() and previous_path(resume).is_file():
-        resume = str(previous_path(resume))
-    check_new_run(config.out, resume, config.overwrite)

@@ -64,7 +64,7 @@ class TensorBoardWriter:
         seconds = time.perf_counter() - self.t0
         g = trainer.global_step
         self.writer.add_scalar("train/loss", loss_sum / self.samples, g)
-        if trainer.reports_accuracy:
+        if trainer.task.reports_accuracy:
             self.writer.add_scalar("train/accuracy", correct / self.samples, g)
         self.writer.add_scalar("train/lr", s.lr, g)
         self.writer.add_scalar("train/grad_norm", norm_sum / self.steps, g)

@@ -2,11 +2,12 @@
 
 The loop resolves the device once, keeps the whole encoded data set on it, and keeps running sums on
 the device so a step never waits for the host. Checkpoints (`last.pt`, `best.pt`) hold everything
-needed to continue bit for bit: model, optimizer, RNG state, the position inside the epoch and the
-running sums. The data order of an epoch is a function of (seed, epoch) alone (see Batcher), so a
+needed to continue bit for bit (Trainer.state_dict): model, optimizer, RNG state, the position inside the
+epoch and the running sums. The data order of an epoch is a function of (seed, epoch) alone (see Batcher), so a
 resumed run skips the batches it has done and sees the rest in the same order. Under torchrun the
 same loop trains data-parallel; rnnsent.training.distributed holds the choices that makes. The settings are
-rnnsent.config's, the machine set-up rnnsent.runtime's, the files a run writes rnnsent.training.report's.
+rnnsent.config's, settled once before the Trainer is built (rnnsent.training.settle); what is trained is the
+task's (rnnsent.training.task); the files a run writes are rnnsent.training.report's.
 
 Callbacks (minGPT style): `trainer.add_callback("on_step_end", fn)` calls fn(trainer) after every
 optimizer step (counters updated, any periodic checkpoint written), "on_backward_end" after each step's
@@ -21,27 +22,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from rnnsent import runtime
-from rnnsent.model import objective, recurrent
+from rnnsent import __version__
+from rnnsent.config import TrainConfig
+from rnnsent.data import Batcher, PreparedData
+from rnnsent.runtime import StopFlag, StopNow, build_in_memory, rng_state, set_rng_state
+from rnnsent.storage.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint
 from rnnsent.training import faults, report, stopping
-from rnnsent.storage.checkpoint import CheckpointWriteError, load_checkpoint_state, save_checkpoint
-from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
-from rnnsent.data import Batcher, prepare_data
-from rnnsent.training.distributed import Distributed, shutdown
-from rnnsent.inference.evaluate import evaluate
+from rnnsent.training.classification import Classification
+from rnnsent.training.distributed import shutdown
 from rnnsent.training.handover import load_into
-from rnnsent.model.sentiment import SentimentRNN, count_parameters
-from rnnsent.training.regularise import EmbeddingPerturbation, WeightAverage
-from rnnsent.training.resume import check_resume, find_resume, restore_training_state, training_state
-from rnnsent.training.runfolder import RunLock, check_new_run, check_run_folder
-from rnnsent.runtime import StopFlag, StopNow, autocast_context, resolve_device
+from rnnsent.training.regularise import WeightAverage
+from rnnsent.training.resume import find_resume
+from rnnsent.training.runfolder import RunLock, check_new_run
+from rnnsent.training.settle import Settled, settle
 from rnnsent.training.stopping import TrainingInterrupted
+from rnnsent.training.task import Task
 
 EVENTS = ("on_step_end", "on_epoch_end", "on_backward_end")
 
@@ -63,160 +65,28 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.lr_at(step, total_steps)
 
 
-class Classification:
-    """What the Trainer trains: the task object, here the classifier's (rnnsent.training.pretrain.LanguageModelling is
-    the language model's). The loop, checkpoints and resume are the Trainer's; a task says what differs:
-
-        kind, reports_accuracy   the "kind" its checkpoints carry (None here); whether batches have right answers
-        settings(config)         the config it trains with, checked before anything is read
-        build_model(config)      the model
-        rnn_implementation(t)    what runs the recurrent layer, for logs and reports
-        forward_backward(t, model, x, lengths, y)   a batch's loss, backward done, and its right predictions
-                                                    (a () tensor, or None without any)
-        evaluate(t, split, batcher)                 the scores of a split, summed over ranks
-        validate(t, train_metrics)                  the epoch's metrics row and the score best.pt keeps the highest of
-        epoch_line(row, improved)                   the line logged after each epoch
-        finish(t)                                   the end of the run (here: test best.pt, write the report)
-
-    Its methods take the Trainer `t` for the run's device, scaler, data and model.
-    """
-
-    kind = None
-    reports_accuracy = True
-
-    def settings(self, config: TrainConfig) -> TrainConfig:
-        return config
-
-    def build_model(self, config: TrainConfig) -> torch.nn.Module:
-        return SentimentRNN(**config.model_args(), impl=config.rnn_impl)
-
-    def rnn_implementation(self, t) -> str:
-        return recurrent.describe(t.config.rnn_impl, t.device)
-
-    def forward_backward(self, t, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """With adversarial training, a second pass on perturbed embeddings adds its gradients
-        (rnnsent.training.regularise.EmbeddingPerturbation)."""
-        c = t.config
-        with EmbeddingPerturbation(t.model.embedding) if c.adversarial else contextlib.nullcontext() as perturb:
-            # DDP must not average the first of two backward passes on its own: the second one sums both
-            with model.no_sync() if c.adversarial and hasattr(model, "no_sync") else contextlib.nullcontext():
-                with autocast_context(t.device, c.amp):
-                    logits = model(x, lengths)  # (B,) or (B, K)
-                    loss = objective.loss(logits, y, smoothing=c.label_smoothing)
-                t.scaler.scale(loss).backward()
-            if c.adversarial:
-                perturb.aim(c.adversarial)
-                with autocast_context(t.device, c.amp):
-                    adversarial_loss = objective.loss(model(x, lengths), y, smoothing=c.label_smoothing)
-                t.scaler.scale(adversarial_loss).backward()
-        return loss, (objective.predicted(logits.detach()) == y.long()).sum()
-
-    def evaluate(self, t, split, batcher: Batcher) -> dict:
-        """evaluate() on this rank's share of `split` (its batcher), summed over ranks."""
-        if len(batcher) == 0:  # more ranks than batches (evaluate() would take an empty batcher for none)
-            k = t.model.num_classes
-            r = {"loss": 0.0, "n": 0, "confusion_matrix": [[0] * k for _ in range(k)]}
-        else:
-            r = evaluate(t.model, split, device=t.device, amp=t.config.amp, batcher=batcher)
-        return t.dist.sum_scores(r, t.device)
-
-    def validate(self, t, train_metrics: dict) -> tuple[dict, float]:
-        c = t.config
-        with t.averaged():
-            val = t._evaluate(t.data.val, t.val_batches)
-        row = {"epoch": t.epoch + 1, "global_step": t.global_step, **train_metrics, "val_loss": val["loss"],
-               "val_accuracy": val["accuracy"], "lr": lr_at(t.global_step - 1, t.total_steps, c)}
-        if c.num_classes > 2 or c.monitor:
-            row["val_macro_f1"] = val["macro_f1"]
-        monitored = c.monitored()
-        return row, -val["loss"] if monitored == "loss" else val[monitored]
-
-    def epoch_line(self, row: dict, improved: bool) -> str:
-        return report.epoch_line(row, improved)
-
-    def finish(self, t) -> dict:
-        """Test the best checkpoint, write report.json, the plot and the summary; return the report."""
-        best_path = t.out / "best.pt"
-        t.dist.barrier()  # rank 0 has finished writing best.pt
-        if best_path.exists():
-            t.model.load_state_dict(load_checkpoint_state(best_path)["model_state"])
-        test = t._evaluate(t.data.test, t.test_batches)
-        result = report.final_report(t.config.cell, test, t.best_val, t.history, t.device,
-                                     t.rnn_implementation(), count_parameters(t.model),
-                                     t.config.monitored(), t.data.meta.get("classes"))
-        if t.is_main:
-            keras_steps = t.config.max_len if t.config.encoding == "keras" else None
-            t.log(report.write_report(t.out, result, test, t.history, t.model.summary(time_steps=keras_steps)))
-        return result
-
-
 class Trainer:
     """Holds a run's state; `fit()` trains, validates, checkpoints, and returns the final metrics.
 
-    Research code can subclass it, add callbacks, or call the pieces (`train_epoch`, `end_epoch`,
-    `finish`, `save`) directly.
+    Research code can subclass it, add callbacks, or call the pieces (`train_epoch`, `end_epoch`, `save`, and
+    the task's `trainer.task.finish(trainer)`) directly.
     """
 
-    def __init__(self, config: TrainConfig, data=None, task=None):
-        self.task = task if task is not None else Classification()  # what is trained: the loss, metrics, epoch row
-        self.kind = self.task.kind  # the "kind" its checkpoints carry (a classifier's none)
-        self.reports_accuracy = self.task.reports_accuracy  # the progress bar shows training accuracy
-        self.config = config = self.task.settings(config)
-        self.dist, self.device = Distributed.from_env(resolve_device(config.device))
+    def __init__(self, config: TrainConfig | Settled, data: PreparedData | None = None, task: Task | None = None):
+        """A TrainConfig is settled here (rnnsent.training.settle) with `data` (prepared as it says when None) and
+        `task` (the classifier when None); run_task settles first and passes the Settled run alone."""
+        run = config if isinstance(config, Settled) else settle(config, data, task)
+        self.config, self.data, self.task = run.config, run.data, run.task  # final: nothing rebinds them
+        self.dist, self.device = run.dist, run.device
         self.is_main = self.dist.is_main
-        self.out = Path(config.out)
+        self.out = Path(self.config.out)
+        self.resumed_from = run.start.loaded_from  # the file resumed: last.pt, or its last.prev.pt after a fallback
         self.callbacks: dict[str, list] = defaultdict(list)
         self.last_step: StepInfo | None = None
-        if config.tensorboard and self.is_main:  # first: a missing TensorBoard is said before anything is done
-            from rnnsent.training.tensorboard import TensorBoardWriter
-
-            TensorBoardWriter(config.tensorboard).attach(self)
-        runtime.setup(self.device, config.threads, config.flush_denormal, config.retain_memory, config.deterministic,
-                      strict_blas=config.rnn_impl != "torch")
-        runtime.check_amp(config.amp, self.device)
-        if config.batch_size % self.dist.world_size:
-            raise ValueError(
-                f"batch_size {config.batch_size} must be a multiple of the {self.dist.world_size} processes, "
-                "so that the global batch equals a one-process run's"
-            )
-
-        point = find_resume(config.resume, self.out, self.kind)  # --resume auto / a run folder -> a file, loaded
-        for note in point.notes:
-            self.log(note, always=True)
-        if point.path != config.resume:
-            config = self.config = dataclasses.replace(config, resume=point.path)
-        resume_state, self.resumed_from = point.state, point.loaded_from
-
-        torch.manual_seed(config.seed)
-        self.data = data if data is not None else prepare_data(config, config.vocab_size)
-        self.config = config = self._settings_of_data(config)
-        classes = self.data.meta.get("classes")
-        if classes and len(classes) != config.num_classes:  # your own data's classes size the head
-            if config.num_classes != ModelConfig.num_classes:
-                raise ValueError(
-                    f"num_classes={config.num_classes} but the data has {len(classes)} classes; leave it unset"
-                )
-            self.config = config = dataclasses.replace(config, num_classes=len(classes))
-        if resume_state is not None:  # checked once the data has sized the head
-            check_resume(resume_state, config, self.data.vocab)
-        self.model = runtime.build_in_memory(self.build_model, self.device)
-        if config.pretrained and resume_state is None:  # a resumed run has its own weights already
-            self.log(load_into(self.model, config.pretrained, self.data.vocab))
-        self.ema = WeightAverage(self.model, config.ema) if config.ema else None
-        self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
-        if self.dist.rank:
-            torch.manual_seed(config.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
-        self.optimizer = self._make_optimizer()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
-        shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
-        self.train_batches = Batcher(self.data.train, batch_size=config.batch_size // self.dist.world_size,
-                                     shuffle=True, seed=config.seed, bucket=config.encoding == "bucketed",
-                                     device=self.device, **shard)
-        self.val_batches, self.test_batches = (
-            Batcher(split, batch_size=config.eval_batch_size, shuffle=False, seed=0, bucket=split.padding == "post",
-                    device=self.device, even_shards=False, **shard)
-            for split in (self.data.val, self.data.test))
-        self.total_steps = config.epochs * len(self.train_batches)
+        if run.tensorboard is not None:
+            run.tensorboard.attach(self)
+        self._build_model(fresh=run.start.state is None)
+        self._make_batchers()
         # Position and history: everything a resumed run needs besides weights and optimizer.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * samples, correct
@@ -226,8 +96,8 @@ class Trainer:
         self.epoch_seconds = 0.0
         self.saved_step: int | None = None  # global step of the newest last.pt, named when training stops
         self._interrupt = StopFlag()
-        if resume_state is not None:
-            restore_training_state(self, resume_state)
+        if run.start.state is not None:
+            self.load_state_dict(run.start.state)
         faults.install(self)
 
     def add_callback(self, event: str, callback) -> None:
@@ -241,50 +111,100 @@ class Trainer:
             callback(self)
 
     # -- set-up ---------------------------------------------------------------------------------
-    def build_model(self) -> torch.nn.Module:
-        return self.task.build_model(self.config)
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _build_model(self, fresh: bool) -> None:
+        """The model from the seed (a new run may start from --pretrained), its weight average (--ema), the
+        module to train (DDP around it when distributed), the optimizer and the grad scaler."""
         c = self.config
+        torch.manual_seed(c.seed)
+        self.model = build_in_memory(functools.partial(self.task.build_model, c), self.device)
+        if c.pretrained and fresh:  # a resumed run has its own weights already
+            self.log(load_into(self.model, c.pretrained, self.data.vocab))
+        self.ema = WeightAverage(self.model, c.ema) if c.ema else None
+        self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
+        if self.dist.rank:
+            torch.manual_seed(c.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
         fused = {"fused": True} if self.device.type == "cuda" else {}
         if c.weight_decay > 0:
-            return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **fused)
-        return torch.optim.Adam(self.model.parameters(), lr=c.lr, **fused)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **fused)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, **fused)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16" and self.device.type == "cuda")
 
-    def _settings_of_data(self, config: TrainConfig) -> TrainConfig:
-        """vocab_size, max_len and encoding as the data was prepared: taken from the data where the config has
-        the default, refused (one line) where it says otherwise. Else the model and its checkpoints would record
-        settings the data was not made with, and predict() would read text differently from training."""
-        params = self.data.meta.get("params") or {}
-        padding = self.data.train.padding
-        found = {"vocab_size": params.get("vocab_size"), "max_len": params.get("max_len"),
-                 "encoding": canonical_encoding(params["encoding"], warn=False) if params.get("encoding") else
-                 {"pre": "keras", "post": "bucketed"}.get(padding)}
-        taken = {}
-        for name, value in found.items():
-            if value is None or value == getattr(config, name):
-                continue
-            if getattr(config, name) != getattr(TrainConfig, name):
-                raise ValueError(f"{name}={getattr(config, name)!r} but the data was prepared with {name} {value!r}; "
-                                 f"pass the data's {name} or leave it unset")
-            taken[name] = value
-        if taken:
-            config = dataclasses.replace(config, **taken)
-            self.log(f"from the data: {', '.join(f'{k} {v}' for k, v in taken.items())}")
-        if len(self.data.vocab) > config.vocab_size:
-            raise ValueError(
-                f"the data's vocabulary has {len(self.data.vocab)} ids but vocab_size is {config.vocab_size}; "
-                "its ids would fall outside the embedding"
-            )
-        return config
+    def _make_batchers(self) -> None:
+        """This rank's batches: the training split's (shuffled per epoch, the global batch shared out across
+        ranks), and the validation and test splits' (in order, split across ranks)."""
+        c, shard = self.config, dict(rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_batches = Batcher(self.data.train, batch_size=c.batch_size // self.dist.world_size,
+                                     shuffle=True, seed=c.seed, bucket=c.encoding == "bucketed",
+                                     device=self.device, **shard)
+        self.val_batches, self.test_batches = (
+            Batcher(split, batch_size=c.eval_batch_size, shuffle=False, seed=0, bucket=split.padding == "post",
+                    device=self.device, even_shards=False, **shard)
+            for split in (self.data.val, self.data.test))
+        self.total_steps = c.epochs * len(self.train_batches)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def state(self, full: bool = True) -> dict:
-        """Everything a checkpoint holds (see resume.training_state). Distributed: every rank must call it."""
-        state = training_state(self, full)
-        if self.kind is not None:
-            state["kind"] = self.kind
+    def state_dict(self, full: bool = True) -> dict:
+        """Everything a checkpoint holds: weights, vocabulary, config and history; with `full` (last.pt) also
+        optimizer, scaler, RNG states and the position in the epoch. Every rank must call it when distributed
+        (it gathers from all)."""
+        c, meta = self.config, self.data.meta
+        state = {
+            "model_config": self.model.config(),
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "vocab": self.data.vocab.to_dict(),
+            "data": {"max_len": c.max_len, "encoding": c.encoding, "vocab_size": c.vocab_size,
+                     "source": str(meta.get("source", "")),
+                     **({"classes": list(meta["classes"])} if meta.get("classes") else {})},
+            "config": c.to_dict(),
+            "metrics": self.history[-1] if self.history else {},
+            "history": self.history,
+            "rnnsent_version": __version__,
+        }
+        if full:
+            *sums, seen = self.global_sums()
+            rngs = self.dist.gather(rng_state(self.device))
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                rng=rngs[0],
+                progress={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                          "global_step": self.global_step, "sums": torch.tensor(sums, dtype=torch.float64),
+                          "seen": seen, "best_val": self.best_val, "epochs_since_best": self.epochs_since_best,
+                          "epoch_seconds": self.epoch_seconds, "world_size": self.dist.world_size},
+            )
+            if self.dist.enabled:
+                state["rng_ranks"] = rngs
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+        if self.task.kind is not None:
+            state["kind"] = self.task.kind
         return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where the checkpoint `state` (a state_dict(full=True)) left off: weights, optimizer, RNG,
+        position, history."""
+        p = state["progress"]
+        if p.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(
+                f"{self.config.resume} was written by a run of {p.get('world_size', 1)} process(es); resume it with "
+                f"the same number (torchrun --nproc_per_node={p.get('world_size', 1)}), not {self.dist.world_size}")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:  # else the average starts from the resumed weights
+            self.ema.load_state_dict(state["ema"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
+        self.saved_step = self.global_step
+        if self.is_main:  # the saved sums are over all ranks: one rank carries them on
+            self.sums, self.seen = p["sums"].to(self.device, torch.float64), p["seen"]
+        self.best_val, self.epochs_since_best = p["best_val"], p["epochs_since_best"]
+        self.epoch_seconds = p.get("epoch_seconds", 0.0)
+        self.history = list(state.get("history", []))
+        set_rng_state(state.get("rng_ranks", [state["rng"]])[self.dist.rank], self.device)
+        self.log(f"resumed from {self.resumed_from or self.config.resume}: epoch {self.epoch + 1}, step "
+                 f"{self.step_in_epoch} of {len(self.train_batches)} (global step {self.global_step})")
 
     def global_sums(self) -> tuple[float, float, int]:
         """This epoch's running training sums over all ranks: (loss * samples, correct, samples)."""
@@ -293,7 +213,7 @@ class Trainer:
 
     def save(self, name: str, full: bool = True) -> Path | None:
         """Write a checkpoint (rank 0 only; every rank calls this). last.pt keeps its predecessor as last.prev.pt."""
-        state = self.state(full)
+        state = self.state_dict(full)
         path = self.out / name
         if full:
             self.saved_step = self.global_step
@@ -311,16 +231,12 @@ class Trainer:
         if self.is_main and (always or not self.config.quiet):
             report.log(message)
 
-    def rnn_implementation(self) -> str:
-        """What runs the recurrent layer in this run, for logs and reports."""
-        return self.task.rnn_implementation(self)
-
     def fit(self) -> dict:
         """Train to the configured number of epochs (or early stop), then report test metrics."""
         c = self.config
         with RunLock(self.out) if self.is_main else contextlib.nullcontext(), self._interrupt:  # one run per --out
             self.log(self.model.summary(time_steps=c.max_len if c.encoding == "keras" else None))
-            self.log(f"recurrent layer: {self.rnn_implementation()}")  # may refuse: before anything is written
+            self.log(f"recurrent layer: {self.task.rnn_implementation(self)}")  # may refuse: before anything is written
             if self.is_main:
                 for old in check_new_run(self.out, self.resumed_from, c.overwrite):  # checked again under the lock
                     old.unlink(missing_ok=True)  # --overwrite: nothing of the earlier run mixes into this one
@@ -349,7 +265,7 @@ class Trainer:
                 raise stopping.mid_step(self) from None
             with StopFlag(at_once=True) as flag:  # the final test: nothing to save, so any signal stops it now
                 try:
-                    return self.finish()
+                    return self.task.finish(self)
                 except StopNow:
                     raise stopping.during_test(self, flag.requested) from None
 
@@ -370,7 +286,7 @@ class Trainer:
                     lr = lr_at(self.global_step, self.total_steps, c)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    loss, correct = self.forward_backward(model, x, lengths if lengths_needed else None, y)
+                    loss, correct = self.task.forward_backward(self, model, x, lengths if lengths_needed else None, y)
                     if correct is None:  # a task without right answers to count (a language model)
                         correct = torch.zeros((), device=loss.device)
                     finite = self.dist.all_true(torch.isfinite(loss))  # every rank agrees, so every rank stops
@@ -401,7 +317,7 @@ class Trainer:
                     if self.step_in_epoch % c.log_every == 0 or self.step_in_epoch == n_batches:
                         self._check_finite(bad_step)  # a host sync, so only every log_every steps
                         loss_sum, correct = self.sums.tolist()
-                        accuracy = {"acc": f"{correct / self.seen:.4f}"} if self.reports_accuracy else {}
+                        accuracy = {"acc": f"{correct / self.seen:.4f}"} if self.task.reports_accuracy else {}
                         bar.set_postfix(loss=f"{loss_sum / self.seen:.4f}", **accuracy,
                                         sps=f"{samples_done / (time.perf_counter() - t0):.0f}", refresh=False)
                     bar.update(1)
@@ -439,11 +355,6 @@ class Trainer:
             norm = norm / self.scaler._get_scale_async()
         return norm
 
-    def forward_backward(self, model, x, lengths, y) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One batch's forward and backward passes (gradients accumulate in the parameters); returns the
-        loss and the number of right predictions (None where the task has none)."""
-        return self.task.forward_backward(self, model, x, lengths, y)
-
     def _save_and_stop(self, bar, t0: float) -> None:
         bar.close()
         self.epoch_seconds += time.perf_counter() - t0
@@ -456,21 +367,10 @@ class Trainer:
         if int(bad_step) >= 0:
             raise stopping.non_finite(self, int(bad_step))
 
-    def _evaluate(self, split, batcher: Batcher) -> dict:
-        """The task's scores of `split` (this rank's batcher), summed over ranks."""
-        return self.task.evaluate(self, split, batcher)
-
-    def validate(self, train_metrics: dict) -> tuple[dict, float]:
-        """Score the validation split: the epoch's metrics row, and the monitored score (higher is better)."""
-        return self.task.validate(self, train_metrics)
-
-    def epoch_line(self, row: dict, improved: bool) -> str:
-        return self.task.epoch_line(row, improved)
-
     def end_epoch(self, train_metrics: dict) -> bool:
         """Validate, record metrics, write checkpoints; return True when early stopping says stop."""
         c = self.config
-        row, score = self.validate(train_metrics)
+        row, score = self.task.validate(self, train_metrics)
         self.history.append(row)
         improved = not self.history[:-1] or score > self.best_val  # the first epoch is the best so far
         if improved:
@@ -485,7 +385,7 @@ class Trainer:
             with self.averaged():  # best.pt holds the weights that were validated
                 self.save("best.pt", full=False)
         self.save("last.pt")
-        self.log(self.epoch_line(row, improved))
+        self.log(self.task.epoch_line(row, improved))
         self._trigger("on_epoch_end")
         if c.patience is not None and self.epochs_since_best >= c.patience:
             self.log(
@@ -498,10 +398,6 @@ class Trainer:
         """A block in which the model holds the averaged weights (--ema), or its own without --ema."""
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
-    def finish(self) -> dict:
-        """The task's end of the run (the classifier tests best.pt); returns its report."""
-        return self.task.finish(self)
-
 
 def _clip_with_norm(parameters, max_norm: float, norm: torch.Tensor) -> None:
     """clip_grad_norm_ with the norm already computed (the same scaling, so the same bits)."""
@@ -511,13 +407,15 @@ def _clip_with_norm(parameters, max_norm: float, norm: torch.Tensor) -> None:
         torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
-def run_task(config: TrainConfig, data=None, task=None) -> dict:
-    """Train `task` (the classifier when None) as `config` says; returns its final report. Under torchrun,
-    the process group is left last, after waiting for the peers when every rank stopped together."""
+def run_task(config: TrainConfig, data: PreparedData | None, task: Task) -> dict:
+    """Train `task` as `config` says; returns its final report. What --resume names is resolved and loaded first,
+    and a run folder that fit() would refuse under its lock is refused before the data is prepared. Under
+    torchrun, the process group is left last, after waiting for the peers when every rank stopped together."""
+    start = find_resume(config.resume, config.out, task.kind)
+    check_new_run(config.out, start.loaded_from, config.overwrite)
     agreed = False  # did every rank stop here together?
-    check_run_folder(config)  # before the data is prepared; fit() checks again under the folder's lock
     try:
-        result = Trainer(config, data, task).fit()
+        result = Trainer(settle(config, data, task, start)).fit()
         agreed = True
         return result
     except TrainingInterrupted:
@@ -529,4 +427,4 @@ def run_task(config: TrainConfig, data=None, task=None) -> dict:
 
 def train(config: TrainConfig, data=None) -> dict:
     """Train a model as `config` says; returns the final report (test accuracy, confusion, timings)."""
-    return run_task(config, data)
+    return run_task(config, data, Classification())
