@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from rnnsent.config import (LEGACY_RECIPES, QUOTINGS, RECIPES, SETTINGS, TrainConfig, canonical_cell, check_setting,
-                            recipe_settings, setting_kind)
+from rnnsent.config import (LEGACY_RECIPES, QUOTINGS, RECIPES, SETTINGS, ExplainConfig, TrainConfig, canonical_cell,
+                            check_setting, recipe_settings, setting_kind)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -371,7 +371,7 @@ def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int
         default="ig",
         help="ig: integrated gradients; occlusion: each word replaced by the baseline in turn, to check [ig]",
     )
-    p.add_argument("--steps", type=_two_or_more, default=50, help="integration steps of integrated gradients [50]")
+    add_setting_flag(p, ExplainConfig.__dataclass_fields__["steps"])  # its one rule, checked before anything loads
     p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per batched forward/backward pass [8]")
     p.add_argument("--json", action="store_true", help="print JSON lines: predict --json's keys and the attributions")
     p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with every text highlighted")
@@ -381,7 +381,8 @@ def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int
         from rnnsent.inference.explain import explain, format_text, to_html, use_colour
 
         texts, loaded = _texts_and_model(args)
-        explanations = explain(loaded, texts, target=args.target, method=args.method, steps=args.steps,
+        steps = ExplainConfig.steps if args.steps is None else args.steps
+        explanations = explain(loaded, texts, target=args.target, method=args.method, steps=steps,
                                batch_size=args.batch_size)
         if args.html:
             try:
@@ -400,13 +401,6 @@ def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int
         elif not args.html:
             print(format_text(e, colour))
     return 0
-
-
-def _two_or_more(text: str) -> int:
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
-    return value
 
 
 def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:

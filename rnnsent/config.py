@@ -394,6 +394,21 @@ class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
         return dataclasses.asdict(self)
 
 
+# Integrated gradients' steps: a path needs two points. Each step is a forward and backward pass per text, so
+# past 1,000 an explanation takes minutes and buys nothing (Captum's own examples use 50 to 300).
+MAX_EXPLAIN_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class ExplainConfig(Settings):
+    """How words are attributed: one rule for `rnnsent explain --steps`, explain(steps=), `rnnsent serve
+    --explain-steps` and an explain request's "steps"."""
+
+    steps: int = setting(
+        50, "integration steps of integrated gradients [{default}]", flags=("--steps",),
+        bounds=Range(2, MAX_EXPLAIN_STEPS, high_open=False, says=f"at least 2 and at most {MAX_EXPLAIN_STEPS:,}"))
+
+
 # Every setting by name: check_setting("vocab_size", value) checks a plain argument by its setting's rule.
 SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

@@ -28,12 +28,16 @@ from dataclasses import dataclass
 
 import torch
 
+from rnnsent.config import ExplainConfig
 from rnnsent.data import encode_bucketed, encode_keras
 from rnnsent.data.text import OOV_ID, PAD_ID, START_ID, tokenizer_for
 from rnnsent.inference.evaluate import as_texts, class_names, predict
 
 METHODS = ("ig", "occlusion")
-DEFAULT_STEPS = 50
+DEFAULT_STEPS = ExplainConfig.steps  # and its bounds: ExplainConfig, one rule for every door
+# Integration steps per forward/backward pass (Captum's internal batch): memory stays that of 50 steps per text
+# however many steps are asked for.
+STEPS_PER_PASS = 50
 # Warn when the gap exceeds this share of |score - baseline score| (and 0.01 in log-odds, so that a text the
 # model scores like its baseline does not warn over rounding).
 GAP_WARNING = 0.05
@@ -151,11 +155,10 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
 
 
 def _check_options(method: str, steps: int, batch_size: int) -> None:
-    """Refuse an unknown method, fewer than two integration steps, or an empty batch."""
+    """Refuse an unknown method, steps outside ExplainConfig's rule, or an empty batch."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be a whole number >= 2, got {steps!r}")
+    ExplainConfig(steps=steps)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
@@ -260,7 +263,7 @@ def _attribute(
         if method == "ig":
             a, delta = attr.IntegratedGradients(forward).attribute(
                 x, baselines=baseline, target=target, additional_forward_args=(lengths_arg,), n_steps=steps,
-                internal_batch_size=len(idx) * steps, return_convergence_delta=True)
+                internal_batch_size=len(idx) * min(steps, STEPS_PER_PASS), return_convergence_delta=True)
             per_token = a.sum(-1).cpu()  # (B, T)
         else:
             mask = torch.zeros(len(idx), width, dtype=torch.long)  # (B, T): a word's tokens share its number
