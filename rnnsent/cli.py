@@ -477,9 +477,8 @@ def serve_parser(prog: str = "rnnsent serve") -> argparse.ArgumentParser:
             p.add_argument(flag, action="store_true", help=f"{f.metadata['help']} [off]")
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(
-                flag, type=_number_type(kind, flag), default=default, help=f"{f.metadata['help']} [{default}]"
-            )
+            shown = "" if f.metadata["help"].endswith("]") else f" [{default}]"  # (a help may say its default)
+            p.add_argument(flag, type=_number_type(kind, flag), default=default, help=f.metadata["help"] + shown)
     return p
 
 
@@ -496,8 +495,6 @@ def _number_type(kind, flag: str):
 
 def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> int:
     """Load the model, bind, serve until SIGTERM or Ctrl-C (in-flight requests are answered first), exit 0."""
-    import signal
-
     from rnnsent.serve.settings import ServeSettings
 
     args = serve_parser(prog).parse_args(argv)
@@ -510,9 +507,8 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
     except ValueError as e:
         return _fail(str(e))
     try:
-        import uvicorn
-
         from rnnsent.serve.app import create_app
+        from rnnsent.serve.server import run
     except ModuleNotFoundError as e:
         return _fail(f"rnnsent serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'rnnsent[serve]'")
     try:
@@ -525,18 +521,7 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
         loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     except _user_errors() as e:
         return _fail(str(e))
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(loaded, settings), host=settings.host, port=settings.port, log_config=None,
-        access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_s, lifespan="on"))
-    # uvicorn answers SIGTERM/SIGINT by draining, then re-raises the signal under the handler it found: a quiet one
-    # here, so that a drained server exits 0 instead of dying by the signal.
-    before = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.run()
-    except SystemExit:  # uvicorn's answer to an address it cannot bind; its log line above says why
-        pass
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-    return 0 if server.started else _fail(f"could not listen on {settings.host}:{settings.port} (the port is taken, "
-                                          "or the address is not this machine's: see the line above)", 1)
+    if run(create_app(loaded, settings), settings):
+        return 0
+    return _fail(f"could not listen on {settings.host}:{settings.port} (the port is taken, or the address is not "
+                 "this machine's: see the line above)", 1)

@@ -59,7 +59,7 @@ def serve_in_process(app, scenario):
     async def main():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://rnnsent.test", timeout=60) as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60) as client:
                 for _ in range(600):  # the warm-up forward: at most 60 s
                     if (await client.get("/readyz")).status_code == 200:
                         break
@@ -172,7 +172,8 @@ def test_predict_keys_are_those_of_rnnsent_predict_json(released, capsys):
 
 def test_model_health_and_page(released):
     async def scenario(client):
-        return {path: await client.get(path) for path in ("/v1/model", "/healthz", "/readyz", "/", "/openapi.json")}
+        return {path: await client.get(path)
+                for path in ("/v1/model", "/healthz", "/readyz", "/", "/openapi.json", "/docs", "/redoc")}
 
     r = serve_in_process(create_app(released), scenario)
     info = r["/v1/model"].json()
@@ -188,6 +189,11 @@ def test_model_health_and_page(released):
     assert "http://" not in page and "https://" not in page, "the page must load nothing from elsewhere"
     assert "innerHTML" not in page, "the page shows text through textContent only"
     assert {"/v1/predict", "/v1/explain", "/v1/model"} <= set(r["/openapi.json"].json()["paths"])
+    docs = r["/docs"].text  # the API as a plain page: no script, nothing from elsewhere (no CDN's Swagger)
+    assert r["/docs"].status_code == 200 and "<script" not in docs and "http://" not in docs and "https://" not in docs
+    assert all(f"<code>POST {p}</code>" in docs for p in ("/v1/predict", "/v1/explain")) and "/openapi.json" in docs
+    assert "default-src 'none'" in r["/docs"].headers["content-security-policy"]
+    assert_one_line_error(r["/redoc"], 404)  # (FastAPI's ReDoc page loads from a CDN too)
 
 
 def test_readiness_waits_for_the_warm_up_and_a_full_queue_is_503(four_classes, monkeypatch):
@@ -203,7 +209,8 @@ def test_readiness_waits_for_the_warm_up_and_a_full_queue_is_503(four_classes, m
 
     async def main():
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as c:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                         timeout=60) as c:
                 before = [(await c.get(p)).status_code for p in ("/readyz", "/healthz")]
                 waiting = [asyncio.create_task(post_json(c, "/v1/predict", {"texts": ["good"] * 2})) for _ in range(2)]
                 await asyncio.sleep(0.2)  # both queued behind the held warm-up: 4 texts waiting
@@ -314,7 +321,7 @@ def test_explain_answers_501_in_one_line_without_rnnsent_explain(four_classes, m
     assert_one_line_error(reply, 501)
 
 
-def test_explain_answers_what_explain_does(released):
+def test_explain_answers_what_explain_does_for_each_text(released):
     from rnnsent.inference.explain import explain
 
     pytest.importorskip("captum", reason="explanations need Captum")
@@ -322,13 +329,186 @@ def test_explain_answers_what_explain_does(released):
     settings = ServeSettings(explain_steps=8)
 
     async def scenario(client):
-        return await post_json(client, "/v1/explain", {"texts": texts}), (await client.get("/v1/model")).json()
+        return (await post_json(client, "/v1/explain", {"texts": texts}),
+                await post_json(client, "/v1/explain", {"texts": texts[:1], "steps": 5}),
+                (await client.get("/v1/model")).json())
 
-    reply, info = serve_in_process(create_app(released, settings), scenario)
+    reply, fewer_steps, info = serve_in_process(create_app(released, settings), scenario)
     assert reply.status_code == 200, reply.text
-    expected = [e.to_json() for e in explain(released, texts, target=None, method="ig", steps=settings.explain_steps)]
+    # Each text is attributed on its own (a chunk of the model thread's time): explain() of that one text.
+    expected = [explain(released, [t], target=None, method="ig", steps=settings.explain_steps)[0].to_json()
+                for t in texts]
     assert reply.json()["results"] == json.loads(json.dumps(expected))
-    assert info["explain"] is True
+    assert fewer_steps.json()["results"] == json.loads(json.dumps([explain(released, texts[:1], steps=5)[0].to_json()]))
+    assert info["explain"] is True and info["explained_texts"] == 3 and info["explain_work"] == 0
+
+
+# ---- bounded work: a request larger than the queue, explanations in their own queue ----
+
+def test_a_request_larger_than_the_queue_is_413_not_busy(four_classes):
+    app = create_app(four_classes, max_queue=10, max_explain_texts=8, explain_steps=4, max_explain_work=12)
+
+    async def scenario(client):
+        return (await post_json(client, "/v1/predict", {"texts": ["good"] * 11}),
+                await post_json(client, "/v1/predict", {"texts": ["good"] * 10}),
+                await post_json(client, "/v1/explain", {"texts": ["good"] * 4}))
+
+    too_many, fits, too_much_work = serve_in_process(app, scenario)
+    assert_one_line_error(too_many, 413)
+    assert "11 texts, more than the queue" in too_many.json()["error"] and "--max-queue" in too_many.json()["error"]
+    assert fits.status_code == 200
+    assert_one_line_error(too_much_work, 413)  # 4 texts x 4 steps = 16 > 12
+    assert "--max-explain-work" in too_much_work.json()["error"]
+
+
+class SlowExplanation:
+    """What rnnsent.inference.explain.explain returns, for a stand-in that takes CHUNK_S per text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def to_json(self):
+        return {"text": self.text}
+
+
+CHUNK_S = 0.25
+
+
+def slow_explain(loaded, texts, **kwargs):
+    time.sleep(CHUNK_S * len(texts))  # (a sleep: the test's timing needs no free core)
+    return [SlowExplanation(t) for t in texts]
+
+
+def test_explanations_have_their_own_bounded_queue_and_predict_waits_at_most_a_text(four_classes, monkeypatch):
+    import rnnsent.inference.explain
+
+    monkeypatch.setattr(rnnsent.inference.explain, "explain", slow_explain)
+    # Two requests of 8 texts at 2 steps fill the explain queue (32); each text is one chunk of the model thread.
+    app = create_app(four_classes, max_explain_texts=8, explain_steps=2, max_explain_work=32)
+    texts = [f"text {i}" for i in range(8)]
+
+    async def scenario(client):
+        explains = [asyncio.create_task(post_json(client, "/v1/explain", {"texts": texts})) for _ in range(2)]
+        await asyncio.sleep(0.3)  # both admitted, the first texts running
+        busy = await post_json(client, "/v1/explain", {"texts": texts[:1]})
+        waits = []
+        for _ in range(5):  # 16 texts x 0.25 s of explaining: 4 s; each predict waits for one text at most
+            start = time.perf_counter()
+            answer = await post_json(client, "/v1/predict", {"texts": ["good film"]})
+            waits.append((answer.status_code, time.perf_counter() - start))
+            await asyncio.sleep(0.1)
+        return busy, waits, [await e for e in explains], (await client.get("/v1/model")).json()
+
+    busy, waits, explained, info = serve_in_process(app, scenario)
+    assert_one_line_error(busy, 503)
+    assert "busy" in busy.json()["error"]
+    assert [status for status, _ in waits] == [200] * 5
+    assert max(w for _, w in waits) < 3 * CHUNK_S, waits
+    assert [r.json()["results"] for r in explained] == [[{"text": t} for t in texts]] * 2
+    assert info["explained_texts"] == 16 and info["explain_work"] == 0
+
+
+def test_steps_have_one_rule_and_one_line_at_every_door(four_classes, monkeypatch, capsys):
+    import rnnsent.inference.explain
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the steps are checked before any work")
+
+    monkeypatch.setattr(rnnsent.inference.explain, "predict", no_work)
+    for steps in (0, 1, 1001, 100_000):
+        says = f"steps must be at least 2 and at most 1,000, got {steps}"
+        with pytest.raises(ValueError) as e:  # the Python API
+            rnnsent.explain(four_classes, ["a good film"], steps=steps)
+        assert str(e.value) == says
+        with pytest.raises(SystemExit) as e:  # the command, before it loads anything
+            cli.explain_main(["--checkpoint", "no/such/model.pt", "--steps", str(steps), "a good film"])
+        assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(f"argument --steps: {says} (see --help)")
+        assert cli.serve_main(["--checkpoint", "no/such/model.pt", "--explain-steps", str(steps)]) == 2  # the server
+        assert capsys.readouterr().err.strip() == f"error: --explain-{says}"
+        reply = serve_in_process(  # and a request's own steps
+            create_app(four_classes), lambda c: post_json(c, "/v1/explain", {"texts": ["good"], "steps": steps}))
+        assert_one_line_error(reply, 422)
+        assert reply.json()["error"] == says
+    reply = serve_in_process(create_app(four_classes, explain_steps=20),
+                             lambda c: post_json(c, "/v1/explain", {"texts": ["good"], "steps": 21}))
+    assert_one_line_error(reply, 422)
+    assert reply.json()["error"] == "steps must be at most 20 on this server (--explain-steps), got 21"
+
+
+def test_a_request_cancelled_at_shutdown_is_answered_503_in_json():
+    from rnnsent.serve.guards import AnswerCancelled
+
+    sent, started = [], asyncio.Event()
+
+    async def held(scope, receive, send):  # a request the drain's end catches in the middle
+        started.set()
+        await asyncio.sleep(60)
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        scope = {"type": "http", "method": "POST", "path": "/v1/explain", "headers": []}
+        task = asyncio.create_task(AnswerCancelled(held)(scope, None, send))
+        await started.wait()
+        task.cancel()  # what uvicorn does once --drain-s is up
+        await task
+
+    asyncio.run(main())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 503
+    assert json.loads(sent[1]["body"]) == {"error": "the server is shutting down; retry shortly"}
+
+
+# ---- who may call: the Host header (DNS rebinding) and other origins' pages (CORS) ----
+
+def test_host_and_origin_are_checked_and_cors_is_only_what_is_asked(four_classes):
+    plain = create_app(four_classes)
+    widened = create_app(four_classes, allowed_hosts="127.0.0.1,evil.example,*.lan", cors_origin="https://app.example")
+    body = json.dumps({"texts": ["a good film"]}).encode()
+
+    async def asks(client):
+        out = {}
+        for what, headers in {
+            "rebound": {"host": "evil.example", "origin": "http://evil.example", "content-type": "text/plain"},
+            "no origin, another host": {"host": "evil.example:8000"},
+            "a page elsewhere": {"origin": "http://evil.example", "content-type": "text/plain"},
+            "its own page": {"origin": "http://127.0.0.1", "content-type": "text/plain"},
+            "a page of a CORS origin": {"origin": "https://app.example"},
+            "localhost": {"host": "localhost:8000"},
+            "a name under a wildcard": {"host": "box.lan"},
+        }.items():
+            out[what] = await client.post("/v1/predict", content=body, headers=headers)
+        out["preflight"] = await client.options("/v1/predict", headers={
+            "origin": "https://app.example", "access-control-request-method": "POST"})
+        return out
+
+    got = serve_in_process(plain, asks)
+    assert_one_line_error(got["rebound"], 400)
+    assert "evil.example" in got["rebound"].json()["error"] and "--allowed-hosts" in got["rebound"].json()["error"]
+    assert_one_line_error(got["no origin, another host"], 400)
+    assert_one_line_error(got["a page elsewhere"], 403)
+    assert "--cors-origin" in got["a page elsewhere"].json()["error"]
+    assert_one_line_error(got["a page of a CORS origin"], 403)
+    assert_one_line_error(got["a name under a wildcard"], 400)
+    assert got["its own page"].status_code == 200 and got["localhost"].status_code == 200
+    assert "access-control-allow-origin" not in got["preflight"].headers, "no CORS unless asked"
+
+    got = serve_in_process(widened, asks)
+    for what in ("rebound", "no origin, another host", "its own page", "a name under a wildcard"):
+        assert got[what].status_code == 200, what
+    assert got["a page of a CORS origin"].status_code == 200
+    assert got["a page of a CORS origin"].headers["access-control-allow-origin"] == "https://app.example"
+    assert got["preflight"].headers["access-control-allow-origin"] == "https://app.example"
+    assert_one_line_error(got["a page elsewhere"], 403)
+    assert_one_line_error(got["localhost"], 400), "--allowed-hosts replaces the default names"
+
+
+def test_the_default_host_names_are_the_bound_address():
+    assert ServeSettings().host_names() == ["127.0.0.1", "::1", "localhost"]
+    assert ServeSettings(host="localhost").host_names() == ["127.0.0.1", "::1", "localhost"]
+    assert ServeSettings(host="192.168.1.5").host_names() == ["192.168.1.5"]
+    assert ServeSettings(host="0.0.0.0").host_names() == ["*"]
+    assert ServeSettings(host="0.0.0.0", allowed_hosts="Api.Example, *.lan").host_names() == ["api.example", "*.lan"]
 
 
 # ---- a real server process on loopback ----
@@ -340,7 +520,8 @@ def server(tmp_path_factory):
     (base / "cache").mkdir()
     env = environment(RNNSENT_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
     with ServerProcess("gru", "--max-wait-ms", "5", "--body-timeout-s", "3", "--max-body-bytes", "10000",
-                       cwd=base / "cwd", env=env, log=base / "server.log") as s:
+                       "--header-timeout-s", "2", "--limit-concurrency", "40", cwd=base / "cwd", env=env,
+                       log=base / "server.log") as s:
         s.base = base
         yield s
 
@@ -376,7 +557,7 @@ def test_curl_style_form_body_is_read_as_json(server, released):
 
 
 def test_raw_http_bad_requests(server):
-    head = "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    head = "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
     chunk = b"9c40\r\n" + b"x" * 40000 + b"\r\n"  # chunked: 40,000 bytes, no Content-Length to refuse it by
     cases = {
         "declared over the bound": ((head + "Content-Length: 20000\r\n\r\n").encode() + b"{" * 20000, 413),
@@ -392,13 +573,14 @@ def test_raw_http_bad_requests(server):
 def test_slow_and_vanishing_clients_do_not_stall_others(server):
     host, port = server.host, server.port
     slow = socket.create_connection((host, port), timeout=30)
-    slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 100\r\n\r\n{\"texts\": [")  # ... and then nothing
     started = time.monotonic()
     body = b'{"texts": ["a film"]}'
     for _ in range(20):  # clients that send a request and leave at once
         with socket.create_connection((host, port), timeout=10) as gone:
-            gone.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            gone.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
     status, body = post(server.url + "/v1/predict", b'{"texts": ["A fine film."]}')
     assert status == 200 and body["results"][0]["label"] in ("positive", "negative")
     waited = time.monotonic() - started
@@ -419,6 +601,151 @@ def test_requests_write_nothing_to_disk(server):
     assert list((server.base / "cwd").iterdir()) == [] and list((server.base / "cache").iterdir()) == []
 
 
+def json_answer(answer: bytes, status: int) -> dict:
+    """The body of a raw HTTP answer that must have `status` and be {"error": one line}."""
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert "\n" not in error and "Traceback" not in error
+    return error
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sends until it closes the connection, within `seconds`."""
+    sock.settimeout(seconds)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, socket.timeout):
+        pass
+    return b"".join(chunks)
+
+
+def test_request_heads_are_bounded_in_bytes_lines_and_time(server):
+    host = b"Host: 127.0.0.1:%d\r\n" % server.port
+    big = raw_request(server.url, b"GET /healthz HTTP/1.1\r\n" + host + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    assert "--max-header-bytes" in json_answer(big, 431)
+    many = raw_request(server.url, b"GET /healthz HTTP/1.1\r\n" + host + b"X-A: 1\r\n" * 101 + b"\r\n")
+    assert "--max-headers" in json_answer(many, 431)
+    assert "not valid HTTP" in json_answer(raw_request(server.url, b"GARBAGE\x00 /\r\n\r\n"), 400)
+
+    # A header that never ends, sent 64 KiB at a time: the server stops reading it at the bound (it answers, or
+    # resets the connection) rather than read on (a 200 MB header was read whole, slowing every other request).
+    pieces, started = 0, time.monotonic()
+    with socket.create_connection((server.host, server.port), timeout=10) as endless:
+        endless.sendall(b"GET /healthz HTTP/1.1\r\n" + host + b"X-Endless: ")
+        while pieces < 32 and not select.select([endless], [], [], 0.5)[0]:  # at most 2 MiB
+            try:
+                endless.sendall(b"a" * 65536)
+            except OSError:  # reset: the server has refused it
+                break
+            pieces += 1
+        answer = read_until_closed(endless, 10)
+    assert pieces <= 3, f"the server read on to {pieces * 64} KiB of one header"
+    assert answer == b"" or "--max-header-bytes" in json_answer(answer, 431)
+    with urllib.request.urlopen(server.url + "/healthz", timeout=10) as r:
+        assert r.status == 200 and time.monotonic() - started < 10
+
+    # Half a head, and nothing at all: both closed with a 408 after --header-timeout-s (2 s here).
+    half, silent = (socket.create_connection((server.host, server.port), timeout=10) for _ in range(2))
+    half.sendall(b"GET /healthz HTTP/1.1\r\n" + host + b"X-Slow: ")
+    started = time.monotonic()
+    answers = [read_until_closed(c, 15) for c in (half, silent)]
+    waited = time.monotonic() - started
+    half.close(), silent.close()
+    for answer in answers:
+        assert "--header-timeout-s" in json_answer(answer, 408)
+    assert 1 < waited < 12
+
+
+def test_connections_beyond_the_limit_are_answered_503_and_closed(server):
+    conns = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(45)]  # the limit: 40
+    try:
+        time.sleep(1)  # (the idle ones get their 408 only after 2 s)
+        readable = select.select(conns, [], [], 0)[0]
+        refused = [read_until_closed(c, 5) for c in readable]
+    finally:
+        for c in conns:
+            c.close()
+    assert [conns.index(c) for c in readable] == list(range(40, 45)), [conns.index(c) for c in readable]
+    for answer in refused:
+        assert "--limit-concurrency" in json_answer(answer, 503)
+    for _ in range(50):  # the closed ones leave the server's count as it reads their end
+        status, _ = post(server.url + "/v1/predict", b'{"texts": ["A fine film."]}')
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert status == 200
+
+
+def test_a_rebinding_page_cannot_drive_the_server(server):
+    body = b'{"texts": ["a film"]}'
+    answer = raw_request(server.url, b"POST /v1/predict HTTP/1.1\r\nHost: evil.example\r\nOrigin: http://evil.example\r\n"
+                         b"Content-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+    assert "evil.example" in json_answer(answer, 400)
+
+
+LONG_REVIEWS = sorted(REVIEWS, key=len)[-8:]
+
+
+def send_explain(port: int, texts: list[str]) -> socket.socket:
+    body = json.dumps({"texts": texts}).encode()
+    c = socket.create_connection(("127.0.0.1", port), timeout=60)
+    c.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(body), body))
+    return c
+
+
+def model_info_of(url: str) -> dict:
+    with urllib.request.urlopen(url + "/v1/model", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_explanations_stop_when_their_client_goes_and_when_the_server_stops(tmp_path):
+    pytest.importorskip("captum", reason="explanations need Captum")
+    env = environment(OMP_NUM_THREADS="1")
+    with ServerProcess("gru", "--drain-s", "5", cwd=tmp_path, env=env, log=tmp_path / "server.log") as s:
+        gone = [send_explain(s.port, LONG_REVIEWS) for _ in range(4)]  # 4 x 8 long texts: the whole explain queue
+        for _ in range(100):
+            if model_info_of(s.url)["explain_work"] == 4 * 8 * 50:
+                break
+            time.sleep(0.05)
+        for c in gone:  # the clients leave before any answer
+            c.close()
+        started = time.monotonic()
+        status, _ = post(s.url + "/v1/predict", b'{"texts": ["A fine film."]}')
+        answered_in = time.monotonic() - started
+        for _ in range(200):  # the work stops within one text each
+            after_gone = model_info_of(s.url)
+            if after_gone["explain_work"] == 0:
+                break
+            time.sleep(0.05)
+
+        # SIGTERM with explanations under way: each is answered 503 after the text at hand, in the JSON shape.
+        conns = [send_explain(s.port, LONG_REVIEWS) for _ in range(3)]
+        for _ in range(200):
+            if model_info_of(s.url)["explained_texts"] > after_gone["explained_texts"]:
+                break
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        answers = [read_until_closed(c, 30) for c in conns]
+        for c in conns:
+            c.close()
+        code = s.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert status == 200 and answered_in < 10, answered_in
+    assert after_gone["explain_work"] == 0, after_gone
+    assert after_gone["explained_texts"] <= 4, f"{after_gone['explained_texts']} of 32 texts explained for nobody"
+    assert "client went away" in log
+    assert code == 0, log[-2000:]
+    for answer in answers:
+        assert "shutting down" in json_answer(answer, 503)
+    assert "Traceback" not in log and "Exception" not in log, log[-3000:]
+
+
 def test_sigterm_answers_in_flight_requests_then_exits_0(tmp_path, released):
     texts = REVIEWS[:8]
     body = json.dumps({"texts": texts}).encode()
@@ -426,8 +753,8 @@ def test_sigterm_answers_in_flight_requests_then_exits_0(tmp_path, released):
     with ServerProcess("gru", cwd=tmp_path, env=env, log=tmp_path / "server.log") as s:
         # In flight for sure: half the body is in when SIGTERM comes, the rest after it.
         with socket.create_connection((s.host, s.port), timeout=60) as c:
-            c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                      % (len(body), body[:len(body) // 2]))
+            c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:len(body) // 2]))
             time.sleep(0.5)
             s.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)

@@ -1,6 +1,7 @@
 """The demo page in a real browser: headless Chromium (Debian's chromium + chromedriver, through Selenium) against a
 real `rnnsent serve` process on loopback. It types a review, presses the button and reads the answer from the DOM."""
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -36,6 +37,7 @@ def browser(tmp_path):
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,760"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # console and network
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     try:
@@ -79,3 +81,20 @@ def test_page_classifies_a_typed_review(browser, tmp_path):
     if os.environ.get("RNNSENT_UPDATE_DOCS_SCREENSHOT"):  # the docs' copy, on request only: tests write no repo file
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(tmp_path / "page.png", DOCS_SCREENSHOT)
+
+
+def test_docs_page_loads_nothing_from_elsewhere(browser, tmp_path):
+    env = environment(OMP_NUM_THREADS="1", RNNSENT_CACHE=str(tmp_path / "cache"))
+    with ServerProcess("gru", cwd=tmp_path, env=env, log=tmp_path / "server.log") as server:
+        browser.get(server.url + "/docs")
+        WebDriverWait(browser, 60).until(lambda d: "/v1/explain" in d.find_element(By.TAG_NAME, "body").text)
+        headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+        link = browser.find_element(By.CSS_SELECTOR, 'a[href="/openapi.json"]')
+        requested = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+        console = browser.get_log("browser")
+    urls = {m["params"]["request"]["url"] for m in requested if m["method"] == "Network.requestWillBeSent"}
+    network = {u for u in urls if u.split(":")[0] in ("http", "https", "ws", "wss")}  # (not chrome:// nor data:)
+    assert server.url + "/docs" in network and all(u.startswith(server.url + "/") for u in network), network
+    assert console == [], console
+    assert {"POST /v1/predict", "POST /v1/explain", "GET /v1/model", "GET /healthz"} <= set(headings), headings
+    assert link.is_displayed()

@@ -4,16 +4,19 @@
     POST /v1/explain  {"texts": [...]} -> {"results": [rnnsent.explain's Explanation.to_json() per text]}
     GET  /v1/model    the model: cell, layers, parameters, vocabulary, labels, metrics, limits
     GET  /healthz     the process answers;   GET /readyz: the model is loaded and warmed up
-    GET  /            the demo page;         GET /docs: the OpenAPI page
+    GET  /            the demo page;         GET /docs: the API as a plain page (GET /openapi.json: its schema)
 
 Every error is {"error": "one line"} with a 4xx status (5xx only for the server's own faults). Requests are
 read into memory within --max-body-bytes and answered from it; nothing a request sends is written to disk.
+What is checked before a route runs (Host, Origin, the body) is in rnnsent.serve.guards; the request head and
+the connections are bounded by `rnnsent serve`'s server (rnnsent.serve.server).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import html
 import importlib.resources
 import importlib.util
 import json
@@ -25,15 +28,18 @@ from typing import Any
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import HTMLResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ModuleNotFoundError as e:  # the `serve` extra is not installed
     raise ModuleNotFoundError(f"rnnsent serve needs FastAPI and uvicorn ({e.name} is missing): "
                               "pip install 'rnnsent[serve]'", name=e.name) from None
 
+from rnnsent.config import ExplainConfig
 from rnnsent.inference.evaluate import class_names
-from rnnsent.serve.batcher import DynamicBatcher, Unavailable
+from rnnsent.serve.batcher import DynamicBatcher, TooLarge, Unavailable, WorkQueue
+from rnnsent.serve.guards import AnswerCancelled, BodyLimit, HostCheck, SafeJSONResponse, error
 from rnnsent.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -48,18 +54,6 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-class SafeJSONResponse(JSONResponse):
-    """JSON in ASCII: a text echoed back may hold lone surrogates ("\\ud800" in the request), which UTF-8
-    cannot encode; escaped, every string the request could carry goes back out as valid JSON."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def error(status: int, message: str) -> SafeJSONResponse:
-    return SafeJSONResponse({"error": message}, status_code=status)
-
-
 # ---- request and response models (validation, and the OpenAPI page's schemas) ----
 
 class TextsRequest(BaseModel):
@@ -71,6 +65,8 @@ class TextsRequest(BaseModel):
 class ExplainRequest(TextsRequest):
     target: StrictStr | None = Field(None, description="the class to attribute toward, by name [the second of two "
                                                       "(positive for IMDB), else the predicted one]")
+    steps: StrictInt | None = Field(None, description="integration steps [the server's --explain-steps, also the "
+                                                     "most a request may ask for]")
 
 
 class PredictResult(BaseModel):
@@ -120,61 +116,6 @@ def parse_texts(body: bytes, model: type[TextsRequest], max_texts: int, max_char
         if len(text) > max_chars:
             raise ApiError(413, f"texts.{i}: {len(text)} characters, at most {max_chars} per text")
     return request
-
-
-# ---- the request body, bounded in size and time before any route sees it ----
-
-class BodyLimit:
-    """Pure ASGI middleware: a POST body is read whole (at most max_bytes, within timeout_s) before the route
-    runs, so an over-long body costs no more than the limit and a slow client holds only its own request."""
-
-    def __init__(self, app, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            status, why = (413, f"the body is over {self.max_bytes} bytes") if declared.isdigit() else (
-                400, "the Content-Length header is not a number")
-            return await error(status, why)(scope, receive, send)
-        try:
-            body = await asyncio.wait_for(self._read(receive), self.timeout_s)
-        except TimeoutError:
-            return await error(408, f"the body took more than {self.timeout_s:g} s to arrive")(scope, receive, send)
-        except _TooLarge:
-            return await error(413, f"the body is over {self.max_bytes} bytes")(scope, receive, send)
-        if body is None:  # the client went away
-            return
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _read(self, receive) -> bytes | None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise _TooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 # ---- the model's side: what runs on the worker thread ----
@@ -257,7 +198,9 @@ def model_info(loaded, settings: ServeSettings) -> dict:
         "metrics": metrics,
         "released": _released_entry(loaded.path),
         "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
-                   "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts},
+                   "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts,
+                   "max_queue": settings.max_queue, "explain_steps": settings.explain_steps,
+                   "max_explain_work": settings.max_explain_work},
         "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
     }
 
@@ -271,13 +214,21 @@ def create_app(loaded, settings: ServeSettings | None = None, **overrides) -> Fa
     settings = dataclasses.replace(settings or ServeSettings(), **overrides)
     batcher = DynamicBatcher(predict_work(loaded, settings.max_batch), settings.max_batch, settings.max_wait_ms,
                              settings.max_queue)
-    served = _Served(loaded, settings, batcher)
+    served = _Served(loaded, settings, batcher, WorkQueue(batcher, settings.max_explain_work, "texts x steps"))
     app = FastAPI(title="rnnsent", summary="Sentiment (or your own classes) of texts with an rnnsent model",
-                  lifespan=_lifespan(served), default_response_class=SafeJSONResponse)
+                  lifespan=_lifespan(served), default_response_class=SafeJSONResponse, docs_url=None,
+                  redoc_url=None)
+    # The last added runs first: a request cancelled at shutdown, then who may call, then the body.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    app.state.batcher, app.state.settings = batcher, settings
+    if settings.cors_origins():
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins(), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type"])
+    app.add_middleware(HostCheck, hosts=settings.host_names(), origins=settings.cors_origins())
+    app.add_middleware(AnswerCancelled)
+    app.state.batcher, app.state.settings, app.state.served = batcher, settings, served
     _add_error_handlers(app)
     _add_status_routes(app, served)
+    _add_docs_page(app)
     _add_predict_route(app, served)
     _add_explain_route(app, served)
     return app
@@ -290,8 +241,14 @@ class _Served:
     loaded: Any
     settings: ServeSettings
     batcher: DynamicBatcher
+    explains: WorkQueue  # /v1/explain's work, in texts x steps
     ready: bool = False  # the warm-up forward has finished
     explain: bool | None = None  # explanations work (None: not known yet)
+    stopping: bool = False  # the server is draining (SIGTERM): explanations stop at their next text
+
+    def begin_drain(self) -> None:
+        """The server has begun to shut down: explanations in flight are answered 503 after the text at hand."""
+        self.stopping = True
 
 
 def _lifespan(served: _Served):
@@ -311,7 +268,7 @@ def _lifespan(served: _Served):
         try:
             yield
         finally:
-            served.ready = False
+            served.ready, served.stopping = False, True
             if not task.done():
                 task.cancel()
             await served.batcher.stop()
@@ -366,7 +323,45 @@ def _add_status_routes(app: FastAPI, served: _Served) -> None:
     async def model() -> dict:
         """The model behind the API: cell, layers, parameters, vocabulary, labels, its metrics and the limits."""
         batcher = served.batcher
-        return {**info, "explain": served.explain, "batches": batcher.batches, "batched_texts": batcher.texts}
+        return {**info, "explain": served.explain, "batches": batcher.batches, "batched_texts": batcher.texts,
+                "explained_texts": served.explains.chunks, "explain_work": served.explains.admitted}
+
+
+def _add_docs_page(app: FastAPI) -> None:
+    """GET /docs: the API as one plain page made from the OpenAPI schema, with nothing from elsewhere (FastAPI's
+    Swagger page loads its script from a CDN: it fails offline, and runs a third party's script on this origin)."""
+    pages: list[str] = []
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():
+        pages[:] = pages or [api_page(app.openapi())]
+        return HTMLResponse(pages[0], headers={"Content-Security-Policy": "default-src 'none'; style-src "
+                                                                          "'unsafe-inline'; img-src data:"})
+
+
+def api_page(schema: dict) -> str:
+    """The OpenAPI schema as HTML: each route's summary, description, request body and answers, every text escaped."""
+    esc, parts = html.escape, []
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            answers = "".join(f"<li><b>{esc(str(code))}</b> {esc(r.get('description', ''))}</li>"
+                              for code, r in op.get("responses", {}).items())
+            parts.append(f'<section><h2><code>{esc(method.upper())} {esc(path)}</code></h2>'
+                         f'<p>{esc(op.get("summary", ""))}</p><p>{esc(op.get("description", ""))}</p>'
+                         + (f"<h3>Request body (JSON)</h3><pre>{esc(json.dumps(body, indent=2))}</pre>" if body else "")
+                         + f"<h3>Answers</h3><ul>{answers}</ul></section>")
+    schemas = schema.get("components", {}).get("schemas", {})
+    title = f"{schema['info']['title']} {schema['info'].get('version', '')}".strip()
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+            f"<title>{esc(title)}: the API</title><style>"
+            "body{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:1.5em auto;padding:0 1em;color:#111}"
+            "pre{background:#f4f4f4;padding:.6em;overflow-x:auto;font-size:13px}section{border-top:1px solid #ddd}"
+            f"</style></head><body><h1>{esc(title)}: the API</h1><p>{esc(schema['info'].get('summary', ''))}. "
+            'The schema as JSON: <a href="/openapi.json">/openapi.json</a> (OpenAPI '
+            f'{esc(schema.get("openapi", ""))}); the demo page: <a href="/">/</a>. Every error is '
+            '<code>{"error": "one line"}</code>.</p>\n' + "\n".join(parts)
+            + f"\n<section><h2>Schemas</h2><pre>{esc(json.dumps(schemas, indent=2))}</pre></section></body></html>\n")
 
 
 # The POST bodies are parsed by the routes rather than by FastAPI, so that `curl -d '{...}'` (a form content type)
@@ -387,6 +382,8 @@ def _add_predict_route(app: FastAPI, served: _Served) -> None:
         texts = parse_texts(await request.body(), TextsRequest, settings.max_texts, settings.max_chars).texts
         try:
             predictions = await served.batcher.submit(texts)
+        except TooLarge as e:
+            raise ApiError(413, str(e)) from None
         except Unavailable as e:
             raise ApiError(503, str(e)) from None
         # A Response as it is: response_model documents the shape, and validating our own output again costs
@@ -395,7 +392,8 @@ def _add_predict_route(app: FastAPI, served: _Served) -> None:
 
 
 def _add_explain_route(app: FastAPI, served: _Served) -> None:
-    """POST /v1/explain: integrated gradients on the model's thread; 501 without Captum (/v1/model then says so)."""
+    """POST /v1/explain: integrated gradients on the model's thread, one text at a time between the batches, within
+    --max-explain-work; stopped when the client goes away or the server drains. 501 without Captum."""
     settings = served.settings
 
     @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra=_body_schema(ExplainRequest),
@@ -403,23 +401,81 @@ def _add_explain_route(app: FastAPI, served: _Served) -> None:
     async def explain(request: Request):
         """Each word's attribution to the class (integrated gradients, rnnsent.explain), with the prediction."""
         req = parse_texts(await request.body(), ExplainRequest, settings.max_explain_texts, settings.max_chars)
-
-        def run():  # on the model's thread, between batches
-            explain_fn = _import_explain()  # (importing Captum takes a while: not on the event loop)
-            try:
-                found = explain_fn(served.loaded, req.texts, target=req.target, method="ig",
-                                   steps=settings.explain_steps)
-            except ImportError as e:
-                raise ApiError(501, f"explanations are not available: {str(e).splitlines()[0]}") from None
-            except (ValueError, TypeError, KeyError) as e:  # a target the model does not have, and the like
-                raise ApiError(422, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-            return [x.to_json() for x in found]
-
+        steps = explain_steps(req.steps, settings.explain_steps)
+        if served.stopping:
+            raise ApiError(503, SHUTTING_DOWN)
         try:
-            results = await served.batcher.on_worker(run)
+            with served.explains.admit(len(req.texts) * steps):
+                results = await _unless_gone(request, _explain_each(served, req, steps))
+        except TooLarge as e:
+            raise ApiError(413, f"{e}: --max-explain-work; send fewer texts or steps") from None
+        except Unavailable as e:
+            raise ApiError(503, str(e)) from None
         except ApiError as e:
             if e.status == 501:
                 served.explain = False
             raise
+        if results is None:  # nobody is there to read an answer
+            log.info("an explain request's client went away: its work stopped")
+            return Response(status_code=499)
         served.explain = True
         return SafeJSONResponse({"results": results})
+
+
+SHUTTING_DOWN = "the server is shutting down: explanations in progress stop; retry shortly"
+
+
+def explain_steps(asked: int | None, most: int) -> int:
+    """A request's integration steps: ExplainConfig's rule (the command's and explain()'s line), at most `most`
+    (--explain-steps); None is `most`. ApiError 422 otherwise."""
+    if asked is None:
+        return most
+    try:
+        ExplainConfig(steps=asked)
+    except ValueError as e:
+        raise ApiError(422, str(e)) from None
+    if asked > most:
+        raise ApiError(422, f"steps must be at most {most} on this server (--explain-steps), got {asked}")
+    return asked
+
+
+async def _explain_each(served: _Served, req: ExplainRequest, steps: int) -> list[dict]:
+    """explain(loaded, [text]) for each text in turn, each a chunk of the explain queue on the model's thread."""
+    results = []
+    for text in req.texts:
+        if served.stopping:
+            raise ApiError(503, SHUTTING_DOWN)
+        results.append(await served.explains.run(_explain_one, served.loaded, text, req.target, steps))
+    return results
+
+
+def _explain_one(loaded, text: str, target: str | None, steps: int) -> dict:
+    """One text's attributions, on the model's thread; ApiError 501 without Captum, 422 for an unknown target."""
+    explain_fn = _import_explain()  # (importing Captum takes a while: not on the event loop)
+    try:
+        return explain_fn(loaded, [text], target=target, method="ig", steps=steps)[0].to_json()
+    except ImportError as e:
+        raise ApiError(501, f"explanations are not available: {str(e).splitlines()[0]}") from None
+    except (ValueError, TypeError, KeyError) as e:  # a target the model does not have, and the like
+        raise ApiError(422, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+async def _unless_gone(request: Request, work) -> Any:
+    """`await work`, unless the client goes away first: then the work is cancelled (it stops after the text on the
+    model's thread) and the answer is None."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])  # its text on the model's thread finishes first
+    return None if task.cancelled() else task.result()
+
+
+async def _disconnected(receive) -> None:
+    """Returns once the server says the client has gone (after the body, the next message is that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -5,13 +5,15 @@ max_batch texts or max_wait_ms have passed, and runs on the worker thread while 
 load batches fill by themselves. The wait is only spent while requests overlap (the last batch held more than
 one): a lone client is answered at once instead of waiting for company that is not coming. Each request gets
 its own texts' answers back, in its order. All model work (batches, warm-up, attributions) goes through the one
-thread: rnnsent's fused CPU kernel and PyTorch's
-autograd state are not to be shared between threads, and one thread keeps the outputs those of one caller.
+thread: rnnsent's fused CPU kernel and PyTorch's autograd state are not to be shared between threads, and one
+thread keeps the outputs those of one caller. Other work (attributions) goes through a WorkQueue: bounded, and
+run in small chunks between the batches, so that it never holds the thread for long.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,6 +21,10 @@ from typing import Any, Callable
 
 class Unavailable(RuntimeError):
     """More texts are waiting than the queue may hold, or the batcher has stopped: answer 503, let the client retry."""
+
+
+class TooLarge(ValueError):
+    """One request is more than the queue can ever hold: answer 413, a retry cannot help."""
 
 
 @dataclass
@@ -62,6 +68,9 @@ class DynamicBatcher:
     async def submit(self, texts: list) -> list:
         if self._task is None or self._task.done():
             raise Unavailable("the server is not running its model (starting or shutting down)")
+        if len(texts) > self.max_queue:
+            raise TooLarge(f"the request holds {len(texts)} texts, more than the queue does ({self.max_queue}: "
+                           "--max-queue); send fewer at a time")
         if self._pending_texts + len(texts) > self.max_queue:
             raise Unavailable(f"the server is busy ({self._pending_texts} texts waiting); retry shortly")
         job = _Job(list(texts), asyncio.get_running_loop().create_future())
@@ -115,3 +124,47 @@ class DynamicBatcher:
                 if not job.future.done():
                     job.future.set_result(results[start:start + len(job.texts)])
                 start += len(job.texts)
+
+
+class WorkQueue:
+    """Work besides the batches (attributions): admitted up to `limit` units at once (texts x steps), and run on the
+    batcher's worker one chunk at a time, so a batch waits for at most one chunk, and a request that goes away
+    (its task cancelled) stops after the chunk that is running."""
+
+    def __init__(self, batcher: DynamicBatcher, limit: int, unit: str = "units"):
+        self.batcher, self.limit, self.unit = batcher, limit, unit
+        self.admitted = 0  # units admitted now, running and waiting
+        self.chunks = 0  # chunks the worker has run (those of requests gone since too)
+        self._turn: asyncio.Lock | None = None
+
+    @contextlib.contextmanager
+    def admit(self, units: int):
+        """Hold `units` of the queue for the block: TooLarge beyond the whole queue, Unavailable beyond what is free."""
+        if units > self.limit:
+            raise TooLarge(f"the request is {units} {self.unit}, more than the queue holds ({self.limit})")
+        if self.admitted + units > self.limit:
+            raise Unavailable(f"the server is busy ({self.admitted} {self.unit} of work waiting); retry shortly")
+        self.admitted += units
+        try:
+            yield
+        finally:
+            self.admitted -= units
+
+    async def run(self, fn: Callable[..., Any], *args) -> Any:
+        """fn(*args) on the worker thread, once no other chunk of this queue is there. Cancelled, it lets the
+        chunk on the worker finish before the next may start (the thread runs one thing at a time anyway)."""
+        self._turn = self._turn or asyncio.Lock()
+        async with self._turn:
+            try:
+                running = self.batcher.executor.submit(fn, *args)
+            except RuntimeError:  # the executor has shut down
+                raise Unavailable("the server is not running its model (shutting down)") from None
+            done = asyncio.wrap_future(running)
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                if not running.cancel():  # started: the thread finishes it before the next chunk may go
+                    await asyncio.wait([done])
+                raise
+            finally:
+                self.chunks += not running.cancelled()
