@@ -857,3 +857,18 @@ def test_bench_serve_smoke(tmp_path):
         (m, c) for m in ("on", "off") for c in (1, 4)
     }
     assert all(r["wrong"] == 0 and r["requests"] > 0 for r in result["rows"])
+
+
+@pytest.mark.slow  # a server process and explanations for a few seconds
+def test_bench_serve_explain_load_smoke(tmp_path):
+    pytest.importorskip("captum", reason="explanations need Captum")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench_serve.py"), "--fixture", "--requests", "50", "--seconds", "3",
+         "--explain-load", "2", "--json", str(out)], capture_output=True, text=True,
+        env=environment(OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    alone, loaded = json.loads(out.read_text())["rows"]
+    assert (alone["explain_clients"], loaded["explain_clients"]) == (0, 2)
+    assert alone["predict_errors"] == loaded["predict_errors"] == 0 and loaded["predicts"] > 0
+    assert alone["p99_ms"] > 0 and loaded["p99_ms"] > 0

@@ -7,6 +7,7 @@ requests that reports the server's memory and checks every answer. It starts its
     python tools/bench_serve.py                     # the table (docs/serve.md)
     python tools/bench_serve.py --soak 180          # the soak run
     python tools/bench_serve.py --model-only        # no server: what batching gains in the model alone
+    python tools/bench_serve.py --explain-load 6    # predict's latency while 6 clients ask for explanations
 """
 from __future__ import annotations
 
@@ -270,6 +271,62 @@ def soak(args) -> dict:
     return result
 
 
+def explain_load(args) -> dict:
+    """Predict's latency (one review per request, one client at a time) for args.seconds with no explanations asked
+    for, then for args.seconds while args.explain_load clients each keep asking /v1/explain for 8 reviews of 2,000
+    characters (a refused one, 503, asks again 0.1 s later). One server, --threads args.threads."""
+    pool = reviews(2000, args.seed, args.fixture)
+    long = [t[:2000] for t in sorted(set(pool), key=len, reverse=True)[:8]]
+    explain_body = json.dumps({"texts": long}).encode()
+    bodies = [json.dumps({"texts": [t]}).encode() for t in pool[:args.requests]]
+    env = environment(OMP_NUM_THREADS=str(args.threads))
+    rows = []
+    with ServerProcess(args.checkpoint, "--threads", str(args.threads), env=env) as server:
+        host, port = server.host, server.port
+
+        async def asking(counts: dict, stop: asyncio.Event):
+            conn = Connection(host, port)
+            while not stop.is_set():
+                try:
+                    status, _ = await conn.post("/v1/explain", explain_body)
+                except (OSError, asyncio.IncompleteReadError):
+                    status = 0
+                    conn.close()
+                counts[status] = counts.get(status, 0) + 1
+                if status != 200:
+                    await asyncio.sleep(0.1)
+            conn.close()
+
+        async def phase(clients: int) -> dict:
+            counts, stop = {}, asyncio.Event()
+            askers = [asyncio.create_task(asking(counts, stop)) for _ in range(clients)]
+            await asyncio.sleep(1.0 if clients else 0)  # the explanations under way first
+            run = await load(server.url, bodies, 1, args.seconds)
+            stop.set()
+            for task in askers:  # (a client leaving: a server that notices stops its work)
+                task.cancel()
+            await asyncio.gather(*askers, return_exceptions=True)
+            return {"explain_clients": clients, "predicts": len(run["latencies"]),
+                    "p50_ms": 1000 * statistics.median(run["latencies"]),
+                    "p99_ms": 1000 * percentile(run["latencies"], 0.99), "max_ms": 1000 * max(run["latencies"]),
+                    "predict_errors": sum(status != 200 for status, _ in run["answers"].values()),
+                    "explains_answered": counts.get(200, 0),
+                    "explains_refused": sum(counts.values()) - counts.get(200, 0),
+                    "explained_texts_per_s": 8 * counts.get(200, 0) / run["seconds"]}
+
+        async def warm():  # the allocator, and Captum's import
+            await load(server.url, bodies[:20], 1, 30)
+            conn = Connection(host, port)
+            await conn.post("/v1/explain", json.dumps({"texts": long[:1]}).encode())
+            conn.close()
+
+        asyncio.run(warm())
+        for clients in (0, args.explain_load):
+            rows.append(asyncio.run(phase(clients)))
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "explain_texts": len(long), "explain_chars": [len(t) for t in long]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="gru", help="what the server serves [gru]")
@@ -287,13 +344,16 @@ def main(argv=None) -> int:
     p.add_argument("--soak-concurrency", type=int, default=16, help="clients at once in the soak run [16]")
     p.add_argument("--model-only", action="store_true",
                    help="no server: the model work alone in this process, one text per forward against --max-batch")
+    p.add_argument("--explain-load", type=int, default=None, metavar="CLIENTS",
+                   help="predict's latency alone, then while CLIENTS clients ask /v1/explain for 8 long reviews")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     if args.soak is not None and not 0 < args.soak <= 3600:
         p.error("--soak takes 1 to 3600 seconds")
-    if args.soak is None and not args.model_only:
+    if args.soak is None and not args.model_only and args.explain_load is None:
         print(HEADER, flush=True)
-    result = soak(args) if args.soak is not None else model_only(args) if args.model_only else table(args)
+    result = (soak(args) if args.soak is not None else model_only(args) if args.model_only else
+              explain_load(args) if args.explain_load is not None else table(args))
     from bench_report import machine_info
 
     result["machine"] = machine_info("cpu")
