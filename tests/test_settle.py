@@ -19,7 +19,7 @@ from rnnsent.training.task import Task
 from rnnsent.training.trainer import Trainer, train
 from test_train import tiny
 
-OLD_RUN = Path(__file__).parent / "fixtures" / "run_fb73b0c"  # a classifier's run folder: last.pt, best.pt
+OLD_RUN = Path(__file__).parent / "fixtures" / "run_killed_mid_epoch"  # a classifier's run folder: last.pt, best.pt
 
 
 def counted(monkeypatch, module, name: str) -> list:
