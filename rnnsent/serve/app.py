@@ -256,6 +256,7 @@ def model_info(loaded, settings: ServeSettings) -> dict:
         "max_len": loaded.max_len,
         "metrics": metrics,
         "released": _released_entry(loaded.path),
+        "init_from": loaded.provenance,  # where its training started (--init-from: name or path, sha256), or None
         "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
                    "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts},
         "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
