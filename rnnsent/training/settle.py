@@ -15,9 +15,8 @@ import torch
 from rnnsent import runtime
 from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
 from rnnsent.data import PreparedData, prepare_data
-from rnnsent.training import report
+from rnnsent.training import freeze, report
 from rnnsent.training.classification import Classification
-from rnnsent.training import freeze
 from rnnsent.training.distributed import Distributed
 from rnnsent.training.handover import SHAPE_TAKEN, InitFrom, check_given_data, settle_head, settle_init
 from rnnsent.training.resume import ResumePoint, check_resume, find_resume
@@ -69,11 +68,11 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
         config = dataclasses.replace(config, resume=start.path)
     if init is not None:
         log(f"from --init-from {init.given}: " + ", ".join(f"{k} {getattr(config, k)}" for k in SHAPE_TAKEN))
-    if data is None and init is not None:  # its vocabulary and tokenizer encode the data
-        data = prepare_data(config, init.vocab_rows, vocab=init.vocab, extend_vocab=init.extend_vocab)
+    if data is None:  # with --init-from, its vocabulary and tokenizer encode the data
+        data = (prepare_data(config, init.vocab_rows, vocab=init.vocab, extend_vocab=init.extend_vocab) if init
+                else prepare_data(config, config.vocab_size))
     elif init is not None:
         check_given_data(data, init)
-    data = data if data is not None else prepare_data(config, config.vocab_size)
     config, taken = settings_from_data(config, data)
     if taken:
         log(f"from the data: {taken}")
