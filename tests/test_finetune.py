@@ -365,3 +365,17 @@ def test_under_torchrun_what_unfreezes_trains_alike_on_every_rank(tmp_path, sour
         ranks = [torch.load(tmp_path / f"run-rank{r}-epoch{epoch}.pt") for r in (0, 1)]
         assert_same_weights(*ranks)
         assert {k.split(".")[0] for k in start if not torch.equal(ranks[0][k], start[k])} == moved, epoch
+
+
+def test_data_prepared_in_python_must_carry_the_checkpoints_vocabulary(tmp_path, source):
+    rows = [r for r in fixture_rows() if r["split"] != "test"]
+    texts, labels = [r["text"] for r in rows], [{"neg": "negative", "pos": "positive"}[r["label"]] for r in rows]
+    config = TrainConfig(init_from=str(source), max_len=60, batch_size=4, threads=1, quiet=True, epochs=1,
+                         out=str(tmp_path / "run"))
+    given = rnnsent.prepare_texts(texts, labels, vocab=load_checkpoint(source).vocab, vocab_size=300, max_len=60,
+                                  val_fraction=0.25)
+    t = Trainer(config, given)
+    assert t.init_from.head_kept and t.config.vocab_size == 300
+    with pytest.raises(ValueError, match="prepared with its own vocabulary") as refused:
+        Trainer(config, rnnsent.prepare_texts(texts, labels, vocab_size=300, max_len=60, val_fraction=0.25))
+    one_line(refused)

@@ -166,7 +166,8 @@ def load_into(model: SentimentRNN, path, vocab) -> str:
                               "pretrain with the same --cell, --vocab-size, --embed-dim, --hidden-size and --layers")
     if state.get("vocab") != vocab.to_dict():
         raise CheckpointError(f"the language model {path} was trained with another vocabulary than the data prepared "
-                              "now; pretrain and fine-tune on the same data with the same --vocab-size and --limit")
+                              "now; pretrain and fine-tune on the same data with the same --vocab-size and --limit, "
+                              "or start from it with --init-from, which brings its vocabulary along")
     weights = {k: v for k, v in state["model_state"].items() if k.startswith(("embedding.", "rnn."))}
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
