@@ -4,6 +4,7 @@
     loaded = rnnsent.load_checkpoint("gru")             # a released model by name, or a file / run folder
     rnnsent.predict(loaded, ["A wonderful film."])      # probabilities and labels
     rnnsent.explain(loaded, ["A wonderful film."])      # and which words made it say so (needs rnnsent[explain])
+    rnnsent.fine_tune("gru", data="tickets.csv")        # a released model fine-tuned on your own labels
     model = rnnsent.from_keras("gru_model.h5")          # a Keras 2 or 3 model, no TensorFlow needed
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ _EXPORTS = {
     "load_checkpoint": "rnnsent.inference.loading",
     "TrainConfig": "rnnsent.config",
     "train": "rnnsent.training.trainer",
+    "fine_tune": "rnnsent.training.finetune",
     "prepare_texts": "rnnsent.data", "prepare_labelled": "rnnsent.data",
     "explain": "rnnsent.inference.explain", "Explanation": "rnnsent.inference.explain",
 }
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
                                   save_keras as save_keras, to_keras as to_keras)
     from rnnsent.inference.loading import load_checkpoint as load_checkpoint
     from rnnsent.model.sentiment import SentimentRNN as SentimentRNN, count_parameters as count_parameters
+    from rnnsent.training.finetune import fine_tune as fine_tune
     from rnnsent.training.trainer import train as train
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from rnnsent.config import (LEGACY_RECIPES, QUOTINGS, RECIPES, SETTINGS, ExplainConfig, TrainConfig, canonical_cell,
-                            check_setting, recipe_settings, setting_kind)
+                            check_setting, fine_tuning_out, recipe_settings, setting_kind)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -143,10 +143,12 @@ def config_from_args(args: argparse.Namespace, pretraining: bool = False, config
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     cell = canonical_cell(values.get("cell", TrainConfig.cell))
     fine_tunes_lm = bool(args.recipe) and "pretrain" in RECIPES[args.recipe]
-    if fine_tunes_lm and not pretraining and not values.get("pretrained") and not values.get("resume"):
+    if fine_tunes_lm and not pretraining and not any(values.get(k) for k in ("pretrained", "init_from", "resume")):
         raise ValueError(f"recipe {args.recipe} fine-tunes a pretrained language model: first run scripts/pretrain.py "
                          f"--recipe {args.recipe} --cell {cell} --out runs/lm-{cell} (same --data, --seed), then add "
                          f"--pretrained runs/lm-{cell}")
+    if "out" not in values and values.get("init_from"):
+        values["out"] = fine_tuning_out(values["init_from"])
     if "out" not in values:
         values["out"] = str(Path("runs") / (("lm-" if pretraining else "") + cell))
     return config(**values)
@@ -262,6 +264,8 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
         return _fail(str(e))
     if loaded.classes is not None:
         result["classes"] = loaded.classes
+    if loaded.provenance is not None:  # a model fine-tuned from another (--init-from)
+        result["init_from"] = loaded.provenance
     _print_evaluation(result, what, loaded.classes, args.json)
     return 0
 
@@ -309,6 +313,8 @@ def _print_evaluation(result: dict, what: str, classes, as_json: bool) -> None:
             f"on {result['n']} texts"
         )
         print("\n".join(confusion_lines(result["confusion_matrix"], classes)))
+    if "init_from" in result and not as_json:
+        print(f"started from: {result['init_from']['init_from']} (sha256 {result['init_from']['sha256']})")
 
 
 def _text_arguments(p: argparse.ArgumentParser) -> None:

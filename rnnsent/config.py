@@ -14,6 +14,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
+from pathlib import PurePath
 
 
 
@@ -56,6 +57,8 @@ MONITORS = ("accuracy", "macro_f1", "loss")
 # Your own CSV/TSV: the csv module's quoting, or none (rnnsent.data.tabular); rows with a missing label: skip or error.
 QUOTINGS = ("csv", "none")
 ON_MISSING_LABEL = ("skip", "error")
+# --freeze: what keeps the weights it started with (body: the embedding and the recurrent layer)
+FREEZES = ("embedding", "recurrent", "body", "head")
 
 
 def canonical_cell(cell: str) -> str:
@@ -274,6 +277,12 @@ class DataConfig(Settings):
     on_missing_label: str = setting(  # a row with an empty, blank or NaN-like label: "skip" (counted, said) or "error"
         "skip", "your own data: a row whose label is empty, blank or NaN-like is skipped (counted in one line) or an "
                 "error [{default}]", choices=ON_MISSING_LABEL)
+    # --init-from: the N most frequent words of the training split that the checkpoint's vocabulary lacks join it,
+    # with fresh embedding rows (rnnsent.data.given_vocab); the vocabulary's size is the checkpoint's plus them.
+    extend_vocab: int = setting(
+        0, "with --init-from: add the N most frequent words of the training split that the checkpoint's vocabulary "
+           "lacks, each with a fresh embedding row [{default}]", bounds=Range(0, says="a whole number >= 0"),
+        metavar="N")
 
     def data_args(self, vocab_size: int) -> dict:
         """prepare_imdb's arguments for these settings (vocab_size is a model setting)."""
@@ -317,6 +326,25 @@ class OptimConfig(Settings):
     pretrained: str | None = setting(
         None, "start the embedding and recurrent layer from a language model of scripts/pretrain.py (its run folder "
               "or best.pt); the same data and vocabulary [off]", metavar="RUN")
+    # Fine-tuning a trained model (rnnsent.training.handover, rnnsent.training.freeze): a released name, a run
+    # folder or a .pt, a classifier or a language model. Its shape, vocabulary and tokenizer are the run's.
+    init_from: str | None = setting(
+        None, "start from a trained model: a released name (gru, lstm, rnn), a run folder or a .pt, a classifier or a "
+              "language model; its shape, vocabulary and tokenizer are kept, and its head where the labels are the "
+              "same (docs/fine-tuning.md) [off]", metavar="CHECKPOINT")
+    init_from_sha256: str | None = None  # the --init-from file's checksum, recorded by the run (given: it must match)
+    freeze: str | None = setting(  # see FREEZES; None: everything trains
+        None, "with --init-from or --pretrained: keep these weights as they are: the embedding, the recurrent layer, "
+              "both (body) or the kept classifier's head [none]", choices=FREEZES)
+    unfreeze_after: int | None = setting(  # gradual unfreezing: a frozen group starts training every N epochs
+        None, "gradual unfreezing (ULMFiT): the frozen layers start training one group every N epochs, top first "
+              "(the head or the recurrent layer, then the embedding) [never]", bounds=AT_LEAST_1, metavar="EPOCHS")
+    # The embedding and recurrent layer train at lr x this on an --init-from run. 1: measured on 100 to 3,000 tweets
+    # (docs/fine-tuning.md), a slower body (0.3, 0.1) never beat the same rate as the head beyond the seeds' spread.
+    body_lr_scale: float = setting(
+        1.0, "with --init-from: the embedding and recurrent layer train at --lr times this, the head at --lr "
+             "(docs/fine-tuning.md: measured) [{default}]",
+        bounds=Range(0.0, 1.0, low_open=True, high_open=False, says="in (0, 1]"))
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate at a global step: a pure function of the step (warm-up, then the schedule)."""
@@ -419,7 +447,8 @@ def field_names(group) -> tuple[str, ...]:
 
 # What only fine-tuning uses, at its off values: a recipe's pretraining run starts from these. Pretraining refuses
 # all but word dropout, which the language model simply has none of (it is the classifier's input noise).
-FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0}
+FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0,
+                    "init_from": None, "extend_vocab": 0, "freeze": None, "unfreeze_after": None}
 
 
 # Named, documented sets of training settings (scripts/train.py --recipe NAME). Explicit flags win. Besides
@@ -495,3 +524,10 @@ def recipe_settings(name: str | None, cell: str | None = None, pretraining: bool
         values.update(FINE_TUNING_ONLY)
         values.update(recipe.get("pretrain", {}))
     return values
+
+
+def fine_tuning_out(init_from: str) -> str:
+    """The run folder of a run started from `init_from` when none is given: runs/ft-gru for the released gru or a run
+    folder runs/gru, runs/ft-mine for runs/mine/best.pt."""
+    start = PurePath(str(init_from))
+    return str(PurePath("runs") / f"ft-{start.parent.name if start.stem in ('best', 'last') else start.stem}")

@@ -37,7 +37,9 @@ from rnnsent.data.text import (
     encode_keras,
     pad_flat,
     tokenize,
+    tokenizer_for,
 )
+from rnnsent.data.given_vocab import map_words, vocab_key
 
 # Caches are keyed by the encoding's name from before "fast" became "bucketed", so they keep hitting.
 _CACHE_NAMES = {"keras": "keras", "bucketed": "fast"}
@@ -81,7 +83,7 @@ class _Index(dict):
         return i
 
 
-def _index_texts(texts: list[str], index: _Index) -> list[np.ndarray]:
+def _index_texts(texts: list[str], index: _Index, tokenize=tokenize) -> list[np.ndarray]:
     # The hot loop of preparation: one regex pass per review, dictionary lookups in C via map.
     get = index.__getitem__
     out = []
@@ -99,7 +101,8 @@ def _limited(rows: list, limit: int | None, label: int) -> list:
 
 
 def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fraction: float, seed: int,
-           limit: int | None) -> tuple[dict[str, EncodedSplit], Vocab, dict]:
+           limit: int | None, vocab: Vocab | None = None, extend_vocab: int = 0) -> tuple[dict[str, EncodedSplit],
+                                                                                         Vocab, dict]:
     blocks = read_blocks(source)
     rows: dict[str, list] = {}
     labels: dict[str, list[int]] = {}
@@ -107,6 +110,10 @@ def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fra
         neg, pos = _limited(blocks[(split, 0)], limit, 0), _limited(blocks[(split, 1)], limit, 1)
         rows[split], labels[split] = neg + pos, [0] * len(neg) + [1] * len(pos)
 
+    extra = {}
+    if source.kind == "keras_npz" and vocab is not None:
+        raise ValueError(f"{source.path}: Keras' imdb.npz holds word ranks, not text, so a checkpoint's vocabulary "
+                         "cannot encode it; give --data another IMDB source (aclImdb, its .tar.gz or reviews.json)")
     if source.kind == "keras_npz":
         vocab = Vocab.from_keras_word_index(read_keras_word_index(source), vocab_size)
         # Keras: rank r -> id r + 3, and every id >= num_words becomes the out-of-vocabulary id.
@@ -114,14 +121,22 @@ def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fra
     else:
         index = _Index()
         # train first: its first appearances rank ties
-        provisional = {s: _index_texts(rows[s], index) for s in ("train", "test")}
+        read = tokenizer_for(vocab.tokenizer) if vocab is not None else tokenize  # a given vocabulary's own
+        provisional = {s: _index_texts(rows[s], index, read) for s in ("train", "test")}
         words = list(index)
-        train_flat = np.concatenate(provisional["train"]) if provisional["train"] else np.zeros(0, np.int64)
-        counts = np.bincount(train_flat, minlength=len(words))  # test words get count 0 and are left out
-        vocab = Vocab.from_counts(words, counts, vocab_size)
-        to_id = np.full(len(words), 2, dtype=np.int64)
-        kept = np.array([index[w] for w in vocab.words], dtype=np.int64)
-        to_id[kept] = np.arange(3, 3 + len(kept))
+        if vocab is None:
+            train_flat = np.concatenate(provisional["train"]) if provisional["train"] else np.zeros(0, np.int64)
+            counts = np.bincount(train_flat, minlength=len(words))  # test words get count 0 and are left out
+            vocab = Vocab.from_counts(words, counts, vocab_size)
+            to_id = np.full(len(words), 2, dtype=np.int64)
+            kept = np.array([index[w] for w in vocab.words], dtype=np.int64)
+            to_id[kept] = np.arange(3, 3 + len(kept))
+        else:  # the training split (validation carved out as below) counts the words a given vocabulary lacks
+            train_idx, _ = train_val_split(len(rows["train"]), val_fraction, seed,
+                                           torch.tensor(labels["train"], dtype=torch.float32))
+            train_flat = np.concatenate([provisional["train"][i] for i in train_idx.tolist()] or [np.zeros(0, int)])
+            vocab, to_id, note = map_words(vocab, words, train_flat, extend_vocab, str(source.path))
+            extra["notes"] = [note]
         ids = {s: [to_id[p] for p in provisional[s]] for s in provisional}
 
     encode = encode_keras if encoding == "keras" else encode_bucketed
@@ -129,7 +144,7 @@ def _build(source: Source, vocab_size: int, max_len: int, encoding: str, val_fra
     test = encode(ids["test"], labels["test"], max_len)
     train_idx, val_idx = train_val_split(len(train_all), val_fraction, seed, train_all.labels)
     splits = {"train": train_all.select(train_idx), "val": train_all.select(val_idx), "test": test}
-    return splits, vocab, {"vocab_words": len(vocab.words)}
+    return splits, vocab, {"vocab_words": len(vocab.words), **extra}
 
 
 def _counts(split: EncodedSplit) -> dict[str, int]:
@@ -199,15 +214,20 @@ def prepare_imdb(
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     use_cache: bool = True,
+    vocab: Vocab | None = None,
+    extend_vocab: int = 0,
 ) -> PreparedData:
     """Load, verify, tokenize, build the vocabulary, encode and split IMDB, or read all that from the cache.
 
     encoding "keras" gives Keras-parity pre-padded rows of width max_len; "bucketed" (once "fast") gives the same ids
     right-padded to the longest row, for length bucketing. `limit` keeps that many reviews per split
     (half of each label, the first in canonical order) for smoke runs. The source's own size is checked
-    (rnnsent.data.fetch.block_size).
+    (rnnsent.data.fetch.block_size). `vocab` and `extend_vocab`: a trained model's vocabulary encodes the reviews
+    instead of one built from them, as prepare_labelled's (rnnsent.data.given_vocab).
     """
     encoding = canonical_encoding(encoding)
+    if check_setting("extend_vocab", extend_vocab) and vocab is None:
+        raise ValueError("extend_vocab adds words to a given vocabulary (a checkpoint's: --init-from); pass vocab=")
     for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("limit", limit)):
         check_setting(name, value)  # fail before any reading
     check_held_out(val_fraction)
@@ -218,6 +238,8 @@ def prepare_imdb(
         "encoding": _CACHE_NAMES[encoding], "val_fraction": val_fraction, "seed": seed, "limit": limit,
         "expected_per_block": block_size(source), "tokenizer": TOKENIZER_NAME,  # the key name caches have always had
     }
+    if vocab is not None:  # only then: the caches of data prepared as before keep their keys
+        params.update(vocab=vocab_key(vocab), extend_vocab=extend_vocab, tokenizer=vocab.tokenizer)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / "prepared" / f"imdb-{_CACHE_NAMES[encoding]}-{vocab_size}-{max_len}-{key}.pt"
 
@@ -226,9 +248,9 @@ def prepare_imdb(
         return cached
 
     t0 = time.perf_counter()
-    splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit)
+    splits, vocab, extra = _build(source, vocab_size, max_len, encoding, val_fraction, seed, limit, vocab, extend_vocab)
     meta = {"source": source.kind, "source_path": str(source.path),
-            "params": {k: v for k, v in params.items() if k != "source"},
+            "params": {k: v for k, v in params.items() if k != "source"} | {"vocab_size": max(vocab_size, len(vocab))},
             "counts": {s: _counts(splits[s]) for s in splits}, "prepare_seconds": round(time.perf_counter() - t0, 3),
             **extra}
     cached = use_cache and save_cached(path, splits, vocab, meta)

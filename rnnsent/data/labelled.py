@@ -9,7 +9,9 @@ takes Python lists. Both go through one function, so a file and the same rows as
     test_fraction of the rows, by a fixed seed, said in meta["notes"].
   - validation: the split column's "val" rows, else a stratified val_fraction of the training rows.
   - vocabulary: from training rows only (validation rows give word counts, never labels, as for IMDB);
-    ties in frequency keep the order of first appearance in the training rows.
+    ties in frequency keep the order of first appearance in the training rows. Or a trained model's, given
+    (vocab=, for --init-from): it and its tokenizer encode the rows, extended by extend_vocab words of the
+    training split (rnnsent.data.given_vocab).
   - limit: at most that many rows of each split, a stratified sample by a fixed seed (each class keeps its
     share of the rows, at least one row each where the limit allows), in file order.
   - missing labels (empty, blank, NaN-like: rnnsent.data.tabular): the rows are counted and skipped with one
@@ -42,9 +44,10 @@ import torch
 from rnnsent.config import canonical_encoding, check_held_out, check_setting
 from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
 from rnnsent.data.fetch import cache_root
+from rnnsent.data.given_vocab import map_words, vocab_key
 from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
 from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, encode_bucketed, encode_keras,
-                               pad_flat, tokenize_scripts)
+                               pad_flat, tokenizer_for)
 
 CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
@@ -54,10 +57,13 @@ LIMIT_SEED_OFFSET = 104729  # and so does the --limit sample
 log = logging.getLogger(__name__)
 
 
-def _tokenize_chunk(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(words in first-appearance order, every row's provisional ids back to back, row lengths)."""
+def _tokenize_chunk(texts: list[str], tokenizer: str = SCRIPT_TOKENIZER_NAME) -> tuple[list[str], np.ndarray,
+                                                                                         np.ndarray]:
+    """(words in first-appearance order, every row's provisional ids back to back, row lengths), the texts read by
+    the tokenizer named `tokenizer` (a given vocabulary's: rnnsent.data.given_vocab)."""
     index = _Index()  # word -> id in order of first appearance
-    rows = [tokenize_scripts(text) for text in texts]
+    tokenize = tokenizer_for(tokenizer)
+    rows = [tokenize(text) for text in texts]
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     flat = np.fromiter(
         map(index.__getitem__, itertools.chain.from_iterable(rows)), dtype=np.int32, count=int(lengths.sum())
@@ -154,7 +160,7 @@ def _ignore_sigint() -> None:
 
 
 def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: int | None,
-                  on_missing_label: str = "skip") -> _Rows:
+                  on_missing_label: str = "skip", tokenizer: str = SCRIPT_TOKENIZER_NAME) -> _Rows:
     check_setting("on_missing_label", on_missing_label)
     acc = _Rows(on_missing_label=on_missing_label)
     stream = (chunk for rows, split in sources for chunk in _chunks(rows, acc, split))
@@ -167,14 +173,14 @@ def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: in
         stream = (c for part in (first, stream) for c in part)
     if pool is None:
         for chunk in stream:
-            acc.merge(*_tokenize_chunk(chunk))
+            acc.merge(*_tokenize_chunk(chunk, tokenizer))
         return acc
     # At most two chunks per worker in flight: the file is read as fast as it is tokenized, never ahead of
     # it into memory. Results are merged in submission order, so first appearances are the file's.
     pending: deque = deque()
     try:
         for chunk in stream:
-            pending.append(pool.apply_async(_tokenize_chunk, (chunk,)))
+            pending.append(pool.apply_async(_tokenize_chunk, (chunk, tokenizer)))
             if len(pending) >= 2 * procs:
                 acc.merge(*pending.popleft().get())
         while pending:
@@ -184,8 +190,13 @@ def _tokenize_all(sources: list[tuple[Iterable[Row], str | None]], processes: in
     return acc
 
 
-def _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit) -> str:
+def _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit, vocab=None,
+                    extend_vocab=0) -> str:
     encoding = canonical_encoding(encoding)
+    if check_setting("extend_vocab", extend_vocab) and vocab is None:
+        raise ValueError("extend_vocab adds words to a given vocabulary (a checkpoint's: --init-from); pass vocab=")
+    if vocab is not None and len(vocab) > vocab_size:
+        raise ValueError(f"the given vocabulary has {len(vocab)} ids but vocab_size is {vocab_size}")
     for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("test_fraction", test_fraction),
                         ("limit", limit)):
         check_setting(name, value)
@@ -194,8 +205,10 @@ def _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, 
 
 
 def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fraction: float, test_fraction: float,
-           seed: int, limit: int | None, where: str, test_where: str | None) -> tuple[dict, Vocab, list, list[str]]:
-    """The tokenized rows -> the encoded splits, their vocabulary, the classes, and the notes to log."""
+           seed: int, limit: int | None, where: str, test_where: str | None, vocab: Vocab | None = None,
+           extend_vocab: int = 0) -> tuple[dict, Vocab, list, list[str]]:
+    """The tokenized rows -> the encoded splits, their vocabulary (built from the training rows, or `vocab` given,
+    extended by extend_vocab words: rnnsent.data.given_vocab), the classes, and the notes to log."""
     notes = _skip_notes(acc)
     if not acc.labels:
         raise DataFileError(f"{where}: no row has any text; every text is empty or whitespace")
@@ -210,11 +223,17 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     lengths = np.concatenate(acc.lengths)
     offsets = np.concatenate(([0], np.cumsum(lengths)))
     flat = np.concatenate(acc.flats) if acc.flats else np.zeros(0, np.int32)
+    # The vocabulary of the training and validation rows is the same whichever way validation is carved from them.
     fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
-    vocab, to_id = _fit_vocab(acc.index, _rows_flat(flat, offsets, lengths, fit_rows)[0], vocab_size)
     if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
         train_idx, val_idx = train_val_split(len(rows["train"]), val_fraction, seed, y[torch.from_numpy(rows["train"])])
         rows["train"], rows["val"] = rows["train"][train_idx.numpy()], rows["train"][val_idx.numpy()]
+    if vocab is None:
+        vocab, to_id = _fit_vocab(acc.index, _rows_flat(flat, offsets, lengths, fit_rows)[0], vocab_size)
+    else:
+        vocab, to_id, note = map_words(vocab, list(acc.index), _rows_flat(flat, offsets, lengths, rows["train"])[0],
+                                       extend_vocab, where)
+        notes.append(note)
     out = {}
     for s in ("train", "val", "test"):
         ids, row_lengths = _rows_flat(flat, offsets, lengths, rows[s])
@@ -357,6 +376,11 @@ def _meta(out: dict, classes: list, notes: list[str], source: str, params: dict,
             "counts": counts, "prepare_seconds": round(seconds, 3), "vocab_words": len(vocab.words)}
 
 
+def _sized(params: dict, vocab: Vocab) -> dict:
+    """`params` saying the embedding rows the data needs: vocab_size, or more for a vocabulary extended past it."""
+    return dict(params, vocab_size=max(params["vocab_size"], len(vocab)))
+
+
 def _identity(path: Path) -> list[str]:
     """(name, size, mtime) of the file, or of every file of a class folder: a changed file gets a new key."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -400,18 +424,25 @@ def prepare_labelled(
     use_cache: bool = True,
     processes: int | None = None,
     on_missing_label: str = "skip",
+    vocab: Vocab | None = None,
+    extend_vocab: int = 0,
 ) -> PreparedData:
     """Read, check, tokenize, build the vocabulary, encode and split the user's data at `path` (see
     rnnsent.data.tabular for the formats), or read all that from the cache. `limit` keeps N rows of each split,
     a stratified seeded sample. Rows with a missing label are skipped with a note (on_missing_label="skip") or
-    refused ("error"). Every rejected input raises DataFileError naming the file and line, before anything is cached."""
-    encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit)
+    refused ("error"). Every rejected input raises DataFileError naming the file and line, before anything is cached.
+    `vocab`: a trained model's vocabulary, which (with its tokenizer) encodes the data instead of one built from
+    it, extended by the `extend_vocab` most frequent words of the training split it lacks (given_vocab); vocab_size
+    is then the model's embedding rows, and meta["params"]["vocab_size"] the rows the data needs."""
+    encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit, vocab, extend_vocab)
     path, test = _data_paths(path, test_path)
     params = {"version": CACHE_VERSION, "vocab_size": vocab_size, "max_len": max_len, "encoding": encoding,
               "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "limit": limit,
               "columns": [columns.text, columns.label, columns.split], "tokenizer": SCRIPT_TOKENIZER_NAME}
     if columns.quoting != "csv":  # only then: the caches of files read as before keep their keys
         params["quoting"] = columns.quoting
+    if vocab is not None:  # only then, likewise
+        params.update(tokenizer=vocab.tokenizer, vocab=vocab_key(vocab), extend_vocab=extend_vocab)
     cache = _cache_file(cache_dir, path, test, params)
     cached = load_cached(cache) if use_cache else None
     if cached is not None and on_missing_label == "error" and cached.meta.get("missing_labels"):
@@ -423,16 +454,16 @@ def prepare_labelled(
     sources = [(read_rows(path, columns), None)]
     if test is not None:
         sources.append((read_rows(test, columns), "test"))
-    acc = _tokenize_all(sources, processes, on_missing_label)
+    acc = _tokenize_all(sources, processes, on_missing_label, params["tokenizer"])
     if test is not None and not any(s == "test" for s in acc.splits):
         raise DataFileError(f"{test}: no row has any text; every text is empty or whitespace")
     out, vocab, classes, notes = _build(acc, vocab_size, max_len, encoding, val_fraction, test_fraction, seed, limit,
-                                        str(path), str(test) if test else None)
+                                        str(path), str(test) if test else None, vocab, extend_vocab)
     missing = acc.missing
     del acc  # the provisional ids: free them before the cache is packed
     for note in notes:
         log.info(note)
-    meta = _meta(out, classes, notes, str(path), params, time.perf_counter() - t0, vocab)
+    meta = _meta(out, classes, notes, str(path), _sized(params, vocab), time.perf_counter() - t0, vocab)
     meta["missing_labels"] = missing
     if test is not None:
         meta["test_path"] = str(test)
@@ -453,12 +484,14 @@ def prepare_texts(
     seed: int = 0,
     limit: int | None = None,
     processes: int | None = None,
+    vocab: Vocab | None = None,
+    extend_vocab: int = 0,
 ) -> PreparedData:
     """prepare_labelled for Python lists (nothing is cached): Trainer(config, prepare_texts(texts, labels)).
 
     The config's vocab_size, max_len and encoding must be the ones given here; num_classes is
-    len(data.meta["classes"]) (2 for two classes)."""
-    encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit)
+    len(data.meta["classes"]) (2 for two classes). `vocab` and `extend_vocab`: as prepare_labelled's."""
+    encoding = _settings_check(vocab_size, max_len, encoding, val_fraction, test_fraction, limit, vocab, extend_vocab)
 
     def rows(xs, ys, name):
         if len(xs) != len(ys):
@@ -483,14 +516,15 @@ def prepare_texts(
     sources = [(rows(texts, labels, "texts"), None)]
     if test_texts is not None:
         sources.append((rows(test_texts, test_labels if test_labels is not None else [], "test_texts"), "test"))
-    acc = _tokenize_all(sources, processes)
+    tokenizer = vocab.tokenizer if vocab is not None else SCRIPT_TOKENIZER_NAME
+    acc = _tokenize_all(sources, processes, tokenizer=tokenizer)
     out, vocab, classes, notes = _build(acc, vocab_size, max_len, encoding, val_fraction, test_fraction, seed, limit,
-                                        "texts", "test_texts" if test_texts is not None else None)
+                                        "texts", "test_texts" if test_texts is not None else None, vocab, extend_vocab)
     for note in notes:
         log.info(note)
     params = {"vocab_size": vocab_size, "max_len": max_len, "encoding": encoding, "val_fraction": val_fraction,
-              "test_fraction": test_fraction, "seed": seed, "limit": limit, "tokenizer": SCRIPT_TOKENIZER_NAME}
-    meta = _meta(out, classes, notes, "python lists", params, time.perf_counter() - t0, vocab)
+              "test_fraction": test_fraction, "seed": seed, "limit": limit, "tokenizer": tokenizer}
+    meta = _meta(out, classes, notes, "python lists", _sized(params, vocab), time.perf_counter() - t0, vocab)
     return PreparedData.fresh(out, vocab, meta)
 
 
@@ -498,8 +532,6 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
                     columns: Columns = Columns()):
     """Every row of the user's file (or class folder) encoded as a trained model reads text: its vocabulary and
     tokenizer, max_len and encoding; labels mapped to `classes` (IMDB's models: 0 and 1). For evaluate.py --data."""
-    from rnnsent.data.text import tokenizer_for
-
     classes = list(classes) if classes is not None else [0, 1]
     class_id = {c: k for k, c in enumerate(classes)}
     tokenize = tokenizer_for(vocab.tokenizer)

@@ -6,6 +6,8 @@ may make the program build, and finds a loaded model's data again (LoadedModel.p
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
+from rnnsent.storage.checkpoint import CheckpointError, checkpoint_file, load_checkpoint_state
 from rnnsent.config import DataConfig, ModelConfig, canonical_encoding, check_setting, field_names
 from rnnsent.storage.envelope import first_line as _first_line
 
@@ -204,6 +206,16 @@ class LoadedModel:
     def config(self) -> dict:
         return self.state.get("config", {})
 
+    @property
+    def provenance(self) -> dict | None:
+        """Where this model's training started (--init-from): {"init_from": the released name or path given,
+        "sha256": that checkpoint file's checksum}; None for a model trained from scratch."""
+        given = self.config.get("init_from")
+        if not given:
+            return None
+        digest = self.config.get("init_from_sha256")
+        return {"init_from": str(given)[:1000], "sha256": str(digest)[:64] if digest else None}
+
     def predict(self, texts, batch_size: int = 256, groups=None):
         """rnnsent.inference.evaluate.predict with this model's vocabulary, length, encoding and class names."""
         from rnnsent.inference.evaluate import predict
@@ -228,7 +240,10 @@ class LoadedModel:
             settings = DataConfig(**saved)
         except ValueError as e:
             raise CheckpointError(f"{self.path or 'this checkpoint'} has unusable data settings: {e}") from None
-        data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir)
+        # a model started from another's (--init-from) reads the data with the vocabulary it was trained with
+        given = self.vocab if self.provenance else None
+        data = prepare_imdb(**settings.data_args(self.model.vocab_size), root=settings.data_root, cache_dir=cache_dir,
+                            vocab=given)
         if data.vocab.to_dict() != self.vocab.to_dict():
             raise CheckpointError(
                 f"{self.path or 'this checkpoint'} was trained with another vocabulary than the one built from this "
@@ -253,3 +268,57 @@ def data_root(explicit, recorded, cache_dir=None):
     except NoSourceError:
         return recorded
 
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedCheckpoint:
+    """A checkpoint a run starts from (--init-from): a classifier's or a language model's, each part checked as
+    load_checkpoint checks it (settings by their rules, sizes backed by stored weights, the weights' shapes)."""
+
+    given: str  # as named: a released name, a run folder or a file
+    path: Path  # the file read
+    sha256: str  # of that file
+    kind: str | None  # None: a classifier; "language_model": scripts/pretrain.py's
+    settings: ModelConfig
+    vocab: object  # rnnsent.data.Vocab
+    classes: list | None  # a classifier's stored class names in output order (None: IMDB's, or a language model)
+    weights: dict  # its model_state
+
+
+def read_trained(given: str | os.PathLike) -> TrainedCheckpoint:
+    """The checkpoint `given` names (a released name, a run folder: its best.pt, or a file), of either kind, checked;
+    CheckpointError (one line) for anything else."""
+    path = checkpoint_file(resolve_checkpoint(given))
+    state = load_checkpoint_state(path)
+    kind = state.get("kind")
+    if kind not in (None, "language_model"):
+        raise CheckpointError(f"{path} is a checkpoint of kind {str(kind)[:40]!r}, neither a classifier nor a "
+                              "language model")
+    settings = _model_settings(path, state)
+    classes = None
+    if kind is None:
+        _build_model(path, settings, state["model_state"], "torch")  # shapes and memory, as load_checkpoint does
+        classes = _encoding_settings(path, state, settings.num_classes)[2]
+    else:
+        _check_body_shapes(path, settings, state["model_state"])
+    vocab = _vocabulary(path, state, settings.vocab_size)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return TrainedCheckpoint(str(given), path, digest.hexdigest(), kind, settings, vocab, classes,
+                             state["model_state"])
+
+
+def _check_body_shapes(path: Path, settings: ModelConfig, weights) -> None:
+    """A language model's embedding and recurrent weights are those of a classifier of its settings."""
+    from rnnsent.model.sentiment import SentimentRNN
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SentimentRNN(settings).state_dict().items()
+                    if k.startswith(("embedding.", "rnn."))}
+    found = ({k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor) and k in expected}
+             if isinstance(weights, dict) else {})
+    if found != expected:
+        raise CheckpointError(f"{path} does not fit its own model description: embedding and recurrent weights "
+                              f"{found!r:.200} for a model of {expected!r:.200}")

@@ -142,10 +142,10 @@ class SentimentRNN(nn.Module):
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
     def summary(self, time_steps: int | None = 500) -> str:
-        """A Keras-style table: layer, output shape, trainable parameters, and the totals."""
+        """A Keras-style table: layer, output shape, parameters, and the totals (frozen ones as non-trainable)."""
         t = "None" if time_steps is None else str(time_steps)
         keras_name = KERAS_CELL_NAMES[self.cell]
-        rows = [("embedding (Embedding)", f"(None, {t}, {self.embed_dim})", count_parameters(self.embedding))]
+        rows = [("embedding (Embedding)", f"(None, {t}, {self.embed_dim})", self.embedding.weight.numel())]
         for k in range(self.num_layers):  # Keras' names: lstm, lstm_1, ... or bidirectional, bidirectional_1, ...
             base = "bidirectional" if self.bidirectional else self.cell
             name = (
@@ -154,7 +154,7 @@ class SentimentRNN(nn.Module):
             units = self.hidden_size * self.directions
             shape = f"(None, {t}, {units})" if k < self.num_layers - 1 else f"(None, {units})"
             rows.append((name, shape, layer_parameters(self.rnn, k)))
-        rows.append(("dense (Dense)", f"(None, {self.outputs})", count_parameters(self.fc)))
+        rows.append(("dense (Dense)", f"(None, {self.outputs})", sum(p.numel() for p in self.fc.parameters())))
         width = max(30, max(len(r[0]) for r in rows) + 2)
         line = "_" * (width + 35)
         out = [f'Model: "sentiment_{self.cell}"', line,
@@ -163,8 +163,9 @@ class SentimentRNN(nn.Module):
         for name, shape, n in rows:
             total += n
             out.append(f"{name:<{width}}{shape:<22}{n:>13,}")
-        out += ["=" * (width + 35), f"Total params: {total:,}", f"Trainable params: {total:,}",
-                "Non-trainable params: 0", line]
+        trainable = count_parameters(self)
+        out += ["=" * (width + 35), f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                f"Non-trainable params: {total - trainable:,}", line]
         return "\n".join(out)
 
 
@@ -188,9 +189,8 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def layer_parameters(rnn: nn.Module, layer: int) -> int:
-    """Trainable parameters of one stacked layer (both directions): one row of Keras' summary."""
-    return sum(p.numel() for name, p in rnn.named_parameters()
-               if p.requires_grad and re.search(rf"_l{layer}(_reverse)?$", name))
+    """Parameters of one stacked layer (both directions), trainable or frozen: one row of Keras' summary."""
+    return sum(p.numel() for name, p in rnn.named_parameters() if re.search(rf"_l{layer}(_reverse)?$", name))
 
 
 def _glorot_uniform(fan_in: int, fan_out: int) -> torch.Tensor:

@@ -197,12 +197,21 @@ def model_info(loaded, settings: ServeSettings) -> dict:
         "max_len": loaded.max_len,
         "metrics": metrics,
         "released": _released_entry(loaded.path),
+        "init_from": _started_from(loaded.provenance),  # where its training started (--init-from), or None
         "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
                    "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts,
                    "max_queue": settings.max_queue, "explain_steps": settings.explain_steps,
                    "max_explain_work": settings.max_explain_work},
         "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
     }
+
+
+def _started_from(provenance: dict | None) -> dict | None:
+    """--init-from's name (a released model's, or a path's last part: no path of the training machine) and the
+    checksum of that checkpoint file."""
+    if provenance is None:
+        return None
+    return {"init_from": Path(provenance["init_from"]).name, "sha256": provenance["sha256"]}
 
 
 # ---- the app ----

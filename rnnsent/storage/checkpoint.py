@@ -98,16 +98,20 @@ def _verifies(path: Path) -> bool:
         return False
 
 
-def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read and verify a checkpoint file; return its state dict. Raises CheckpointError with the reason."""
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The file a checkpoint path means: a run folder's best.pt (else its last.pt), or the path itself."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path} is a folder with no best.pt or last.pt in it; pass a checkpoint file")
+                return path / name
+        raise CheckpointError(f"{path} is a folder with no best.pt or last.pt in it; pass a checkpoint file")
+    return path
+
+
+def load_checkpoint_state(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read and verify a checkpoint file; return its state dict. Raises CheckpointError with the reason."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

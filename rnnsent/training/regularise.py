@@ -78,6 +78,8 @@ class EmbeddingPerturbation:
         if self.delta is not None:
             return output + self.delta
         if torch.is_grad_enabled():
+            if not output.requires_grad:  # a frozen embedding (--freeze): the gradient is still the direction
+                output.requires_grad_()
             output.retain_grad()
             self.embedded = output
             words = (inputs[0] != 0).unsqueeze(-1)  # (B, T, 1): padding (id 0) is not part of the review

@@ -1,5 +1,6 @@
-"""A run's settings, settled once before its Trainer is built (settle): the task's settings, the machine, the
-data, and the settings the data decides (settings_from_data), checked against the checkpoint being resumed.
+"""A run's settings, settled once before its Trainer is built (settle): the task's settings, the checkpoint it
+starts from (--init-from: rnnsent.training.handover), the machine, the data, and the settings the data decides
+(settings_from_data), checked against the checkpoint being resumed.
 
 The order is what a user sees first when something is wrong: the cheap refusals (a missing TensorBoard, --amp
 without CUDA, a batch the processes cannot share) come before the data is prepared, the checks that need the
@@ -14,9 +15,10 @@ import torch
 from rnnsent import runtime
 from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
 from rnnsent.data import PreparedData, prepare_data
-from rnnsent.training import report
+from rnnsent.training import freeze, report
 from rnnsent.training.classification import Classification
 from rnnsent.training.distributed import Distributed
+from rnnsent.training.handover import SHAPE_TAKEN, InitFrom, check_given_data, settle_head, settle_init
 from rnnsent.training.resume import ResumePoint, check_resume, find_resume
 from rnnsent.training.task import Task
 from rnnsent.training.tensorboard import TensorBoardWriter
@@ -33,6 +35,7 @@ class Settled:
     dist: Distributed  # this process's place in a torchrun job (a no-op outside one)
     device: torch.device  # this process's device
     tensorboard: TensorBoardWriter | None  # the writer to attach (--tensorboard, rank 0), TensorBoard found
+    init_from: InitFrom | None = None  # the trained model it starts from (--init-from), its head decided
 
 
 def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | None = None,
@@ -43,6 +46,8 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
     if start is None:
         start = find_resume(config.resume, config.out, task.kind)  # --resume auto / a run folder -> a file, loaded
     config = task.settings(config)
+    freeze.check(config)
+    config, init = settle_init(config, start.state)  # the checkpoint's shape; its file read and checked
     device = runtime.machine(config)  # before the data: its threads, denormals and allocator are the whole run's
     dist, device = Distributed.from_env(device)
     # a missing TensorBoard is said before anything is done
@@ -61,13 +66,21 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
         log(note, always=True)
     if start.path != config.resume:
         config = dataclasses.replace(config, resume=start.path)
-    data = data if data is not None else prepare_data(config, config.vocab_size)
+    if init is not None:
+        log(f"from --init-from {init.given}: " + ", ".join(f"{k} {getattr(config, k)}" for k in SHAPE_TAKEN))
+    if data is None:  # with --init-from, its vocabulary and tokenizer encode the data
+        data = (prepare_data(config, init.vocab_rows, vocab=init.vocab, extend_vocab=init.extend_vocab) if init
+                else prepare_data(config, config.vocab_size))
+    elif init is not None:
+        check_given_data(data, init)
     config, taken = settings_from_data(config, data)
     if taken:
         log(f"from the data: {taken}")
     if start.state is not None:  # checked once the data has sized the head
         check_resume(start.state, config, data.vocab)
-    return Settled(config, data, task, start, dist, device, board)
+    if init is not None and init.source is not None:
+        init = settle_head(init, config, data)
+    return Settled(config, data, task, start, dist, device, board, init)
 
 
 def settings_from_data(config: TrainConfig, data: PreparedData) -> tuple[TrainConfig, str]:

@@ -34,10 +34,10 @@ from rnnsent.config import TrainConfig
 from rnnsent.data import Batcher, PreparedData
 from rnnsent.runtime import StopFlag, StopNow, build_in_memory, rng_state, set_rng_state
 from rnnsent.storage.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint
-from rnnsent.training import faults, report, stopping
+from rnnsent.training import faults, freeze, report, stopping
 from rnnsent.training.classification import Classification
 from rnnsent.training.distributed import shutdown
-from rnnsent.training.handover import load_into
+from rnnsent.training.handover import load_into, start_from
 from rnnsent.training.regularise import WeightAverage
 from rnnsent.training.resume import find_resume
 from rnnsent.training.runfolder import RunLock, check_new_run
@@ -85,6 +85,7 @@ class Trainer:
         self.last_step: StepInfo | None = None
         if run.tensorboard is not None:
             run.tensorboard.attach(self)
+        self.init_from = run.init_from  # the trained model it starts from (--init-from), or None
         self._build_model(fresh=run.start.state is None)
         self._make_batchers()
         # Position and history: everything a resumed run needs besides weights and optimizer.
@@ -119,15 +120,21 @@ class Trainer:
         self.model = build_in_memory(functools.partial(self.task.build_model, c), self.device)
         if c.pretrained and fresh:  # a resumed run has its own weights already
             self.log(load_into(self.model, c.pretrained, self.data.vocab))
+        if self.init_from is not None and fresh:
+            self.log(start_from(self.model, self.init_from))
+        note = freeze.set_trainable(self.model, c, 0)  # --freeze: before DDP, which registers what trains
+        if note and fresh:
+            self.log(note)
         self.ema = WeightAverage(self.model, c.ema) if c.ema else None
         self.train_model = self.dist.wrap(self.model, self.device)  # DDP when distributed; self.model is saved
         if self.dist.rank:
             torch.manual_seed(c.seed + self.dist.rank)  # same initial weights, different dropout masks per rank
         fused = {"fused": True} if self.device.type == "cuda" else {}
         if c.weight_decay > 0:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **fused)
+            self.optimizer = torch.optim.AdamW(freeze.param_groups(self.model, c), lr=c.lr,
+                                               weight_decay=c.weight_decay, **fused)
         else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, **fused)
+            self.optimizer = torch.optim.Adam(freeze.param_groups(self.model, c), lr=c.lr, **fused)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16" and self.device.type == "cuda")
 
     def _make_batchers(self) -> None:
@@ -271,6 +278,10 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         """Run (the rest of) the current epoch; return its training loss, accuracy and throughput."""
+        note = freeze.set_trainable(self.model, self.config, self.epoch)  # --unfreeze-after: a function of the epoch
+        if note:
+            self.log(note)
+            self.train_model = self.dist.wrap(self.model, self.device)  # DDP again, over what trains now
         c, model = self.config, self.train_model
         self.model.train()
         n_batches = len(self.train_batches)
@@ -285,7 +296,7 @@ class Trainer:
                 for x, lengths, y in self.train_batches.iterate(self.epoch, start=self.step_in_epoch):
                     lr = lr_at(self.global_step, self.total_steps, c)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group.get("lr_scale", 1.0)  # --body-lr-scale's group has its own
                     loss, correct = self.task.forward_backward(self, model, x, lengths if lengths_needed else None, y)
                     if correct is None:  # a task without right answers to count (a language model)
                         correct = torch.zeros((), device=loss.device)
