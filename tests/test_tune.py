@@ -146,6 +146,12 @@ def test_the_pruner_stops_a_trial_that_cannot_win(searched, tmp_path, capfd):
     assert (progress["epoch"], progress["step_in_epoch"]) == (1, 0) and not (folder / "run.lock").exists()
     assert load_checkpoint(folder).model.hidden_size == 8
     assert next(r for r in csv.DictReader(open(out / "trials.csv")) if r["trial"] == "5")["state"] == "pruned"
+    # after its last epoch a trial has nothing left to save: it completes, however it scores
+    study_of(out).enqueue_trial({"lr": 1e-7})
+    proc = tune_here(capfd, *flags(tmp, out, "--trials", "7", "--space", GOOD, "--epochs", "1"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    last = study_of(out).trials[6]
+    assert last.state.name == "COMPLETE" and last.value == last.intermediate_values[1] < study_of(out).best_value
 
 
 def test_the_same_command_again_continues_the_study(searched, tmp_path, capfd):
@@ -288,6 +294,12 @@ def test_bad_input_is_one_line(searched, tmp_path, capfd):
     assert lines[0].startswith("warning: --jobs 64 is more than the") and "empty range" in lines[1]
 
 
+def test_without_optuna_the_command_says_how_to_get_it(tmp_path, capfd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as where the tune extra is not installed
+    err = one_line_error(tune_here(capfd, "--data", write_words(tmp_path / "words.csv"), "--out", tmp_path / "s"))
+    assert err == "error: rnnsent tune needs Optuna: pip install 'rnnsent[tune]'" and not (tmp_path / "s").exists()
+
+
 def test_an_out_folder_of_another_search_is_refused(searched, tmp_path, capfd):
     tmp, out = copy_search(searched, tmp_path)
     err = one_line_error(tune_here(capfd, *flags(tmp, out, "--space", GOOD, "--study", "other")))
@@ -336,3 +348,12 @@ def test_a_bad_space_file_is_refused_in_one_line(tmp_path):
         with pytest.raises(SpaceError) as e:
             parse_space(str(tmp_path / name))
         assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_help_answers_without_importing_torch_or_optuna():
+    code = ("import sys\nfrom rnnsent.__main__ import main\ntry:\n    main(['tune', '--help'])\nexcept SystemExit:\n"
+            "    pass\nassert 'torch' not in sys.modules and 'optuna' not in sys.modules, 'imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: rnnsent tune" in proc.stdout and "--space SPACE" in proc.stdout

@@ -2,6 +2,7 @@
 folder, runs the workers and writes the results; the same call again continues the study to t.trials in total."""
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rnnsent.training.tune.workers import run_workers, say
 
 def require_optuna() -> None:
     try:
-        import optuna  # noqa: F401  (only whether it is there)
+        importlib.import_module("optuna")
     except ImportError:
         raise ImportError("rnnsent tune needs Optuna: pip install 'rnnsent[tune]'") from None
 

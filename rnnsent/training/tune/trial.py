@@ -88,7 +88,7 @@ class Objective:
             trial.report(value, trainer.epoch)
             trial.set_user_attr("epochs", trainer.epoch)
             self.best = sign * trainer.best_val  # the task's score is -loss for loss
-            if trial.should_prune():
+            if trainer.epoch < trainer.config.epochs and trial.should_prune():  # after the last: nothing to save
                 raise optuna.TrialPruned(f"pruned after epoch {trainer.epoch}: {metric} {value:.4f}")
 
         return report
