@@ -227,7 +227,7 @@ def test_a_killed_worker_leaves_its_trial_failed_and_the_study_completes(tmp_pat
     assert next(r for r in csv.DictReader(open(out / "trials.csv")) if r["trial"] == str(number))["state"] == "lost"
 
 
-def test_sigterm_stops_the_workers_keeping_finished_trials(tmp_path):
+def test_sigterm_stops_the_workers_keeping_finished_trials(tmp_path, capfd):
     write_words(tmp_path / "words.csv")
     out = tmp_path / "search"
     args = flags(tmp_path, out, "--trials", "3", "--jobs", "2", "--space", GOOD, "--pruner", "none", "--epochs", "8")
@@ -245,7 +245,8 @@ def test_sigterm_stops_the_workers_keeping_finished_trials(tmp_path):
         assert not (out / f"trial-{t.number:04d}" / "run.lock").exists()
     waiting = [t for t in trials if t.state.name == "WAITING"]
     assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in stopped)
-    proc = tune(*args[:-2], "--epochs", "2")  # go on, shorter: the stopped trials' settings run first
+    # go on, here and shorter: the stopped trials' settings run first
+    proc = tune_here(capfd, *flags(tmp_path, out, "--trials", "3", "--space", GOOD, "--pruner", "none"))
     assert proc.returncode == 0, proc.stderr.decode()
     trials = study_of(out).trials
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3 and not any(t.state.name == "WAITING" for t in trials)
