@@ -1,4 +1,4 @@
-"""The `rnnsent` command (and `python -m rnnsent`): `rnnsent train|evaluate|predict|explain|export|serve [flags]`.
+"""The `rnnsent` command (and `python -m rnnsent`): `rnnsent train|evaluate|predict|explain|export|serve|tune [flags]`.
 
 Each command takes exactly the flags of scripts/train.py, evaluate.py, predict.py and explain.py: both run the
 same functions in rnnsent.cli. torch is imported only after the flags are parsed, so `--help` is instant.
@@ -21,6 +21,7 @@ COMMANDS = {  # name -> (function in rnnsent.cli, one line for the help)
     "explain": ("explain_main", "which words made a checkpoint decide: word attributions (terminal, JSON, HTML)"),
     "export": ("export_main", "write a model as ONNX with its tokenizer as JSON, verified in onnxruntime"),
     "serve": ("serve_main", "an HTTP API with dynamic batching and a demo page (pip install 'rnnsent[serve]')"),
+    "tune": ("tune_main", "search hyperparameters with Optuna, trials pruned by epoch (pip install 'rnnsent[tune]')"),
 }
 
 

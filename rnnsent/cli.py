@@ -106,7 +106,8 @@ def recipe_flag(text: str) -> str:
     return LEGACY_RECIPES.get(text, text)
 
 
-def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.ArgumentParser:
+def train_parser(prog: str = "train.py", config=TrainConfig,
+                 leave_out: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
         description="Train a Keras-exact recurrent sentiment classifier on IMDB. Defaults follow the Keras exercise "
@@ -117,6 +118,8 @@ def train_parser(prog: str = "train.py", config=TrainConfig) -> argparse.Argumen
                    help="named settings: " + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items())
                    + "".join(f"; {old}: {new}'s old name" for old, new in LEGACY_RECIPES.items()) + " [none]")
     for name in flag_order(config):
+        if name in leave_out:
+            continue
         if name == "expect_per_block":
             # deprecated
             p.add_argument("--expect-per-block", type=_expect_per_block, default=None, help=argparse.SUPPRESS)
@@ -531,3 +534,66 @@ def serve_main(argv: list[str] | None = None, prog: str = "rnnsent serve") -> in
         return 0
     return _fail(f"could not listen on {settings.host}:{settings.port} (the port is taken, or the address is not "
                  "this machine's: see the line above)", 1)
+
+
+TUNE_LEAVES_OUT = ("out", "resume", "overwrite")  # train's flags that a search sets per trial
+
+
+def tune_parser(prog: str = "rnnsent tune") -> argparse.ArgumentParser:
+    """`rnnsent tune`'s flags: train's (the settings every trial shares), then the search's own."""
+    p = train_parser(prog, leave_out=TUNE_LEAVES_OUT)
+    p.description = ("Search hyperparameters with Optuna (pip install 'rnnsent[tune]'; docs/tuning.md): every trial is "
+                     "a training run of its own folder in --out, pruned between epochs on the validation metric "
+                     "(--monitor); the test split is never read by the search. Train's flags set what every trial "
+                     "shares; --space what they vary. The same command again continues the study to --trials.")
+    p.add_argument("--out", default=None, help="the search's folder: study.db, trials.csv, the pictures, a run folder "
+                                               "per trial and best (the best trial's) [runs/tune-<cell>]")
+    p.add_argument("--trials", type=_positive_int, default=20, help="trials in the study in total, over every "
+                   "invocation and machine (a trial stopped by Ctrl-C or a lost worker runs again) [20]")
+    p.add_argument("--space", default=None, metavar="SPACE",
+                   help="what to search: 'lr=1e-4:1e-2:log hidden_size=64,128 dropout=0:0.5 layers=1,2 bidirectional' "
+                        "(ranges, log ranges, choices, fixed values, booleans), or a .json/.yaml file of the same "
+                        "[the cell's default: docs/tuning.md]")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="worker processes on this machine sharing the study, each with cores/jobs threads [1]")
+    p.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                   help="stop unpromising trials between epochs: median (below the median of earlier trials at the "
+                        "same epoch, after 5 trials), halving (successive halving) or none [median]")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="where the study lives: an SQLAlchemy URL (sqlite:///FILE, postgresql://USER@HOST/DB) or "
+                        "journal:FILE, shared by searches on several machines [sqlite: --out/study.db]")
+    p.add_argument("--study", default=None, metavar="NAME", help="the study's name in --storage [the --out folder's]")
+    p.add_argument("--search-seed", type=int, default=0, help="the sampler's seed (TPE) [0]")
+    p.add_argument("--heartbeat", type=_positive_int, default=60, metavar="SECONDS",
+                   help="seconds between a running trial's heartbeats in an SQL storage; a trial whose worker died is "
+                        "marked failed after two missed ones and its settings run again [60]")
+    return p
+
+
+def tune_main(argv: list[str] | None = None, prog: str = "rnnsent tune") -> int:
+    """Hyperparameter search (rnnsent.training.tune): one-line errors; exit 130/143 when stopped by a signal."""
+    args = tune_parser(prog).parse_args(argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.jobs > cores:
+        print(f"warning: --jobs {args.jobs} is more than the {cores} core(s) here: the workers share them, one "
+              "thread each, and each trial runs slower", file=sys.stderr)
+    try:
+        from rnnsent.training.tune.search import tune
+        from rnnsent.training.tune.space import parse_space
+        from rnnsent.training.tune.study import Tune
+
+        args.out = args.out or str(Path("runs") / f"tune-{canonical_cell(args.cell or TrainConfig.cell)}")
+        base = config_from_args(args)
+        space = parse_space(args.space, base.cell)
+        t = Tune(base, space, args.trials, args.jobs, args.storage, args.study, args.pruner, args.search_seed,
+                 args.heartbeat, base.threads or max(1, cores // args.jobs))
+        code, _ = tune(t)
+    except KeyboardInterrupt:
+        return _fail("interrupted by Ctrl-C; the finished trials are kept: run the same command to go on",
+                     EXIT_INTERRUPTED)
+    except (ImportError, *_user_errors()) as e:
+        return _fail(str(e))
+    if code >= 128:
+        print(f"stopped by {'SIGTERM' if code == 143 else 'Ctrl-C'}: the finished trials are kept in the study, a "
+              "stopped trial's settings run again first; run the same command to go on", file=sys.stderr)
+    return code

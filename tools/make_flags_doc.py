@@ -26,8 +26,8 @@ WIDTH = "10000"  # argparse wraps --help to $COLUMNS: this wide, no entry wraps,
 
 HEADER = """# Command-line flags
 
-Every flag of `rnnsent train`, `pretrain`, `evaluate`, `predict`, `explain`, `export` and `serve` (the same flags as
-`scripts/train.py`, `pretrain.py`, `evaluate.py`, `predict.py`, `explain.py` and `export.py`), as their
+Every flag of `rnnsent train`, `pretrain`, `evaluate`, `predict`, `explain`, `export`, `serve` and `tune` (the
+same flags as `scripts/train.py`, `pretrain.py`, `evaluate.py`, `predict.py`, `explain.py` and `export.py`), as their
 `--help` prints them; the default is in brackets.
 `tools/make_flags_doc.py` writes this page from the commands themselves and `tests/test_docs.py` checks that
 it is current. What the flags do in practice: the [README's tour](../README.md#a-quick-tour),
@@ -111,6 +111,7 @@ def training_groups(rows: list[tuple[str, str]]) -> list[tuple[str, list[tuple[s
 def render() -> str:
     lines = [HEADER]
     description, rows = entries(help_text("train"))
+    train_rows = rows
     lines += ["## train", "", f"`rnnsent train`, `scripts/train.py`: {cell(description)}", ""]
     for name, what, group in training_groups(rows):
         lines += [f"### {name}", "", f"{what[0].upper()}{what[1:]}.", "", *table(group)]
@@ -124,6 +125,11 @@ def render() -> str:
         description, rows = entries(help_text(command))
         script = f", `scripts/{command}.py`" if (ROOT / "scripts" / f"{command}.py").is_file() else ""  # (serve: none)
         lines += [f"## {command}", "", f"`rnnsent {command}`{script}: {cell(description)}", "", *table(rows)]
+    description, tune_rows = entries(help_text("tune"))
+    own = [r for r in tune_rows if r not in train_rows]  # the search's own; the rest are train's
+    lines += ["## tune", "", f"`rnnsent tune`: {cell(description)}", "",
+              "Its flags are [train's](#train) but `--resume` and `--overwrite` (with `--out` its own), and these:", "",
+              *table(own)]
     return "\n".join(lines).rstrip() + "\n"
 
 
