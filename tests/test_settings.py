@@ -9,14 +9,15 @@ import pytest
 
 from rnnsent.cli import config_from_args, flag_order, train_parser
 from rnnsent.config import (SETTINGS, DataConfig, ModelConfig, OptimConfig, Range, RunConfig, TrainConfig,
-                            check_setting, setting, setting_kind)
+                            check_setting, field_names, setting, setting_kind)
 from rnnsent.data import Vocab, prepare_imdb, prepare_labelled, train_val_split
 from rnnsent.data.tabular import Columns, DataFileError, read_rows
 from rnnsent.inference.loading import load_checkpoint
 from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.storage.checkpoint import CheckpointError, save_checkpoint
 
-RULED = [name for name, f in SETTINGS.items() if f.metadata.get("choices") or f.metadata.get("bounds")]
+RULED = [name for name, f in SETTINGS.items()
+         if f.metadata.get("choices") or f.metadata.get("bounds") or f.metadata.get("rule")]
 VOCAB = Vocab(("the", "film", "good", "bad"))
 ENCODING = {"max_len": 8, "encoding": "bucketed"}
 
@@ -27,6 +28,8 @@ def out_of_rule(name: str) -> list:
     kind, bounds, choices = setting_kind(f)[0], f.metadata.get("bounds"), f.metadata.get("choices")
     if choices:
         return ["bogus"]
+    if f.metadata.get("rule"):
+        return list(f.metadata["rule"].refuses)
     step = 1 if kind == "int" else 0.5
     bad = [bounds.low if bounds.low_open else bounds.low - step, "many"]
     if math.isfinite(bounds.high):
@@ -44,7 +47,7 @@ def said(name: str, value) -> str:
         return f"{name} must be {'a whole number' if kind == 'int' else 'a number'}, got {value!r}"
     if choices:
         return f"{name} must be one of {', '.join(choices)}, got {value!r}"
-    return f"{name} must be {bounds.says}, got {value!r}"
+    return f"{name} must be {(bounds or f.metadata.get('rule')).says}, got {value!r}"
 
 
 def flag_error(name: str, value, capsys) -> str:
@@ -99,7 +102,7 @@ def data_function_errors(name: str, value, tmp_path: Path) -> list[str]:
 
 def test_the_walk_covers_every_kind_of_rule():
     assert {"vocab_size", "max_len", "limit", "val_fraction", "test_fraction", "quoting", "encoding", "lr", "amp",
-            "ckpt_every"} <= set(RULED)
+            "ckpt_every", "class_weight", "threshold", "sampler"} <= set(RULED)
     assert all(name in RULED for name, f in SETTINGS.items() if f.metadata.get("bounds"))
 
 
@@ -162,13 +165,13 @@ WithMomentum = dataclasses.make_dataclass("WithMomentum", [], bases=(TrainConfig
 
 def test_a_new_optimiser_option_is_its_field_and_gets_its_flag_help_place_and_check(capsys):
     plain = [f.name for f in dataclasses.fields(TrainConfig)]
-    after = plain.index("pretrained") + 1
+    after = plain.index(field_names(OptimConfig)[-1]) + 1
     assert [f.name for f in dataclasses.fields(WithMomentum)] == [*plain[:after], "momentum", *plain[after:]]
     parser = train_parser("train.py", config=WithMomentum)
     assert {a.dest for a in parser._actions} - {a.dest for a in train_parser()._actions} == {"momentum"}
     assert "--momentum MOMENTUM a throwaway option of this test [0.9]" in " ".join(parser.format_help().split())
     order = flag_order(WithMomentum)
-    assert order.index("momentum") == order.index("pretrained") + 1, "listed with the optimisation flags"
+    assert order.index("momentum") == order.index(field_names(OptimConfig)[-1]) + 1, "listed with the optimisation flags"
     assert config_from_args(parser.parse_args(["--momentum", "0.5"]), config=WithMomentum).momentum == 0.5
     assert config_from_args(parser.parse_args([]), config=WithMomentum).momentum == 0.9
     with pytest.raises(SystemExit):

@@ -15,7 +15,7 @@ from rnnsent import runtime
 from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
 from rnnsent.data import PreparedData, prepare_data
 from rnnsent.training import report
-from rnnsent.training.classification import Classification
+from rnnsent.training.classification import Classification, check_imbalance_settings
 from rnnsent.training.distributed import Distributed
 from rnnsent.training.resume import ResumePoint, check_resume, find_resume
 from rnnsent.training.task import Task
@@ -65,6 +65,9 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
     config, taken = settings_from_data(config, data)
     if taken:
         log(f"from the data: {taken}")
+    if isinstance(task, Classification):  # class weights, positive label and threshold against the data's classes
+        for line in check_imbalance_settings(config, data):
+            log(line)
     if start.state is not None:  # checked once the data has sized the head
         check_resume(start.state, config, data.vocab)
     return Settled(config, data, task, start, dist, device, board)
