@@ -127,10 +127,11 @@ class Classification:
 
     def loss_weights(self, t) -> torch.Tensor | None:
         """(K,) the loss's class weights (--class-weight) on the run's device, or None."""
-        if "weights" not in self._weights:
+        key = (id(t.data), t.config.class_weight, t.device)
+        if key not in self._weights:
             weights = class_weights(t.config.class_weight, *class_counts(t.data, t.config.num_classes))
-            self._weights["weights"] = None if weights is None else torch.tensor(weights, device=t.device)
-        return self._weights["weights"]
+            self._weights[key] = None if weights is None else torch.tensor(weights, device=t.device)
+        return self._weights[key]
 
     def positive(self, t) -> int | None:
         """The index of the positive class of two (--positive-label); None for more."""
