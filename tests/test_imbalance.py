@@ -300,7 +300,7 @@ def test_models_without_a_threshold_answer_as_before(tmp_path):
     released = load_checkpoint("gru")
     assert released.threshold == 0.5 and released.positive == 1 and released.positive_label == "positive"
     state = load_checkpoint_state(released.path)
-    for bad in (1.5, "0.3; rm", float("nan"), True):
+    for bad in (1.5, "0.3; rm", float("nan"), True, [0.3], torch.tensor([0.2, 0.3])):
         path = save_checkpoint(tmp_path / "bad.pt", {**state, "threshold": bad})
         with pytest.raises(CheckpointError, match="unusable decision rule: threshold must be auto or a number") as e:
             load_checkpoint(path)

@@ -134,7 +134,7 @@ def positive_class(classes: list | None, positive_label=None) -> int | None:
     if len(names) != 2:
         raise ValueError(f"positive_label names one of two classes; the data has {len(names)} ({', '.join(names)})")
     if str(positive_label) not in names:
-        raise ValueError(f"positive_label {str(positive_label)!r} is not one of the classes ({', '.join(names)})")
+        raise ValueError(f"positive_label {str(positive_label)[:100]!r} is not one of the classes ({', '.join(names)})")
     return names.index(str(positive_label))
 
 

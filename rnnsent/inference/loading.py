@@ -96,7 +96,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = _build_model(path, _model_settings(path, state), state["model_state"], impl)
     vocab = _vocabulary(path, state, model.vocab_size)
     max_len, encoding, classes = _encoding_settings(path, state, model.num_classes)
-    threshold, positive = _decision(path, state, classes)
+    threshold, positive = _decision(path, state, model.num_classes, classes)
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
                        path=Path(path), classes=classes, threshold=threshold, positive=positive)
 
@@ -189,18 +189,19 @@ def _encoding_settings(path: Path, state: dict, num_classes: int) -> tuple[int, 
     return max_len, encoding, classes
 
 
-def _decision(path: Path, state: dict, classes: list | None) -> tuple[float, int]:
+def _decision(path: Path, state: dict, num_classes: int, classes: list | None) -> tuple[float, int]:
     """(threshold, index of the positive class) of a two-class model, as its run set them (--threshold,
     --positive-label): the threshold best.pt stores (tuned or fixed), else the run's fixed one, else 0.5; the
     positive class the run named, else the second. A model of more classes answers by argmax and ignores both."""
     from rnnsent.inference.evaluate import positive_class
 
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    if len(classes or ()) > 2:
+    if num_classes != 2:
         return 0.5, 1
     threshold = state.get("threshold", config.get("threshold"))
     try:
-        threshold = 0.5 if threshold in (None, "auto") else check_setting("threshold", threshold)
+        untuned = threshold is None or isinstance(threshold, str) and threshold == "auto"  # auto: a run cut short
+        threshold = 0.5 if untuned else check_setting("threshold", threshold)
         return float(threshold), positive_class(classes, config.get("positive_label"))
     except ValueError as e:
         raise CheckpointError(f"{path} has an unusable decision rule: {e}") from None
