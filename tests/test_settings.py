@@ -171,7 +171,8 @@ def test_a_new_optimiser_option_is_its_field_and_gets_its_flag_help_place_and_ch
     assert {a.dest for a in parser._actions} - {a.dest for a in train_parser()._actions} == {"momentum"}
     assert "--momentum MOMENTUM a throwaway option of this test [0.9]" in " ".join(parser.format_help().split())
     order = flag_order(WithMomentum)
-    assert order.index("momentum") == order.index(field_names(OptimConfig)[-1]) + 1, "listed with the optimisation flags"
+    last_optim = field_names(OptimConfig)[-1]
+    assert order.index("momentum") == order.index(last_optim) + 1, "listed with the optimisation flags"
     assert config_from_args(parser.parse_args(["--momentum", "0.5"]), config=WithMomentum).momentum == 0.5
     assert config_from_args(parser.parse_args([]), config=WithMomentum).momentum == 0.9
     with pytest.raises(SystemExit):
