@@ -74,9 +74,8 @@ def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras
     from rnnsent.inference.evaluate import predict
 
     if isinstance(model, LoadedModel):
-        return predict(
-            model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size, model.classes
-        )
+        return predict(model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size,
+                       model.classes, **model.decision())
     if vocab is None:
         raise ValueError(
             "predict() needs the vocabulary the model was trained with: pass vocab=, or a loaded checkpoint"

@@ -297,7 +297,7 @@ def _evaluate(args: argparse.Namespace) -> tuple:
     else:
         data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
         split = getattr(data, args.split)
-    return loaded, evaluate(loaded.model, split, batch_size=args.batch_size, device=device), what
+    return loaded, evaluate(loaded.model, split, batch_size=args.batch_size, device=device, **loaded.decision()), what
 
 
 def _print_evaluation(result: dict, what: str, classes, as_json: bool) -> None:
@@ -372,7 +372,7 @@ def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int
     )
     _text_arguments(p)
     p.add_argument("--target", default=None,
-                   help="the class to attribute toward, by name [the second class for two (positive for IMDB), "
+                   help="the class to attribute toward, by name [the positive class for two (positive for IMDB), "
                         "else the predicted one]")
     p.add_argument(
         "--method",

@@ -15,6 +15,7 @@ import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Callable
 
 
 
@@ -59,6 +60,9 @@ QUOTINGS = ("csv", "none")
 ON_MISSING_LABEL = ("skip", "error")
 # --freeze: what keeps the weights it started with (body: the embedding and the recurrent layer)
 FREEZES = ("embedding", "recurrent", "body", "head")
+# The training batches: shuffle takes every row once per epoch; balanced draws the classes in equal shares
+# (rnnsent.data.batches.Batcher).
+SAMPLERS = ("shuffle", "balanced")
 
 
 def canonical_cell(cell: str) -> str:
@@ -99,6 +103,18 @@ class Range:
         return above and (value < self.high if self.high_open else value <= self.high)
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The texts a setting may take where choices or a Range cannot say them (class weights; a threshold or
+    "auto"): `holds(value)`, refused with "<name> must be <says>, got <value>"; `form(value)` is the value kept.
+    `refuses`: values it refuses, for the tests' walk over every setting's rule."""
+
+    holds: Callable
+    says: str
+    form: Callable = str
+    refuses: tuple = ()
+
+
 AT_LEAST_1 = Range(1, says="at least 1")
 FRACTION = Range(0.0, 1.0, says="in [0, 1)")
 POSITIVE = Range(0.0, low_open=True, says="a positive number")
@@ -107,18 +123,61 @@ POSITIVE = Range(0.0, low_open=True, says="a positive number")
 SIZE_LIMIT = 10_000_000
 
 
+def class_weights_given(text: str) -> dict[str, float]:
+    """--class-weight LABEL=W,... as {label: weight}: each weight a positive finite number, each label once (a label
+    holding "=" is split at its last one). ValueError otherwise."""
+    weights = {}
+    for item in str(text).split(","):
+        label, eq, number = item.strip().rpartition("=")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = math.nan
+        if not eq or not label or label in weights or not 0 < weight < math.inf:
+            raise ValueError(f"not LABEL=WEIGHT with a positive weight: {item!r}")
+        weights[label] = weight
+    return weights
+
+
+def _is_class_weight(value) -> bool:
+    if value in ("none", "balanced"):
+        return True
+    try:
+        return isinstance(value, str) and bool(class_weights_given(value))
+    except ValueError:
+        return False
+
+
+def _is_threshold(value) -> bool:
+    if value == "auto":
+        return True
+    try:
+        number = float(value) if isinstance(value, (str, numbers.Real)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        return False
+    return 0 < number < 1
+
+
+CLASS_WEIGHT = Rule(_is_class_weight, "none, balanced or LABEL=WEIGHT,... with every weight a positive number",
+                    refuses=("some", "spam=0", "spam=-1", "spam=2,spam=3", "=2", "spam=inf"))
+THRESHOLD = Rule(_is_threshold, "auto or a number between 0 and 1 (both excluded)",
+                 form=lambda v: v if v == "auto" else repr(float(v)), refuses=("0", "1", "1.5", "-0.2", "nan", "best"))
+
+
 def setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple | None = None,
-            bounds: Range | None = None, renamed: dict | None = None, metavar: str | None = None, **argparse_kwargs):
+            bounds: Range | None = None, renamed: dict | None = None, metavar: str | None = None,
+            rule: Rule | None = None, **argparse_kwargs):
     """A settings field with its command-line flag, so that a new option is this one field.
 
     help: the flag's help, "{default}" standing for the field's default; flags: its names, the first one
     shown (default --field-name); choices / bounds: the values it may take (check_setting); renamed: old
-    value -> new, still accepted with a note; argparse_kwargs (nargs, const) go to argparse as they are.
+    value -> new, still accepted with a note; rule: a Rule for text of a form; argparse_kwargs (nargs, const) go
+    to argparse as they are.
     The field's annotation is its type: int, float, bool or str, "| None" where None (unset) is allowed.
     rnnsent.cli builds the flag; a field without help has none."""
     return dataclasses.field(default=default, metadata={
         "help": help, "flags": flags, "choices": choices, "bounds": bounds, "renamed": renamed, "metavar": metavar,
-        "argparse": argparse_kwargs})
+        "argparse": argparse_kwargs, "rule": rule})
 
 
 def setting_kind(field: dataclasses.Field) -> tuple[str, bool]:
@@ -154,6 +213,11 @@ def check_setting(field: dataclasses.Field | str, value, error: type[Exception] 
         raise error(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if bounds is not None and not bounds.holds(value):
         raise error(f"{f.name} must be {bounds.says}, got {value!r}")
+    rule = f.metadata.get("rule")
+    if rule is not None:
+        if not rule.holds(value):
+            raise error(f"{f.name} must be {rule.says}, got {value!r}")
+        value = rule.form(value)
     return value
 
 
@@ -345,6 +409,21 @@ class OptimConfig(Settings):
         1.0, "with --init-from: the embedding and recurrent layer train at --lr times this, the head at --lr "
              "(docs/fine-tuning.md: measured) [{default}]",
         bounds=Range(0.0, 1.0, low_open=True, high_open=False, says="in (0, 1]"))
+    # Imbalanced classes (docs/imbalance.md): the loss's class weights, balanced batches, which class is positive,
+    # and the decision threshold of two classes.
+    class_weight: str = setting(  # none | balanced (n / (k * n_class) on the training split) | LABEL=W,...
+        "none", "weight each class's loss: none, balanced (n / (classes * n_class), counted on the training split) or "
+                "LABEL=WEIGHT,... (classes not named weigh 1) [{default}]", rule=CLASS_WEIGHT, metavar="WEIGHTS")
+    sampler: str = setting(  # see SAMPLERS
+        "shuffle", "training batches: shuffle takes every row once per epoch; balanced draws every class in equal "
+                   "shares (the rare ones repeated, the common ones sampled), as many rows per epoch [{default}]",
+        choices=SAMPLERS)
+    positive_label: str | None = setting(  # two classes: the class tp/fp/F1 and the threshold are about
+        None, "two classes: the positive class, which the confusion counts, F1 and --threshold are about [the second "
+              "in sorted order: positive for IMDB]", metavar="LABEL")
+    threshold: str | None = setting(  # two classes: predict the positive class at P(positive) >= this; "auto": tuned
+        None, "two classes: predict the positive class where its probability is at least this; auto picks the one "
+              "that maximises the positive class's F1 on the validation split after training [0.5]", rule=THRESHOLD)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate at a global step: a pure function of the step (warm-up, then the schedule)."""
@@ -448,7 +527,8 @@ def field_names(group) -> tuple[str, ...]:
 # What only fine-tuning uses, at its off values: a recipe's pretraining run starts from these. Pretraining refuses
 # all but word dropout, which the language model simply has none of (it is the classifier's input noise).
 FINE_TUNING_ONLY = {"label_smoothing": 0.0, "adversarial": 0.0, "ema": 0.0, "pretrained": None, "word_dropout": 0.0,
-                    "init_from": None, "extend_vocab": 0, "freeze": None, "unfreeze_after": None}
+                    "init_from": None, "extend_vocab": 0, "freeze": None, "unfreeze_after": None,
+                    "class_weight": "none", "sampler": "shuffle", "positive_label": None, "threshold": None}
 
 
 # Named, documented sets of training settings (scripts/train.py --recipe NAME). Explicit flags win. Besides

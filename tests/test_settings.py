@@ -16,7 +16,8 @@ from rnnsent.inference.loading import load_checkpoint
 from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.storage.checkpoint import CheckpointError, save_checkpoint
 
-RULED = [name for name, f in SETTINGS.items() if f.metadata.get("choices") or f.metadata.get("bounds")]
+RULED = [name for name, f in SETTINGS.items()
+         if f.metadata.get("choices") or f.metadata.get("bounds") or f.metadata.get("rule")]
 VOCAB = Vocab(("the", "film", "good", "bad"))
 ENCODING = {"max_len": 8, "encoding": "bucketed"}
 
@@ -27,6 +28,8 @@ def out_of_rule(name: str) -> list:
     kind, bounds, choices = setting_kind(f)[0], f.metadata.get("bounds"), f.metadata.get("choices")
     if choices:
         return ["bogus"]
+    if f.metadata.get("rule"):
+        return list(f.metadata["rule"].refuses)
     step = 1 if kind == "int" else 0.5
     bad = [bounds.low if bounds.low_open else bounds.low - step, "many"]
     if math.isfinite(bounds.high):
@@ -44,7 +47,7 @@ def said(name: str, value) -> str:
         return f"{name} must be {'a whole number' if kind == 'int' else 'a number'}, got {value!r}"
     if choices:
         return f"{name} must be one of {', '.join(choices)}, got {value!r}"
-    return f"{name} must be {bounds.says}, got {value!r}"
+    return f"{name} must be {(bounds or f.metadata.get('rule')).says}, got {value!r}"
 
 
 def flag_error(name: str, value, capsys) -> str:
@@ -99,7 +102,7 @@ def data_function_errors(name: str, value, tmp_path: Path) -> list[str]:
 
 def test_the_walk_covers_every_kind_of_rule():
     assert {"vocab_size", "max_len", "limit", "val_fraction", "test_fraction", "quoting", "encoding", "lr", "amp",
-            "ckpt_every"} <= set(RULED)
+            "ckpt_every", "class_weight", "threshold", "sampler"} <= set(RULED)
     assert all(name in RULED for name, f in SETTINGS.items() if f.metadata.get("bounds"))
 
 

@@ -11,6 +11,14 @@ order. Each batch is then cut to its own longest row, so short reviews are not r
 of padding steps. Chunks are whole multiples of batch_size, so, exactly as without bucketing, every
 batch has batch_size rows except at most one (the last of the last chunk, dropped by drop_last).
 
+Balanced (balanced=True, training only): an epoch still has as many rows and batches, but every batch holds the
+classes of the split in equal shares (within one row where the batch does not divide), so a rare class is seen
+as often as a common one. Each class's rows come from its own stream, the class's rows in a random order, again
+and again: a rare class's rows repeat (each about equally often), a common class's are a different sample each
+epoch. With bucketing, each class's share of a chunk is sorted by length and batch j takes the j-th slice of
+every class, so batches stay balanced and their rows of similar length. All of it is drawn from the same
+(seed, epoch) generator, so resume sees the same batches.
+
 Sharding (distributed training, see rnnsent.training.distributed): with rank and world_size, the epoch's
 batch list is planned as above and rank r keeps batches r, r + world_size, ... With even_shards
 (training) the list is first padded by repeating its first batches, so every rank gets the same
@@ -63,6 +71,7 @@ class Batcher:
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
+        balanced: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -75,11 +84,14 @@ class Batcher:
             )
         if len(split) == 0:
             raise ValueError("the split has no reviews; there is nothing to batch")
+        if balanced and not shuffle:
+            raise ValueError("balanced batches are drawn at random: balanced=True needs shuffle=True")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.bucket = bucket
         self.drop_last = drop_last
+        self.balanced = balanced
         self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
         self.padding = split.padding
         self.device = torch.device(device) if device is not None else split.tokens.device
@@ -87,6 +99,9 @@ class Batcher:
         self.lengths = split.lengths.to(self.device)  # (N,)
         self.labels = split.labels.to(self.device)  # (N,)
         self._host_lengths = split.lengths.cpu()  # planning happens on the host, without device syncs
+        labels = split.labels.cpu().long()
+        # each class's rows (the classes the split holds), for balanced batches
+        self._class_rows = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels).tolist()]
 
     @property
     def num_samples(self) -> int:
@@ -102,31 +117,59 @@ class Batcher:
             return -(-total // self.world_size)
         return len(range(self.rank, total, self.world_size))
 
-    def _plan(self, epoch: int) -> list[_Batch]:
+    def _shuffled(self, g: torch.Generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """(row order, batch spans into it): every row once, shuffled (bucketed: by length within chunks)."""
         n, b = len(self._host_lengths), self.batch_size
-        g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        full_width = self.tokens.shape[1]
-        if not self.bucket:
-            spans = [(i, min(i + b, n)) for i in range(0, n, b)]
-            widths = [
-                full_width if self.padding == "pre" else int(self._host_lengths[order[s:e]].max()) for s, e in spans
-            ]
-        else:
+        spans = [(i, min(i + b, n)) for i in range(0, n, b)]
+        if self.bucket:
             chunk = b * BUCKET_BATCHES
             pieces = []
             for c in range(0, n, chunk):
                 part = order[c : c + chunk]
                 # Stable sort keeps equal lengths in their shuffled order, so ties stay random.
                 pieces.append(part[torch.sort(self._host_lengths[part], stable=True).indices])
-            order = torch.cat(pieces)
-            # chunks are multiples of b: batches never straddle two
-            spans = [(i, min(i + b, n)) for i in range(0, n, b)]
+            order = torch.cat(pieces)  # chunks are multiples of b: batches never straddle two
             if self.shuffle:
                 spans = [spans[i] for i in torch.randperm(len(spans), generator=g).tolist()]
-            widths = [int(self._host_lengths[order[s:e]].max()) for s, e in spans]
+        return order, spans
+
+    def _balanced(self, g: torch.Generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """(row order, batch spans into it) with every class in equal shares per batch (see the module's notes)."""
+        n, b, k = len(self._host_lengths), self.batch_size, len(self._class_rows)
+        sizes = [min(b, n - i) for i in range(0, n, b)]
+        # batch j's rows of class c: an equal share, the remainder going to classes in turn from j
+        shares = torch.tensor([[s // k + ((c - j) % k < s % k) for c in range(k)] for j, s in enumerate(sizes)])
+        streams = []
+        for c, rows in enumerate(self._class_rows):
+            need = int(shares[:, c].sum())
+            laps = -(-need // len(rows))
+            streams.append(torch.cat([rows[torch.randperm(len(rows), generator=g)] for _ in range(laps)])[:need])
+        batches: list[list[torch.Tensor]] = [[] for _ in sizes]
+        starts = torch.cumsum(shares, 0) - shares  # (batches, classes): where batch j's share starts in each stream
+        chunk = BUCKET_BATCHES if self.bucket else 1
+        for j0 in range(0, len(sizes), chunk):
+            j1 = min(j0 + chunk, len(sizes))
+            for c, stream in enumerate(streams):
+                part = stream[int(starts[j0, c]): int(starts[j1 - 1, c] + shares[j1 - 1, c])]
+                if self.bucket:  # by length within the chunk: batch j gets the j-th slice of every class
+                    part = part[torch.sort(self._host_lengths[part], stable=True).indices]
+                offsets = torch.cumsum(shares[j0:j1, c], 0).tolist()
+                for j, (s, e) in enumerate(zip([0, *offsets[:-1]], offsets)):
+                    batches[j0 + j].append(part[s:e])
+        if self.bucket:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        order = torch.cat([torch.cat(parts) for parts in batches])
+        bounds = torch.cumsum(torch.tensor([sum(len(p) for p in parts) for parts in batches]), 0).tolist()
+        return order, list(zip([0, *bounds[:-1]], bounds))
+
+    def _plan(self, epoch: int) -> list[_Batch]:
+        g = epoch_generator(self.seed, epoch)
+        order, spans = self._balanced(g) if self.balanced else self._shuffled(g)
+        full_width = self.tokens.shape[1]
+        widths = [full_width if self.padding == "pre" else int(self._host_lengths[order[s:e]].max()) for s, e in spans]
         if self.drop_last:
-            keep = [k for k, (s, e) in enumerate(spans) if e - s == b]
+            keep = [k for k, (s, e) in enumerate(spans) if e - s == self.batch_size]
             spans, widths = [spans[k] for k in keep], [widths[k] for k in keep]
         if self.world_size > 1:
             keep = list(range(len(spans)))

@@ -22,9 +22,14 @@ def evaluate(
     device: torch.device | str | None = None,
     amp: str | None = None,
     batcher: Batcher | None = None,
+    threshold: float | None = None,
+    positive: int = 1,
 ) -> dict:
     """Loss, accuracy, macro-F1 and confusion counts of `model` on a whole encoded split (see scores()).
 
+    Two classes: `positive` is the index of the positive class (positive_class()), which tp, fp, tn and fn are
+    about; with a `threshold` a row is predicted positive where that class's probability is at least the
+    threshold, as predict() decides (without one: where the logit favours it, as training validates).
     Batch size does not change the result (no batch statistics), so evaluation uses large,
     length-bucketed batches. Sums stay on the device; one host sync at the end.
     """
@@ -41,14 +46,14 @@ def evaluate(
         with autocast_context(device, amp):
             logits = model(x, lengths if split.padding == "post" else None)  # (B,) or (B, K)
         loss_sum += objective.loss(logits, y, reduction="sum").double()
-        confusion += torch.bincount(y.long() * k + objective.predicted(logits), minlength=k * k)
+        confusion += torch.bincount(y.long() * k + objective.predicted(logits, threshold, positive), minlength=k * k)
     model.train(was_training)
-    return scores(loss_sum.item(), confusion.view(k, k).tolist())
+    return scores(loss_sum.item(), confusion.view(k, k).tolist(), positive)
 
 
-def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
+def scores(loss_sum: float, confusion: list[list[int]], positive: int = 1) -> dict:
     """loss, accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted) from summed counts;
-    for two classes also tp, fp, tn, fn (class 1 is the positive one)."""
+    for two classes also tp, fp, tn, fn of the positive class (index `positive`, the second by default)."""
     k = len(confusion)
     n = sum(map(sum, confusion))
     right = sum(confusion[c][c] for c in range(k))
@@ -58,15 +63,22 @@ def scores(loss_sum: float, confusion: list[list[int]]) -> dict:
         f1.append(2 * confusion[c][c] / (predicted + actual) if predicted + actual else 0.0)
     out = {"loss": loss_sum / max(n, 1), "accuracy": right / max(n, 1)}
     if k == 2:
-        (tn, fp), (fn, tp) = confusion
-        out.update(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn))
+        out.update(confusion_counts(confusion, positive))
     return {**out, "n": int(n), "macro_f1": sum(f1) / k,
             "confusion_matrix": [[int(v) for v in row] for row in confusion]}
 
 
+def confusion_counts(confusion: list[list[int]], positive: int = 1) -> dict:
+    """tp, fp, tn and fn of a two-class confusion matrix (rows true, columns predicted), class `positive` positive."""
+    p, n = positive, 1 - positive
+    return {"tp": int(confusion[p][p]), "fp": int(confusion[n][p]), "tn": int(confusion[n][n]),
+            "fn": int(confusion[p][n])}
+
+
 @dataclass(frozen=True)
 class Prediction:
-    probability: float  # two classes: P(the second class, "positive" for IMDB); more: P(the predicted class)
+    probability: float  # two classes: P(the positive class: the second, "positive" for IMDB, unless the run named
+    # another with --positive-label); more: P(the predicted class)
     label: str  # the predicted class's name ("positive" or "negative" for IMDB)
     tokens: int  # tokens the model saw, start token included (after truncation to max_len)
     words: int = 0  # words and punctuation marks in the text, before truncation
@@ -112,6 +124,20 @@ def class_names(num_classes: int, classes: list | None = None) -> list[str]:
     return list(IMDB_LABELS) if num_classes == 2 else [str(c) for c in range(num_classes)]
 
 
+def positive_class(classes: list | None, positive_label=None) -> int | None:
+    """The index, in the model's output order, of a two-class model's positive class: the one named
+    `positive_label`, else the second (IMDB's positive; your own data's second label in sorted order). None for
+    more than two classes, which have none. A label that is not a class is a ValueError naming the classes."""
+    names = class_names(len(classes) if classes else 2, classes)
+    if positive_label is None:
+        return 1 if len(names) == 2 else None
+    if len(names) != 2:
+        raise ValueError(f"positive_label names one of two classes; the data has {len(names)} ({', '.join(names)})")
+    if str(positive_label) not in names:
+        raise ValueError(f"positive_label {str(positive_label)[:100]!r} is not one of the classes ({', '.join(names)})")
+    return names.index(str(positive_label))
+
+
 @torch.no_grad()
 def predict(
     model: SentimentRNN,
@@ -124,6 +150,8 @@ def predict(
     classes: list | None = None,
     sort_by_length: bool = True,
     groups=None,
+    threshold: float = 0.5,
+    positive: int = 1,
 ) -> list[Prediction]:
     """The class of each raw text (str, or UTF-8 bytes). Empty or odd text is fine: it becomes the start token
     alone, and its Prediction.note says so ("empty", "no known words").
@@ -134,7 +162,8 @@ def predict(
     longest text; the answers come back in input order, and each row's result does not depend on its batch
     (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order.
     `groups(steps)`, given each text's time steps, returns the forwards to run as lists of indices (every text in
-    one of them); rnnsent serve passes its length buckets."""
+    one of them); rnnsent serve passes its length buckets. Two classes: the class of index `positive` is predicted
+    where its probability is at least `threshold` (a checkpoint stores both: LoadedModel.predict passes them)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -144,15 +173,15 @@ def predict(
         return objective.probabilities(logits).cpu()  # (B, K)
 
     try:
-        return predict_with(
-            forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes, sort_by_length, groups
-        )
+        return predict_with(forward, model.num_classes, texts, vocab, max_len, encoding, batch_size, classes,
+                            sort_by_length, groups, threshold=threshold, positive=positive)
     finally:
         model.train(was_training)
 
 
 def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, encoding: str, batch_size: int = 256,
-                 classes: list | None = None, sort_by_length: bool = True, groups=None) -> list[Prediction]:
+                 classes: list | None = None, sort_by_length: bool = True, groups=None, threshold: float = 0.5,
+                 positive: int = 1) -> list[Prediction]:
     """predict() with any `forward(tokens (B, T) int64, lengths (B,) or None for pre-padded rows) -> (B, K)
     probabilities` (a PyTorch model, an onnxruntime session: rnnsent.inference.export.OnnxPredictor). Each text is
     tokenized once, whatever `groups` does with it."""
@@ -183,8 +212,9 @@ def predict_with(forward, num_classes: int, texts, vocab: Vocab, max_len: int, e
         probs[idx] = forward(x, lengths if right_padded else None)
     out = []
     for p, n, row in zip(probs.tolist(), split.lengths.tolist(), ids):
-        # Two classes: the second wins at p >= 0.5, ties included (argmax would give ties to the first).
-        best = int(p[1] >= 0.5) if len(p) == 2 else max(range(len(p)), key=p.__getitem__)
-        out.append(Prediction(p[1] if len(p) == 2 else p[best], names[best], int(n), words=len(row),
+        # Two classes: the positive one wins at p >= threshold, ties included (argmax would give ties to the first).
+        best = (positive if p[positive] >= threshold else 1 - positive) if len(p) == 2 else max(range(len(p)),
+                                                                                               key=p.__getitem__)
+        out.append(Prediction(p[positive] if len(p) == 2 else p[best], names[best], int(n), words=len(row),
                               unknown=sum(i == OOV_ID for i in row), probabilities=dict(zip(names, p))))
     return out

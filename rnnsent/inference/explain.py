@@ -58,7 +58,7 @@ class Explanation:
 
     text: str
     label: str  # the predicted class
-    probability: float  # as Prediction.probability: two classes P(the second class), more P(the predicted one)
+    probability: float  # as Prediction.probability: two classes P(the positive class), more P(the predicted one)
     note: str | None  # as Prediction.note: "empty", "no known words", or None
     words: list[str]  # the words as typed (split at whitespace) that the model read, in order
     unknown: list[bool]  # per word: one of its tokens is outside the vocabulary (its attribution is then ~0)
@@ -126,9 +126,10 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
             batch_size: int = 8, device=None) -> list[Explanation]:
     """Word attributions for each text (str, or an iterable of str) with a loaded checkpoint (load_checkpoint).
 
-    target: the class to attribute toward, by name; default the second class for two (so that + means
-    "positive" for IMDB), the predicted class for more. method: "ig" (integrated gradients, `steps` points,
-    batch_size texts per batched forward/backward pass) or "occlusion" (each word replaced by the baseline)."""
+    target: the class to attribute toward, by name; default the positive class for two (the second unless the
+    run named another, so that + means "positive" for IMDB), the predicted class for more. method: "ig"
+    (integrated gradients, `steps` points, batch_size texts per batched forward/backward pass) or "occlusion"
+    (each word replaced by the baseline)."""
     texts = as_texts(texts, "explain")
     _check_options(method, steps, batch_size)
     attr = _captum_attr()
@@ -136,12 +137,14 @@ def explain(loaded, texts, *, target: str | None = None, method: str = "ig", ste
     names = class_names(model.num_classes, loaded.classes)
     if target is not None and str(target) not in names:
         raise ValueError(f"unknown target {target!r}: the model's classes are {', '.join(names)}")
-    predictions = predict(model, texts, loaded.vocab, loaded.max_len, loaded.encoding, device, classes=loaded.classes)
+    predictions = predict(model, texts, loaded.vocab, loaded.max_len, loaded.encoding, device, classes=loaded.classes,
+                          **loaded.decision())
     tokenize = tokenizer_for(loaded.vocab.tokenizer)
     aligned = [align_words(t, tokenize) for t in texts]
     ids = [loaded.vocab.encode(tokens) for _, tokens, _ in aligned]
     split = (encode_keras if loaded.encoding == "keras" else encode_bucketed)(ids, [0] * len(ids), loaded.max_len)
-    targets = [names.index(str(target)) if target is not None else 1 if len(names) == 2 else names.index(p.label)
+    positive = loaded.decision()["positive"]
+    targets = [names.index(str(target)) if target is not None else positive if len(names) == 2 else names.index(p.label)
                for p in predictions]
 
     # What each text's model read: its tokens' words (1, 2, ... over the words kept; 0 for the start token).

@@ -124,6 +124,9 @@ def tokenizer_spec(loaded) -> dict:
         "truncation": "pre",
         "encoding": loaded.encoding,
         "labels": class_names(loaded.model.num_classes, loaded.classes),
+        # two labels: the positive one is predicted where its probability is at least the threshold; more: argmax
+        **({"positive_label": loaded.positive_label, "threshold": loaded.threshold}
+           if loaded.model.num_classes == 2 else {}),
         "inputs": {"tokens": "int64 (batch, time)", "lengths": "int64 (batch,)"},
         "outputs": {
             "logits": "float32 (batch,) for two labels (sigmoid), (batch, K) for more (softmax)",
@@ -155,6 +158,10 @@ def read_tokenizer(path: str | os.PathLike) -> dict:
         or spec.get("padding") not in ("pre", "post")
     ):
         raise ExportError(f"{path} lacks a usable vocabulary, labels, max_len or padding")
+    threshold, positive = spec.get("threshold", 0.5), spec.get("positive_label", labels[-1])
+    if len(labels) == 2 and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
+                             or not 0 < threshold < 1 or positive not in labels):
+        raise ExportError(f"{path} has no usable threshold in (0, 1) and positive_label among its labels")
     return spec
 
 
@@ -256,6 +263,9 @@ class OnnxPredictor:
         words = spec["vocabulary"][3:]
         self.vocab = Vocab(tuple(words), tokenizer=str(spec.get("tokenizer", "rnnsent-v1")))  # '<unused>' slots stay
         self.max_len, self.labels = spec["max_len"], [str(c) for c in spec["labels"]]
+        # two labels: the decision rule the model was exported with (files without one: 0.5, the second label)
+        self.threshold = float(spec.get("threshold", 0.5))
+        self.positive = self.labels.index(str(spec.get("positive_label", self.labels[-1])))
         self.encoding = "keras" if spec["padding"] == "pre" else "bucketed"
         options = ort.SessionOptions()
         if threads:
@@ -274,4 +284,4 @@ class OnnxPredictor:
 
     def predict(self, texts, batch_size: int = 256, sort_by_length: bool = True):
         return predict_with(self.forward, len(self.labels), texts, self.vocab, self.max_len, self.encoding,
-                            batch_size, self.labels, sort_by_length)
+                            batch_size, self.labels, sort_by_length, threshold=self.threshold, positive=self.positive)

@@ -98,8 +98,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = _build_model(path, _model_settings(path, state), state["model_state"], impl)
     vocab = _vocabulary(path, state, model.vocab_size)
     max_len, encoding, classes = _encoding_settings(path, state, model.num_classes)
+    threshold, positive = _decision(path, state, model.num_classes, classes)
     return LoadedModel(model=model.to(device).eval(), vocab=vocab, max_len=max_len, encoding=encoding, state=state,
-                       path=Path(path), classes=classes)
+                       path=Path(path), classes=classes, threshold=threshold, positive=positive)
 
 
 def _read_classifier(path: Path) -> dict:
@@ -190,13 +191,50 @@ def _encoding_settings(path: Path, state: dict, num_classes: int) -> tuple[int, 
     return max_len, encoding, classes
 
 
+def _decision(path: Path, state: dict, num_classes: int, classes: list | None) -> tuple[float, int]:
+    """(threshold, index of the positive class) of a two-class model, as its run set them (--threshold,
+    --positive-label): the threshold best.pt stores (tuned or fixed), else the run's fixed one, else 0.5; the
+    positive class the run named, else the second. A model of more classes answers by argmax and ignores both."""
+    from rnnsent.inference.evaluate import positive_class
+
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if num_classes != 2:
+        return 0.5, 1
+    threshold = state.get("threshold", config.get("threshold"))
+    try:
+        untuned = threshold is None or isinstance(threshold, str) and threshold == "auto"  # auto: a run cut short
+        threshold = 0.5 if untuned else check_setting("threshold", threshold)
+        return float(threshold), positive_class(classes, config.get("positive_label"))
+    except ValueError as e:
+        raise CheckpointError(f"{path} has an unusable decision rule: {e}") from None
+
+
 class LoadedModel:
     """A model rebuilt from a checkpoint, with what it needs to read raw text."""
 
     def __init__(self, model, vocab, max_len: int, encoding: str, state: dict, path: Path | None = None,
-                 classes: list | None = None):
+                 classes: list | None = None, threshold: float = 0.5, positive: int = 1):
         self.model, self.vocab, self.max_len, self.encoding, self.state = model, vocab, max_len, encoding, state
         self.path, self.classes = path, classes
+        self._threshold, self._positive = threshold, positive
+
+    @property
+    def threshold(self) -> float | None:
+        """Two classes: the positive class is predicted where its probability is at least this (0.5 unless the
+        run set or tuned another, --threshold). None for more classes (argmax)."""
+        return self._threshold if self.model.num_classes == 2 else None
+
+    @property
+    def positive(self) -> int | None:
+        """Two classes: the index of the positive class (--positive-label; the second by default). None for more."""
+        return self._positive if self.model.num_classes == 2 else None
+
+    @property
+    def positive_label(self) -> str | None:
+        """Two classes: the positive class's name (rnnsent.inference.evaluate.positive_class). None for more."""
+        from rnnsent.inference.evaluate import class_names
+
+        return class_names(2, self.classes)[self._positive] if self.model.num_classes == 2 else None
 
     @property
     def metrics(self) -> dict:
@@ -221,7 +259,11 @@ class LoadedModel:
         from rnnsent.inference.evaluate import predict
 
         return predict(self.model, texts, self.vocab, self.max_len, self.encoding, batch_size=batch_size,
-                       classes=self.classes, groups=groups)
+                       classes=self.classes, groups=groups, **self.decision())
+
+    def decision(self) -> dict:
+        """predict()'s and evaluate()'s threshold and positive arguments for this model."""
+        return {"threshold": self._threshold, "positive": self._positive}
 
     def prepare_data(self, root=None, cache_dir=None, limit=None):
         """The encoded IMDB splits as this model was trained on them (same vocabulary size, max_len,

@@ -70,7 +70,8 @@ class ExplainRequest(TextsRequest):
 
 
 class PredictResult(BaseModel):
-    probability: float = Field(description="two classes: P(the second class, positive); more: P(the predicted class)")
+    probability: float = Field(description="two classes: P(the positive class: the second, positive for IMDB, "
+                                           "unless the model names another); more: P(the predicted class)")
     label: str
     text: str
     words: int = Field(description="words and punctuation marks in the text")
@@ -198,6 +199,8 @@ def model_info(loaded, settings: ServeSettings) -> dict:
         "metrics": metrics,
         "released": _released_entry(loaded.path),
         "init_from": _started_from(loaded.provenance),  # where its training started (--init-from), or None
+        # two classes: the positive class is answered where its probability is at least the threshold (None: argmax)
+        "threshold": loaded.threshold, "positive_label": loaded.positive_label,
         "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
                    "max_chars": settings.max_chars, "max_explain_texts": settings.max_explain_texts,
                    "max_queue": settings.max_queue, "explain_steps": settings.explain_steps,

@@ -99,7 +99,8 @@ class LanguageModelling:
     def settings(self, config: TrainConfig) -> TrainConfig:
         refuse_bidirectional(config)  # before any data is read
         fine_tuning_only = [
-            f"--{k.replace('_', '-')}" for k in FINE_TUNING_ONLY if k != "word_dropout" and getattr(config, k)
+            f"--{k.replace('_', '-')}" for k, off in FINE_TUNING_ONLY.items() if k != "word_dropout"
+            and getattr(config, k) != off
         ]
         if fine_tuning_only:
             raise ValueError(

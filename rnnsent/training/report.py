@@ -84,8 +84,10 @@ def write_report(out: Path, report: dict, test: dict, history: list[dict], model
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot = plot_curves(history, out / "curves.png")
     if "tp" in test:
+        positive = (f"; positive: {report['positive_label']}, threshold {report['threshold']:.4g}"
+                    if "positive_label" in report else "")
         scored = (f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
-                  f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']})")
+                  f"(tp {test['tp']}, fp {test['fp']}, tn {test['tn']}, fn {test['fn']}{positive})")
     else:
         scored = "\n".join(
             [

@@ -16,7 +16,7 @@ from rnnsent import runtime
 from rnnsent.config import ModelConfig, TrainConfig, canonical_encoding
 from rnnsent.data import PreparedData, prepare_data
 from rnnsent.training import freeze, report
-from rnnsent.training.classification import Classification
+from rnnsent.training.classification import Classification, check_imbalance_settings
 from rnnsent.training.distributed import Distributed
 from rnnsent.training.handover import SHAPE_TAKEN, InitFrom, check_given_data, settle_head, settle_init
 from rnnsent.training.resume import ResumePoint, check_resume, find_resume
@@ -76,6 +76,9 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
     config, taken = settings_from_data(config, data)
     if taken:
         log(f"from the data: {taken}")
+    if isinstance(task, Classification):  # class weights, positive label and threshold against the data's classes
+        for line in check_imbalance_settings(config, data):
+            log(line)
     if start.state is not None:  # checked once the data has sized the head
         check_resume(start.state, config, data.vocab)
     if init is not None and init.source is not None:

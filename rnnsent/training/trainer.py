@@ -143,7 +143,7 @@ class Trainer:
         c, shard = self.config, dict(rank=self.dist.rank, world_size=self.dist.world_size)
         self.train_batches = Batcher(self.data.train, batch_size=c.batch_size // self.dist.world_size,
                                      shuffle=True, seed=c.seed, bucket=c.encoding == "bucketed",
-                                     device=self.device, **shard)
+                                     device=self.device, balanced=c.sampler == "balanced", **shard)
         self.val_batches, self.test_batches = (
             Batcher(split, batch_size=c.eval_batch_size, shuffle=False, seed=0, bucket=split.padding == "post",
                     device=self.device, even_shards=False, **shard)
