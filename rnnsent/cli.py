@@ -433,7 +433,8 @@ def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
         "graph computes what PyTorch does (docs/export.md). Needs pip install 'rnnsent[onnx]'.",
     )
     p.add_argument("--checkpoint", required=True,
-                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
+                   help="a .pt checkpoint, a run folder (its best.pt), a released model (gru, lstm, rnn), or a Keras "
+                        "model (.keras or .h5) with --vocab")
     p.add_argument("--onnx", required=True, help="the ONNX file to write, e.g. gru.onnx")
     p.add_argument("--tokenizer", default=None, help="the tokenizer JSON to write [beside --onnx: NAME.tokenizer.json]")
     p.add_argument("--json", action="store_true", help="print what was written and checked as one JSON object")

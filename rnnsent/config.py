@@ -359,7 +359,8 @@ class RunConfig(Settings):
         20, "steps between progress updates [{default}]", bounds=AT_LEAST_1)
     tensorboard: str | None = setting(  # also write TensorBoard event files (losses, accuracy, lr, grad norm) here
         None, "also write TensorBoard curves (loss, accuracy, lr, gradient norm, samples/s per step and epoch) and the "
-              "settings into DIR; needs the tensorboard extra of rnnsent (docs/explain.md) [off]",
+              "settings into a subfolder of DIR of its own (DIR/<run folder's name>-<start time>); needs the "
+              "tensorboard extra of rnnsent (docs/explain.md) [off]",
         flags=("--tensorboard", "--log-dir"), metavar="DIR")
     out: str = setting("runs/gru", "run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     resume: str | None = setting(  # a checkpoint file or run folder to continue from

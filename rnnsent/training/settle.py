@@ -19,7 +19,7 @@ from rnnsent.training.classification import Classification
 from rnnsent.training.distributed import Distributed
 from rnnsent.training.resume import ResumePoint, check_resume, find_resume
 from rnnsent.training.task import Task
-from rnnsent.training.tensorboard import TensorBoardWriter
+from rnnsent.training.tensorboard import TensorBoardWriter, check_log_dir, run_log_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +45,12 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
     config = task.settings(config)
     device = runtime.machine(config)  # before the data: its threads, denormals and allocator are the whole run's
     dist, device = Distributed.from_env(device)
-    # a missing TensorBoard is said before anything is done
-    board = TensorBoardWriter(config.tensorboard) if config.tensorboard and dist.is_main else None
+    board = None
+    if config.tensorboard and dist.is_main:  # a missing TensorBoard or an unwritable folder is said before any work
+        check_log_dir(config.tensorboard)
+        recorded = (start.state or {}).get("config", {}).get("tensorboard")
+        config = dataclasses.replace(config, tensorboard=run_log_dir(config.tensorboard, config.out, recorded))
+        board = TensorBoardWriter(config.tensorboard)
     if config.batch_size % dist.world_size:
         raise ValueError(
             f"batch_size {config.batch_size} must be a multiple of the {dist.world_size} processes, "
