@@ -1,9 +1,10 @@
 """A run's settings, settled once before its Trainer is built (settle): the task's settings, the machine, the
 data, and the settings the data decides (settings_from_data), checked against the checkpoint being resumed.
 
-The order is what a user sees first when something is wrong: the cheap refusals (a missing TensorBoard, --amp
-without CUDA, a batch the processes cannot share) come before the data is prepared, the checks that need the
-prepared data (its vocabulary and classes against the checkpoint's) right after.
+The order is what a user sees first when something is wrong: the cheap refusals (a missing TensorBoard or a
+folder it cannot write, --amp without CUDA, a model too large for the machine, a batch the processes cannot share)
+come before the data is prepared, the checks that need the prepared data (its vocabulary and classes against the
+checkpoint's) right after.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
     config = task.settings(config)
     device = runtime.machine(config)  # before the data: its threads, denormals and allocator are the whole run's
     dist, device = Distributed.from_env(device)
+    runtime.check_fits(config.parameter_count(), device)  # the model's size from its settings, before the data
     board = None
     if config.tensorboard and dist.is_main:  # a missing TensorBoard or an unwritable folder is said before any work
         check_log_dir(config.tensorboard)
