@@ -286,8 +286,14 @@ def _evaluate(args: argparse.Namespace) -> tuple:
                                 Columns(args.text_column, args.label_column, quoting=args.quoting))
         what = str(args.data_root)
     elif loaded.classes is not None:
-        raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "
-                         "--data with a file of labelled rows to score")
+        trained_on = (f"your own data ({loaded.config.get('data_root')}), {len(loaded.classes)} classes: "
+                      f"{', '.join(map(str, loaded.classes))}")
+        if args.data_root is not None:  # IMDB, or a path that is no file of rows
+            raise ValueError(f"{args.checkpoint} was trained on {trained_on}; --data {args.data_root} is IMDB (or no "
+                             "file of labelled rows: .csv, .tsv, .jsonl or a class folder), which has none of them: "
+                             "pass --data a file of rows labelled with those classes")
+        raise ValueError(f"{args.checkpoint} was trained on {trained_on}; pass --data with a file of labelled rows to "
+                         "score")
     else:
         data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
         split = getattr(data, args.split)
