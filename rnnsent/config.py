@@ -209,7 +209,7 @@ class ModelConfig(Settings):
         2, "output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
            "[{default}]", bounds=Range(2, says="at least 2"))
     num_layers: int = setting(  # stacked recurrent layers, each feeding its full sequence to the next
-        1, "stacked recurrent layers, each feeding its whole sequence to the next [{default}]",
+        1, "stacked recurrent layers (at most 100), each feeding its whole sequence to the next [{default}]",
         flags=("--layers", "--num-layers"),
         bounds=Range(1, MAX_LAYERS, high_open=False, says=f"at least 1 and at most {MAX_LAYERS}"))
     bidirectional: bool = setting(  # a second direction per layer; the head sees [forward, backward] final states
