@@ -286,7 +286,8 @@ def _evaluate(args: argparse.Namespace) -> tuple:
                                 Columns(args.text_column, args.label_column, quoting=args.quoting))
         what = str(args.data_root)
     elif loaded.classes is not None:
-        trained_on = (f"your own data ({loaded.config.get('data_root')}), {len(loaded.classes)} classes: "
+        root = loaded.config.get("data_root")
+        trained_on = (f"your own data{f' ({root})' if root else ''}, {len(loaded.classes)} classes: "
                       f"{', '.join(map(str, loaded.classes))}")
         if args.data_root is not None:  # IMDB, or a path that is no file of rows
             raise ValueError(f"{args.checkpoint} was trained on {trained_on}; --data {args.data_root} is IMDB (or no "
