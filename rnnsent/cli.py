@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -292,8 +293,15 @@ def _evaluate(args: argparse.Namespace) -> tuple:
                                 Columns(args.text_column, args.label_column, quoting=args.quoting))
         what = str(args.data_root)
     elif loaded.classes is not None:
-        raise ValueError(f"{args.checkpoint} was trained on your own data ({loaded.config.get('data_root')}); pass "
-                         "--data with a file of labelled rows to score")
+        root = loaded.config.get("data_root")
+        trained_on = (f"your own data{f' ({root})' if root else ''}, {len(loaded.classes)} classes: "
+                      f"{', '.join(map(str, loaded.classes))}")
+        if args.data_root is not None:  # IMDB, or a path that is no file of rows
+            raise ValueError(f"{args.checkpoint} was trained on {trained_on}; --data {args.data_root} is IMDB (or no "
+                             "file of labelled rows: .csv, .tsv, .jsonl or a class folder), which has none of them: "
+                             "pass --data a file of rows labelled with those classes")
+        raise ValueError(f"{args.checkpoint} was trained on {trained_on}; pass --data with a file of labelled rows to "
+                         "score")
     else:
         data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
         split = getattr(data, args.split)
@@ -358,9 +366,22 @@ def predict_main(argv: list[str] | None = None, prog: str = "predict.py") -> int
             print(json.dumps(pr.to_json(text)))
         else:
             shown = " ".join(text.split())
-            shown = shown[:70] + "..." if len(shown) > 73 else shown
-            print(f"{pr.probability:.4f}  {pr.label:<8}  {shown}" + (f"  [{pr.note}]" if pr.note else ""))
+            shown = terminal_safe(shown[:70] + "..." if len(shown) > 73 else shown)
+            label = terminal_safe(pr.label)
+            print(f"{pr.probability:.4f}  {label:<8}  {shown}" + (f"  [{pr.note}]" if pr.note else ""))
     return 0
+
+
+# What a text may not send to a terminal as it is: the C0 controls but tab and newline (ESC starts the sequences
+# that clear the screen or set the title, BEL ends one, CR rewrites the line), DEL, the C1 controls (CSI among
+# them) and the bidirectional overrides and isolates, which reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` to print on a terminal: each control character as its Python escape (ESC as \\x1b), everything
+    else as it is. predict's and explain's terminal output; their --json is escaped by JSON itself."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int:
@@ -408,7 +429,9 @@ def explain_main(argv: list[str] | None = None, prog: str = "explain.py") -> int
         if args.json:
             print(json.dumps(e.to_json()))
         elif not args.html:
-            print(format_text(e, colour))
+            safe = dataclasses.replace(e, words=[terminal_safe(w) for w in e.words], label=terminal_safe(e.label),
+                                       target=terminal_safe(e.target))
+            print(format_text(safe, colour))
     return 0
 
 
@@ -420,20 +443,25 @@ def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
         "graph computes what PyTorch does (docs/export.md). Needs pip install 'rnnsent[onnx]'.",
     )
     p.add_argument("--checkpoint", required=True,
-                   help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
+                   help="a .pt checkpoint, a run folder (its best.pt), a released model (gru, lstm, rnn), or a Keras "
+                        "model (.keras or .h5) with --vocab")
     p.add_argument("--onnx", required=True, help="the ONNX file to write, e.g. gru.onnx")
     p.add_argument("--tokenizer", default=None, help="the tokenizer JSON to write [beside --onnx: NAME.tokenizer.json]")
     p.add_argument("--json", action="store_true", help="print what was written and checked as one JSON object")
+    p.add_argument("--vocab", metavar="FILE", default=None,
+                   help="with a Keras model (.keras or .h5) as --checkpoint: its vocabulary, Keras' IMDB word index "
+                        "(imdb_word_index.json) [a checkpoint's own]")
+    p.add_argument("--max-len", type=_positive_int, default=500,
+                   help="with a Keras model: the tokens it reads, pre-padded as pad_sequences [500]")
     args = p.parse_args(argv)
     _show_log()
     try:
-        from rnnsent.inference.export import export, require_onnxruntime
+        from rnnsent.inference.export import check_targets, export, require_onnxruntime, tokenizer_path_for
 
-        require_onnxruntime()  # before loading anything: the one-line install hint comes first
-        from rnnsent.inference.loading import load_checkpoint
-
-        result = export(load_checkpoint(args.checkpoint), args.onnx, args.tokenizer)
-    except _user_errors() as e:
+        require_onnxruntime()  # before loading anything: the one-line install hint and the paths come first
+        check_targets(Path(args.onnx), Path(args.tokenizer or tokenizer_path_for(args.onnx)))
+        result = export(_export_model(args), args.onnx, args.tokenizer, vocab=args.vocab, max_len=args.max_len)
+    except (ImportError, *_user_errors()) as e:
         return _fail(str(e))
     if args.json:
         print(json.dumps(result))
@@ -444,11 +472,27 @@ def export_main(argv: list[str] | None = None, prog: str = "export.py") -> int:
     return 0
 
 
+def _export_model(args: argparse.Namespace):
+    """export's model: a Keras file through from_keras (its vocabulary is --vocab), else a checkpoint."""
+    if Path(args.checkpoint).suffix.lower() in (".keras", ".h5"):
+        from rnnsent.inference.keras_io import from_keras
+
+        return from_keras(args.checkpoint)
+    if args.vocab is not None:
+        raise ValueError(f"--vocab is for a Keras model (.keras or .h5); {args.checkpoint} is an rnnsent checkpoint, "
+                         "which holds its own vocabulary")
+    from rnnsent.inference.loading import load_checkpoint
+
+    return load_checkpoint(args.checkpoint)
+
+
 def _read_lines(path: str) -> list[str]:
     """One review per line, every line (a blank one too), so output row i is input line i. Lines end at
     \n or \r\n only: str.splitlines() would also split at U+2028, form feeds and other characters that
     can sit inside a review. UTF-8 (a BOM is dropped) or UTF-16 with its BOM; bytes that do not decode
-    are replaced and NUL bytes dropped, never fatal. Named pipes and process substitution work."""
+    are replaced, never fatal, and a NUL byte is kept as any other character. A file of which a quarter or
+    more is NUL bytes is UTF-16 or UTF-32 without its BOM: refused, as read it would be nonsense. Named pipes
+    and process substitution work."""
     if path == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -462,7 +506,10 @@ def _read_lines(path: str) -> list[str]:
         except OSError as e:
             raise OSError(f"--file {path}: {e.strerror or e}") from None
     encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
-    text = data.decode(encoding, errors="replace").replace("\0", "")
+    if encoding != "utf-16" and 4 * data.count(b"\0") >= len(data) > 0:
+        raise ValueError(f"--file {path}: a quarter or more of it is NUL bytes, so it is not UTF-8 text: UTF-16 or "
+                         "UTF-32 without a byte-order mark? Convert it to UTF-8, e.g. iconv -f utf-16le -t utf-8")
+    text = data.decode(encoding, errors="replace")
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line starts no new one

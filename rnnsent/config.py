@@ -121,6 +121,10 @@ POSITIVE = Range(0.0, low_open=True, says="a positive number")
 # The largest max_len and vocab_size: a forged checkpoint must not make predict allocate without bound
 # (max_len sizes every pre-padded row, vocab_size the embedding), and no real run comes near them.
 SIZE_LIMIT = 10_000_000
+# The most stacked recurrent layers: each is one more pass over every time step, and a stack without residual
+# connections stops learning long before this. --layers 1000 would run for minutes before a first step, and a
+# forged checkpoint's layer count would do the same to a loader.
+MAX_LAYERS = 100
 
 
 def class_weights_given(text: str) -> dict[str, float]:
@@ -272,8 +276,9 @@ class ModelConfig(Settings):
         2, "output classes, normally left to your own data's classes: 2 is Dense(1) + sigmoid, more Dense(K) + softmax "
            "[{default}]", bounds=Range(2, says="at least 2"))
     num_layers: int = setting(  # stacked recurrent layers, each feeding its full sequence to the next
-        1, "stacked recurrent layers, each feeding its whole sequence to the next [{default}]",
-        flags=("--layers", "--num-layers"), bounds=AT_LEAST_1)
+        1, "stacked recurrent layers (at most 100), each feeding its whole sequence to the next [{default}]",
+        flags=("--layers", "--num-layers"),
+        bounds=Range(1, MAX_LAYERS, high_open=False, says=f"at least 1 and at most {MAX_LAYERS}"))
     bidirectional: bool = setting(  # a second direction per layer; the head sees [forward, backward] final states
         False, "a second, backward direction in every recurrent layer; the head sees both final states, as Keras' "
                "Bidirectional(merge_mode='concat') [off]")
@@ -284,6 +289,17 @@ class ModelConfig(Settings):
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    def parameter_count(self) -> int:
+        """The weights of SentimentRNN(self), counted from the settings before anything is built (equal to
+        count_parameters of the model): the embedding, each layer and direction's kernels and biases (two
+        for the GRU, one for the others, as Keras), the dense head."""
+        gates, h, d = CELL_TABLE[canonical_cell(self.cell)].gates, self.hidden_size, self.directions
+        biases = 2 if canonical_cell(self.cell) == "gru" else 1
+        first = d * gates * h * (self.embed_dim + h + biases)  # reads the embedding
+        above = d * gates * h * (h * d + h + biases)  # each layer above reads both directions of the one below
+        outputs = 1 if self.num_classes == 2 else self.num_classes
+        return self.vocab_size * self.embed_dim + first + (self.num_layers - 1) * above + (h * d + 1) * outputs
 
     def model_args(self) -> dict:
         """The ModelConfig part of this config (of a TrainConfig too): SentimentRNN(**config.model_args())."""
@@ -466,7 +482,8 @@ class RunConfig(Settings):
         20, "steps between progress updates [{default}]", bounds=AT_LEAST_1)
     tensorboard: str | None = setting(  # also write TensorBoard event files (losses, accuracy, lr, grad norm) here
         None, "also write TensorBoard curves (loss, accuracy, lr, gradient norm, samples/s per step and epoch) and the "
-              "settings into DIR; needs the tensorboard extra of rnnsent (docs/explain.md) [off]",
+              "settings into a subfolder of DIR of its own (DIR/<run folder's name>-<start time>); needs the "
+              "tensorboard extra of rnnsent (docs/explain.md) [off]",
         flags=("--tensorboard", "--log-dir"), metavar="DIR")
     out: str = setting("runs/gru", "run folder for checkpoints, metrics, plot and summary [runs/<cell>]")
     resume: str | None = setting(  # a checkpoint file or run folder to continue from
@@ -489,6 +506,14 @@ class RunConfig(Settings):
 @dataclass(frozen=True)
 class TrainConfig(RunConfig, OptimConfig, DataConfig, ModelConfig):
     """Everything a training run needs: the fields of ModelConfig, DataConfig, OptimConfig and RunConfig."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        # Training only, so the model (and the checkpoints of earlier versions) takes it with one layer, where it
+        # does nothing; a run asking for it there would believe in a regulariser it does not get.
+        if self.layer_dropout and self.num_layers < 2:
+            raise ValueError(f"layer_dropout {self.layer_dropout:g} is dropout between stacked recurrent layers and "
+                             f"needs num_layers 2 or more (--layers 2), got num_layers {self.num_layers}")
 
     def monitored(self) -> str:
         """The validation metric that picks best.pt."""

@@ -85,7 +85,13 @@ def setup(device: torch.device, threads: int | None = None, flush_denormal: bool
 def machine(settings) -> torch.device:
     """The machine a run's settings (a TrainConfig) ask for: the device resolved, set up (threads, denormals,
     allocator, determinism; MKL's strict mode around the fused kernel) and checked for --amp."""
-    device = resolve_device(settings.device)
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as e:  # no CUDA: what to change is --amp too, where it is asked for
+        if settings.amp == "none":
+            raise
+        raise ValueError(f"{e}, and drop --amp {settings.amp} (mixed precision is CUDA's: on the CPU it would do "
+                         "nothing)") from None
     setup(device, settings.threads, settings.flush_denormal, settings.retain_memory, settings.deterministic,
           strict_blas=settings.rnn_impl != "torch")
     check_amp(settings.amp, device)
@@ -161,27 +167,54 @@ def autocast_context(device: torch.device, amp: str | None):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+# Bytes per parameter: float32 weights to predict; to train, also their gradients and Adam's two moments.
+PREDICTING, TRAINING = 4, 16
+SMALLER = "lower --hidden-size, --layers, --embed-dim or --vocab-size"
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """What `device` can give: on the CPU the memory the system has without swapping (Linux's MemAvailable),
+    else all of it; a GPU's total memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_fits(parameters: int, device: torch.device, per_parameter: int = TRAINING, advice: str = SMALLER) -> None:
+    """The one bound on a model's size, before it is built: a training run's settings (ModelConfig.parameter_count,
+    before the data; then the model counted on the meta device) and a checkpoint's (rnnsent.inference.loading).
+    ValueError, one line, when `parameters` at `per_parameter` bytes (PREDICTING or TRAINING) need more memory
+    than `device` has (available_memory), ending with `advice`."""
+    need, have = per_parameter * parameters, available_memory(device)
+    if need > have:
+        purpose = "for training" if per_parameter >= TRAINING else "to predict"
+        raise ValueError(f"the model has {parameters:,} parameters and needs {need / 2**30:.1f} GiB {purpose}, more "
+                         f"than the {have / 2**30:.1f} GiB of memory available on {device}; {advice}")
+
+
 def build_in_memory(make, device: torch.device) -> torch.nn.Module:
     """make() moved to `device`, or one line when its weights, gradients and Adam's two moments cannot
     fit in memory (--hidden-size 100000 is 30 billion GRU weights): counted on the meta device first."""
     with torch.device("meta"):
         n = sum(p.numel() for p in make().parameters())
-    need = 16 * n  # float32 weights, gradients and two Adam moments
-    if device.type == "cpu":
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    else:
-        have = torch.cuda.get_device_properties(device).total_memory
-    too_big = f"the model has {n:,} parameters and needs {need / 2**30:.1f} GiB for training"
-    if need > have:
-        raise ValueError(f"{too_big}, more than the {have / 2**30:.1f} GiB of {device}; lower --hidden-size, "
-                         "--layers, --embed-dim or --vocab-size")
+    check_fits(n, device, TRAINING)
     try:
         return make().to(device)
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and "memory" not in str(e).lower():
             raise
-        raise ValueError(f"{too_big} and does not fit in free memory; lower --hidden-size, --layers, "
-                         "--embed-dim or --vocab-size") from None
+        raise ValueError(f"the model has {n:,} parameters and does not fit in free memory; {SMALLER}") from None
 
 
 def cpu_name() -> str:

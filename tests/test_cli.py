@@ -196,7 +196,7 @@ def test_library_calls_match_the_command_line(trained):
     (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
     (["--amp", "fp16", "--device", "cpu"], "drop --amp (or --amp none), or train with --device cuda"),
     (["--hidden-size", "100000"], "lower --hidden-size"),
-    (["--layers", "0"], "--layers/--num-layers: num_layers must be at least 1, got 0"),
+    (["--layers", "0"], "--layers/--num-layers: num_layers must be at least 1 and at most 100, got 0"),
     (["--layers", "100", "--hidden-size", "3000"], "lower --hidden-size, --layers"),
     (["--layer-dropout", "1.5"], "--layer-dropout: layer_dropout must be in [0, 1)"),
 ])

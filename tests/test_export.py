@@ -3,6 +3,7 @@ cell,
 two classes and many, both paddings), the tokenizer JSON re-implemented without rnnsent, the docs' runtime
 example run as written, refusals, and the export command's one-line errors."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -223,3 +224,113 @@ def test_export_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     assert export_main(["--checkpoint", "gru", "--onnx", str(tmp_path / "gru.onnx")]) == 2
     assert "pip install 'rnnsent[onnx]'" in one_line(capsys)
+
+
+# Two files or neither: the paths are checked before any work, and a failure leaves both old files as they were --
+def old_files(tmp_path) -> dict:
+    (tmp_path / "g.onnx").write_bytes(b"old onnx")
+    (tmp_path / "g.tokenizer.json").write_bytes(b"old tokenizer")
+    return {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+
+def files(tmp_path) -> dict:
+    return {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+
+def test_a_folder_as_tokenizer_keeps_the_old_onnx_and_is_named(tmp_path, capsys):
+    before = old_files(tmp_path)
+    (tmp_path / "DIR").mkdir()
+    onnx, folder = str(tmp_path / "g.onnx"), str(tmp_path / "DIR")
+    assert export_main(["--checkpoint", "rnn", "--onnx", onnx, "--tokenizer", folder]) == 2
+    assert one_line(capsys) == f"error: could not write {tmp_path / 'DIR'}: it is a folder; name the file to write"
+    assert files(tmp_path) == before and not list((tmp_path / "DIR").iterdir())
+
+
+@pytest.mark.parametrize("tokenizer", ["g.onnx", "./sub/../g.onnx"])
+def test_the_tokenizer_at_the_onnx_path_is_refused(tmp_path, capsys, monkeypatch, tokenizer):
+    before = old_files(tmp_path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert export_main(["--checkpoint", "rnn", "--onnx", "g.onnx", "--tokenizer", tokenizer]) == 2
+    assert "the ONNX file and the tokenizer file are both" in one_line(capsys)
+    assert files(tmp_path) == before
+
+
+def test_a_hard_link_of_the_onnx_file_as_tokenizer_is_refused(released, tmp_path):
+    before = old_files(tmp_path)
+    os.link(tmp_path / "g.onnx", tmp_path / "link.json")
+    with pytest.raises(ExportError, match="are both"):
+        export(released["rnn"], tmp_path / "g.onnx", tmp_path / "link.json")
+    assert files(tmp_path) == {**before, "link.json": b"old onnx"}
+
+
+def test_a_failed_write_or_rename_of_either_file_keeps_both_old_files(released, tmp_path, monkeypatch):
+    from rnnsent.inference import export as module
+
+    before = old_files(tmp_path)
+    real_replace, real_write = os.replace, module.atomic_write
+
+    def replace(src, dst):
+        if Path(dst).name == "g.tokenizer.json":
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", replace)
+    with pytest.raises(ExportError, match="could not write .*g.tokenizer.json: No space left on device"):
+        export(released["rnn"], tmp_path / "g.onnx")
+    assert files(tmp_path) == before, "the ONNX file renamed first is put back"
+    monkeypatch.setattr(module.os, "replace", real_replace)
+
+    def write(path, *args, **kwargs):
+        if "tokenizer" in Path(path).name:
+            raise OSError(13, "Permission denied")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "atomic_write", write)
+    with pytest.raises(ExportError, match="could not write .*g.tokenizer.json: Permission denied"):
+        export(released["rnn"], tmp_path / "g.onnx")
+    assert files(tmp_path) == before
+    monkeypatch.setattr(module, "atomic_write", real_write)
+    export(released["rnn"], tmp_path / "g.onnx")  # and with nothing in the way, both are replaced, nothing else left
+    assert sorted(files(tmp_path)) == ["g.onnx", "g.tokenizer.json"]
+    assert (tmp_path / "g.onnx").read_bytes()[:8] != b"old onnx"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_an_unwritable_folder_is_refused_before_any_work(released, tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(ExportError, match="ro is not writable"):
+        export(released["rnn"], tmp_path / "g.onnx", tmp_path / "ro" / "t.json")
+    assert not (tmp_path / "g.onnx").exists()
+
+
+# A model without a vocabulary (from_keras) takes one, or says what it needs -------------------------------------
+KERAS = ROOT / "tests" / "fixtures" / "keras" / "k3_gru.keras"
+WORD_INDEX = FIXTURES / "imdb_word_index.json"
+
+
+def test_a_keras_model_exports_with_its_word_index_and_predicts_as_rnnsent(tmp_path):
+    model = rnnsent.from_keras(KERAS)
+    with pytest.raises(ExportError, match=r"no vocabulary .* vocab=.*--vocab imdb_word_index.json") as e:
+        export(model, tmp_path / "k.onnx")
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
+    export(model, tmp_path / "k.onnx", vocab=WORD_INDEX, max_len=30)
+    vocab = rnnsent.data.Vocab.from_keras_word_index(json.loads(WORD_INDEX.read_text()), model.vocab_size)
+    texts = fixture_reviews()[:12]
+    want = rnnsent.predict(model, texts, vocab=vocab, max_len=30, encoding="keras")
+    got = OnnxPredictor(tmp_path / "k.onnx").predict(texts)
+    assert [p.label for p in got] == [p.label for p in want]
+    assert max(abs(a.probability - b.probability) for a, b in zip(got, want)) < 1e-5
+    assert [p.tokens for p in got] == [p.tokens for p in want]
+
+
+def test_the_export_command_takes_a_keras_file_with_its_vocabulary(tmp_path, capsys):
+    onnx = str(tmp_path / "k.onnx")
+    assert export_main(["--checkpoint", str(KERAS), "--onnx", onnx]) == 2
+    assert "--vocab imdb_word_index.json" in one_line(capsys)
+    assert export_main(["--checkpoint", str(KERAS), "--onnx", onnx, "--vocab", str(tmp_path / "none.json")]) == 2
+    assert "none.json: No such file" in one_line(capsys)
+    assert export_main(["--checkpoint", str(KERAS), "--onnx", onnx, "--vocab", str(WORD_INDEX)]) == 0
+    assert json.loads((tmp_path / "k.tokenizer.json").read_text())["padding"] == "pre"
+    assert export_main(["--checkpoint", "rnn", "--onnx", onnx, "--vocab", str(WORD_INDEX)]) == 2
+    assert "--vocab is for a Keras model" in one_line(capsys)

@@ -284,10 +284,10 @@ def test_8_a_declared_size_beyond_the_stored_weights_is_refused(tmp_path):
 
 
 def test_8_a_model_larger_than_free_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
-    from rnnsent.inference import loading as checkpoint
+    from rnnsent import runtime
 
     path = forged(tmp_path, dict(cell="gru", vocab_size=50, embed_dim=8, hidden_size=8), expand=False)
-    monkeypatch.setattr(checkpoint, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 1000)
     with pytest.raises(CheckpointError, match="more than the .* GiB of memory available"):
         load_checkpoint(path)
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import rnnsent
 from rnnsent.inference.loading import load_checkpoint
 from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, save_checkpoint
-from rnnsent.cli import predict_main
+from rnnsent.cli import explain_main, predict_main
 from rnnsent.data import Vocab, encode_bucketed, encode_keras, prepare_imdb, tokenize
 from rnnsent.data.text import OOV_ID, RESERVED_NAMES
 from rnnsent.model.sentiment import SentimentRNN
@@ -110,8 +110,7 @@ def _predict_file(checkpoint, path, capsys) -> tuple[int, list[str], str]:
     (lambda t: codecs.BOM_UTF16_LE + t.encode("utf-16-le"), 3),
     (lambda t: codecs.BOM_UTF16_BE + t.encode("utf-16-be"), 3),
     (lambda t: codecs.BOM_UTF8 + t.encode("utf-8"), 3),
-    (lambda t: t.encode("utf-8").replace(b" ", b" \0"), 3),
-], ids=["latin-1", "utf-16-le-bom", "utf-16-be-bom", "utf-8-bom", "nul-bytes"])
+], ids=["latin-1", "utf-16-le-bom", "utf-16-be-bom", "utf-8-bom"])
 def test_predict_file_in_other_encodings(checkpoint, tmp_path, capsys, encode, lines_equal):
     text = "The film was good!\nBad, bad film. Don't.\nÉté über\n"
     (tmp_path / "utf8.txt").write_bytes(text.encode("utf-8"))
@@ -261,3 +260,57 @@ def test_predict_flags_texts_with_no_known_words(checkpoint, capsys):
 def test_predict_refuses_what_is_not_text(checkpoint, bad):
     with pytest.raises(TypeError, match="predict takes review texts"):
         rnnsent.predict(rnnsent.load_checkpoint(checkpoint), bad)
+
+
+def test_predict_file_keeps_a_nul_byte_in_the_text(checkpoint, tmp_path, capsys):
+    lines = ["The film\0 was good!", "Bad, bad\0film.", "\0"]
+    (tmp_path / "nul.txt").write_bytes("\n".join(lines).encode("utf-8"))
+    code, out, err = _predict_file(checkpoint, tmp_path / "nul.txt", capsys)
+    assert code == 0, err
+    assert all("\\u0000" in line for line in out), "JSON escapes the NUL: the line stays one line of text"
+    rows = [json.loads(line) for line in out]
+    assert [r["text"] for r in rows] == lines
+    alone = rnnsent.predict(rnnsent.load_checkpoint(checkpoint), lines)
+    assert [r["probability"] for r in rows] == [p.probability for p in alone]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_predict_file_in_utf16_or_utf32_without_a_bom_is_refused(checkpoint, tmp_path, capsys, codec):
+    (tmp_path / "wide.txt").write_bytes("The film was good!\nBad film.\n".encode(codec))
+    code, out, err = _predict_file(checkpoint, tmp_path / "wide.txt", capsys)
+    assert code == 2 and out == [] and len(err.splitlines()) == 1
+    assert "NUL bytes, so it is not UTF-8 text: UTF-16 or UTF-32 without a byte-order mark?" in err
+
+
+TERMINAL_ATTACK = "\x1b]0;PWNED\x07the good \x1b[2Jfilm\x9b31m \u202egood\x00 \x7f\rbad"
+# (the words of explain: split at white space, which \\r is)
+ESCAPED = ("\\x1b]0;PWNED\\x07the", "\\x1b[2Jfilm\\x9b31m", "\\u202egood\\x00", "\\x7f")
+
+
+def _no_control_characters(out: str) -> None:
+    assert not any(c in out for c in "\x00\x07\x1b\x7f\x9b\r\u202e"), repr(out)
+
+
+def test_predict_escapes_control_characters_on_the_terminal(checkpoint, capsys):
+    assert predict_main(["--checkpoint", str(checkpoint), TERMINAL_ATTACK, "é ü don't, a plain review"]) == 0
+    out = capsys.readouterr().out
+    _no_control_characters(out)
+    assert "\\x1b]0;PWNED\\x07the good \\x1b[2Jfilm" in out
+    assert out.splitlines()[1].endswith("é ü don't, a plain review"), "normal text stays as it is"
+    assert predict_main(["--checkpoint", str(checkpoint), "--json", TERMINAL_ATTACK]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == TERMINAL_ATTACK, "--json keeps the text whole: JSON escapes it"
+
+
+def test_explain_escapes_control_characters_in_words_and_labels(model, tmp_path, capsys):
+    pytest.importorskip("captum")
+    forged = save_checkpoint(tmp_path / "best.pt", _state(model, data={"max_len": 40, "encoding": "bucketed",
+                                                                        "classes": ["\x1b[2Jneg", "pos\x07"]}))
+    assert explain_main(["--checkpoint", str(forged), TERMINAL_ATTACK, "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    _no_control_characters(out)
+    words = out.splitlines()[1]
+    assert all(w in words for w in ESCAPED) and "pos\\x07" in out.splitlines()[0]
+    assert explain_main(["--checkpoint", str(forged), TERMINAL_ATTACK, "--steps", "4", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == TERMINAL_ATTACK and row["label"] in ("\x1b[2Jneg", "pos\x07")

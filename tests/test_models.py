@@ -237,7 +237,7 @@ def test_keras_init_for_every_layer_and_direction(cell):
 
 
 def test_layer_settings_are_checked_with_one_line_errors():
-    for bad, message in [({"num_layers": 0}, "num_layers must be at least 1, got 0"),
+    for bad, message in [({"num_layers": 0}, "num_layers must be at least 1 and at most 100, got 0"),
                          ({"num_layers": 1.5}, "num_layers must be a whole number, got 1.5"),
                          ({"bidirectional": "yes"}, "bidirectional must be True or False"),
                          ({"layer_dropout": 1.0}, r"layer_dropout must be in \[0, 1\)")]:

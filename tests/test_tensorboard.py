@@ -1,9 +1,12 @@
 """Training in TensorBoard (TrainConfig.tensorboard, `--tensorboard DIR`): the event files hold the run's curves
-and settings, read back with TensorBoard's own EventAccumulator, and agree with metrics.jsonl; the writer is an
+and settings, each run in a subfolder of its own, checked before any work, read back with TensorBoard's own
+EventAccumulator, and agree with metrics.jsonl; the writer is an
 ordinary callback and changes nothing about the training; a missing TensorBoard is a one-line error."""
 import json
+import os
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +23,9 @@ event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.ev
 
 
 def read_events(folder):
-    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
+    """The events of the one run under `folder` (--tensorboard DIR: the run's own subfolder of DIR)."""
+    (run,) = [p for p in folder.iterdir() if p.is_dir()]
+    acc = event_accumulator.EventAccumulator(str(run), size_guidance={event_accumulator.SCALARS: 0})
     acc.Reload()
     return acc
 
@@ -109,3 +114,72 @@ def test_pretraining_writes_its_curves_too(tmp_path):
     scalars = set(read_events(tmp_path / "tb").Tags()["scalars"])
     assert {"train/loss", "train/grad_norm", "epoch/val_loss", "epoch/train_loss"} <= scalars
     assert "train/accuracy" not in scalars  # a language model has none
+
+
+def test_each_run_writes_its_own_subfolder_and_a_resumed_run_continues_in_it(tmp_path):
+    board = tmp_path / "tb"
+    first = Trainer(tiny(tmp_path / "a", epochs=1, log_every=1, tensorboard=str(board)))
+    first.fit()
+    second = Trainer(tiny(tmp_path / "b", epochs=1, log_every=1, tensorboard=str(board), lr=2e-2))
+    second.fit()
+    runs = sorted(p for p in board.iterdir())
+    assert len(runs) == 2 and all(p.is_dir() and p.name.startswith("run-") for p in runs), runs
+    assert {first.config.tensorboard, second.config.tensorboard} == {str(p) for p in runs}
+    n = len(first.train_batches)
+    for trainer in (first, second):
+        acc = event_accumulator.EventAccumulator(trainer.config.tensorboard)
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, n + 1)), "one run's steps, once each"
+        assert json.loads((tmp_path / ("a" if trainer is first else "b") / "run" / "config.json").read_text())[
+            "tensorboard"] == trainer.config.tensorboard
+    resumed = Trainer(tiny(tmp_path / "a", epochs=2, log_every=1, tensorboard=str(board), resume=""))
+    resumed.fit()
+    assert resumed.config.tensorboard == first.config.tensorboard and len(list(board.iterdir())) == 2
+    acc = event_accumulator.EventAccumulator(first.config.tensorboard)
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 2 * n + 1)), "the resumed run continues"
+
+
+def test_a_run_of_an_earlier_version_that_wrote_into_dir_itself_continues_there(tmp_path, monkeypatch):
+    from rnnsent.training import tensorboard
+
+    board = str(tmp_path / "tb")
+    assert tensorboard.run_log_dir(board, "runs/gru", recorded=board) == board
+    own = str(tmp_path / "tb" / "gru-1")
+    assert tensorboard.run_log_dir(board, "x", recorded=own) == own
+    monkeypatch.setattr(tensorboard.time, "strftime", lambda _: "20260101-120000")
+    new = tensorboard.run_log_dir(board, "runs/gru", recorded=str(tmp_path / "elsewhere" / "gru-1"))
+    assert new == str(tmp_path / "tb" / "gru-20260101-120000")
+    Path(new).mkdir(parents=True)
+    assert tensorboard.run_log_dir(board, "runs/gru") == new + "-2", "two runs in one second: never the same folder"
+
+
+def unwritable(tmp_path) -> Path:
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        return tmp_path / "ro" / "tb"
+    return Path("/sys/rnnsent-tb")  # root writes anywhere but into the kernel's own file systems
+
+
+def a_file(tmp_path, below: str = "") -> Path:
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / below if below else tmp_path / "file"
+
+
+@pytest.mark.parametrize("where, says", [
+    (a_file, "{file} is a file, not a folder"),
+    (lambda t: a_file(t, "tb"), "{file} is a file, not a folder"),
+    (unwritable, "cannot write there ("),
+], ids=["a-file", "under-a-file", "unwritable"])
+def test_a_folder_tensorboard_cannot_write_is_one_line_before_any_work(tmp_path, capsys, where, says):
+    if "unwritable" in says and not Path("/sys").is_dir():
+        pytest.skip("no read-only place to try")
+    board = where(tmp_path)
+    fixture = tiny(tmp_path).data_root
+    code = train_main(["--data", fixture, "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+                       "--out", str(tmp_path / "run"), "--tensorboard", str(board), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --tensorboard {board}: ") and says.format(file=tmp_path / "file") in err
+    assert not (tmp_path / "cache").exists(), "refused before the data was prepared"
+    assert not (tmp_path / "run" / "last.pt").exists()

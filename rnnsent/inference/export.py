@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnsent.config import canonical_encoding, check_setting
 from rnnsent.model import objective
 # The tokenizer's own patterns, written into the tokenizer file: one definition of the token rules.
 from rnnsent.data.text import _LINE_BREAK, _TOKEN, _TOKEN_V2, OOV_ID, PAD_ID, SCRIPT_TOKENIZER_NAME, START_ID, Vocab
@@ -165,15 +166,22 @@ def read_tokenizer(path: str | os.PathLike) -> dict:
     return spec
 
 
-def export(loaded, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
-           tolerance: float = TOLERANCE, seed: int = 0) -> dict:
-    """Write `loaded` (a LoadedModel) as an ONNX file and its tokenizer JSON beside it (tokenizer_path_for).
+def export(model, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
+           tolerance: float = TOLERANCE, seed: int = 0, *, vocab=None, max_len: int = 500, encoding: str = "keras",
+           classes=None) -> dict:
+    """Write `model` as an ONNX file and its tokenizer JSON beside it (tokenizer_path_for).
 
+    `model` is a LoadedModel (load_checkpoint: it has its vocabulary and encoding), or a SentimentRNN (from_keras,
+    your own) with the arguments rnnsent.predict takes for one: `vocab` (a Vocab, or Keras' IMDB word index, word
+    -> rank from 1, as a dict or a JSON file: imdb_word_index.json), max_len, encoding and classes.
     Returns what was checked: {"onnx", "tokenizer", "worst_difference", "inputs", "max_time"}. Raises
-    ExportError, with nothing written, when the model cannot be exported or onnxruntime disagrees with PyTorch."""
+    ExportError, with nothing written and the files already at both paths as they were, when a path cannot take
+    the file, the model cannot be exported or onnxruntime disagrees with PyTorch."""
     ort = require_onnxruntime()
     onnx_path = Path(onnx_path)
     tokenizer_path = Path(tokenizer_path) if tokenizer_path is not None else tokenizer_path_for(onnx_path)
+    check_targets(onnx_path, tokenizer_path)  # before any work: a path that cannot take its file costs nothing
+    loaded = with_vocabulary(model, vocab, max_len, encoding, classes)
     spec = tokenizer_spec(loaded)
     graph = Graph(loaded.model, spec["padding"])
     sample = (torch.randint(3, graph.model.vocab_size, (3, 17)), torch.tensor([17, 9, 1]))
@@ -188,20 +196,128 @@ def export(loaded, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLi
     except Exception as e:  # noqa: BLE001 (the exporter raises many types for an operator it cannot express)
         raise ExportError(f"this model cannot be exported to ONNX: {first_line(e)}") from None
     checked = verify(graph, buffer.getvalue(), ort, spec["max_len"], spec["padding"], tolerance, seed)
-    written = []
-    try:
-        for path, data in (
-            (onnx_path, buffer.getvalue()),
-            (tokenizer_path, json.dumps(spec, ensure_ascii=False).encode()),
-        ):
-            with atomic_write(path) as f:
-                f.write(data)
-            written.append(path)
-    except OSError as e:
-        for path in written:  # a model without its tokenizer is no use to anyone
-            path.unlink(missing_ok=True)
-        raise ExportError(f"could not write {path}: {e.strerror or e}") from None
+    write_together([(onnx_path, buffer.getvalue()), (tokenizer_path, json.dumps(spec, ensure_ascii=False).encode())])
     return {"onnx": str(onnx_path), "tokenizer": str(tokenizer_path), **checked}
+
+
+def with_vocabulary(model, vocab, max_len: int, encoding: str, classes):
+    """A LoadedModel as it is; a bare model (from_keras has no vocabulary) with `vocab`, or an ExportError saying
+    what to pass."""
+    from rnnsent.inference.loading import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model
+    if not isinstance(model, nn.Module) or not hasattr(model, "vocab_size"):
+        raise ExportError(f"export() takes a loaded checkpoint or a SentimentRNN, got {type(model).__name__}")
+    if vocab is None:
+        raise ExportError("this model has no vocabulary (a model from from_keras or your own): pass "
+                          "export(model, path, vocab=...) a Vocab or Keras' IMDB word index (imdb_word_index.json), "
+                          "with max_len=; the command takes --vocab imdb_word_index.json --max-len N")
+    if not isinstance(vocab, Vocab):
+        vocab = keras_vocabulary(vocab, model.vocab_size)
+    if len(vocab) > model.vocab_size:
+        raise ExportError(f"the vocabulary has {len(vocab)} ids but the model's embedding {model.vocab_size} rows")
+    try:
+        max_len, encoding = check_setting("max_len", max_len), canonical_encoding(encoding)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    return LoadedModel(model, vocab, max_len, encoding, {}, classes=classes)
+
+
+def keras_vocabulary(word_index, vocab_size: int) -> Vocab:
+    """Keras' IMDB word index (word -> rank from 1; a dict, or the path of its JSON file) as the Vocab of a model
+    with `vocab_size` ids, cut as keras.datasets.imdb.load_data(num_words=vocab_size) cuts it."""
+    where = "the word index"
+    if isinstance(word_index, (str, os.PathLike)):
+        where = str(word_index)
+        try:
+            with open(word_index, "rb") as f:
+                word_index = json.loads(read_bounded(f, MAX_TOKENIZER_BYTES, where, ExportError))
+        except OSError as e:
+            raise ExportError(f"vocabulary {where}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ExportError(f"vocabulary {where} is not JSON: {first_line(e)}") from None
+    if not isinstance(word_index, dict) or not all(isinstance(w, str) for w in word_index):
+        raise ExportError(f"{where} is not a word index (a JSON object of word -> rank, as imdb_word_index.json)")
+    try:
+        return Vocab.from_keras_word_index(word_index, vocab_size)
+    except ValueError as e:
+        raise ExportError(f"{where}: {first_line(e)}") from None
+
+
+def check_targets(*paths: Path) -> None:
+    """Refuse (ExportError, one line) before anything is done: two paths that are one file, a path that is a
+    folder, a folder on the way that is a file, a folder that cannot be written."""
+    resolved = [p.resolve() for p in paths]
+    for k, p in enumerate(paths):
+        if resolved[k] in resolved[:k] or any(q.exists() and p.exists() and os.path.samefile(p, q) for q in paths[:k]):
+            raise ExportError(f"the ONNX file and the tokenizer file are both {p}: give the tokenizer another name "
+                              f"(by default {tokenizer_path_for(paths[0]).name} beside the ONNX file)")
+        if p.is_dir():
+            raise ExportError(f"could not write {p}: it is a folder; name the file to write")
+        folder = p.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ExportError(f"could not write {p}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ExportError(f"could not write {p}: {folder} is not writable")
+
+
+def write_together(files: list[tuple[Path, bytes]]) -> None:
+    """Write every (path, data) or none: each whole (atomic_write) to a staging file beside it, then each renamed
+    into place; when a rename fails, the files already replaced get their old content back (kept by a hard link)
+    and the staging files go. A model without its tokenizer is no use to anyone."""
+    staged = [(path.with_name(f".{path.name}.{os.getpid()}.staged"), path, data) for path, data in files]
+    kept: list[tuple[Path, Path | None]] = []  # (path, its old content's link) of the files replaced so far
+    try:
+        for stage, path, data in staged:
+            try:
+                with atomic_write(stage) as f:
+                    f.write(data)
+            except OSError as e:
+                raise ExportError(f"could not write {path}: {e.strerror or e}; nothing was written") from None
+        for stage, path, _ in staged:
+            old = _link_aside(path)
+            try:
+                os.replace(stage, path)
+            except OSError as e:
+                _discard(old)
+                raise ExportError(f"could not write {path}: {e.strerror or e}; nothing was written") from None
+            kept.append((path, old))
+    except BaseException:
+        for path, old in reversed(kept):  # put back what was there (or nothing, where nothing was)
+            os.replace(old, path) if old is not None else path.unlink(missing_ok=True)
+        kept = []
+        raise
+    finally:
+        for stage, _, _ in staged:
+            stage.unlink(missing_ok=True)
+        for _, old in kept:
+            _discard(old)
+
+
+def _link_aside(path: Path) -> Path | None:
+    """A second name for the file at `path` (None where there is none), so that replacing it can be undone."""
+    if not path.is_file():
+        return None
+    aside = path.with_name(f".{path.name}.{os.getpid()}.old")
+    aside.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(path, aside)
+        except OSError:  # a file system without hard links: a copy
+            aside.write_bytes(path.read_bytes())
+    except OSError as e:
+        aside.unlink(missing_ok=True)
+        raise ExportError(f"could not write {path}: its old content cannot be kept aside until the new file is in "
+                          f"place ({e.strerror or e}); nothing was written") from None
+    return aside
+
+
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def verification_inputs(max_len: int, vocab_size: int, padding: str, seed: int = 0):

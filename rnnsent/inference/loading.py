@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from rnnsent.storage.checkpoint import CheckpointError, checkpoint_file, load_checkpoint_state
 from rnnsent.config import DataConfig, ModelConfig, canonical_encoding, check_setting, field_names
 from rnnsent.storage.envelope import first_line as _first_line
+from rnnsent.runtime import PREDICTING, check_fits
 
 # The released models (docs/results.md), loaded by name: load_checkpoint("gru") finds them. They live in the
 # repository's checkpoints/; the wheel carries them as rnnsent/released/ (setup.py). So an installed copy finds
@@ -54,21 +54,6 @@ def _check_declared_sizes(path, config: dict, weights) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value > max(stored, 1):
             raise CheckpointError(f"{path} declares {key} {value:,}, more than the {stored:,} weights it stores; "
                                   "refusing a forged or damaged checkpoint")
-
-
-def _available_memory() -> int:
-    """Memory the system can give without swapping (Linux's MemAvailable), else all of it, else no bound."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -127,9 +112,13 @@ def _model_settings(path: Path, state: dict) -> ModelConfig:
 
 
 def _build_model(path: Path, settings: ModelConfig, weights, impl: str):
-    """The model of `settings` holding `weights`, once their shapes are the model's and it fits in memory."""
+    """The model of `settings` holding `weights`, once it fits in memory and their shapes are the model's."""
     from rnnsent.model.sentiment import SentimentRNN
 
+    try:  # the bound on a training run's model too: counted from the settings, before anything is built
+        check_fits(settings.parameter_count(), torch.device("cpu"), PREDICTING, advice="refusing to build it")
+    except ValueError as e:
+        raise CheckpointError(f"{path} describes a model that {str(e).removeprefix('the model ')}") from None
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated before the sizes are known to be sane
             expected = {k: tuple(v.shape) for k, v in SentimentRNN(settings).state_dict().items()}
@@ -141,13 +130,6 @@ def _build_model(path: Path, settings: ModelConfig, weights, impl: str):
         raise CheckpointError(
             f"{path} does not fit its own model description: weights {found or weights!r:.200} for a model of "
             f"{expected}"
-        )
-    need = 4 * sum(math.prod(shape) for shape in expected.values())  # float32, as the model is built
-    have = _available_memory()
-    if need > have:
-        raise CheckpointError(
-            f"{path} describes a model of {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
-            "of memory available; refusing to build it"
         )
     model = SentimentRNN(settings, impl=impl)
     model.load_state_dict(weights)

@@ -158,6 +158,11 @@ def load_into(model: SentimentRNN, path, vocab) -> str:
         raise CheckpointError(f"{path} is not a language model from scripts/pretrain.py (it is a classifier "
                               "checkpoint); pass --pretrained the folder or best.pt of a pretraining run")
     saved = state["model_config"]
+    if model.bidirectional and not saved.get("bidirectional"):
+        raise CheckpointError(f"the language model {path} reads one direction and this model is bidirectional: a "
+                              "next-word language model cannot be bidirectional (its backward direction would see the "
+                              "word it predicts), so a bidirectional classifier has no pretrained start; drop "
+                              "--pretrained or --bidirectional")
     differ = [
         f"{k} {saved.get(k)!r} there, {getattr(model, k)!r} here" for k in SHAPE if saved.get(k) != getattr(model, k)
     ]

@@ -132,10 +132,56 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
 
 
 def progress(total: int, initial: int, desc: str, disable: bool):
+    """The epoch's progress bar on stderr; while it is drawn, print() (a callback's) writes above it."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=disable, leave=False,
-                file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=disable, leave=False,
+               file=sys.stderr, dynamic_ncols=True)
+    if not disable:
+        _print_above(bar)
+    return bar
+
+
+class _LinesAbove:
+    """sys.stdout while a progress bar is drawn: each whole line lifts the bar, is written, and the bar is drawn
+    again under it (as tqdm.write does), instead of landing in the middle of the bar's line."""
+
+    def __init__(self, stream, bar):
+        self.stream, self.bar, self.pending = stream, bar, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            lines, self.pending = self.pending.rsplit("\n", 1)
+            with self.bar.get_lock():
+                self.bar.clear(nolock=True)
+                self.stream.write(lines + "\n")
+                self.stream.flush()
+                self.bar.refresh(nolock=True)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # encoding, isatty, fileno, ...: the stream's
+        return getattr(self.stream, name)
+
+
+def _print_above(bar) -> None:
+    """Route sys.stdout through _LinesAbove until `bar` closes (also when an error leaves it to be collected)."""
+    stdout = sys.stdout
+    lines = sys.stdout = _LinesAbove(stdout, bar)
+    close = bar.close
+
+    def close_and_restore():
+        close()
+        if sys.stdout is lines:  # unless someone has replaced it since
+            sys.stdout = stdout
+        if lines.pending:
+            stdout.write(lines.pending)
+            lines.pending = ""
+
+    bar.close = close_and_restore
 
 
 def log(message: str) -> None:

@@ -2,9 +2,10 @@
 starts from (--init-from: rnnsent.training.handover), the machine, the data, and the settings the data decides
 (settings_from_data), checked against the checkpoint being resumed.
 
-The order is what a user sees first when something is wrong: the cheap refusals (a missing TensorBoard, --amp
-without CUDA, a batch the processes cannot share) come before the data is prepared, the checks that need the
-prepared data (its vocabulary and classes against the checkpoint's) right after.
+The order is what a user sees first when something is wrong: the cheap refusals (a missing TensorBoard or a
+folder it cannot write, --amp without CUDA, a model too large for the machine, a batch the processes cannot share)
+come before the data is prepared, the checks that need the prepared data (its vocabulary and classes against the
+checkpoint's) right after.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from rnnsent.training.distributed import Distributed
 from rnnsent.training.handover import SHAPE_TAKEN, InitFrom, check_given_data, settle_head, settle_init
 from rnnsent.training.resume import ResumePoint, check_resume, find_resume
 from rnnsent.training.task import Task
-from rnnsent.training.tensorboard import TensorBoardWriter
+from rnnsent.training.tensorboard import TensorBoardWriter, check_log_dir, run_log_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +51,13 @@ def settle(config: TrainConfig, data: PreparedData | None = None, task: Task | N
     config, init = settle_init(config, start.state)  # the checkpoint's shape; its file read and checked
     device = runtime.machine(config)  # before the data: its threads, denormals and allocator are the whole run's
     dist, device = Distributed.from_env(device)
-    # a missing TensorBoard is said before anything is done
-    board = TensorBoardWriter(config.tensorboard) if config.tensorboard and dist.is_main else None
+    runtime.check_fits(config.parameter_count(), device)  # the model's size from its settings, before the data
+    board = None
+    if config.tensorboard and dist.is_main:  # a missing TensorBoard or an unwritable folder is said before any work
+        check_log_dir(config.tensorboard)
+        recorded = (start.state or {}).get("config", {}).get("tensorboard")
+        config = dataclasses.replace(config, tensorboard=run_log_dir(config.tensorboard, config.out, recorded))
+        board = TensorBoardWriter(config.tensorboard)
     if config.batch_size % dist.world_size:
         raise ValueError(
             f"batch_size {config.batch_size} must be a multiple of the {dist.world_size} processes, "

@@ -5,11 +5,16 @@ train/grad_norm (before clipping) and train/samples_per_second. Per epoch, at it
 of the epoch's metrics.jsonl row as epoch/<name> (train_loss, train_accuracy, val_loss, val_accuracy, lr,
 samples_per_second, ...). At the start, the run's settings as TensorBoard hyperparameters, against the
 validation metrics. TensorBoard itself is an optional extra: pip install 'rnnsent[tensorboard]'.
+
+`--tensorboard DIR` gives each run a subfolder of its own (run_log_dir): event files in one folder are one
+TensorBoard run, so two runs writing into DIR itself would merge into one set of curves.
 """
 from __future__ import annotations
 
 import numbers
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +29,35 @@ def _summary_writer():
     return SummaryWriter, summary
 
 
+def run_log_dir(root: str, out: str, recorded: str | None = None) -> str:
+    """Where a run given `--tensorboard root` writes: root/<its run folder's name>-<start time>, a folder no
+    other run uses (-2, -3, ... where two start in the same second). A resumed run continues where its checkpoint
+    says it wrote (`recorded`) when that is root itself (an earlier rnnsent wrote there) or a subfolder of it."""
+    root_path = Path(root)
+    if recorded and root_path.resolve() in (Path(recorded).resolve(), Path(recorded).resolve().parent):
+        return str(recorded)
+    name = f"{Path(out).resolve().name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = 1
+    while (root_path / (name if taken == 1 else f"{name}-{taken}")).exists():
+        taken += 1
+    return str(root_path / (name if taken == 1 else f"{name}-{taken}"))
+
+
+def check_log_dir(log_dir: str, flag: str = "--tensorboard") -> None:
+    """Refuse, in one line and before any work, a log folder TensorBoard could not write: an existing file, a
+    file on the way to it, a place that cannot be written. Its parent is made (the folder itself is the writer's)."""
+    path = Path(log_dir)
+    on_the_way = next((p for p in (path, *path.parents) if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise ValueError(f"{flag} {log_dir}: {on_the_way} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (path.parent, *([path] if path.is_dir() else [])):
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ValueError(f"{flag} {log_dir}: cannot write there ({e.strerror or e})") from None
+
+
 class TensorBoardWriter:
     """Writes a run's curves into `log_dir` through torch.utils.tensorboard.SummaryWriter.
 
@@ -33,6 +67,7 @@ class TensorBoardWriter:
     def __init__(self, log_dir: str, every: int | None = None):
         self.log_dir, self.every = str(log_dir), every
         self._writer_class, self._summary = _summary_writer()  # fails now, before any training, if it is missing
+        check_log_dir(self.log_dir)  # and so does a folder it could not write
         self.writer = None
         self._reset()
 
