@@ -635,11 +635,27 @@ def save_keras(model: SentimentRNN, path) -> None:
 
 
 def _default_backend() -> None:
+    """Keras picks its backend once, at its first import: KERAS_BACKEND, else the one keras.json in Keras' home
+    names, else TensorFlow. Keras writes a keras.json naming TensorFlow the first time it runs, whatever backend it
+    was given, so a machine without TensorFlow soon has one that names it. Where the backend Keras would pick is not
+    installed, the torch backend is chosen instead (a keras.json's choice overruled with one line saying so)."""
     import importlib.util
+    import logging
     import sys
 
     if "keras" in sys.modules or "KERAS_BACKEND" in os.environ:
         return
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    if importlib.util.find_spec("tensorflow") is None and not os.path.exists(os.path.join(home, "keras.json")):
-        os.environ["KERAS_BACKEND"] = "torch"
+    home = os.environ.get("KERAS_HOME") or os.path.join(
+        os.path.expanduser("~") if os.access(os.path.expanduser("~"), os.W_OK) else "/tmp", ".keras")
+    config = Path(home, "keras.json")
+    try:
+        named = json.loads(config.read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):  # no file (or an unreadable one, which Keras also ignores)
+        named, config = "tensorflow", None
+    if isinstance(named, str) and named.isidentifier() and importlib.util.find_spec(named) is not None:
+        return
+    os.environ["KERAS_BACKEND"] = "torch"
+    if config is not None:
+        logging.getLogger(__name__).warning(
+            f"rnnsent: {config} names Keras' {named!r} backend, which is not installed here: using Keras' torch "
+            "backend (set KERAS_BACKEND to choose another)")
