@@ -19,7 +19,8 @@ if "torch" not in _sys.modules:
     # ~300,000 rounds by default). On a busy machine a spinning thread holds the core that its descheduled
     # partner needs: two threads ran at 0.3-0.6x of one thread beside a busy process. libgomp
     # reads this once, when PyTorch loads it, hence here and only before torch is imported; a value the
-    # user set wins.
+    # user set wins. Imported after torch, rnnsent can only say so: rnnsent.runtime.check_wait_policy, when a run
+    # or predict() starts on 2 or more threads.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
@@ -70,9 +71,13 @@ def predict(model, texts, vocab=None, max_len: int = 500, encoding: str = "keras
             classes=None):
     """Sentiment (or your own classes) of raw texts (one, or any iterable of them), from a loaded checkpoint or from a
     model plus its vocabulary; `classes` names an in-memory model's classes in order (a checkpoint has its own)."""
+    import torch
+
     from rnnsent.inference.loading import LoadedModel
     from rnnsent.inference.evaluate import predict
+    from rnnsent.runtime import check_wait_policy
 
+    check_wait_policy(torch.get_num_threads())
     if isinstance(model, LoadedModel):
         return predict(model.model, texts, model.vocab, model.max_len, model.encoding, device, batch_size,
                        model.classes, **model.decision())

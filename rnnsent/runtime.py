@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import logging
 import os
 import platform
 import signal
@@ -12,6 +14,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,6 +60,27 @@ def retain_freed_memory() -> bool:
         return False
 
 
+def threads_spin() -> bool:
+    """Whether OpenMP's waiting threads spin instead of sleeping. `import rnnsent` sets OMP_WAIT_POLICY=PASSIVE
+    before torch loads OpenMP, which reads it then, once; so the variable is unset only when torch was imported
+    before rnnsent and nobody chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT). Nothing changes the policy of a
+    running process: torch.set_num_threads does not, and OpenMP has no call for it."""
+    return "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+
+
+@functools.cache
+def _say_threads_spin() -> None:
+    log.warning("rnnsent: torch was imported before rnnsent, so OpenMP's idle threads spin and 2 or more threads can "
+                "run several times slower on a busy machine; import rnnsent first, or start Python with "
+                "OMP_WAIT_POLICY=PASSIVE (docs/speed.md)")
+
+
+def check_wait_policy(threads: int) -> None:
+    """One log line per process when `threads` CPU threads (2 or more) will spin while they wait (threads_spin)."""
+    if threads > 1 and threads_spin():
+        _say_threads_spin()
+
+
 def setup(device: torch.device, threads: int | None = None, flush_denormal: bool = True, retain_memory: bool = True,
           deterministic: bool = False, strict_blas: bool = False) -> None:
     """Threads, denormals and the allocator on CPU; deterministic kernels where asked.
@@ -64,7 +89,8 @@ def setup(device: torch.device, threads: int | None = None, flush_denormal: bool
     kernel give the same bits for any thread count, as the kernel does. MKL reads it at its first call, which
     in a command-line run comes after this (the first is the model's initialisation); a value the user set
     wins. Not for PyTorch's own layers: the released models were trained with MKL's default, and their
-    recorded commands (--rnn-impl torch) reproduce them bit for bit only under it."""
+    recorded commands (--rnn-impl torch) reproduce them bit for bit only under it, on the machine that trained them
+    (docs/reproducibility.md)."""
     if strict_blas:
         os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     if device.type == "cpu":
@@ -72,6 +98,7 @@ def setup(device: torch.device, threads: int | None = None, flush_denormal: bool
         # line gets here before any parallel op; code that ran torch work before building a Trainer
         # should call torch.set_flush_denormal(True) first thing.
         torch.set_num_threads(threads or os.cpu_count() or 1)
+        check_wait_policy(torch.get_num_threads())
         torch.set_flush_denormal(flush_denormal)
         if retain_memory:
             retain_freed_memory()

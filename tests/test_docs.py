@@ -1,6 +1,8 @@
 """The README and docs/: every relative link and #anchor resolves (anchors as GitHub makes them from headings),
 every docs page can be reached from the README, the README's test command is the one CI runs, docs/flags.md
-is the commands' real --help, and docs/developing.md has a line for every module of the package."""
+is the commands' real --help, docs/developing.md has a line for every module of the package, and every Python
+block runs (or says why it cannot)."""
+import os
 import re
 import sys
 from pathlib import Path
@@ -170,3 +172,80 @@ def test_the_module_checks_see_a_missing_line_a_missing_folder_and_both_spelling
     assert named_modules("`rnnsent/cli.py`, training/trainer.py and rnnsent/data/text.py; tools/bench.py, "
                          "tests/test_data_text.py, rnnsent/model/csrc/recurrent_cpu.cpp, data/gone.py") == {
         "cli.py", "training/trainer.py", "data/text.py", "data/gone.py"}
+
+
+# Every ```python block of the README and docs/ runs, as it stands, in a fresh process in an empty folder, unless an
+# HTML comment just before it (`<!-- no-test: why -->`) says why it cannot (a GPU, the network, the full data, a
+# server that runs until stopped). Where a block names the reader's own file (a comment saying "your file"), a small
+# fixture file of the same kind stands in for it.
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+NO_TEST = re.compile(r"<!--\s*no-test\b(.*?)-->")
+COMMENT_LINE = re.compile(r"^\s*<!--.*-->\s*$")
+FIXTURES = ROOT / "tests" / "fixtures"
+YOUR_FILES = {  # the name a page gives the reader's file -> the fixture that stands in for it
+    "gru_model.h5": FIXTURES / "keras" / "k2_gru.h5",
+    "bidirectional_lstm_imdb.keras": FIXTURES / "keras" / "k3_bidirectional.h5",
+    "packages.csv": FIXTURES / "labelled" / "debian_sections.csv",
+}
+
+
+def python_blocks(pages=PAGES) -> list[tuple[str, str, str | None]]:
+    """(page:line, code, why it is not run or None) for every ```python block of `pages`."""
+    blocks = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for match in PYTHON_BLOCK.finditer(text):
+            before = text[: match.start()].splitlines()
+            comments = []
+            while before and COMMENT_LINE.match(before[-1]):  # the HTML comments right above the fence
+                comments.append(before.pop())
+            skip = [m.group(1) for line in comments for m in NO_TEST.finditer(line)]
+            name = page.relative_to(ROOT).as_posix() if page.is_relative_to(ROOT) else page.name
+            where = f"{name}:{text.count(chr(10), 0, match.start()) + 1}"
+            blocks.append((where, match.group(1), skip[0].lstrip(":").strip() if skip else None))
+    return blocks
+
+
+def with_your_files(code: str) -> str:
+    """`code` with each file a "your file" line names replaced by its stand-in (YOUR_FILES)."""
+    lines = []
+    for line in code.splitlines():
+        if "your file" in line:
+            names = [name for name in YOUR_FILES if f'"{name}"' in line]
+            assert names, f"a 'your file' line names no file tests/test_docs.py knows a stand-in for: {line}"
+            line = line.replace(f'"{names[0]}"', repr(str(YOUR_FILES[names[0]])))
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = python_blocks()
+
+
+def test_every_python_block_that_is_not_run_says_why():
+    assert BLOCKS and sum(why is None for _, _, why in BLOCKS) >= 5
+    for where, _, why in BLOCKS:
+        assert why is None or len(why) >= 10, f"{where}: <!-- no-test: ... --> needs its reason after the colon"
+    markers = [m for page in PAGES for m in NO_TEST.finditer(prose(page.read_text(encoding="utf-8")))]
+    assert len(markers) == sum(why is not None for _, _, why in BLOCKS), "a no-test comment that is not above a block"
+
+
+def test_the_block_finder_reads_markers_and_stand_ins(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# P\n\n<!-- no-test: needs a GPU -->\n<!-- other -->\n```python\nimport torch\n```\n\n"
+                    "<!-- no-test -->\n```python\nx = 1\n```\n\n```python\n"
+                    'm = load("gru_model.h5")  # your file\n```\n')
+    (gpu, _, why), (_, _, empty), (plain, code, none) = python_blocks([page])
+    assert why == "needs a GPU" and empty == "" and none is None and code == 'm = load("gru_model.h5")  # your file\n'
+    assert repr(str(YOUR_FILES["gru_model.h5"])) in with_your_files(code)
+    with pytest.raises(AssertionError, match="no file tests/test_docs.py knows"):
+        with_your_files('m = load("mine.h5")  # your file')
+
+
+@pytest.mark.parametrize("where, code", [pytest.param(w, c, id=w) for w, c, why in BLOCKS if why is None])
+def test_python_block_runs(where, code, tmp_path):
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RNNSENT_CACHE=str(tmp_path / "cache"), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-c", with_your_files(code)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"{where} fails:\n{proc.stderr[-3000:]}"

@@ -17,7 +17,7 @@ import torch
 
 from rnnsent.storage.checkpoint import load_checkpoint_state, previous_path
 from rnnsent.cli import train_main
-from helpers import assert_same_weights, weights
+from helpers import assert_same_run_state, assert_same_weights, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
@@ -37,11 +37,17 @@ def saved_step(path) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """The weights of an uninterrupted run."""
+def reference_run(tmp_path_factory) -> Path:
+    """The last.pt of an uninterrupted run, made here: what a resumed run must equal bit for bit."""
     base = tmp_path_factory.mktemp("reference")
     assert train_main(args(base)) == 0
-    return weights(base / "run" / "last.pt")
+    return base / "run" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict:
+    """The weights of an uninterrupted run."""
+    return weights(reference_run)
 
 
 @pytest.mark.parametrize("kill_at, ckpt_every, lost", [
@@ -49,7 +55,7 @@ def reference(tmp_path_factory) -> dict:
     (4, 2, 0),  # right after a mid-epoch checkpoint: nothing lost
     (8, 3, 2),  # inside epoch 3; the last checkpoint is the end of epoch 2
 ])
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, reference, kill_at, ckpt_every, lost):
+def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, reference_run, kill_at, ckpt_every, lost):
     env = dict(os.environ, PYTHONPATH=str(ROOT), RNNSENT_FAULT_KILL_AT_STEP=str(kill_at))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), *args(tmp_path, "--ckpt-every", ckpt_every)], env=env,
@@ -62,7 +68,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, reference
 
     assert train_main(args(tmp_path, "--ckpt-every", ckpt_every, "--resume")) == 0
     assert saved_step(last) == 3 * STEPS_PER_EPOCH
-    assert_same_weights(weights(last), reference)
+    assert_same_run_state(last, reference_run)  # weights, optimizer, RNG state: bit for bit, both made here
 
 
 @pytest.fixture(scope="module")

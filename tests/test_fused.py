@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -423,6 +424,27 @@ def test_torch_compile_makes_one_graph_around_the_operator():
     _assert_close(ref, out.detach(), "compiled logits")
     for name, p in model.named_parameters():
         _assert_close(ref_grads[name], p.grad, f"compiled gradient of {name}", rtol=1e-4)
+
+
+@needs_kernel
+def test_without_allow_rnn_the_graph_breaks_as_models_md_says():
+    import re
+
+    import torch._dynamo
+
+    model = _tool_model()
+    model.impl = "fused"
+    tokens = torch.randint(0, 300, (40, 30), generator=torch.Generator().manual_seed(7))
+    lengths = torch.randint(1, 31, (40,), generator=torch.Generator().manual_seed(8))
+    torch._dynamo.reset()
+    found = torch._dynamo.explain(model)(tokens, lengths)
+    page = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text(encoding="utf-8")
+    said = re.search(r"with torch (\d+\.\d+) a 2-layer bidirectional GRU compiles into (\d+) graphs \((\d+) breaks\)",
+                     page)
+    assert said, "docs/models.md no longer says how many graphs torch.compile makes"
+    assert found.graph_count > 1 and found.graph_break_count > 0  # PyTorch's rule for nn.GRU objects
+    if torch.__version__.startswith(said[1] + "."):
+        assert (found.graph_count, found.graph_break_count) == (int(said[2]), int(said[3]))
 
 
 @needs_kernel

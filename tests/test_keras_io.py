@@ -1,6 +1,8 @@
 """Keras interop checked against Keras itself: live Keras 3 models built here (torch backend, see
 conftest.py) and small files written by real Keras 2 and Keras 3 (tools/make_keras_fixtures.py)."""
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -277,6 +279,43 @@ def test_reading_files_needs_neither_keras_nor_tensorflow():
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'keras was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# A process as a new user runs it: no KERAS_BACKEND, Keras' home (KERAS_HOME, else ~/.keras) at `home`. Exports a
+# fixture model to Keras, checks its predictions there, and says which backend Keras took.
+TO_KERAS = f"""
+import numpy as np, torch, rnnsent
+model = rnnsent.from_keras({str(FIXTURES / 'k3_gru.keras')!r})
+x = np.array([[3, 5, 7, 11, 2, 1]])
+with torch.no_grad():
+    want = torch.sigmoid(model.eval()(torch.from_numpy(x))).numpy()
+k = rnnsent.to_keras(model)
+import keras
+assert np.abs(k.predict(x, verbose=0).reshape(-1) - want.reshape(-1)).max() <= {TOL}
+print(keras.backend.backend())
+"""
+
+
+def to_keras_in(home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", TO_KERAS], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1], env=dict(env, KERAS_HOME=str(home)))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed here")
+def test_to_keras_takes_the_torch_backend_where_keras_json_names_one_not_installed(tmp_path):
+    # Keras' first run writes a keras.json naming TensorFlow whatever backend it ran on: without TensorFlow, the next
+    # process found it and died with ModuleNotFoundError: tensorflow.
+    first = to_keras_in(tmp_path)
+    assert first.stdout.strip() == "torch" and "keras.json" not in first.stderr  # nothing overruled
+    assert json.loads((tmp_path / "keras.json").read_text())["backend"] == "tensorflow"
+    again = to_keras_in(tmp_path)
+    assert again.stdout.strip() == "torch"
+    assert (f"rnnsent: {tmp_path / 'keras.json'} names Keras' 'tensorflow' backend, which is not installed here: "
+            "using Keras' torch backend (set KERAS_BACKEND to choose another)") in again.stderr
 
 
 def _edit_config(path, edit):

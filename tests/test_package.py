@@ -131,3 +131,34 @@ def test_no_compiler_falls_back_and_says_so_once(tmp_path):
     ]
     assert len(said) == 1, proc.stderr
     assert sum("compiling the fused CPU kernel" in line for line in lines) == 1  # it did try, and said so
+
+
+def python_choosing_wait_policy(code: str, policy: str | None = None) -> str:
+    """`code` in a fresh process whose environment sets OMP_WAIT_POLICY=`policy` (None: no policy, as a new user's
+    shell); its stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update({"PYTHONPATH": str(ROOT)}, **({"OMP_WAIT_POLICY": policy} if policy else {}))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+SPINNING = "rnnsent: torch was imported before rnnsent, so OpenMP's idle threads spin"
+
+
+def test_torch_imported_before_rnnsent_is_said_once_where_threads_would_spin():
+    # OpenMP reads its wait policy when torch loads it: rnnsent imported later cannot set it, so it says what to set,
+    # once, when predict() or a run's machine set-up starts on 2 or more threads (one thread waits for no other).
+    err = python_choosing_wait_policy(
+        "import sys, torch, rnnsent\nfrom rnnsent import runtime\nloaded = rnnsent.load_checkpoint('gru')\n"
+        "torch.set_num_threads(1)\nrnnsent.predict(loaded, ['A fine film.'])\n"
+        "runtime.setup(torch.device('cpu'), threads=1)\nprint('two threads', file=sys.stderr)\n"
+        "runtime.setup(torch.device('cpu'), threads=2)\nrnnsent.predict(loaded, ['Dull.'])\n"
+        "rnnsent.predict(loaded, ['Dull.'])\n")
+    one, two = err.split("two threads\n")
+    said = [line for line in two.splitlines() if line.startswith(SPINNING)]
+    assert SPINNING not in one and len(said) == 1 and "OMP_WAIT_POLICY=PASSIVE" in said[0], err
+    on_two_threads = "from rnnsent import runtime\nruntime.setup(torch.device('cpu'), threads=2)\n"
+    rnnsent_first = "import rnnsent, torch, os\nassert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
+    assert SPINNING not in python_choosing_wait_policy(rnnsent_first + on_two_threads)
+    assert SPINNING not in python_choosing_wait_policy("import torch, rnnsent\n" + on_two_threads, policy="ACTIVE")

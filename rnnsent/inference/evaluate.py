@@ -159,8 +159,9 @@ def predict(
     `texts` is one text or any iterable of them (a list, a generator, map(...)). `classes` names the model's
     classes in order (a checkpoint stores them); without, IMDB's negative/positive for two classes.
     Right-padded (bucketed) texts are batched by length, longest first, so that a batch is as wide as its own
-    longest text; the answers come back in input order, and each row's result does not depend on its batch
-    (bit for bit wherever the GEMMs are, as under MKL_CBWR=AUTO,STRICT). sort_by_length=False batches in input order.
+    longest text; the answers come back in input order, and each row's result is its own to float rounding (bit
+    for bit only for the same batches: MKL rounds a row by how many rows share its product; docs/reproducibility.md).
+    sort_by_length=False batches in input order.
     `groups(steps)`, given each text's time steps, returns the forwards to run as lists of indices (every text in
     one of them); rnnsent serve passes its length buckets. Two classes: the class of index `positive` is predicted
     where its probability is at least `threshold` (a checkpoint stores both: LoadedModel.predict passes them)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import zipfile
@@ -51,6 +52,7 @@ _RECURRENT = {keras_name: cell for cell, keras_name in KERAS_CELL_NAMES.items()}
 _WRAPPERS = ("TimeDistributed", "RNN")  # an RNN(cell) wrapper is not a fused layer either
 _MODEL_ARGS = field_names(ModelConfig)
 _SHAPE = ("vocab_size", "embed_dim", "hidden_size", "num_classes", "num_layers", "bidirectional")  # fixed by the file
+log = logging.getLogger(__name__)
 
 
 class KerasFormatError(ValueError):
@@ -635,11 +637,25 @@ def save_keras(model: SentimentRNN, path) -> None:
 
 
 def _default_backend() -> None:
+    """Keras picks its backend once, at its first import: KERAS_BACKEND, else the one keras.json in Keras' home
+    names, else TensorFlow. Keras writes a keras.json naming TensorFlow the first time it runs, whatever backend it
+    was given, so a machine without TensorFlow soon has one that names it. Where the backend Keras would pick is not
+    installed, the torch backend is chosen instead (a keras.json's choice overruled with one line saying so)."""
     import importlib.util
     import sys
 
     if "keras" in sys.modules or "KERAS_BACKEND" in os.environ:
         return
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    if importlib.util.find_spec("tensorflow") is None and not os.path.exists(os.path.join(home, "keras.json")):
-        os.environ["KERAS_BACKEND"] = "torch"
+    home = os.environ.get("KERAS_HOME") or os.path.join(  # where Keras looks, as keras/src/backend/config.py does
+        os.path.expanduser("~") if os.access(os.path.expanduser("~"), os.W_OK) else "/tmp", ".keras")
+    path = Path(home, "keras.json")
+    try:
+        named = json.loads(path.read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):  # no file, or one Keras would not read either
+        named, path = "tensorflow", None
+    if isinstance(named, str) and named.isidentifier() and importlib.util.find_spec(named) is not None:
+        return
+    os.environ["KERAS_BACKEND"] = "torch"
+    if path is not None:
+        log.warning(f"rnnsent: {path} names Keras' {named!r} backend, which is not installed here: using Keras' "
+                    "torch backend (set KERAS_BACKEND to choose another)")
