@@ -112,6 +112,20 @@ def class_names(num_classes: int, classes: list | None = None) -> list[str]:
     return list(IMDB_LABELS) if num_classes == 2 else [str(c) for c in range(num_classes)]
 
 
+def positive_class(classes: list, positive_label=None) -> int:
+    """The index of a two-class model's positive class: the class every binary metric, curve and the decision
+    threshold are about. `positive_label` names it; by default the second class (IMDB's "positive"; of your own
+    data's two labels, the second in sorted order)."""
+    names = [str(c) for c in classes]
+    if len(names) != 2:
+        raise ValueError(f"a positive class is one of two classes; this model has {len(names)}")
+    if positive_label is None:
+        return 1
+    if str(positive_label) not in names:
+        raise ValueError(f"unknown positive label {positive_label!r}: the model's classes are {', '.join(names)}")
+    return names.index(str(positive_label))
+
+
 @torch.no_grad()
 def predict(
     model: SentimentRNN,
