@@ -571,11 +571,9 @@ def split_record(out: dict, path: Path, test: Path | None) -> dict:
             "rows": {s: len(out[s]) for s in out}, "fingerprints": {s: fingerprint(out[s]) for s in out}}
 
 
-def remake_split(settings, which: str, vocab: Vocab, classes: Sequence) -> tuple[EncodedSplit, list[str]]:
-    """The split `which` ("train", "val" or "test") of the run whose data settings (a DataConfig or TrainConfig)
-    are `settings`, and its texts, read again from settings.data_root (and test_data): the same carve as
-    prepare_labelled, without tokenizing the other rows, encoded with the run's vocabulary. The caller compares
-    fingerprint() of it with the run's record."""
+def _split_rows(settings) -> tuple[list[str], torch.Tensor, dict, list, Path]:
+    """(every kept row's text, its class index, the rows of each split, the classes, the data's path) of the data
+    that `settings` (a DataConfig or TrainConfig) name: prepare_labelled's reading and carve, without tokenizing."""
     path, test = _data_paths(settings.data_root, settings.test_data)
     columns = Columns(settings.text_column, settings.label_column, settings.split_column, settings.quoting)
     acc = _Rows(on_missing_label=settings.on_missing_label)
@@ -583,8 +581,17 @@ def remake_split(settings, which: str, vocab: Vocab, classes: Sequence) -> tuple
     texts = [t for rows, split in sources for chunk in _chunks(rows, acc, split) for t in chunk]
     if not acc.labels:
         raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
-    found, y, rows, _ = _carve(acc, settings.val_fraction, settings.test_fraction, settings.split_seed,
-                               settings.limit, str(path))
+    classes, y, rows, _ = _carve(acc, settings.val_fraction, settings.test_fraction, settings.split_seed,
+                                 settings.limit, str(path))
+    return texts, y, rows, classes, path
+
+
+def remake_split(settings, which: str, vocab: Vocab, classes: Sequence) -> tuple[EncodedSplit, list[str]]:
+    """The split `which` ("train", "val" or "test") of the run whose data settings (a DataConfig or TrainConfig)
+    are `settings`, and its texts, read again from settings.data_root (and test_data): prepare_labelled's carve,
+    without tokenizing the other rows, encoded with the run's vocabulary. The caller compares fingerprint() of it
+    with the run's record."""
+    texts, y, rows, found, path = _split_rows(settings)
     if [str(c) for c in found] != [str(c) for c in classes]:
         raise DataFileError(f"{path}: the training rows hold the classes {', '.join(map(repr, found))}, but the model "
                             f"was trained on {', '.join(map(repr, classes))}; this is not the data it was trained on")
@@ -593,3 +600,15 @@ def remake_split(settings, which: str, vocab: Vocab, classes: Sequence) -> tuple
     encode = encode_keras if canonical_encoding(settings.encoding, warn=False) == "keras" else encode_bucketed
     split = encode([vocab.encode(tokenize(t)) for t in chosen], y[torch.from_numpy(rows[which])], settings.max_len)
     return split, chosen
+
+
+def trained_texts(settings) -> set[str]:
+    """The texts of the training and validation rows of the run whose data settings are `settings`."""
+    texts, _, rows, _, _ = _split_rows(settings)
+    return {texts[i] for s in ("train", "val") for i in rows[s]}
+
+
+def take_rows(split: EncodedSplit, texts: list[str], limit: int) -> tuple[EncodedSplit, list[str]]:
+    """At most `limit` rows of a split and their texts: the stratified, seeded sample --limit takes."""
+    idx = _stratified_take(np.arange(len(split)), split.labels, limit, LIMIT_SEED_OFFSET)
+    return split.select(torch.from_numpy(idx)), [texts[i] for i in idx]
