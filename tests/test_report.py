@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -299,3 +300,43 @@ def test_the_report_of_an_imdb_model_shows_imdb_texts(tmp_path, capsys, monkeypa
     assert got["threshold"] == 0.5 and got["positive_class"] == "positive" and got["data"]["kind"] == "imdb"
     assert "word attributions were left out (--no-attributions)" in (tmp_path / "report" / "report.html").read_text()
     assert math.isfinite(got["log_loss"])
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def test_the_page_in_a_headless_browser(six, tmp_path):
+    """Chromium renders the page with no console error, every figure loads, and no text's markup runs."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("no headless browser: install Debian's chromium and chromium-driver (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test drives chromium through selenium")
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1340,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        driver.get((six / "report" / "report.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+        title, body = driver.title, driver.find_element(By.TAG_NAME, "body").text
+        cards = len(driver.find_elements(By.CSS_SELECTOR, ".card"))
+        highlighted = driver.find_elements(By.CSS_SELECTOR, "section .t span[title]")
+        logs = driver.get_log("browser")
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+    assert [alt for *_, alt in images] == ["confusion matrix", "predicted probabilities by true class", "ROC curve",
+                                           "precision-recall curve", "reliability diagram"]
+    assert all(done and width > 100 and height > 100 for done, width, height, _ in images), images
+    assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == []
+    assert title == f"{six / 'run'} on test split of {six / 'six.csv'}"  # no text's onerror ran
+    assert MARKUP.strip() in body and cards == 8 and highlighted  # the markup shown as text; words attributed
+    assert (tmp_path / "page.png").stat().st_size > 10000

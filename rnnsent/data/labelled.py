@@ -16,6 +16,9 @@ takes Python lists. Both go through one function, so a file and the same rows as
     note, or refused with on_missing_label="error"; never a class.
   - texts: tokenize_scripts (rnnsent-v2): IMDB's tokenizer plus one token per character of scripts written
     without spaces. The vocabulary records it, so prediction tokenizes the same way.
+  - the record (meta["split"], kept in a run's checkpoint): the files' SHA-256 and each split's rows and
+    fingerprint, so that remake_split finds a run's split again from its file, without tokenizing the rest,
+    and rnnsent.inference.heldout proves it is the same.
 
 Tokenizing is the cost; rows are tokenized in chunks, on every core for large files (fork), and each
 chunk's provisional word ids are merged into one index in file order, so the result does not depend on

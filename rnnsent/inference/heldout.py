@@ -65,8 +65,15 @@ def _run_settings(loaded, data_root) -> DataConfig:
 
 
 def _record(loaded) -> dict | None:
+    """The run's record of how its data was split (rnnsent.data.labelled.split_record), or None before there was
+    one; a record that is not one is refused (the file is untrusted)."""
     record = loaded.state.get("data", {}).get("split")
-    return record if isinstance(record, dict) else None
+    if record is None:
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("data_sha256"), str)
+            and isinstance(record.get("fingerprints"), dict)):
+        raise CheckpointError(f"{loaded.path or 'this checkpoint'} has a damaged record of how its data was split")
+    return record
 
 
 def _own_data_file(loaded, name: str, data) -> Path:
@@ -101,7 +108,7 @@ def _own_split(loaded, name: str, split: str, data, limit: int | None) -> HeldOu
             raise ValueError(f"{name} was tested on {settings.test_data}, which is not here; pass --test-data with "
                              "that file")
     rows, texts = remake_split(settings, split, loaded.vocab, loaded.classes)
-    verified = record is not None and fingerprint(rows) == record.get("fingerprints", {}).get(split)
+    verified = record is not None and fingerprint(rows) == record["fingerprints"].get(split)
     if record is not None and not verified:
         raise DataFileError(f"the {split} split made again from {path} is not the one {name} recorded (other rows, "
                             "or another tokenizer); was the run made by another version of rnnsent?")

@@ -191,7 +191,7 @@ def _worst(s, worst: list, why_not: str | None) -> str:
         body = (html_section(explanation) if explanation is not None
                 else f'<section><p class="t">{escape(text)}</p></section>')
         parts.append(f'<p class="h"><b>{line}</b></p>{body}')
-    return "\n".join(parts) if worst else "<p>No rows.</p>"
+    return "\n".join(parts)
 
 
 def page(s, m: dict, rel: dict, confused: list[dict], worst: list, why_not: str | None, name: str, what: str) -> str:
@@ -220,6 +220,7 @@ def page(s, m: dict, rel: dict, confused: list[dict], worst: list, why_not: str 
             + _headline(m, s) + "\n<h2>Per class</h2>\n" + _per_class(m, s)
             + '\n<h2>Where it fails</h2>\n<div class="figs">' + "".join(figures) + "</div>\n"
             + ("<h2>Most confused pairs</h2>\n" + _confused(confused) if len(s.labels) > 2 else "")
-            + f"\n<h2>The {len(worst)} worst-classified texts (highest loss)</h2>\n" + _worst(s, worst, why_not)
+            + (f"\n<h2>The {len(worst)} worst-classified texts (highest loss)</h2>\n" + _worst(s, worst, why_not)
+               if worst else "")
             + '\n<p class="sub">rnnsent evaluate --report: metrics.json holds these numbers (scikit-learn), '
               "predictions.csv every row.</p>\n</body></html>\n")
