@@ -238,7 +238,8 @@ def pretrain_main(argv: list[str] | None = None, prog: str = "pretrain.py") -> i
 
 def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     p = _Parser(prog=prog, description="Test accuracy, loss and confusion counts of a checkpoint (macro-F1 and the "
-                                       "confusion matrix for more than two classes).")
+                                       "confusion matrix for more than two classes); --report DIR writes a report of "
+                                       "where it fails.")
     p.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint, a run folder (its best.pt), or a released model: gru, lstm, rnn")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to score [test]")
@@ -246,13 +247,17 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
         "--data",
         dest="data_root",
         default=None,
-        help="where the data is (see train.py --help); a file of your own (.csv, .tsv, .jsonl or a class folder) "
-        "is scored whole, every row",
+        help="where the data is (see train.py --help). A model trained on your own data: that file, whose held-out "
+        "split is made again exactly as the run made it (--split) [the path the run recorded]; an IMDB model: a file "
+        "of your own (.csv, .tsv, .jsonl or a class folder) is scored whole, every row",
     )
-    p.add_argument("--text-column", default="text", help="your own data: the text column [text]")
-    p.add_argument("--label-column", default="label", help="your own data: the label column [label]")
-    p.add_argument("--quoting", choices=QUOTINGS, default="csv", type=setting_flag_type(SETTINGS["quoting"]),
-                   help="your own .csv or .tsv: see train.py --help [csv]")
+    p.add_argument("--test-data", default=None,
+                   help="score every row of this file of labelled rows (.csv, .tsv, .jsonl or a class folder); "
+                        "never the file the model was trained on [the run's own test rows]")
+    p.add_argument("--text-column", default=None, help="your own data: the text column [the run's, else text]")
+    p.add_argument("--label-column", default=None, help="your own data: the label column [the run's, else label]")
+    p.add_argument("--quoting", choices=QUOTINGS, default=None, type=setting_flag_type(SETTINGS["quoting"]),
+                   help="your own .csv or .tsv: see train.py --help [the run's, else csv]")
     p.add_argument("--cache-dir", default=None, help="rnnsent's cache folder")
     p.add_argument("--limit", type=setting_flag_type(SETTINGS["limit"]), default=None,
                    help="only N reviews per split [the limit the run was trained with]")
@@ -260,52 +265,72 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate.py") -> i
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="reviews per batch [512]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="also write DIR/report.html (one page: metrics, curves, calibration, the worst texts), "
+                        "DIR/metrics.json and DIR/predictions.csv; needs pip install 'rnnsent[report]' "
+                        "(docs/evaluation.md)")
+    p.add_argument("--worst", type=_non_negative, default=20, help="the report's worst-classified texts shown [20]")
+    p.add_argument("--no-attributions", action="store_true",
+                   help="the report's worst texts without word attributions (which take Captum and time)")
     args = p.parse_args(argv)
     _show_log()
     try:
         loaded, result, what = _evaluate(args)
-    except _user_errors() as e:
+    except (ImportError, *_user_errors()) as e:  # ImportError: the report extra is missing
         return _fail(str(e))
     if loaded.classes is not None:
         result["classes"] = loaded.classes
     if loaded.provenance is not None:  # a model fine-tuned from another (--init-from)
         result["init_from"] = loaded.provenance
+    if args.report:
+        result["report"] = str(Path(args.report) / "report.html")
+        print(f"wrote {result['report']}, metrics.json and predictions.csv beside it", file=sys.stderr)
     _print_evaluation(result, what, loaded.classes, args.json)
     return 0
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _evaluate(args: argparse.Namespace) -> tuple:
-    """(the loaded checkpoint, evaluate()'s result, what was scored): the --data file whole, or a split of the
-    data the run was trained on."""
+    """(the loaded checkpoint, evaluate()'s result, what was scored): the rows rnnsent.inference.heldout picks (the
+    run's own held-out split, or every row of another file), and with --report the report written."""
     from rnnsent.inference.loading import load_checkpoint
-    from rnnsent.inference.evaluate import evaluate
+    from rnnsent.inference.evaluate import evaluate, scores
+    from rnnsent.inference.heldout import held_out
     from rnnsent.runtime import resolve_device
 
-    from rnnsent.data.tabular import Columns, is_user_data
+    from rnnsent.data.tabular import Columns
 
+    if args.report:
+        from rnnsent.inference.report import check_report_dir, make_report
+        from rnnsent.inference.metrics import sklearn_metrics
+
+        check_report_dir(args.report)  # before any work: a file or an unwritable folder is one line
+        sklearn_metrics()
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
-    what = args.split
-    if is_user_data(args.data_root):
-        from rnnsent.data import encode_labelled
-
-        split = encode_labelled(args.data_root, loaded.vocab, loaded.max_len, loaded.encoding, loaded.classes,
-                                Columns(args.text_column, args.label_column, quoting=args.quoting))
-        what = str(args.data_root)
-    elif loaded.classes is not None:
-        root = loaded.config.get("data_root")
-        trained_on = (f"your own data{f' ({root})' if root else ''}, {len(loaded.classes)} classes: "
-                      f"{', '.join(map(str, loaded.classes))}")
-        if args.data_root is not None:  # IMDB, or a path that is no file of rows
-            raise ValueError(f"{args.checkpoint} was trained on {trained_on}; --data {args.data_root} is IMDB (or no "
-                             "file of labelled rows: .csv, .tsv, .jsonl or a class folder), which has none of them: "
-                             "pass --data a file of rows labelled with those classes")
-        raise ValueError(f"{args.checkpoint} was trained on {trained_on}; pass --data with a file of labelled rows to "
-                         "score")
-    else:
-        data = loaded.prepare_data(root=args.data_root, cache_dir=args.cache_dir, limit=args.limit)
-        split = getattr(data, args.split)
-    return loaded, evaluate(loaded.model, split, batch_size=args.batch_size, device=device, **loaded.decision()), what
+    columns = None
+    if (args.text_column, args.label_column, args.quoting) != (None, None, None):
+        c = loaded.config
+        columns = Columns(args.text_column or c.get("text_column") or "text",
+                          args.label_column or c.get("label_column") or "label",
+                          quoting=args.quoting or c.get("quoting") or "csv")
+    held = held_out(loaded, args.checkpoint, args.split, args.data_root, args.test_data, columns, args.cache_dir,
+                    args.limit, texts=bool(args.report))
+    if not args.report:
+        return loaded, evaluate(loaded.model, held.split, batch_size=args.batch_size, device=device,
+                                **loaded.decision()), held.what
+    scored, metrics = make_report(loaded, held, args.checkpoint, args.report, args.worst, not args.no_attributions,
+                                  args.batch_size, device)
+    return loaded, scores(float(scored.losses.sum(dtype="float64")), metrics["confusion_matrix"]), held.what
 
 
 def _print_evaluation(result: dict, what: str, classes, as_json: bool) -> None:

@@ -27,7 +27,8 @@ import torch
 from rnnsent.config import canonical_encoding, check_held_out, check_setting
 from rnnsent.storage.envelope import first_line, seal, unseal
 from rnnsent.storage.files import atomic_write
-from rnnsent.data.fetch import Source, block_size, cache_root, find_imdb, read_blocks, read_keras_word_index
+from rnnsent.data.fetch import (Source, block_size, cache_root, find_imdb, load_imdb_reviews, read_blocks,
+                                read_keras_word_index)
 from rnnsent.data.text import (
     TOKENIZER_NAME,
     EncodedSplit,
@@ -255,3 +256,17 @@ def prepare_imdb(
             **extra}
     cached = use_cache and save_cached(path, splits, vocab, meta)
     return PreparedData.fresh(splits, vocab, meta, cache_file=path if cached else None)
+
+
+def imdb_split_texts(split: str, val_fraction: float = 0.1, seed: int = 0, limit: int | None = None,
+                     root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                     download: bool = True) -> list[str]:
+    """The texts of prepare_imdb's split `split` ("train", "val" or "test") with these settings, in its row order
+    (Keras' imdb.npz: rebuilt from its word index, as load_imdb_reviews does)."""
+    reviews = load_imdb_reviews("test" if split == "test" else "train", root, cache_dir, download)
+    texts = [t for y in (0, 1) for t in _limited([t for t, label in reviews if label == y], limit, y)]
+    if split == "test":
+        return texts
+    labels = torch.tensor([float(y) for y in (0, 1) for _ in _limited([r for r in reviews if r[1] == y], limit, y)])
+    train_idx, val_idx = train_val_split(len(texts), val_fraction, seed, labels)
+    return [texts[i] for i in (train_idx if split == "train" else val_idx).tolist()]

@@ -18,6 +18,9 @@ takes Python lists. Both go through one function, so a file and the same rows as
     note, or refused with on_missing_label="error"; never a class.
   - texts: tokenize_scripts (rnnsent-v2): IMDB's tokenizer plus one token per character of scripts written
     without spaces. The vocabulary records it, so prediction tokenizes the same way.
+  - the record (meta["split"], kept in a run's checkpoint): the files' SHA-256 and each split's rows and
+    fingerprint, so that remake_split finds a run's split again from its file, without tokenizing the rest,
+    and rnnsent.inference.heldout proves it is the same.
 
 Tokenizing is the cost; rows are tokenized in chunks, on every core for large files (fork), and each
 chunk's provisional word ids are merged into one index in file order, so the result does not depend on
@@ -43,11 +46,11 @@ import torch
 
 from rnnsent.config import canonical_encoding, check_held_out, check_setting
 from rnnsent.data.dataset import _Index, load_cached, save_cached, train_val_split
-from rnnsent.data.fetch import cache_root
+from rnnsent.data.fetch import cache_root, file_digest
 from rnnsent.data.given_vocab import map_words, vocab_key
 from rnnsent.data.tabular import MISSING_LABELS, Columns, DataFileError, Row, class_order, label_kind, read_rows
-from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, PreparedData, Vocab, encode_bucketed, encode_keras,
-                               pad_flat, tokenizer_for)
+from rnnsent.data.text import (START_ID, SCRIPT_TOKENIZER_NAME, EncodedSplit, PreparedData, Vocab, encode_bucketed,
+                               encode_keras, pad_flat, tokenizer_for)
 
 CACHE_VERSION = 1
 CHUNK_ROWS = 2000  # rows per tokenizing task: large enough to amortise the hand-over, small enough to stream
@@ -212,13 +215,8 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
     notes = _skip_notes(acc)
     if not acc.labels:
         raise DataFileError(f"{where}: no row has any text; every text is empty or whitespace")
-    splits = np.array([s or "train" for s in acc.splits])
-    classes, y = _classes_and_targets(acc, splits, where)
-    if not (splits == "test").any():
-        notes.append(_hold_out_test(splits, y, test_fraction, seed))
-    rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
-    if limit is not None:
-        rows = _limit_rows(rows, y, limit, len(classes), seed, where)
+    classes, y, rows, carve_notes = _carve(acc, val_fraction, test_fraction, seed, limit, where)
+    notes += carve_notes
 
     lengths = np.concatenate(acc.lengths)
     offsets = np.concatenate(([0], np.cumsum(lengths)))
@@ -240,6 +238,23 @@ def _build(acc: _Rows, vocab_size: int, max_len: int, encoding: str, val_fractio
         out[s] = _encode(to_id[ids], row_lengths, y[torch.from_numpy(rows[s])], max_len, encoding)
     _check_not_empty(out, limit, where, test_where)
     return out, vocab, classes, notes
+
+
+def _carve(acc: _Rows, val_fraction: float, test_fraction: float, seed: int, limit: int | None,
+           where: str) -> tuple[list, torch.Tensor, dict, list[str]]:
+    """(classes, every row's class index, the rows of each split, notes): the test rows given or a stratified
+    carve, the --limit sample, and the validation rows given or carved from the training rows. A function of the
+    rows' labels and split values alone, so a run's splits can be made again without tokenizing (remake_split)."""
+    splits = np.array([s or "train" for s in acc.splits])
+    classes, y = _classes_and_targets(acc, splits, where)
+    notes = [_hold_out_test(splits, y, test_fraction, seed)] if not (splits == "test").any() else []
+    rows = {s: np.nonzero(splits == s)[0] for s in ("train", "val", "test")}
+    if limit is not None:
+        rows = _limit_rows(rows, y, limit, len(classes), seed, where)
+    if not rows["val"].size:  # no "val" rows given: carve validation from training rows only
+        train_idx, val_idx = train_val_split(len(rows["train"]), val_fraction, seed, y[torch.from_numpy(rows["train"])])
+        rows["train"], rows["val"] = rows["train"][train_idx.numpy()], rows["train"][val_idx.numpy()]
+    return classes, y, rows, notes
 
 
 def _skip_notes(acc: _Rows) -> list[str]:
@@ -448,6 +463,8 @@ def prepare_labelled(
     if cached is not None and on_missing_label == "error" and cached.meta.get("missing_labels"):
         cached = None  # read again: the refusal names the row
     if cached is not None:
+        splits = {"train": cached.train, "val": cached.val, "test": cached.test}
+        cached.meta.setdefault("split", split_record(splits, path, test))  # a cache written before the record
         return cached
 
     t0 = time.perf_counter()
@@ -465,6 +482,7 @@ def prepare_labelled(
         log.info(note)
     meta = _meta(out, classes, notes, str(path), _sized(params, vocab), time.perf_counter() - t0, vocab)
     meta["missing_labels"] = missing
+    meta["split"] = split_record(out, path, test)
     if test is not None:
         meta["test_path"] = str(test)
     cached = use_cache and save_cached(cache, out, vocab, meta)
@@ -532,10 +550,16 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
                     columns: Columns = Columns()):
     """Every row of the user's file (or class folder) encoded as a trained model reads text: its vocabulary and
     tokenizer, max_len and encoding; labels mapped to `classes` (IMDB's models: 0 and 1). For evaluate.py --data."""
+    return read_labelled(path, vocab, max_len, encoding, classes, columns)[0]
+
+
+def read_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encoding: str, classes: Sequence | None,
+                  columns: Columns = Columns()) -> tuple[EncodedSplit, list[str]]:
+    """encode_labelled's split, and the texts of its rows in order."""
     classes = list(classes) if classes is not None else [0, 1]
     class_id = {c: k for k, c in enumerate(classes)}
     tokenize = tokenizer_for(vocab.tokenizer)
-    ids, labels, skipped, missing = [], [], 0, 0
+    ids, labels, texts, skipped, missing = [], [], [], 0, 0
     for row in read_rows(path, columns):
         if not row.text.strip():
             skipped += 1
@@ -548,6 +572,7 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
                                 f"({', '.join(map(repr, classes))}); remove the row or fix its label")
         ids.append(vocab.encode(tokenize(row.text)))
         labels.append(class_id[row.label])
+        texts.append(row.text)
     if skipped:
         log.info(f"skipped {skipped} row(s) whose text is empty or only whitespace")
     if missing:
@@ -555,4 +580,75 @@ def encode_labelled(path: str | os.PathLike, vocab: Vocab, max_len: int, encodin
     if not ids:
         raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
     encode = encode_keras if canonical_encoding(encoding, warn=False) == "keras" else encode_bucketed
-    return encode(ids, labels, max_len)
+    return encode(ids, labels, max_len), texts
+
+
+def files_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes; of a class folder, of every file's relative path and bytes, in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path, "sha256").hex()
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0" + file_digest(p, "sha256"))
+    return h.hexdigest()
+
+
+def fingerprint(split: EncodedSplit) -> str:
+    """SHA-256 of a split's rows as the model reads them (each row's ids, unpadded) and their labels: equal for two
+    splits exactly when they hold the same rows, encoded the same way, in the same order."""
+    flat, lengths = split.unpadded()
+    h = hashlib.sha256()
+    for t in (lengths, flat, split.labels):
+        h.update(t.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def split_record(out: dict, path: Path, test: Path | None) -> dict:
+    """How a run's splits were made, kept in its checkpoint so that evaluate finds exactly its test rows again: the
+    files' SHA-256 and each split's rows and fingerprint (the settings that carve them are the run's config)."""
+    return {"data_sha256": files_digest(path), "test_data_sha256": files_digest(test) if test is not None else None,
+            "rows": {s: len(out[s]) for s in out}, "fingerprints": {s: fingerprint(out[s]) for s in out}}
+
+
+def _split_rows(settings) -> tuple[list[str], torch.Tensor, dict, list, Path]:
+    """(every kept row's text, its class index, the rows of each split, the classes, the data's path) of the data
+    that `settings` (a DataConfig or TrainConfig) name: prepare_labelled's reading and carve, without tokenizing."""
+    path, test = _data_paths(settings.data_root, settings.test_data)
+    columns = Columns(settings.text_column, settings.label_column, settings.split_column, settings.quoting)
+    acc = _Rows(on_missing_label=settings.on_missing_label)
+    sources = [(read_rows(path, columns), None)] + ([(read_rows(test, columns), "test")] if test is not None else [])
+    texts = [t for rows, split in sources for chunk in _chunks(rows, acc, split) for t in chunk]
+    if not acc.labels:
+        raise DataFileError(f"{path}: no row has any text; every text is empty or whitespace")
+    classes, y, rows, _ = _carve(acc, settings.val_fraction, settings.test_fraction, settings.split_seed,
+                                 settings.limit, str(path))
+    return texts, y, rows, classes, path
+
+
+def remake_split(settings, which: str, vocab: Vocab, classes: Sequence) -> tuple[EncodedSplit, list[str]]:
+    """The split `which` ("train", "val" or "test") of the run whose data settings (a DataConfig or TrainConfig)
+    are `settings`, and its texts, read again from settings.data_root (and test_data): prepare_labelled's carve,
+    without tokenizing the other rows, encoded with the run's vocabulary. The caller compares fingerprint() of it
+    with the run's record."""
+    texts, y, rows, found, path = _split_rows(settings)
+    if [str(c) for c in found] != [str(c) for c in classes]:
+        raise DataFileError(f"{path}: the training rows hold the classes {', '.join(map(repr, found))}, but the model "
+                            f"was trained on {', '.join(map(repr, classes))}; this is not the data it was trained on")
+    chosen = [texts[i] for i in rows[which]]
+    tokenize = tokenizer_for(vocab.tokenizer)
+    encode = encode_keras if canonical_encoding(settings.encoding, warn=False) == "keras" else encode_bucketed
+    split = encode([vocab.encode(tokenize(t)) for t in chosen], y[torch.from_numpy(rows[which])], settings.max_len)
+    return split, chosen
+
+
+def trained_texts(settings) -> set[str]:
+    """The texts of the training and validation rows of the run whose data settings are `settings`."""
+    texts, _, rows, _, _ = _split_rows(settings)
+    return {texts[i] for s in ("train", "val") for i in rows[s]}
+
+
+def take_rows(split: EncodedSplit, texts: list[str], limit: int) -> tuple[EncodedSplit, list[str]]:
+    """At most `limit` rows of a split and their texts: the stratified, seeded sample --limit takes."""
+    idx = _stratified_take(np.arange(len(split)), split.labels, limit, LIMIT_SEED_OFFSET)
+    return split.select(torch.from_numpy(idx)), [texts[i] for i in idx]

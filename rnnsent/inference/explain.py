@@ -319,29 +319,36 @@ def format_text(e: Explanation, colour: bool = False) -> str:
     return _header(e) + "\n" + " ".join(shown)
 
 
+# The look of an explanation's words on a page (to_html's, and the evaluation report's worst texts).
+HTML_STYLE = (".t span{border-radius:3px;padding:0 2px}.u{color:#888;text-decoration:underline dotted}"
+              ".cut{color:#888;font-style:italic}")
+
+
+def html_section(e: Explanation) -> str:
+    """One explanation as a <section>: its header line, then its words shaded green (toward the target) or red
+    (away), the value on hover. Every text shown is escaped."""
+    esc = html.escape
+    top = max((abs(a) for a in e.attributions), default=0.0) or 1.0
+    words = []
+    for w, a, u in zip(e.words, e.attributions, e.unknown):
+        if u:
+            words.append(f'<span class="u" title="unknown word">{esc(w)}</span>')
+            continue
+        rgb = "22,163,74" if a > 0 else "220,38,38"
+        words.append(f'<span style="background:rgba({rgb},{abs(a) / top * 0.85:.2f})" title="{a:+.3f}">{esc(w)}</span>')
+    cut = f'<span class="cut">[{e.cut} words not read] </span>' if e.cut else ""
+    return f'<section><p class="h">{esc(_header(e))}</p><p class="t">{cut}{" ".join(words)}</p></section>'
+
+
 def to_html(explanations: Iterable[Explanation], title: str = "rnnsent explain") -> str:
     """One self-contained page (no scripts, fonts or links): each text with its words shaded green (toward the
     target) or red (away), the value on hover. Every text shown is escaped."""
     esc = html.escape
-    parts = []
-    for e in explanations:
-        top = max((abs(a) for a in e.attributions), default=0.0) or 1.0
-        words = []
-        for w, a, u in zip(e.words, e.attributions, e.unknown):
-            if u:
-                words.append(f'<span class="u" title="unknown word">{esc(w)}</span>')
-                continue
-            rgb = "22,163,74" if a > 0 else "220,38,38"
-            words.append(
-                f'<span style="background:rgba({rgb},{abs(a) / top * 0.85:.2f})" title="{a:+.3f}">{esc(w)}</span>'
-            )
-        cut = f'<span class="cut">[{e.cut} words not read] </span>' if e.cut else ""
-        parts.append(f'<section><p class="h">{esc(_header(e))}</p><p class="t">{cut}{" ".join(words)}</p></section>')
+    parts = [html_section(e) for e in explanations]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>'
             "body{font:16px/1.6 system-ui,sans-serif;max-width:60em;margin:1.5em auto;padding:0 1em;color:#111}"
             "section{border-bottom:1px solid #ddd;padding:.4em 0}.h{font-size:13px;color:#555;margin:.2em 0}"
-            ".t span{border-radius:3px;padding:0 2px}.u{color:#888;text-decoration:underline dotted}"
-            ".cut{color:#888;font-style:italic}.k{font-size:13px;color:#555}"
+            + HTML_STYLE + ".k{font-size:13px;color:#555}"
             "</style></head><body>\n"
             f'<p class="k">{esc(title)}: <span style="background:rgba(22,163,74,.6)">toward the target</span> '
             '<span style="background:rgba(220,38,38,.6)">away from it</span> '

@@ -162,7 +162,8 @@ class Trainer:
             "vocab": self.data.vocab.to_dict(),
             "data": {"max_len": c.max_len, "encoding": c.encoding, "vocab_size": c.vocab_size,
                      "source": str(meta.get("source", "")),
-                     **({"classes": list(meta["classes"])} if meta.get("classes") else {})},
+                     **({"classes": list(meta["classes"])} if meta.get("classes") else {}),
+                     **({"split": meta["split"]} if meta.get("split") else {})},  # how your own data was split
             "config": c.to_dict(),
             "metrics": self.history[-1] if self.history else {},
             "history": self.history,
