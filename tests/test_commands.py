@@ -134,8 +134,8 @@ def test_evaluate_of_your_own_datas_model_on_imdb_says_what_is_wrong(tmp_path, c
     err = one_line(capsys)
     assert "3 classes: billing, bug, praise" in err and f"--data {FIXTURE} is IMDB" in err
     assert "pass --data with a file" not in err
-    assert evaluate_main(["--checkpoint", str(path)]) == 2  # no --data at all: the message it always gave
-    assert one_line(capsys).endswith("pass --data with a file of labelled rows to score")
+    assert evaluate_main(["--checkpoint", str(path)]) == 2  # no --data at all: which file to pass
+    assert "trained on your own data; pass --data with that file to score its held-out test rows" in one_line(capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

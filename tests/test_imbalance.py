@@ -255,11 +255,12 @@ def test_predict_and_the_command_lines_use_the_stored_threshold(tuned, capsys):
         p.label for p in answers[:6]]
     assert cli.evaluate_main(["--checkpoint", str(run), "--data", str(run.parent / "tickets.csv"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    from rnnsent.data import encode_labelled
+    from rnnsent.inference.heldout import held_out
 
-    split = encode_labelled(run.parent / "tickets.csv", loaded.vocab, loaded.max_len, loaded.encoding, loaded.classes)
+    split = held_out(loaded, str(run), data=run.parent / "tickets.csv").split  # the run's own test rows
     assert got["confusion_matrix"] == evaluate(loaded.model, split, **loaded.decision())["confusion_matrix"]
-    assert got["tp"] + got["fn"] == 8, "tp and fn count the complaints"
+    complaints = loaded.classes.index("complaint")
+    assert got["tp"] + got["fn"] == int((split.labels == complaints).sum()), "tp and fn count the complaints"
 
 
 def test_serve_shows_and_uses_the_threshold(tuned):

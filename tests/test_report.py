@@ -178,10 +178,11 @@ def test_one_class_rows_have_no_roc_auc():
 def test_the_positive_class_is_the_second_unless_named():
     assert positive_class(["negative", "positive"]) == 1
     assert positive_class(["complaint", "ok"], "complaint") == 0
-    with pytest.raises(ValueError, match="unknown positive label 'spam': the model's classes are ham, eggs"):
+    with pytest.raises(ValueError, match=r"positive_label 'spam' is not one of the classes \(ham, eggs\)"):
         positive_class(["ham", "eggs"], "spam")
-    with pytest.raises(ValueError, match="one of two classes; this model has 3"):
-        positive_class(["a", "b", "c"])
+    assert positive_class(["a", "b", "c"]) is None  # more than two classes have none
+    with pytest.raises(ValueError, match="names one of two classes; the data has 3"):
+        positive_class(["a", "b", "c"], "a")
 
 
 def test_the_report_of_a_run_on_own_data(six):

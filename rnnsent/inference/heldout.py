@@ -85,8 +85,10 @@ def _own_data_file(loaded, name: str, data) -> Path:
         raise ValueError(f"{name} was trained on your own data{where}; pass --data with that file to score its "
                          "held-out test rows, or --test-data FILE to score every row of another file")
     if not is_user_data(path):
-        raise ValueError(f"{name} was trained on your own data, not IMDB; pass --data with the file it was trained "
-                         "on, or --test-data FILE to score every row of another file")
+        classes = f"{len(loaded.classes)} classes: {', '.join(map(str, loaded.classes))}"
+        raise ValueError(f"{name} was trained on your own data ({classes}); --data {path} is IMDB (or no file of "
+                         "labelled rows: .csv, .tsv, .jsonl or a class folder), which has none of them: pass --data "
+                         "the file it was trained on, or --test-data FILE to score every row of another file")
     return Path(path)
 
 
