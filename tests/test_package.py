@@ -85,7 +85,7 @@ def test_unknown_command_is_one_line():
     proc = python("-m", "rnnsent", "fit")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "rnnsent: error: unknown command 'fit': choose one of train, pretrain, evaluate, predict, explain, export, "
-        "serve (see rnnsent --help)"
+        "serve, tune (see rnnsent --help)"
     ]
     proc = python("-m", "rnnsent")
     assert proc.returncode == 2 and "usage: rnnsent" in proc.stderr
