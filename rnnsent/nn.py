@@ -79,14 +79,11 @@ def transformed() -> bool:
     return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def _say(layer: nn.Module, reasons: list[str], what: str) -> None:
-    """One log line per process and reason for why the kernel does not run (not for impl="torch", which asked for
-    it, nor the kernel's absence, which fused.py says itself)."""
-    for why in reasons:
-        if why not in _said and why != "impl='torch'" and not why.startswith("PyTorch's stock layers") \
-                and not torch.compiler.is_compiling():
-            _said.add(why)
-            log.info(f"rnnsent.nn.{type(layer).__name__}: {what} runs: {why}")
+def _say(key: str, line: str) -> None:
+    """`line` in the log once per process for each `key` (not from inside compiled code)."""
+    if key not in _said and not torch.compiler.is_compiling():
+        _said.add(key)
+        log.info(line)
 
 
 def refusals(device: torch.device, dtypes: list[torch.dtype], layer: nn.RNNBase | None = None) -> list[str]:
@@ -152,8 +149,11 @@ class RNNBase(nn.RNNBase):
         return shape(out, (h_n, torch.stack(cells)) if self.mode == "LSTM" else h_n)
 
     def _torch_forward(self, input, hx, reasons: list[str]):
-        """PyTorch's own implementation on these parameters; says why once per process and reason."""
-        _say(self, reasons, "PyTorch's implementation")
+        """PyTorch's own implementation on these parameters; says why once per process and reason (not for
+        impl="torch", which asked for it, nor the kernel's absence, which rnnsent.model.fused says itself)."""
+        for why in reasons:
+            if why != "impl='torch'" and not why.startswith("PyTorch's stock layers"):
+                _say(why, f"rnnsent.nn.{type(self).__name__}: PyTorch's implementation runs: {why}")
         if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
             import torch._dynamo as dynamo
 
@@ -212,6 +212,8 @@ class RNNBase(nn.RNNBase):
         Without `kernel` every step runs in PyTorch's ops instead (fused.reference: under torch.func.vmap, where
         PyTorch's own layer cannot run and the kernel does not serve)."""
         if kernel and torch.is_autocast_enabled("cpu"):  # the kernel is float32: so is everything around it
+            _say("autocast", f"rnnsent.nn.{type(self).__name__}: CPU autocast is on; the fused kernel runs in float32 "
+                             "and returns float32")
             with torch.autocast("cpu", enabled=False):
                 hx = None if hx is None else tuple(s.float() for s in hx) if isinstance(hx, tuple) else hx.float()
                 return self.recur(x.float() if x.is_floating_point() else x, lengths, hx, project, outputs)
@@ -249,10 +251,11 @@ class RNNBase(nn.RNNBase):
         b_ih, b_hh = (getattr(self, names[2]), getattr(self, names[3])) if self.bias else (None, None)
         if b_hh is None:
             b_hh = w_hh.new_zeros(w_hh.size(0))
-        project = project or F.linear
-        x_proj = project(source, w_ih, b_ih)  # (T, B, G*H): every step in one product
-        if not kernel:
+        if not kernel:  # PyTorch's ops throughout
+            x_proj = (project or F.linear)(source, w_ih, b_ih)
             return fused.reference(fused.CELL_IDS[CELLS[self.mode]], x_proj, w_hh, b_hh, lengths, h0, c0)
+        project = project or fused.project  # F.linear, with gradients that are the same bits for any thread count
+        x_proj = project(source, w_ih, b_ih)  # (T, B, G*H): every step in one product
         # how to make x_proj again with its graph, should a second derivative be asked for (not inside compiled code)
         again = None if torch.compiler.is_compiling() else (lambda: project(source, w_ih, b_ih))
         return fused.run(CELLS[self.mode], x_proj, w_hh, b_hh, lengths, h0, c0, full=full, again=again)
@@ -275,10 +278,6 @@ class RNNBase(nn.RNNBase):
             raise RuntimeError(f"rnnsent.nn.{type(self).__name__}: {steps:,} steps of a batch of {batch:,} at "
                                f"hidden_size {h:,} need at least {need / 2**30:,.1f} GiB of working memory, more than "
                                f"this machine's {total / 2**30:,.1f} GiB; use shorter sequences or smaller batches")
-
-    def __prepare_scriptable__(self):
-        # torch.jit.script compiles PyTorch's layer of the same kind on these very parameters.
-        return _adopt(_empty_like(self, self.torch_layer), self)
 
 
 class LSTM(RNNBase):

@@ -201,9 +201,16 @@ def _register_ops() -> None:
         return [hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0)),
                 hs.new_empty(B, H), hs.new_empty(B, H) if cell == 0 else hs.new_empty(0)]
 
+    @torch.library.register_fake("rnnsent_cpu::projection_backward")
+    def _projection_fake(grad, x, w, need_x, need_w, need_b):
+        return [x.new_empty(x.shape if need_x else (0,)), w.new_empty(w.shape if need_w else (0,)),
+                w.new_empty(w.size(0) if need_b else 0)]
+
     torch.library.register_vmap("rnnsent_cpu::sequence_forward", _per_sample(torch.ops.rnnsent_cpu.sequence_forward))
     torch.library.register_vmap("rnnsent_cpu::sequence_backward",
                                 _per_sample(torch.ops.rnnsent_cpu.sequence_backward))
+    torch.library.register_vmap("rnnsent_cpu::projection_backward",
+                                _per_sample(torch.ops.rnnsent_cpu.projection_backward))
 
 
 SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only here (under torch.compile); for second "
@@ -246,6 +253,45 @@ class _Recurrent(torch.autograd.Function):
             ctx.cell, grad_last.contiguous(), grad_last_c.contiguous(), grad_seq.contiguous(), w_hh, lengths, hs,
             act, extra)
         return (None, dx, dw, db, None, dh0 if h0.numel() else None, dc0 if c0.numel() else None, None, None, None)
+
+
+class _Projection(torch.autograd.Function):
+    """F.linear(x, w, b), the input projection x @ W^T + b, with a backward whose gradients do not depend on the
+    thread count (rnnsent_cpu::projection_backward; left to MKL, a long sum over T*B rows is split by thread)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b = inputs
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        g2, x2 = grad.reshape(-1, grad.size(-1)), x.reshape(-1, x.size(-1))  # (N, G), (N, E)
+        if not torch.compiler.is_compiling() and (torch.is_grad_enabled()
+                                                  or torch._C._functorch.is_functorch_wrapped_tensor(grad)):
+            # to be differentiated again, or under torch.func: PyTorch's own products
+            return (grad @ w if need_x else None, g2.t() @ x2 if need_w else None,
+                    g2.sum(0) if need_b and ctx.has_bias else None)
+        dx, dw, db = torch.ops.rnnsent_cpu.projection_backward(
+            g2.contiguous(), x2.contiguous(), w.contiguous(), need_x, need_w, need_b and ctx.has_bias)
+        return dx.view(x.shape) if need_x else None, dw if need_w else None, db if need_b and ctx.has_bias else None
+
+
+def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, w, b), the same values, with gradients that are the same bits for any thread count (float32 on
+    the CPU where the kernel is loaded; F.linear itself elsewhere)."""
+    if _loaded and x.dtype == w.dtype == torch.float32 and x.device.type == w.device.type == "cpu":
+        return _Projection.apply(x, w, b)
+    return torch.nn.functional.linear(x, w, b)
 
 
 def _second_order(ctx, grad_last, grad_hs, grad_last_c):

@@ -196,8 +196,9 @@ def _projected_table(weight: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tenso
     """F.linear(weight, w_ih, b_ih), (V, G*H); without gradients, the copy from the last call while valid."""
     tensors = (weight, w_ih, b_ih)
     if ((torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or torch.is_inference_mode_enabled()):
-        return F.linear(weight, w_ih, b_ih)
+            or torch.jit.is_tracing() or torch.is_inference_mode_enabled()
+            or torch._C._functorch.is_functorch_wrapped_tensor(w_ih)):
+        return fused.project(weight, w_ih, b_ih)  # gradients that are the same bits for any thread count
     key = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
     cached = _TABLES.get(id(w_ih))
     if cached is not None and cached[0] == key:

@@ -250,35 +250,43 @@ constexpr int64_t kChunkRows = 32;
 
 int64_t chunk_count(int64_t B) { return (B + kChunkRows - 1) / kChunkRows; }
 
-// Runs body(chunk, b0, b1) for every chunk [b0, b1) of the batch. Each thread takes the next untaken chunk
-// until none is left (dynamic scheduling); which thread runs which chunk changes nothing in the results,
-// since a chunk's work depends on its rows only.
+// Runs body(block, r0, r1) for every block [r0, r1) of `rows` rows out of n, each on one thread with MKL held to
+// that thread. Each thread takes the next untaken block until none is left (dynamic scheduling); which thread runs
+// which block changes nothing in the results, since a block's work depends on its rows only.
 template <typename Body>
-void for_each_chunk(int64_t B, const Body& body) {
-  const int64_t chunks = chunk_count(B);
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
+void for_each_block(int64_t n, int64_t rows, const Body& body) {
+  const int64_t blocks = (n + rows - 1) / rows;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     const int one = 1;
     const int saved = mkl_set_num_threads_local_ != nullptr ? mkl_set_num_threads_local_(&one) : 0;
-    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
-      body(c, c * kChunkRows, std::min(B, (c + 1) * kChunkRows));
+    for (int64_t c = next.fetch_add(1); c < blocks; c = next.fetch_add(1))
+      body(c, c * rows, std::min(n, (c + 1) * rows));
     if (mkl_set_num_threads_local_ != nullptr) mkl_set_num_threads_local_(&saved);
   });
 }
 
-// out = parts[0] + parts[1] + ... in that order, elementwise: the same bits whatever ran the parts.
-// Serial: a few hundred kB, not worth waking (or waiting for) other threads.
+// The batch's chunks [b0, b1) of kChunkRows rows: body(chunk, b0, b1).
+template <typename Body>
+void for_each_chunk(int64_t B, const Body& body) {
+  for_each_block(B, kChunkRows, body);
+}
+
+// out = parts[0] + parts[1] + ... in that order, elementwise: the same bits whatever ran the parts. Serial when
+// small (a few hundred kB are not worth waking other threads for); larger sums split the elements, not the order.
 at::Tensor sum_in_order(const at::Tensor& parts) {
   const int64_t n = parts.size(0), m = parts[0].numel();
   auto out = at::empty(parts.sizes().slice(1), parts.options());
   float* o = out.data_ptr<float>();
   const float* p = parts.data_ptr<float>();
-  std::memcpy(o, p, m * sizeof(float));
-  for (int64_t k = 1; k < n; ++k) {
-    const float* __restrict__ q = p + k * m;
-    for (int64_t j = 0; j < m; ++j) o[j] += q[j];
-  }
+  at::parallel_for(0, m, int64_t{1} << 18, [&](int64_t j0, int64_t j1) {
+    std::memcpy(o + j0, p + j0, (j1 - j0) * sizeof(float));
+    for (int64_t k = 1; k < n; ++k) {
+      const float* __restrict__ q = p + k * m;
+      for (int64_t j = j0; j < j1; ++j) o[j] += q[j];
+    }
+  });
   return out;
 }
 
@@ -459,6 +467,50 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
   return {dx, sum_in_order(dw_part), sum_in_order(db_part), dh0, dc0};
 }
 
+// ---- the input projection's backward ------------------------------------------------------------------------
+// x_proj = x W^T + b over N = T*B rows runs as PyTorch's F.linear (its forward is deterministic: every row is one
+// thread's). Its backward is not, left to MKL: for some shapes (a long N against a small W) MKL splits the sum over
+// N between threads, and dW's rounding then depends on the thread count. Here the sum over N is cut into at most
+// kProjParts blocks of a size that depends on N only, each one thread's product, added in block order; dx's rows
+// are cut into blocks the same way. grad [N, G], x [N, E], w [G, E] -> {dx [N, E], dW [G, E], db [G]} (each empty
+// where not needed).
+constexpr int64_t kProjParts = 16, kProjRows = 128;
+
+std::vector<at::Tensor> projection_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+                                            bool need_x, bool need_w, bool need_b) {
+  TORCH_CHECK(grad.dim() == 2 && x.dim() == 2 && w.dim() == 2 && cpu_float_contiguous(grad) &&
+                  cpu_float_contiguous(x) && cpu_float_contiguous(w) && grad.size(0) == x.size(0) &&
+                  grad.size(1) == w.size(0) && x.size(1) == w.size(1),
+              "rnnsent fused kernel: projection gradients need contiguous float32 CPU grad [N, G], x [N, E], w [G, E]");
+  const int64_t N = grad.size(0), G = grad.size(1), E = x.size(1);
+  auto opts = grad.options();
+  at::Tensor dx = at::empty({0}, opts), dw = at::empty({0}, opts), db = at::empty({0}, opts);
+  const float* gp = grad.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  if (need_x) {
+    dx = at::empty({N, E}, opts);
+    float* dxp = dx.data_ptr<float>();
+    const float* wp = w.data_ptr<float>();
+    for_each_block(N, kProjRows, [&](int64_t, int64_t r0, int64_t r1) {
+      gemm(false, false, r1 - r0, E, G, gp + r0 * G, G, wp, E, 0.0f, dxp + r0 * E, E);  // dx = grad W
+    });
+  }
+  if (need_w || need_b) {
+    if (N == 0) return {dx, at::zeros({G, E}, opts), at::zeros({G}, opts)};
+    const int64_t rows = std::max(kProjRows, (N + kProjParts - 1) / kProjParts), parts = (N + rows - 1) / rows;
+    auto dw_part = at::empty({need_w ? parts : 0, G, E}, opts);
+    auto db_part = at::zeros({need_b ? parts : 0, G}, opts);
+    for_each_block(N, rows, [&](int64_t part, int64_t r0, int64_t r1) {
+      if (need_w)  // dW = grad^T x over this block's rows
+        gemm(true, false, G, E, r1 - r0, gp + r0 * G, G, xp + r0 * E, E, 0.0f, dw_part[part].data_ptr<float>(), E);
+      if (need_b) add_column_sums(r1 - r0, G, gp + r0 * G, db_part[part].data_ptr<float>());
+    });
+    if (need_w) dw = sum_in_order(dw_part);
+    if (need_b) db = sum_in_order(db_part);
+  }
+  return {dx, dw, db};
+}
+
 }  // namespace
 
 // The schemas here, the CPU implementations below; rnnsent/model/fused.py adds the fake (meta) implementations
@@ -468,9 +520,11 @@ TORCH_LIBRARY(rnnsent_cpu, m) {
         "bool save, bool full) -> Tensor[]");
   m.def("sequence_backward(int cell, Tensor grad_last, Tensor grad_last_c, Tensor grad_seq, Tensor w_hh, "
         "Tensor lengths, Tensor hs, Tensor act, Tensor extra) -> Tensor[]");
+  m.def("projection_backward(Tensor grad, Tensor x, Tensor w, bool need_x, bool need_w, bool need_b) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnnsent_cpu, CPU, m) {
   m.impl("sequence_forward", sequence_forward);
   m.impl("sequence_backward", sequence_backward);
+  m.impl("projection_backward", projection_backward);
 }
