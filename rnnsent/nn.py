@@ -35,6 +35,8 @@ __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "replace"]
 
 log = logging.getLogger(__name__)
 _said: set[str] = set()  # the reasons for PyTorch's implementation this process has logged
+ONEDNN = ("an LSTM's padded float32 input on the CPU, where PyTorch's LSTM runs on oneDNN, faster "
+          "(impl='fused' for the kernel)")
 CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn_relu"}  # torch.nn's mode -> the kernel's
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
@@ -141,12 +143,25 @@ class RNNBase(nn.RNNBase):
 
     def forward(self, input, hx=None):
         reasons = self.unserved(input, hx)
-        if reasons and (self.proj_size or not transformed()):
+        # PyTorch's layer has no batching rule and no forward-mode derivative on oneDNN: there, step by step
+        stepwise = bool(reasons) and not self.proj_size and (transformed() or _higher_order())
+        if not reasons and self._onednn_is_faster(input):
+            reasons = [ONEDNN]
+        if reasons and not stepwise:
             return self._torch_forward(input, hx, reasons)
-        x, lengths, hx, shape = self._prepare(input, hx)  # (T, B, E) in the batch's own order
+        x, lengths, hx, shape = self._prepare(input, hx)  # (T, B, E) time-major
         out, finals, cells = self.recur(x, lengths, hx, kernel=not reasons)
         h_n = torch.stack(finals)  # (layers * directions, B, H)
         return shape(out, (h_n, torch.stack(cells)) if self.mode == "LSTM" else h_n)
+
+    def _onednn_is_faster(self, input) -> bool:
+        """impl="auto" on an LSTM's padded input: PyTorch's LSTM runs on oneDNN there, faster than the kernel at
+        nearly every measured point (docs/speed.md). Not inside torch.compile (the kernel is one graph, PyTorch's
+        layer a break), under CPU autocast (the kernel runs it in float32) or torch.func transforms."""
+        return (self.mode == "LSTM" and self.impl == "auto" and not isinstance(input, PackedSequence)
+                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not transformed() and not _higher_order())
 
     def _torch_forward(self, input, hx, reasons: list[str]):
         """PyTorch's own implementation on these parameters; says why once per process and reason (not for
@@ -162,14 +177,22 @@ class RNNBase(nn.RNNBase):
         return self.torch_layer.forward(self, input, hx)
 
     def _prepare(self, input, hx):
-        """torch.nn's checks, in its order and words, and its shapes: (x (T, B, E) time-major in the batch's own
-        order, lengths (B,) or None for all T, the states or None, and what puts the outputs into torch.nn's form)."""
+        """torch.nn's checks, in its order and words, and its shapes: (x (T, B, E) time-major, lengths (B,) or None
+        for all T, the states or None, and what puts the outputs into torch.nn's form)."""
         self._update_flat_weights()  # torch.func.functional_call swaps the weights
-        if isinstance(input, PackedSequence):
+        if isinstance(input, PackedSequence):  # worked on in its own order, rows sorted by length, as torch.nn does
             if hx is not None:
-                self.check_forward_args(input.data, self.permute_hidden(hx, input.sorted_indices), input.batch_sizes)
-            x, lengths = pad_packed_sequence(input)  # (T, B, E), rows in the order they were given
-            return x, lengths, hx, lambda out, state: (_pack(out, lengths, input), state)
+                hx = self.permute_hidden(hx, input.sorted_indices)
+                self.check_forward_args(input.data, hx, input.batch_sizes)
+            # (T, B, E), longest row first: the kernel's chunks of rows stop where their longest row does
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))
+
+            def repack(out, state):  # out (T, B, D * H) in the packed order
+                data = pack_padded_sequence(out, lengths).data
+                return (PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices),
+                        self.permute_hidden(state, input.unsorted_indices))
+
+            return x, lengths, hx, repack
         if input.dim() not in (2, 3):
             raise ValueError(self.input_dims_message.format(input.dim()))
         batched, batch_dim = input.dim() == 3, 0 if self.batch_first else 1
@@ -386,14 +409,6 @@ def _adopt(new: nn.RNNBase, old: nn.RNNBase) -> nn.RNNBase:
         if attr.startswith("_") and "hooks" in attr and isinstance(value, dict):
             setattr(new, attr, value)
     return new
-
-
-def _pack(out: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
-    """out (T, B, D * H), rows in the batch's own order -> a PackedSequence laid out as `like`."""
-    if like.sorted_indices is not None:
-        out, lengths = out.index_select(1, like.sorted_indices), lengths[like.sorted_indices.cpu()]
-    data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
-    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 def _reversal(lengths: torch.Tensor, steps: int) -> torch.Tensor:

@@ -425,7 +425,8 @@ def _tool_model(**kwargs):
 
 
 @needs_kernel
-def test_torch_compile_makes_one_graph_around_the_operator():
+@pytest.mark.parametrize("allow_rnn", [False, True])
+def test_torch_compile_makes_one_graph_around_the_operator(allow_rnn):
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -437,9 +438,9 @@ def test_torch_compile_makes_one_graph_around_the_operator():
     model.zero_grad(set_to_none=True)
     torch._dynamo.reset()
     counters.clear()
-    # PyTorch's own rule breaks Dynamo's graph wherever code touches an nn.GRU/LSTM/RNN module object (the
-    # fused path reads its weights); allow_rnn lifts it, and the operator then sits inside one graph.
-    with torch._dynamo.config.patch(allow_rnn=True):
+    # The recurrent layer is rnnsent.nn's, not a torch.nn.GRU (where Dynamo breaks its graph unless allow_rnn):
+    # the operator sits inside one graph either way.
+    with torch._dynamo.config.patch(allow_rnn=allow_rnn):
         out = torch.compile(model, backend="aot_eager")(tokens, lengths)
     (out * torch.linspace(-1, 1, out.numel())).sum().backward()
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]

@@ -23,12 +23,12 @@ KINDS = {  # name -> (torch.nn's layer, rnnsent.nn's, extra arguments)
 }
 
 
-def _pair(kind: str, *args, seed: int = 0, **kwargs):
-    """torch.nn's layer and rnnsent.nn's with the same weights."""
+def _pair(kind: str, *args, seed: int = 0, impl: str = "fused", **kwargs):
+    """torch.nn's layer and rnnsent.nn's with the same weights; by default the kernel, whatever impl="auto" picks."""
     torch_cls, cls, extra = KINDS[kind]
     torch.manual_seed(seed)
     ref = torch_cls(*args, **extra, **kwargs)
-    layer = cls(*args, **extra, **kwargs)
+    layer = cls(*args, **extra, **kwargs, impl=impl)
     layer.load_state_dict(ref.state_dict())
     return ref, layer
 
@@ -194,7 +194,7 @@ def _bad_calls():
 @pytest.mark.parametrize("case", range(len(_bad_calls())))
 def test_what_torch_nn_refuses_is_refused_the_same_way(case):
     kind, batch_first, x, hx = _bad_calls()[case]
-    ref, layer = _pair(kind, 3, 6, batch_first=batch_first)
+    ref, layer = _pair(kind, 3, 6, batch_first=batch_first, impl="auto")
     with pytest.raises(Exception) as theirs:
         ref(x, hx)
     with pytest.raises(type(theirs.value)) as ours:
@@ -226,8 +226,9 @@ def _said(caplog) -> list[str]:
 
 
 @pytest.mark.parametrize("setup, why", [
-    (lambda: _pair("gru", 3, 5, batch_first=True, dtype=torch.float64), "weights or input are torch.float64"),
-    (lambda: _pair("lstm", 3, 5, batch_first=True, proj_size=2), "proj_size is set"),
+    (lambda: _pair("gru", 3, 5, batch_first=True, dtype=torch.float64, impl="auto"),
+     "weights or input are torch.float64"),
+    (lambda: _pair("lstm", 3, 5, batch_first=True, proj_size=2, impl="auto"), "proj_size is set"),
 ])
 def test_what_the_kernel_does_not_serve_runs_pytorchs_layer_and_says_so_once(setup, why, fallback_log):
     ref, layer = setup()
@@ -241,6 +242,37 @@ def test_what_the_kernel_does_not_serve_runs_pytorchs_layer_and_says_so_once(set
     layer.impl = "fused"
     with pytest.raises(RuntimeError, match=f"impl='fused' cannot run here: {why}.*Use impl='auto' or 'torch'"):
         layer(x)
+
+
+def test_another_device_runs_pytorchs_layer_and_says_so(fallback_log):
+    # The meta device stands in for CUDA here: any device but the CPU takes the same way.
+    ref = torch.nn.GRU(3, 5, num_layers=2, bidirectional=True, device="meta")
+    layer = rnn.GRU(3, 5, num_layers=2, bidirectional=True, device="meta")
+    x = torch.randn(7, 4, 3, device="meta")
+    out, h = layer(x)
+    want_out, want_h = ref(x)
+    assert (out.shape, h.shape, out.device.type) == (want_out.shape, want_h.shape, "meta")
+    (line,) = _said(fallback_log)
+    assert line == "rnnsent.nn.GRU: PyTorch's implementation runs: the input is on meta (the kernel is the CPU's)"
+
+
+@needs_kernel
+@pytest.mark.parametrize("allow_rnn", [False, True])
+def test_inside_torch_compile_pytorchs_implementation_breaks_the_graph_as_torch_nn_does(allow_rnn):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    ref, layer = _pair("gru", 3, 4, batch_first=True, dtype=torch.float64, impl="auto")  # not the kernel's dtype
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    counts = []
+    for m in (ref, layer):
+        torch._dynamo.reset()
+        counters.clear()
+        with torch._dynamo.config.patch(allow_rnn=allow_rnn):
+            out = torch.compile(torch.nn.Sequential(torch.nn.Identity(), m), backend="aot_eager")(x)[0]
+        assert torch.equal(out, ref(x)[0])
+        counts.append((counters["stats"]["unique_graphs"], bool(counters["graph_break"])))
+    assert counts[0] == counts[1] and counts[0][1] == (not allow_rnn)
 
 
 def test_impl_torch_and_an_unbuildable_kernel_run_pytorchs_layer(monkeypatch, fallback_log):
@@ -270,6 +302,30 @@ def test_cpu_autocast_runs_the_kernel_in_float32_and_says_so(fallback_log):
     assert "CPU autocast" in line and "float32" in line
 
 
+@needs_kernel
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch without oneDNN")
+def test_auto_runs_pytorchs_onednn_lstm_on_padded_input_and_the_kernel_elsewhere(monkeypatch, fallback_log):
+    calls = []
+    run = fused.run
+    monkeypatch.setattr(fused, "run", lambda *a, **k: calls.append(1) or run(*a, **k))
+    ref, layer = _pair("lstm", 3, 5, num_layers=2, batch_first=True, impl="auto")
+    x = torch.randn(4, 6, 3)
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(_run(ref, x, batch_first=True)[0],
+                                                     _run(layer, x, batch_first=True)[0]))
+    assert calls == []  # padded input: PyTorch's oneDNN LSTM
+    (line,) = _said(fallback_log)
+    assert "runs on oneDNN, faster" in line
+    want, _ = _run(ref, x, lengths=torch.tensor([6, 2, 5, 1]), batch_first=True)
+    got, _ = _run(layer, x, lengths=torch.tensor([6, 2, 5, 1]), batch_first=True)
+    assert len(calls) == 2  # packed input (no oneDNN in PyTorch): the kernel, one call per layer
+    for a, b in zip(want, got):
+        _close(a, b, "packed LSTM")
+    layer.impl, calls[:] = "fused", []
+    _run(layer, x, batch_first=True)
+    assert len(calls) == 2  # impl="fused": the kernel on padded input too
+
+
 # ----------------------------------------------------------------------------- PyTorch's tools
 
 
@@ -292,7 +348,7 @@ def test_second_derivatives_match_torch_nn(kind):
 @needs_kernel
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_hessian_and_jacfwd_match_torch_nn(kind):
-    ref, layer = _pair(kind, 3, 4, bidirectional=True)
+    ref, layer = _pair(kind, 3, 4, bidirectional=True, impl="auto")
     x = torch.randn(4, 2, 3)
 
     def f(m):
@@ -387,8 +443,8 @@ def test_torch_compile_makes_one_graph_with_and_without_allow_rnn():
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    ref, layer = _pair("lstm", 4, 6, num_layers=2, bidirectional=True, batch_first=True)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), layer)
+    ref, layer = _pair("lstm", 4, 6, num_layers=2, bidirectional=True, batch_first=True, impl="auto")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), layer)  # inside torch.compile, auto runs the kernel
     x = torch.randn(8, 5, 4)
     want = model(x)[0]
     for allow_rnn in (False, True):
@@ -407,7 +463,7 @@ def test_torch_compile_makes_one_graph_with_and_without_allow_rnn():
 
 @needs_kernel
 def test_jit_trace_records_pytorchs_layer(tmp_path):
-    ref, layer = _pair("gru", 3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    ref, layer = _pair("gru", 3, 4, num_layers=2, bidirectional=True, batch_first=True, impl="auto")
     x, other = torch.randn(2, 5, 3), torch.randn(3, 7, 3)
     traced = torch.jit.trace(layer, (x,))
     assert "aten::gru" in str(traced.graph) and "rnnsent_cpu" not in str(traced.graph)
@@ -420,7 +476,7 @@ def test_jit_trace_records_pytorchs_layer(tmp_path):
 def test_onnx_export_through_pytorchs_layer_runs_in_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    _, layer = _pair("lstm", 3, 4, batch_first=True)
+    _, layer = _pair("lstm", 3, 4, batch_first=True, impl="auto")
     x = torch.randn(1, 5, 3)
     torch.onnx.export(layer, (x,), tmp_path / "m.onnx", dynamo=False, input_names=["x"])
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))

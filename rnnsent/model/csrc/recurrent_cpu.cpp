@@ -21,9 +21,10 @@
 //   LSTM i, f, g, o: c' = f c + i g,  h' = o tanh(c')
 //   RNN:            h' = tanh(x + h W + b), or relu(x + h W + b)
 // The initial state is h0 (and the LSTM's c0), or zero when they are empty. Each sequence's state after its last
-// real step (lengths[b]) is returned (the LSTM's cell state too), and with `full` every step's state; the steps
-// after a row's last real one are computed (the batch is length-bucketed, so they are few) but receive no
-// gradient. Backward also returns the gradients of h0 and c0.
+// real step (lengths[b]) is returned (the LSTM's cell state too), and with `full` every step's state; a chunk of
+// rows runs up to its longest row's length (zeros after), so the steps after a row's last real one are computed
+// only up to there (a length-bucketed or sorted batch has few) and receive no gradient. Backward also returns the
+// gradients of h0 and c0.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -273,6 +274,14 @@ void for_each_chunk(int64_t B, const Body& body) {
   for_each_block(B, kChunkRows, body);
 }
 
+// The steps a chunk runs: up to its longest row's length. A PackedSequence's rows come sorted by length, so its
+// chunks stop where their rows do; the steps after a row's own length, up to that, are run but not used.
+int64_t chunk_steps(const int64_t* len, int64_t b0, int64_t b1) {
+  int64_t steps = 0;
+  for (int64_t b = b0; b < b1; ++b) steps = std::max(steps, len[b]);
+  return steps;
+}
+
 // out = parts[0] + parts[1] + ... in that order, elementwise: the same bits whatever ran the parts. Serial when
 // small (a few hundred kB are not worth waking other threads for); larger sums split the elements, not the order.
 at::Tensor sum_in_order(const at::Tensor& parts) {
@@ -339,10 +348,12 @@ std::vector<at::Tensor> sequence_forward(int64_t cell, const at::Tensor& x, cons
   float* last_cp = cell == 0 ? last_c.data_ptr<float>() : nullptr;
   const float* wp = w_hh.data_ptr<float>();
   for_each_chunk(B, [&](int64_t, int64_t b0, int64_t b1) {
-    const int64_t nb = b1 - b0;
+    const int64_t nb = b1 - b0, Tc = chunk_steps(len, b0, b1);
     auto g = at::empty({nb, G * H}, opts);
     float* gp = g.data_ptr<float>();
-    for (int64_t t = 0; t < T; ++t) {
+    if (keep)  // the steps after the chunk's longest row: zeros, never run
+      for (int64_t t = Tc; t < T; ++t) std::memset(hsp + ((t + 1) * B + b0) * H, 0, nb * H * sizeof(float));
+    for (int64_t t = 0; t < Tc; ++t) {
       // s: slots of the states in hs, c: of the LSTM's cell states, a: of the activations
       const int64_t s0 = keep ? t : (t & 1), s1 = keep ? t + 1 : ((t + 1) & 1);
       const int64_t c0 = save ? t : (t & 1), c1 = save ? t + 1 : ((t + 1) & 1), a = save ? t : 0;
@@ -412,7 +423,8 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
   const float* extrap = extra.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   for_each_chunk(B, [&](int64_t part, int64_t b0, int64_t b1) {
-    const int64_t nb = b1 - b0;
+    const int64_t nb = b1 - b0, Tc = chunk_steps(len, b0, b1);
+    for (int64_t t = Tc; t < T; ++t) std::memset(dxp + (t * B + b0) * GH, 0, nb * GH * sizeof(float));
     float* dwp = dw_part[part].data_ptr<float>();
     float* dbp = db_part[part].data_ptr<float>();
     auto dh = at::zeros({nb, H}, opts);         // dL/dh_{t+1} entering step t (GRU: the part through W_hh)
@@ -423,7 +435,7 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
     float* dh_directp = dh_direct.data_ptr<float>();
     float* dcp = cell == 0 ? dc.data_ptr<float>() : nullptr;
     float* dgp = cell == 1 ? dg.data_ptr<float>() : nullptr;
-    for (int64_t t = T - 1; t >= 0; --t) {
+    for (int64_t t = Tc - 1; t >= 0; --t) {
       // A sequence whose last real step is t receives its output gradient here.
       for (int64_t b = b0; b < b1; ++b) {
         float* d = dhp + (b - b0) * H;
@@ -457,7 +469,7 @@ std::vector<at::Tensor> sequence_backward(int64_t cell, const at::Tensor& grad_l
         relu_step_backward(nb * H, hsp + ((t + 1) * B + b0) * H, dhp, dxt);
       }
       gemm(false, false, nb, H, GH, drec, GH, wp, H, 0.0f, dhp, H);        // dL/dh_t = drec W_hh
-      gemm(true, false, GH, H, nb, drec, GH, h_prev, H, t == T - 1 ? 0.0f : 1.0f, dwp, H);  // dW_hh += drec^T h_t
+      gemm(true, false, GH, H, nb, drec, GH, h_prev, H, t == Tc - 1 ? 0.0f : 1.0f, dwp, H);  // dW_hh += drec^T h_t
       add_column_sums(nb, GH, drec, dbp);                                  // db_hh += sum of drec
     }
     // What is left after step 0 is the initial states' gradient (the GRU's in two parts, through W_hh and z).
