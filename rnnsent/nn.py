@@ -7,11 +7,13 @@
 
 Each class takes torch.nn's arguments, holds the same parameters under the same names (state dicts load both
 ways), checks its input as torch.nn does and returns the same outputs. On the CPU in float32 a call runs the
-fused kernel (rnnsent/model/fused.py) once per layer and direction; where the kernel cannot serve a call (CUDA,
+fused kernel (rnnsent/model/fused.py) once per layer and direction. Where the kernel cannot serve a call (CUDA,
 another dtype, proj_size, torch.jit.trace / ONNX / torch.export recording, forward-mode or nested derivatives,
-no C++ compiler) the layer runs PyTorch's own implementation on the same parameters and says why once per
-process (logger "rnnsent.nn", INFO). impl="torch" always runs PyTorch's; impl="fused" refuses to fall back.
-Under CPU autocast the kernel runs, and returns, float32.
+no C++ compiler), or is slower (an LSTM's padded input, which PyTorch runs on oneDNN), the layer runs PyTorch's
+own implementation on the same parameters and says why once per process (logger "rnnsent.nn", INFO); under
+torch.func transforms, which PyTorch's layer does not support, the same recurrence step by step in PyTorch's ops.
+impl="torch" always runs PyTorch's; impl="fused" insists on the kernel. Under CPU autocast the kernel runs, and
+returns, float32.
 
 How: the reverse direction is the kernel run forward over each row's real steps reversed, its outputs put back
 in order, so a PackedSequence is only unpacked to padded steps and each row's length, and packed again after.
@@ -387,10 +389,7 @@ def _empty_like(layer: nn.RNNBase, cls: type[nn.RNNBase]) -> nn.RNNBase:
         kwargs["nonlinearity"] = layer.nonlinearity
     with warnings.catch_warnings():  # torch.nn's dropout warning was given when `layer` was made
         warnings.simplefilter("ignore", UserWarning)
-        new = cls(layer.input_size, layer.hidden_size, **kwargs)
-    if isinstance(layer, RNNBase) and isinstance(new, RNNBase):
-        new.impl = layer.impl
-    return new
+        return cls(layer.input_size, layer.hidden_size, **kwargs)
 
 
 def _adopt(new: nn.RNNBase, old: nn.RNNBase) -> nn.RNNBase:

@@ -5,8 +5,8 @@ The forward pass is features, then output dropout and the dense head. The featur
 rnnsent.model.recurrent.encode: it embeds the tokens, applies the embedding dropout, runs every layer and direction
 and returns the final states. Embedding happens inside it because the fused CPU kernel can skip it: when no
 dropout applies it reads each token's input projection from a table computed once per vocabulary word. How the
-recurrence runs (that kernel or PyTorch's layers) and why its weights hold exactly Keras' parameters is
-rnnsent.model.recurrent's business; the settings are rnnsent.config.ModelConfig's.
+recurrence runs (that kernel or PyTorch's layers: the layer is an rnnsent.nn layer) and why its weights hold exactly
+Keras' parameters is rnnsent.model.recurrent's business; the settings are rnnsent.config.ModelConfig's.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class SentimentRNN(nn.Module):
         """SentimentRNN(cell="gru", vocab_size=5000, embed_dim=32, hidden_size=100, embed_dropout=0.0,
         output_dropout=0.0, init="keras", word_dropout=0.0, num_classes=2, num_layers=1, bidirectional=False,
         layer_dropout=0.0): ModelConfig's fields, positional in that order,
-        or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.model.recurrent), not what it
+        or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.nn), not what it
         computes, so it is not part of config() or checkpoints."""
         super().__init__()
         settings = (
