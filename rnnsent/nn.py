@@ -227,11 +227,14 @@ class RNNBase(nn.RNNBase):
         return hx if batched else hx.unsqueeze(1)
 
     def recur(self, x: torch.Tensor, lengths: torch.Tensor | None = None, hx=None, project=None, outputs: bool = True,
-              kernel: bool = True):
+              kernel: bool = True, linear=fused.project):
         """Every layer and direction on the kernel, for time-major x (T, B, E) whose row b has lengths[b] real steps
         (None: all T), what a PackedSequence means without packing: the reverse direction starts at each row's last
-        real step. hx: torch.nn's initial states ((h0, c0) for the LSTM) or None for zeros. `project(x, W_ih, b_ih)`
-        replaces F.linear for the first layer's input projection (SentimentRNN reads it from a table of its words).
+        real step. hx: torch.nn's initial states ((h0, c0) for the LSTM) or None for zeros. `linear(x, W_ih, b_ih)`
+        makes every layer's input projection: fused.project, F.linear with gradients that are the same bits for any
+        thread count; SentimentRNN keeps F.linear itself, which its checkpoints trained with, so that an earlier
+        version's run resumes bit for bit. `project` replaces it for the first layer (SentimentRNN reads that
+        projection from a table of its words).
         Returns (the last layer's outputs (T, B, D * H), past a row's length whatever the layer computes there, or
         None without `outputs`; the final states [(B, H)] per layer and direction; the LSTM's final cell states).
         Without `kernel` every step runs in PyTorch's ops instead (fused.reference: under torch.func.vmap, where
@@ -241,7 +244,8 @@ class RNNBase(nn.RNNBase):
                              "and returns float32")
             with torch.autocast("cpu", enabled=False):
                 hx = None if hx is None else tuple(s.float() for s in hx) if isinstance(hx, tuple) else hx.float()
-                return self.recur(x.float() if x.is_floating_point() else x, lengths, hx, project, outputs)
+                return self.recur(x.float() if x.is_floating_point() else x, lengths, hx, project, outputs, True,
+                                  linear)
         steps, batch = x.size(0), x.size(1)
         self._check_workspace(steps, batch)
         lengths = torch.full((batch,), steps, dtype=torch.long) if lengths is None else lengths.to("cpu", torch.long)
@@ -258,7 +262,8 @@ class RNNBase(nn.RNNBase):
             for d in range(dirs):
                 k = layer * dirs + d
                 h, seq, c = self._direction(k, inputs if d == 0 else flip(inputs), lengths, h0[k], c0[k],
-                                            project if layer == 0 else None, outputs or not lastly, kernel)
+                                            (project if layer == 0 else None) or linear, outputs or not lastly,
+                                            kernel)
                 finals.append(h)  # (B, H)
                 cells.append(c)
                 if seq is not None:
@@ -277,9 +282,8 @@ class RNNBase(nn.RNNBase):
         if b_hh is None:
             b_hh = w_hh.new_zeros(w_hh.size(0))
         if not kernel:  # PyTorch's ops throughout
-            x_proj = (project or F.linear)(source, w_ih, b_ih)
+            x_proj = (F.linear if project is fused.project else project)(source, w_ih, b_ih)
             return fused.reference(fused.CELL_IDS[CELLS[self.mode]], x_proj, w_hh, b_hh, lengths, h0, c0)
-        project = project or fused.project  # F.linear, with gradients that are the same bits for any thread count
         x_proj = project(source, w_ih, b_ih)  # (T, B, G*H): every step in one product
         # how to make x_proj again with its graph, should a second derivative be asked for (not inside compiled code)
         again = None if torch.compiler.is_compiling() else (lambda: project(source, w_ih, b_ih))

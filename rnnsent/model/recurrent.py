@@ -144,7 +144,8 @@ def _recur(rnn, x, lengths, sequence, kernel, project=None):
     steps = x.size(0)
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, steps)
-    out, finals, _ = rnn.recur(x, lengths, project=project, outputs=sequence, kernel=kernel)
+    # F.linear's own gradients, as the model's checkpoints were trained with (rnnsent.nn's recur says why)
+    out, finals, _ = rnn.recur(x, lengths, project=project, outputs=sequence, kernel=kernel, linear=F.linear)
     last = torch.cat(finals[-2:], dim=-1) if rnn.bidirectional else finals[-1]  # (B, H * dirs): the last layer's
     if not sequence:
         return last, None
@@ -198,7 +199,7 @@ def _projected_table(weight: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tenso
     if ((torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or torch.compiler.is_compiling()
             or torch.jit.is_tracing() or torch.is_inference_mode_enabled()
             or torch._C._functorch.is_functorch_wrapped_tensor(w_ih)):
-        return fused.project(weight, w_ih, b_ih)  # gradients that are the same bits for any thread count
+        return F.linear(weight, w_ih, b_ih)
     key = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
     cached = _TABLES.get(id(w_ih))
     if cached is not None and cached[0] == key:
