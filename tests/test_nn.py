@@ -561,3 +561,23 @@ def test_replace_after_a_step_trains_the_same_parameters():
     model(torch.randn(2, 5, 3))[0].sum().backward()
     optimizer.step()
     assert model[0].weight_hh_l0 is weight and not torch.equal(weight.detach(), start)
+
+
+@needs_kernel
+@pytest.mark.parametrize("packed", [False, True])
+def test_bench_layers_reports_a_ratio_per_point(tmp_path, packed):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "bench_layers.py"
+    out = tmp_path / "bench.json"
+    args = ["--cells", "gru", "lstm", "--batch", "3", "--hidden", "8", "--lengths", "5", "--threads", "1",
+            "--iters", "1", "--warmup", "0", "--json", str(out)] + (["--packed"] if packed else [])
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["cell"], r["packed"]) for r in rows] == [("gru", packed), ("lstm", packed)]  # in the order asked
+    assert all(r[f"{k}_ratio"] > 0 and r[f"{k}_torch_seq_s"] > 0 for r in rows for k in ("fwd", "fwd_bwd"))
+    assert "| lstm | 1 | 5 | 3 | " in proc.stdout and "| gru | 1 | 5 | 3 | " in proc.stdout
