@@ -6,6 +6,7 @@
     rnnsent.explain(loaded, ["A wonderful film."])      # and which words made it say so (needs rnnsent[explain])
     rnnsent.fine_tune("gru", data="tickets.csv")        # a released model fine-tuned on your own labels
     model = rnnsent.from_keras("gru_model.h5")          # a Keras 2 or 3 model, no TensorFlow needed
+    layer = rnnsent.nn.GRU(300, 256, batch_first=True)   # torch.nn.GRU's interface on the fused CPU kernel
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ _EXPORTS = {
     "explain": "rnnsent.inference.explain", "Explanation": "rnnsent.inference.explain",
 }
 
-__all__ = [*_EXPORTS, "predict", "__version__"]
+_SUBMODULES = ("nn",)  # public modules, imported on first use too: rnnsent.nn (docs/nn.md)
+
+__all__ = [*_EXPORTS, *_SUBMODULES, "predict", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below does this on demand
     # (`name as name`: a re-export, as type checkers and linters read it)
@@ -56,6 +59,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"rnnsent.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'rnnsent' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -141,7 +141,6 @@ def run_plain(args, cell: str, data, ftz: bool) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from rnnsent.inference.evaluate import evaluate
-    from rnnsent.model.recurrent import LAYERS
     from rnnsent.runtime import resolve_device
 
     class Plain(nn.Module):
@@ -149,7 +148,8 @@ def run_plain(args, cell: str, data, ftz: bool) -> dict:
 
         def __init__(self):
             super().__init__()
-            self.embedding, self.rnn = nn.Embedding(5000, 32), LAYERS[cell](32, 100, batch_first=True)
+            stock = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]  # PyTorch's own layer
+            self.embedding, self.rnn = nn.Embedding(5000, 32), stock(32, 100, batch_first=True)
             self.fc = nn.Linear(100, 1)
 
         def forward(self, x, lengths=None):

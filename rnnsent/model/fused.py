@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 
-CELL_IDS = {"lstm": 0, "gru": 1, "rnn": 2}  # the kernel's cell numbers
+CELL_IDS = {"lstm": 0, "gru": 1, "rnn": 2, "rnn_relu": 3}  # the kernel's cell numbers (rnn: tanh)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "recurrent_cpu.cpp"
 STALE_LOCK_S = 600.0  # a build lock older than this belongs to a build that died
 
@@ -39,8 +39,9 @@ _error: str | None = None
 log = logging.getLogger(__name__)
 
 
-def _cpu_key() -> str:
-    """What the build depends on besides the source: the CPU's instruction sets (-march=native) and torch."""
+def _build_key() -> str:
+    """What the build depends on: the source, the CPU's instruction sets (-march=native) and torch. The source is
+    in the key so that checkouts of different versions sharing one cache keep a build each, not rebuild in turn."""
     flags = platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,7 +50,7 @@ def _cpu_key() -> str:
                 break
     except OSError:
         pass
-    return hashlib.sha256(f"{flags}|{torch.__version__}".encode()).hexdigest()[:10]
+    return hashlib.sha256(f"{flags}|{torch.__version__}|".encode() + SOURCE.read_bytes()).hexdigest()[:10]
 
 
 def _disabled() -> bool:
@@ -57,7 +58,7 @@ def _disabled() -> bool:
 
 
 def _build_name() -> str:
-    return f"rnnsent_cpu_{_cpu_key()}"
+    return f"rnnsent_cpu_{_build_key()}"
 
 
 def build_directory(name: str) -> Path:
@@ -135,7 +136,7 @@ def _load() -> bool:
             except Exception:  # a compiler without -march=native or OpenMP (Apple's clang): portable, serial build
                 _build(name + "_portable", flags)
             torch.ops.rnnsent_cpu.sequence_forward  # noqa: B018 (raises if the library did not register)
-            _register_fakes()
+            _register_ops()
             _loaded = True
         except Exception as e:  # no compiler, no ninja, read-only cache...: fall back, remember why
             lines = str(e).strip().splitlines()
@@ -156,83 +157,207 @@ def status() -> str:
 
 
 # The kernel as PyTorch operators: the C++ file defines rnnsent_cpu::sequence_forward and ::sequence_backward
-# (TORCH_LIBRARY), _register_fakes gives them fake implementations (output shapes without running them), and
-# _Recurrent is their autograd formula. So PyTorch's tools see ops with known shapes and derivatives instead of
-# an opaque Python call: torch.compile traces around them, torch.func.grad differentiates them, and a second
-# derivative stops with a message instead of coming out wrong.
+# (TORCH_LIBRARY), _register_ops gives them fake implementations (output shapes without running them) and vmap rules,
+# and _Recurrent is their autograd formula. So PyTorch's tools see ops with known shapes and derivatives instead of
+# an opaque Python call: torch.compile traces around them, torch.func.grad differentiates them, torch.func.vmap
+# maps them (per-sample gradients), and a second derivative runs through `reference`, the same function in
+# PyTorch's own ops.
 
 
 def _gates(cell: int) -> int:
-    return (4, 3, 1)[cell]
+    return (4, 3, 1, 1)[cell]
 
 
-def _register_fakes() -> None:
-    """Fake (meta) implementations of the two C++ ops, once they are loaded."""
+def _per_sample(op):
+    """A vmap rule that runs `op` once per sample of the mapped dimension and stacks the results. The kernel is
+    batched already; what vmap adds is per-sample weights or per-sample W_hh gradients (vmap over grad), which
+    need one call each."""
+
+    def rule(info, in_dims, *args):
+        results = [op(*[a.select(d, i).contiguous() if d is not None else a for a, d in zip(args, in_dims)])
+                   for i in range(info.batch_size)]
+        outputs = [torch.stack(parts) for parts in zip(*results)]
+        return outputs, [0] * len(outputs)
+
+    return rule
+
+
+def _register_ops() -> None:
+    """Fake (meta) implementations and vmap rules of the two C++ ops, once they are loaded."""
 
     @torch.library.register_fake("rnnsent_cpu::sequence_forward")
-    def _forward_fake(cell, x, w_hh, b_hh, lengths, save, full):
+    def _forward_fake(cell, x, w_hh, b_hh, lengths, h0, c0, save, full):
         T, B, H = x.size(0), x.size(1), w_hh.size(1)
         hs = x.new_empty(T + 1 if save or full else 2, B, H)
         steps = T if save else 1
-        act = x.new_empty(steps, B, _gates(cell) * H) if cell != 2 else x.new_empty(0)
-        extra = x.new_empty(0) if cell == 2 else x.new_empty((T + 1 if save else 2) if cell == 0 else steps, B, H)
-        return [x.new_empty(B, H), hs, act, extra]
+        act = x.new_empty(steps, B, _gates(cell) * H) if cell in (0, 1) else x.new_empty(0)
+        extra = x.new_empty(0) if cell >= 2 else x.new_empty((T + 1 if save else 2) if cell == 0 else steps, B, H)
+        last_c = x.new_empty(B, H) if cell == 0 else x.new_empty(0)
+        return [x.new_empty(B, H), hs, act, extra, last_c]
 
     @torch.library.register_fake("rnnsent_cpu::sequence_backward")
-    def _backward_fake(cell, grad_last, grad_seq, w_hh, lengths, hs, act, extra):
+    def _backward_fake(cell, grad_last, grad_last_c, grad_seq, w_hh, lengths, hs, act, extra):
         T, B, H = hs.size(0) - 1, hs.size(1), hs.size(2)
-        return [hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0))]
+        return [hs.new_empty(T, B, _gates(cell) * H), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.size(0)),
+                hs.new_empty(B, H), hs.new_empty(B, H) if cell == 0 else hs.new_empty(0)]
+
+    @torch.library.register_fake("rnnsent_cpu::projection_backward")
+    def _projection_fake(grad, x, w, need_x, need_w, need_b):
+        return [x.new_empty(x.shape if need_x else (0,)), w.new_empty(w.shape if need_w else (0,)),
+                w.new_empty(w.size(0) if need_b else 0)]
+
+    torch.library.register_vmap("rnnsent_cpu::sequence_forward", _per_sample(torch.ops.rnnsent_cpu.sequence_forward))
+    torch.library.register_vmap("rnnsent_cpu::sequence_backward",
+                                _per_sample(torch.ops.rnnsent_cpu.sequence_backward))
+    torch.library.register_vmap("rnnsent_cpu::projection_backward",
+                                _per_sample(torch.ops.rnnsent_cpu.projection_backward))
 
 
-SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only (once differentiable); for second "
-                     "derivatives (create_graph=True, double backward, torch.func.hessian) build the model with "
-                     "impl=\"torch\"")
+SECOND_DERIVATIVE = ("rnnsent's fused CPU kernel has first derivatives only here (under torch.compile); for second "
+                     "derivatives (create_graph=True, double backward) run the layer with impl=\"torch\"")
 
 
 class _Recurrent(torch.autograd.Function):
-    """(last [B, H], every state [T+1, B, H] or scratch) = the kernel on (x_proj, W_hh, b_hh, lengths).
-    setup_context (not ctx in forward) lets torch.func transforms use it."""
+    """(last [B, H], every state [T+1, B, H] or scratch, ..., the LSTM's last cell state) = the kernel on
+    (x_proj, W_hh, b_hh, lengths, h0, c0). setup_context (not ctx in forward) and generate_vmap_rule let
+    torch.func transforms use it; `again` recomputes x_proj with its graph, for second derivatives."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(cell, x, w_hh, b_hh, lengths, save, full):
-        last, hs, act, extra = torch.ops.rnnsent_cpu.sequence_forward(cell, x, w_hh, b_hh, lengths, save, full)
-        return last, hs, act, extra
+    def forward(cell, x, w_hh, b_hh, lengths, h0, c0, save, full, again):
+        return tuple(torch.ops.rnnsent_cpu.sequence_forward(cell, x, w_hh, b_hh, lengths, h0, c0, save, full))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        cell, _, w_hh, _, lengths, save, _ = inputs
-        _, hs, act, extra = output
-        ctx.cell, ctx.saved = cell, save
+        cell, _, w_hh, b_hh, lengths, h0, c0, save, _, again = inputs
+        _, hs, act, extra, _ = output
+        ctx.cell, ctx.saved, ctx.again = cell, save, again
         ctx.mark_non_differentiable(act, extra)
         if save:
-            ctx.save_for_backward(w_hh, lengths, hs, act, extra)
+            ctx.save_for_backward(w_hh, b_hh, lengths, h0, c0, hs, act, extra)
 
     @staticmethod
-    def backward(ctx, grad_last, grad_hs, *_):
+    def backward(ctx, grad_last, grad_hs, _act, _extra, grad_last_c):
         if not ctx.saved:  # forward was told no gradient would be asked for (see run)
-            raise RuntimeError("rnnsent's fused kernel ran without keeping its steps for backward; call the model "
-                               "with gradients enabled, or build it with impl=\"torch\"")
-        w_hh, lengths, hs, act, extra = ctx.saved_tensors
+            raise RuntimeError("rnnsent's fused kernel ran without keeping its steps for backward; call the layer "
+                               "with gradients enabled, or with impl=\"torch\"")
+        w_hh, b_hh, lengths, h0, c0, hs, act, extra = ctx.saved_tensors
         if torch.is_grad_enabled() and not torch._C._functorch.is_functorch_wrapped_tensor(hs):
-            raise RuntimeError(SECOND_DERIVATIVE)  # create_graph=True: the C++ backward has no derivative itself
+            return _second_order(ctx, grad_last, grad_hs, grad_last_c)  # create_graph=True: a differentiable backward
         B, H = hs.size(1), hs.size(2)
         grad_last = grad_last if grad_last is not None else hs.new_zeros(B, H)
-        grad_seq = grad_hs[1:] if grad_hs is not None else hs.new_empty(0)  # hs[0] is the zero initial state
-        dx, dw, db = torch.ops.rnnsent_cpu.sequence_backward(ctx.cell, grad_last.contiguous(), grad_seq.contiguous(),
-                                                            w_hh, lengths, hs, act, extra)
-        return None, dx, dw, db, None, None, None
+        grad_last_c = grad_last_c if grad_last_c is not None and ctx.cell == 0 else hs.new_empty(0)
+        grad_seq = grad_hs[1:] if grad_hs is not None else hs.new_empty(0)  # hs[0] is the initial state
+        dx, dw, db, dh0, dc0 = torch.ops.rnnsent_cpu.sequence_backward(
+            ctx.cell, grad_last.contiguous(), grad_last_c.contiguous(), grad_seq.contiguous(), w_hh, lengths, hs,
+            act, extra)
+        return (None, dx, dw, db, None, dh0 if h0.numel() else None, dc0 if c0.numel() else None, None, None, None)
+
+
+class _Projection(torch.autograd.Function):
+    """F.linear(x, w, b), the input projection x @ W^T + b, with a backward whose gradients do not depend on the
+    thread count (rnnsent_cpu::projection_backward; left to MKL, a long sum over T*B rows is split by thread)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b = inputs
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        g2, x2 = grad.reshape(-1, grad.size(-1)), x.reshape(-1, x.size(-1))  # (N, G), (N, E)
+        if not torch.compiler.is_compiling() and (torch.is_grad_enabled()
+                                                  or torch._C._functorch.is_functorch_wrapped_tensor(grad)):
+            # to be differentiated again, or under torch.func: PyTorch's own products
+            return (grad @ w if need_x else None, g2.t() @ x2 if need_w else None,
+                    g2.sum(0) if need_b and ctx.has_bias else None)
+        dx, dw, db = torch.ops.rnnsent_cpu.projection_backward(
+            g2.contiguous(), x2.contiguous(), w.contiguous(), need_x, need_w, need_b and ctx.has_bias)
+        return dx.view(x.shape) if need_x else None, dw if need_w else None, db if need_b and ctx.has_bias else None
+
+
+def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, w, b), the same values, with gradients that are the same bits for any thread count (float32 on
+    the CPU where the kernel is loaded; F.linear itself elsewhere)."""
+    if _loaded and x.dtype == w.dtype == torch.float32 and x.device.type == w.device.type == "cpu":
+        return _Projection.apply(x, w, b)
+    return torch.nn.functional.linear(x, w, b)
+
+
+def _second_order(ctx, grad_last, grad_hs, grad_last_c):
+    """_Recurrent's backward when its own derivative will be asked for (create_graph=True): the same gradients
+    through `reference`, PyTorch's ops on x_proj recomputed by ctx.again, so that they are differentiable."""
+    if ctx.again is None:
+        raise RuntimeError(SECOND_DERIVATIVE)
+    w_hh, b_hh, lengths, h0, c0, hs, _, _ = ctx.saved_tensors
+    x = ctx.again()  # x_proj again, with the graph to what made it
+    last, seq, last_c = reference(ctx.cell, x, w_hh, b_hh, lengths, h0 if h0.numel() else None,
+                                  c0 if c0.numel() else None)
+    outputs = [(last, grad_last), (seq, None if grad_hs is None else grad_hs[1:]), (last_c, grad_last_c)]
+    outputs = [(o, g) for o, g in outputs if g is not None and o is not None]
+    wanted = [(k, t) for k, t in [(1, x), (2, w_hh), (3, b_hh), (5, h0), (6, c0)]
+              if ctx.needs_input_grad[k] and t.requires_grad and t.numel()]
+    grads = torch.autograd.grad([o for o, _ in outputs], [t for _, t in wanted], [g for _, g in outputs],
+                                create_graph=True, allow_unused=True)
+    result = [None] * 10
+    for (k, t), g in zip(wanted, grads):
+        result[k] = g if g is not None else torch.zeros_like(t)
+    return tuple(result)
+
+
+def reference(cell: int, x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
+              h0: torch.Tensor | None = None, c0: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What the kernel computes, in PyTorch's ops one step at a time (differentiable to any order):
+    (state after each row's last real step [B, H], every step's state [T, B, H], the LSTM's last cell state)."""
+    B, H = x.size(1), w_hh.size(1)
+    h = h0 if h0 is not None else x.new_zeros(B, H)
+    c = c0 if c0 is not None else x.new_zeros(B, H)
+    last, last_c, states = x.new_zeros(B, H), x.new_zeros(B, H), []
+    for t in range(x.size(0)):
+        g = torch.nn.functional.linear(h, w_hh, b_hh)  # (B, G*H)
+        if cell == 0:  # LSTM: i, f, g, o
+            i, f, n, o = (x[t] + g).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(n)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        elif cell == 1:  # GRU: r, z, n with the reset gate applied after W_hn, as PyTorch's
+            (xr, xz, xn), (gr, gz, gn) = x[t].chunk(3, dim=1), g.chunk(3, dim=1)
+            r, z = torch.sigmoid(xr + gr), torch.sigmoid(xz + gz)
+            n = torch.tanh(xn + r * gn)
+            h = n + z * (h - n)
+        else:
+            h = (torch.tanh if cell == 2 else torch.relu)(x[t] + g)
+        states.append(h)
+        ends = (lengths.to(x.device) == t + 1).unsqueeze(1)  # (B, 1): rows whose last real step this is
+        last, last_c = torch.where(ends, h, last), torch.where(ends, c, last_c)
+    return last, torch.stack(states), (last_c if cell == 0 else None)
 
 
 def run(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, lengths: torch.Tensor,
-        full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h0: torch.Tensor | None = None, c0: torch.Tensor | None = None, full: bool = False, again=None
+        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One direction of one recurrent layer from time-major input projections x_proj = x @ W_ih^T + b_ih,
-    [T, B, G*H], and lengths [B] in [1, T]: the state after each row's last real step, [B, H], and with
-    `full` every step's state, [T, B, H] (past a row's length: computed, but outside the output)."""
+    [T, B, G*H], lengths [B] in [1, T] and initial states h0 (c0 for the LSTM) [B, H] or None for zeros: the
+    state after each row's last real step, [B, H], with `full` every step's state, [T, B, H] (past a row's
+    length: computed, but outside the output), and the LSTM's cell state after the last real step. `again()`
+    recomputes x_proj with its graph (for second derivatives; without it they are refused)."""
     # Keep every step for backward only when a gradient will be asked for.
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, w_hh, b_hh))
-    last, hs, *_ = _Recurrent.apply(CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
-                                    lengths.to(device="cpu", dtype=torch.long).contiguous(), save, full)
-    return last, (hs[1:] if full else None)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_proj, w_hh, b_hh, h0, c0))
+    last, hs, _, _, last_c = _Recurrent.apply(
+        CELL_IDS[cell], x_proj.contiguous(), w_hh.contiguous(), b_hh.contiguous(),
+        lengths.to(device="cpu", dtype=torch.long).contiguous(), x_proj.new_empty(0) if h0 is None else h0.contiguous(),
+        x_proj.new_empty(0) if c0 is None else c0.contiguous(), save, full, again if save else None)
+    return last, (hs[1:] if full else None), (last_c if cell == "lstm" else None)
 
 
 def last_state(cell: str, x_proj: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,

@@ -1,12 +1,12 @@
-"""The recurrent layer: how it runs, PyTorch's own layer or rnnsent's fused CPU kernel (rnnsent/model/fused.py).
+"""How SentimentRNN runs its recurrent layer: rnnsent.nn's LSTM / GRU / RNN (the fused CPU kernel where it serves,
+PyTorch's implementation elsewhere) with Keras' biases, fed token ids rather than embedded vectors.
 
-Both compute the same function on the same weights, which live in PyTorch's nn.LSTM / nn.GRU / nn.RNN
-either way. On GPUs the stock layers run (cuDNN). On the CPU, in float32, the fused kernel runs where it
-can be built, because the stock CPU layers are dominated by per-step dispatch; impl="torch" forces the
-stock layers and impl="fused" refuses to fall back. Either way there is no Python loop over time steps.
-
-The layer takes token ids and the embedding, not embedded vectors: the fused path then projects the
-vocabulary's embedding table once instead of every token (see last_state).
+The layer is the model's; what this module adds is the model's side of it. Keras' biases (make_layer). The model's
+lengths: right-padded rows read up to their length, as a PackedSequence, without packing (rnnsent.nn's `recur`).
+And the vocabulary-table shortcut: without embedding dropout, the first layer's input projection is read from the
+vocabulary's embedding table projected once, instead of projecting every token (see encode). Where the kernel
+cannot run (CUDA, another dtype, impl="torch", a layer that is not rnnsent.nn's) or hooks on the layer must see
+it called, the layer is called as a module, as before: PyTorch's layer on a PackedSequence or padded steps.
 """
 from __future__ import annotations
 
@@ -17,15 +17,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rnnsent import nn as layers
+from rnnsent.config import CELL_TABLE
 from rnnsent.model import fused
-from rnnsent.config import CELL_TABLE, IMPLS
 
-LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # PyTorch's layer for each cell of CELL_TABLE
+CELL_LAYERS = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.RNN}  # rnnsent.nn's layer for each cell
 
 
 def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-               dropout: float = 0.0) -> nn.RNNBase:
-    """PyTorch's layer for `cell` (batch first), with Keras' biases in every layer and direction.
+               dropout: float = 0.0, impl: str = "auto") -> layers.RNNBase:
+    """rnnsent.nn's layer for `cell` (batch first), with Keras' biases in every layer and direction.
 
     Keras and PyTorch differ in one place that changes the parameter count: PyTorch's LSTM and Elman RNN
     carry two bias vectors (input and recurrent) where Keras has one. The two are only ever added, so the
@@ -33,8 +34,9 @@ def make_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1
     state_dict() holds exactly Keras' trainable weights. Keras' GRU with reset_after=True (its default
     since Keras 2.3) has both biases, laid out as PyTorch's, so the GRU keeps both as parameters.
     """
-    layer = LAYERS[cell](input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                         dropout=dropout if num_layers > 1 else 0.0, batch_first=True)  # one layer: nothing between
+    layer = CELL_LAYERS[cell](input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                              dropout=dropout if num_layers > 1 else 0.0,  # one layer: nothing between
+                              batch_first=True, impl=impl)
     if cell != "gru":
         for suffix in weight_suffixes(layer):
             name = f"bias_hh{suffix}"
@@ -50,61 +52,25 @@ def weight_suffixes(rnn: nn.RNNBase) -> list[str]:
     return [f"_l{k}{d}" for k in range(rnn.num_layers) for d in directions]
 
 
-def check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}: choose one of {', '.join(IMPLS)}")
-    return impl
-
-
-def uses_fused(impl: str, tokens: torch.Tensor, dtype: torch.dtype, rnn: nn.Module | None = None,
-               cell: str | None = None) -> bool:
-    """Whether the layer runs on the fused CPU kernel for `tokens` and weights of `dtype`: impl "auto" or
-    "fused", CPU, float32, no CPU autocast, and (given `rnn` and its `cell`) a layer the kernel serves.
-    impl="fused" raises where that is impossible instead of falling back."""
-    if check_impl(impl) == "torch":
+def uses_fused(impl: str, tokens: torch.Tensor, dtype: torch.dtype, rnn: nn.Module | None = None) -> bool:
+    """Whether the fused CPU kernel runs the layer for `tokens` and weights of `dtype`: impl "auto" or "fused", CPU,
+    float32, and (given `rnn`) a layer of rnnsent.nn that it serves now. impl="fused" raises where that is impossible
+    instead of falling back."""
+    if layers.check_impl(impl) == "torch":
         return False
     reasons = []
-    if tokens.device.type != "cpu":
-        reasons.append(f"input is on {tokens.device.type}")
-    if dtype != torch.float32:
-        reasons.append(f"weights are {dtype}")
-    if torch.is_autocast_enabled("cpu"):
-        reasons.append("CPU autocast is on")
-    if rnn is not None:
-        reasons += _unserved(rnn, cell)
-    if not reasons and not fused.available():
-        reasons.append(fused.status())
+    if rnn is not None and not isinstance(rnn, layers.RNNBase):
+        reasons.append(f"the recurrent layer is a {type(rnn).__module__}.{type(rnn).__name__}, not rnnsent.nn's")
+    reasons = reasons or layers.refusals(tokens.device, [dtype], rnn)
     if reasons and impl == "fused":
         raise RuntimeError(f"impl='fused' cannot run here: {'; '.join(reasons)}. Use impl='auto' or 'torch'.")
     return not reasons
 
 
-def _tracing() -> str | None:
-    """The tool that is recording the model, if it needs PyTorch's own ops (the kernel is not in its format)."""
-    if torch.jit.is_tracing():
-        return "torch.jit.trace is recording"
-    if torch.onnx.is_in_onnx_export():
-        return "torch.onnx.export is running"
-    if torch.compiler.is_exporting():  # torch.export, and the ONNX exporter built on it
-        return "torch.export is running"
-    return None
-
-
-def _unserved(rnn: nn.Module, cell: str | None) -> list[str]:
-    """Why the kernel cannot stand in for this module call: whatever it computes must stay what it computes."""
-    tool = _tracing()
-    if tool:
-        return [tool]
-    if cell is None or type(rnn) is not LAYERS[cell]:
-        return [f"the recurrent layer is a {type(rnn).__name__}, not the model's {cell} layer"]
-    if not (rnn.batch_first and rnn.bias and getattr(rnn, "proj_size", 0) == 0
-            and getattr(rnn, "nonlinearity", "tanh") == "tanh"):
-        return ["the recurrent layer has options the kernel does not implement (batch_first=False, bias=False, "
-                "proj_size or a relu nonlinearity)"]
-    if rnn._forward_hooks or rnn._forward_pre_hooks or nn.modules.module._global_forward_hooks \
-            or nn.modules.module._global_forward_pre_hooks:
-        return ["forward hooks are registered on the recurrent layer (they see PyTorch's layer run)"]
-    return []
+def _hooked(module: nn.Module) -> bool:
+    """Forward hooks that must see `module` called (then it is, rather than read for the table shortcut)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 def describe(impl: str, device: torch.device) -> str:
@@ -122,7 +88,7 @@ def describe(impl: str, device: torch.device) -> str:
     return fused.status()
 
 
-def encode(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.Dropout, tokens: torch.Tensor,
+def encode(rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.Dropout, tokens: torch.Tensor,
            lengths: torch.Tensor | None, impl: str = "auto", sequence: bool = False
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Embed `tokens` (B, T), apply `dropout`, run the layer (every stacked layer and direction).
@@ -132,60 +98,82 @@ def encode(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.Drop
     layer's outputs, (B, T, H * directions), zeros past each row's length. Without lengths the input is
     pre-padded: both directions run over every column, as Keras' unmasked layers do. With lengths it is
     right-padded: the backward direction starts at each row's last real token (packed-sequence semantics)."""
-    if uses_fused(impl, tokens, embedding.weight.dtype, rnn, cell):
-        hooked = bool(embedding._forward_hooks or embedding._forward_pre_hooks)
-        if (dropout.p == 0 or not dropout.training) and embedding.num_embeddings <= tokens.numel() and not hooked:
-            return _run(cell, rnn, None, lengths, sequence, tokens=tokens, embedding=embedding)
+    kernel = uses_fused(impl, tokens, embedding.weight.dtype, rnn)
+    if _direct(rnn, kernel):
+        if (dropout.p == 0 or not dropout.training) and embedding.num_embeddings <= tokens.numel() \
+                and not _hooked(embedding):
+            # Embedding then projection is linear in the one-hot tokens, so project the vocabulary's table once
+            # and gather its rows: (V x E x G*H) multiply-adds instead of (B*T x E x G*H), and the backward pass
+            # sums rows per word. Dropout between the two would break this, and the embedding module is not
+            # called, so hooks on it send the tokens through it instead.
+            def project(ids, w_ih, b_ih):  # (T, B) token ids -> (T, B, G*H)
+                return F.embedding(ids, _projected_table(embedding.weight, w_ih, b_ih))
+
+            return _recur(rnn, tokens.t(), lengths, sequence, kernel, project)
         # Dropout in the (B, T, E) layout of the stock path, so that a seed gives the same masks in both.
-        return _run(cell, rnn, dropout(embedding(tokens)), lengths, sequence, fused_path=True)
-    return _run(cell, rnn, dropout(embedding(tokens)), lengths, sequence, fused_path=False)
+        return _recur(rnn, dropout(embedding(tokens)).transpose(0, 1), lengths, sequence, kernel)
+    return _stock(rnn, dropout(embedding(tokens)), lengths, sequence)
 
 
-def encode_embedded(cell: str, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None, impl: str = "auto",
+def encode_embedded(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None, impl: str = "auto",
                     sequence: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """encode() from embedded tokens x (B, T, E), the embedding's output after dropout: the same layer on the
     same path (fused kernel or PyTorch's), for gradients with respect to the embedded words (rnnsent.explain)."""
-    return _run(cell, rnn, x, lengths, sequence, fused_path=uses_fused(impl, x, x.dtype, rnn, cell))
+    kernel = uses_fused(impl, x, x.dtype, rnn)
+    if _direct(rnn, kernel):
+        return _recur(rnn, x.transpose(0, 1), lengths, sequence, kernel)
+    return _stock(rnn, x, lengths, sequence)
 
 
-def _run(cell, rnn, x, lengths, sequence, fused_path=True, tokens=None, embedding=None):
-    """encode()'s work on embedded input x (B, T, E), or (x None) on tokens through the vocabulary table."""
-    steps = (tokens if x is None else x).size(1)
+def embedded_last_state(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None,
+                        impl: str = "auto") -> torch.Tensor:
+    """The final states the head sees from embedded tokens x (B, T, E) after dropout (see encode_embedded)."""
+    return encode_embedded(rnn, x, lengths, impl)[0]
+
+
+def _direct(rnn: nn.Module, kernel: bool) -> bool:
+    """Whether encode() runs the layer's recur() itself, rather than calling it as a module: on the kernel, or under
+    a torch.func transform (where PyTorch's layer cannot run, nor a PackedSequence be made), unless hooks must see
+    it called."""
+    return (isinstance(rnn, layers.RNNBase) and rnn.batch_first and not _hooked(rnn)
+            and (kernel or layers.transformed()))
+
+
+def _recur(rnn, x, lengths, sequence, kernel, project=None):
+    """encode()'s work through rnn.recur: x time-major, (T, B, E) embedded or (T, B) token ids that `project` reads."""
+    steps = x.size(0)
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, steps)
-    if fused_path:
-        inputs = None if x is None else x.transpose(0, 1)  # (T, B, E)
-        last, seq = _fused(cell, rnn, inputs, tokens, embedding, lengths, steps, sequence)
-    else:
-        last, seq = _stock(rnn, x, lengths)
-    if sequence and lengths is not None:
-        keep = torch.arange(steps).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-        seq = seq * keep.unsqueeze(-1).to(device=seq.device, dtype=seq.dtype)
-    return last, (seq if sequence else None)
+    # F.linear's own gradients, as the model's checkpoints were trained with (rnnsent.nn's recur says why)
+    out, finals, _ = rnn.recur(x, lengths, project=project, outputs=sequence, kernel=kernel, linear=F.linear)
+    last = torch.cat(finals[-2:], dim=-1) if rnn.bidirectional else finals[-1]  # (B, H * dirs): the last layer's
+    if not sequence:
+        return last, None
+    return last, _zero_padding(out.transpose(0, 1), lengths)  # (B, T, H * dirs)
 
 
-def last_state(cell: str, rnn: nn.RNNBase, embedding: nn.Embedding, dropout: nn.Dropout, tokens: torch.Tensor,
-               lengths: torch.Tensor | None, impl: str = "auto") -> torch.Tensor:
-    """The final states the head sees, (B, H * directions) (see encode)."""
-    return encode(cell, rnn, embedding, dropout, tokens, lengths, impl)[0]
+def _zero_padding(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """seq (B, T, F) with zeros past each row's length."""
+    if lengths is None:
+        return seq
+    keep = torch.arange(seq.size(1)).unsqueeze(0) < lengths.to("cpu").unsqueeze(1)  # (B, T)
+    return seq * keep.unsqueeze(-1).to(device=seq.device, dtype=seq.dtype)
 
 
-def embedded_last_state(cell: str, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None,
-                        impl: str = "auto") -> torch.Tensor:
-    """last_state() from embedded tokens x (B, T, E) after dropout (see encode_embedded)."""
-    return encode_embedded(cell, rnn, x, lengths, impl)[0]
-
-
-def _stock(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch's layer on embedded input x (B, T, E): (final states (B, H * dirs), outputs (B, T, H * dirs))."""
+def _stock(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None, sequence: bool
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer called as a module on embedded input x (B, T, E): (final states (B, H * dirs), with `sequence`
+    the outputs (B, T, H * dirs), zeros past each row's length)."""
     bidirectional = getattr(rnn, "bidirectional", False)
+    if lengths is not None:
+        lengths = lengths.to(device="cpu", dtype=torch.long).clamp(1, x.size(1))
     if lengths is not None and bidirectional:
         # The backward direction must start at each row's last real token: a packed sequence does exactly that.
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, state = rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))  # (B, T, 2H), zeros past lengths
         h = state[0] if isinstance(state, tuple) else state  # (layers * 2, B, H), back in the batch's order
-        return torch.cat([h[-2], h[-1]], dim=-1), out  # (B, 2H)
+        return torch.cat([h[-2], h[-1]], dim=-1), (out if sequence else None)  # (B, 2H)
     out, _ = rnn(x)  # (B, T, H * dirs)
     if lengths is None:
         last = out[:, -1]  # (B, H): pre-padded input ends with real tokens
@@ -196,14 +184,7 @@ def _stock(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> tup
     if bidirectional:  # without lengths the backward direction ends at the first column
         h = out.size(-1) // 2
         last = torch.cat([last[:, :h], out[:, 0, h:]], dim=-1)  # (B, 2H)
-    return last, out
-
-
-def _reversal(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """(T, B) time indices that reverse each row's first lengths[b] steps and leave its padding after them."""
-    t = torch.arange(steps).unsqueeze(1)  # (T, 1)
-    n = lengths.unsqueeze(0)  # (1, B)
-    return torch.where(t < n, n - 1 - t, t)  # (T, B), its own inverse
+    return last, (_zero_padding(out, lengths) if sequence else None)
 
 
 # Inference reuses the projected vocabulary table while the weights stay what they were: projecting 5,000 words costs
@@ -216,7 +197,8 @@ def _projected_table(weight: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tenso
     """F.linear(weight, w_ih, b_ih), (V, G*H); without gradients, the copy from the last call while valid."""
     tensors = (weight, w_ih, b_ih)
     if ((torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or torch.is_inference_mode_enabled()):
+            or torch.jit.is_tracing() or torch.is_inference_mode_enabled()
+            or torch._C._functorch.is_functorch_wrapped_tensor(w_ih)):
         return F.linear(weight, w_ih, b_ih)
     key = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
     cached = _TABLES.get(id(w_ih))
@@ -227,47 +209,3 @@ def _projected_table(weight: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tenso
     table = F.linear(weight, w_ih, b_ih)
     _TABLES[id(w_ih)] = (key, table)
     return table
-
-
-def _fused(cell, rnn, inputs, tokens, embedding, lengths, steps, sequence) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """encode() through the fused CPU kernel: one call per layer and direction, time-major inside. The reverse
-    direction is the kernel run forward over each row's real steps reversed, its outputs put back in order.
-    inputs: layer 0's input (T, B, E), or None to project the vocabulary table and gather its rows."""
-    batch = (tokens if inputs is None else inputs.transpose(0, 1)).size(0)
-    full_lengths = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.long)
-    rev = _reversal(full_lengths, steps)  # (T, B)
-    suffixes = weight_suffixes(rnn)
-    dirs = 2 if rnn.bidirectional else 1
-
-    def flip(x):  # (T, B, ...) reversed per row
-        return x.gather(0, rev.view(steps, -1, *([1] * (x.dim() - 2))).expand_as(x))
-
-    for layer in range(rnn.num_layers):
-        lastly = layer == rnn.num_layers - 1
-        finals, outputs = [], []
-        for d in range(dirs):
-            sfx = suffixes[layer * dirs + d]
-            w_ih, b_ih = getattr(rnn, f"weight_ih{sfx}"), getattr(rnn, f"bias_ih{sfx}")
-            if inputs is None:
-                # Embedding then projection is linear in the one-hot tokens, so project the vocabulary's table
-                # once and gather its rows: (V x E x G*H) multiply-adds instead of (B*T x E x G*H), and the
-                # backward pass sums rows per word. Dropout between the two would break this, and the
-                # embedding module is not called, so hooks on it send the tokens through it instead.
-                table = _projected_table(embedding.weight, w_ih, b_ih)  # (V, G*H)
-                ids = tokens.t() if d == 0 else tokens.t().gather(0, rev)  # (T, B)
-                x_proj = F.embedding(ids, table)  # (T, B, G*H)
-            else:
-                x_proj = F.linear(inputs if d == 0 else flip(inputs), w_ih, b_ih)  # all steps in one GEMM
-            last, seq = fused.run(cell, x_proj, getattr(rnn, f"weight_hh{sfx}"), getattr(rnn, f"bias_hh{sfx}"),
-                                  full_lengths, full=sequence or not lastly)
-            finals.append(last)  # (B, H)
-            if seq is not None:
-                outputs.append(seq if d == 0 else flip(seq))  # (T, B, H), in time order
-        if not lastly:
-            inputs = torch.cat(outputs, dim=-1) if dirs == 2 else outputs[0]  # (T, B, H * dirs)
-            inputs = F.dropout(inputs, rnn.dropout, rnn.training)  # between layers, as nn.LSTM's dropout
-    last = torch.cat(finals, dim=-1) if dirs == 2 else finals[0]  # (B, H * dirs)
-    seq = None
-    if sequence:
-        seq = (torch.cat(outputs, dim=-1) if dirs == 2 else outputs[0]).transpose(0, 1)  # (B, T, H * dirs)
-    return last, seq

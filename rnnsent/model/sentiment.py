@@ -5,8 +5,8 @@ The forward pass is features, then output dropout and the dense head. The featur
 rnnsent.model.recurrent.encode: it embeds the tokens, applies the embedding dropout, runs every layer and direction
 and returns the final states. Embedding happens inside it because the fused CPU kernel can skip it: when no
 dropout applies it reads each token's input projection from a table computed once per vocabulary word. How the
-recurrence runs (that kernel or PyTorch's layers) and why its weights hold exactly Keras' parameters is
-rnnsent.model.recurrent's business; the settings are rnnsent.config.ModelConfig's.
+recurrence runs (that kernel or PyTorch's layers: the layer is an rnnsent.nn layer) and why its weights hold exactly
+Keras' parameters is rnnsent.model.recurrent's business; the settings are rnnsent.config.ModelConfig's.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import re
 import torch
 from torch import nn
 
+from rnnsent import nn as layers
 from rnnsent.model import recurrent
 from rnnsent.config import CELL_TABLE, KERAS_CELL_NAMES, KERAS_GATE_ORDER, ModelConfig
 
@@ -44,7 +45,7 @@ class SentimentRNN(nn.Module):
         """SentimentRNN(cell="gru", vocab_size=5000, embed_dim=32, hidden_size=100, embed_dropout=0.0,
         output_dropout=0.0, init="keras", word_dropout=0.0, num_classes=2, num_layers=1, bidirectional=False,
         layer_dropout=0.0): ModelConfig's fields, positional in that order,
-        or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.model.recurrent), not what it
+        or one ModelConfig. impl says how the recurrent layer runs (see rnnsent.nn), not what it
         computes, so it is not part of config() or checkpoints."""
         super().__init__()
         settings = (
@@ -54,17 +55,25 @@ class SentimentRNN(nn.Module):
         )
         for name, value in settings.model_args().items():  # self.cell, self.vocab_size, ...
             setattr(self, name, value)
-        self.impl = recurrent.check_impl(impl)
         self.gates = CELL_TABLE[self.cell].gates
         self.embedding = nn.Embedding(self.vocab_size, self.embed_dim)
         self.directions = settings.directions
         self.rnn = recurrent.make_layer(self.cell, self.embed_dim, self.hidden_size, self.num_layers,
-                                        self.bidirectional, self.layer_dropout)
+                                        self.bidirectional, self.layer_dropout, impl=impl)
         self.drop_in = nn.Dropout(self.embed_dropout)
         self.drop_out = nn.Dropout(self.output_dropout)
         self.outputs = 1 if self.num_classes == 2 else self.num_classes  # two classes: one logit, as Keras' exercise
         self.fc = nn.Linear(self.hidden_size * self.directions, self.outputs)
         self.reset_parameters()
+
+    @property
+    def impl(self) -> str:
+        """How the recurrent layer runs: "auto", "fused" or "torch" (rnnsent.nn); the layer's own setting."""
+        return getattr(self.rnn, "impl", "auto")
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        self.rnn.impl = layers.check_impl(value)
 
     def config(self) -> dict:
         """The plain arguments that rebuild this model: SentimentRNN(**model.config())."""
@@ -124,7 +133,7 @@ class SentimentRNN(nn.Module):
             # model cannot lean on a few strong words. Padding (0) and the start token (1) stay.
             drop = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout  # (B, T)
             tokens = tokens.masked_fill(drop & (tokens > 2), 2)
-        return recurrent.encode(self.cell, self.rnn, self.embedding, self.drop_in, tokens, lengths, self.impl, sequence)
+        return recurrent.encode(self.rnn, self.embedding, self.drop_in, tokens, lengths, self.impl, sequence)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this first: the forward is Python (the layer choice, the fused operator).
@@ -137,7 +146,7 @@ class SentimentRNN(nn.Module):
         if lengths is not None:
             check_lengths(lengths, x[..., 0])
         # (B, H * directions)
-        last = recurrent.embedded_last_state(self.cell, self.rnn, self.drop_in(x), lengths, self.impl)
+        last = recurrent.embedded_last_state(self.rnn, self.drop_in(x), lengths, self.impl)
         logits = self.fc(self.drop_out(last))  # (B, 1) or (B, K)
         return logits.squeeze(-1) if self.outputs == 1 else logits  # (B,) or (B, K)
 
@@ -179,6 +188,8 @@ def check_lengths(lengths: torch.Tensor, tokens: torch.Tensor) -> None:
         return  # reading the values would break the graph (or freeze them into a trace); eager calls check
     if lengths.shape != tokens.shape[:1]:
         raise ValueError(f"lengths has shape {tuple(lengths.shape)} for a batch of {tokens.size(0)} rows")
+    if torch._C._functorch.is_functorch_wrapped_tensor(lengths):
+        return  # under torch.func.vmap a sample's values cannot be read (the kernel checks them)
     if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > tokens.size(1)):
         raise ValueError(f"lengths must be in 1..{tokens.size(1)} (the batch's width); got {int(lengths.min())} to "
                          f"{int(lengths.max())}")
