@@ -1,8 +1,10 @@
 """Small assertions shared by the trainer and fault-tolerance tests. Bit-for-bit comparisons: both sides are runs
 made where the test runs (docs/reproducibility.md)."""
+import pytest
 import torch
 
 from rnnsent.storage.checkpoint import load_checkpoint_state
+from rnnsent.training.stopping import TrainingInterrupted
 
 
 def weights(path) -> dict:
@@ -25,3 +27,15 @@ def assert_same_run_state(a, b):
     assert a["rng"].keys() == b["rng"].keys() and all(torch.equal(a["rng"][k], b["rng"][k]) for k in a["rng"])
     where = [{k: v for k, v in s["progress"].items() if k not in ("sums", "epoch_seconds")} for s in (a, b)]
     assert where[0] == where[1] and torch.equal(a["progress"]["sums"], b["progress"]["sums"])
+
+
+def interrupt_at(trainer, step: int) -> None:
+    """Run trainer.fit() and stop it as Ctrl-C does once global step `step` has ended (last.pt is saved there)."""
+
+    def stop(t):
+        if t.global_step == step:
+            raise KeyboardInterrupt
+
+    trainer.add_callback("on_step_end", stop)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()

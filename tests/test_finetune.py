@@ -18,9 +18,8 @@ from rnnsent.inference.loading import load_checkpoint
 from rnnsent.model import fused
 from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state
 from rnnsent.training.pretrain import pretrain
-from rnnsent.training.stopping import TrainingInterrupted
 from rnnsent.training.trainer import Trainer, train
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, interrupt_at, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "imdb" / "reviews.json"
@@ -169,14 +168,7 @@ def test_a_fine_tuning_run_resumes_bit_for_bit(tmp_path, source):
     Trainer(tuned(tmp_path, source, name="a", **common)).fit()
     first = Trainer(tuned(tmp_path, source, name="b", **common))
     stop_at = len(first.train_batches) + 1  # inside epoch 2, the recurrent layer just unfrozen
-
-    def stop(t):
-        if t.global_step == stop_at:
-            raise KeyboardInterrupt
-
-    first.add_callback("on_step_end", stop)
-    with pytest.raises(TrainingInterrupted):
-        first.fit()
+    interrupt_at(first, stop_at)
     moved = source.parent / "moved"
     source.rename(moved)  # a resumed run needs its own last.pt only
     try:

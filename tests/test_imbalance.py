@@ -19,9 +19,8 @@ from rnnsent.storage.checkpoint import CheckpointError, load_checkpoint_state, s
 from rnnsent.training.classification import (Classification, best_threshold, class_weights,
                                              validation_probabilities)
 from rnnsent.training.pretrain import LanguageModelling
-from rnnsent.training.stopping import TrainingInterrupted
 from rnnsent.training.trainer import Trainer
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, interrupt_at, weights
 
 LABELLED = Path(__file__).parent / "fixtures" / "labelled"
 TINY = dict(cell="gru", vocab_size=300, embed_dim=8, hidden_size=6, max_len=60, epochs=2, batch_size=4, quiet=True,
@@ -163,14 +162,7 @@ def test_a_balanced_run_resumed_equals_an_uninterrupted_one(tmp_path):
     reference = weights(tmp_path / "a" / "run" / "last.pt")
     first = Trainer(config(tmp_path / "b", **common))
     stop_at = len(first.train_batches) + 3  # inside epoch 2
-
-    def stop(t):
-        if t.global_step == stop_at:
-            raise KeyboardInterrupt
-
-    first.add_callback("on_step_end", stop)
-    with pytest.raises(TrainingInterrupted):
-        first.fit()
+    interrupt_at(first, stop_at)
     last = tmp_path / "b" / "run" / "last.pt"
     Trainer(config(tmp_path / "b", resume=str(last), **common)).fit()
     assert_same_weights(weights(last), reference)

@@ -12,9 +12,8 @@ from rnnsent.inference.evaluate import evaluate
 from rnnsent.model.sentiment import SentimentRNN
 from rnnsent.training.regularise import EmbeddingPerturbation, WeightAverage
 from rnnsent.config import TrainConfig
-from rnnsent.training.stopping import TrainingInterrupted
 from rnnsent.training.trainer import Trainer
-from helpers import assert_same_weights, weights
+from helpers import assert_same_weights, interrupt_at, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imdb" / "reviews.json"
 
@@ -92,14 +91,7 @@ def test_ema_and_adversarial_runs_resume_bit_for_bit(tmp_path):
     common = dict(epochs=2, ema=0.95, adversarial=0.5, label_smoothing=0.1, embed_dropout=0.2, word_dropout=0.1, seed=3)
     Trainer(tiny(tmp_path / "a", **common)).fit()
     first = Trainer(tiny(tmp_path / "b", **common))
-
-    def stop(t):
-        if t.global_step == 4:
-            raise KeyboardInterrupt
-
-    first.add_callback("on_step_end", stop)
-    with pytest.raises(TrainingInterrupted):
-        first.fit()
+    interrupt_at(first, 4)
     last = tmp_path / "b" / "run" / "last.pt"
     Trainer(tiny(tmp_path / "b", resume=str(last), **common)).fit()
     a, b = load_checkpoint_state(tmp_path / "a" / "run" / "last.pt"), load_checkpoint_state(last)
